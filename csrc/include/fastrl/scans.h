@@ -1,0 +1,160 @@
+// Arithmetic of the token scans (DESIGN 3.1), shared by the CPU kernels
+// (one sequential pass per row) and the CUDA kernels (one warp per row, a
+// parallel scan over tiles). Every scan here is a reverse recursion over a
+// row in which masked tokens pass the carried value through and read 0.
+#pragma once
+
+#include "fastrl/common.h"
+
+namespace fastrl {
+
+// x -> a * x + b: one token of a linear reverse recursion. Returns
+// (G_t = r_t + gamma G_next) and GAE (A_t = delta_t + gamma lam A_next) are
+// both compositions of such maps, which is what makes them parallel-scannable.
+template <typename acc_t>
+struct Affine {
+  acc_t a, b;
+  FASTRL_HD acc_t operator()(acc_t x) const { return a * x + b; }
+};
+
+template <typename acc_t>
+FASTRL_HD Affine<acc_t> identity_affine() {
+  return {acc_t(1), acc_t(0)};
+}
+
+// The map of the span [left, right] from the maps of its two halves:
+// applying right first, then left (the recursion runs right to left).
+template <typename acc_t>
+FASTRL_HD Affine<acc_t> compose(Affine<acc_t> left, Affine<acc_t> right) {
+  return {left.a * right.a, left.a * right.b + left.b};
+}
+
+template <typename acc_t>
+FASTRL_HD Affine<acc_t> return_step(bool valid, acc_t reward, acc_t gamma) {
+  return valid ? Affine<acc_t>{gamma, reward} : identity_affine<acc_t>();
+}
+
+template <typename acc_t>
+FASTRL_HD acc_t td_error(acc_t reward, acc_t value, acc_t next_value, acc_t gamma) {
+  return reward + gamma * next_value - value;
+}
+
+// Online max and sum of exp over a stream, merged across lanes: the softmax
+// normaliser of PURE's soft min-form weights in one read of the row.
+template <typename acc_t>
+struct OnlineSoftmax {
+  acc_t max, sum;
+
+  FASTRL_HD static OnlineSoftmax empty() { return {-infinity<acc_t>(), acc_t(0)}; }
+
+  FASTRL_HD void add(acc_t x) {
+    if (x > max) {
+      sum = sum * exp_(max - x) + acc_t(1);
+      max = x;
+    } else {
+      sum += exp_(x - max);
+    }
+  }
+
+  FASTRL_HD void merge(OnlineSoftmax other) {
+    if (other.sum == acc_t(0)) return;
+    if (sum == acc_t(0)) {
+      *this = other;
+      return;
+    }
+    acc_t m = max > other.max ? max : other.max;
+    sum = sum * exp_(max - m) + other.sum * exp_(other.max - m);
+    max = m;
+  }
+
+  FASTRL_HD acc_t weight(acc_t x) const { return exp_(x - max) / sum; }
+};
+
+enum class MinFormMode : int { kSoft = 0, kStrict = 1, kSum = 2 };
+
+// The softmax logit of a step score: lower scores weigh more.
+template <typename acc_t>
+FASTRL_HD acc_t min_form_logit(acc_t score, acc_t temperature) {
+  return -score / temperature;
+}
+
+// Token reward at a step token, given the row's softmax state (soft mode).
+template <typename acc_t, MinFormMode mode>
+FASTRL_HD acc_t min_form_token_reward(acc_t score, acc_t temperature,
+                                      const OnlineSoftmax<acc_t>& softmax) {
+  if (mode == MinFormMode::kSoft) return softmax.weight(min_form_logit(score, temperature)) * score;
+  return score;
+}
+
+// Reverse-scan operator of min-form returns: min for strict, sum otherwise.
+template <typename acc_t, MinFormMode mode>
+FASTRL_HD acc_t min_form_combine(acc_t x, acc_t y) {
+  if (mode == MinFormMode::kStrict) return x < y ? x : y;
+  return x + y;
+}
+
+template <typename acc_t, MinFormMode mode>
+FASTRL_HD acc_t min_form_identity() {
+  return mode == MinFormMode::kStrict ? infinity<acc_t>() : acc_t(0);
+}
+
+// A strict return with no step token at or after t is +inf in the scan; it reads 0.
+template <typename acc_t, MinFormMode mode>
+FASTRL_HD acc_t min_form_output(acc_t scanned) {
+  if (mode == MinFormMode::kStrict && scanned == infinity<acc_t>()) return acc_t(0);
+  return scanned;
+}
+
+// ---- Whole rows, one sequential pass each (the CPU decomposition) ----
+
+template <typename scalar_t, typename acc_t>
+FASTRL_HD void discounted_returns_row(const scalar_t* rewards, MaskRef mask, int64_t T,
+                                      acc_t gamma, acc_t* returns) {
+  acc_t carry = 0;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    bool valid = mask[t];
+    carry = return_step<acc_t>(valid, static_cast<acc_t>(rewards[t]), gamma)(carry);
+    returns[t] = valid ? carry : acc_t(0);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+FASTRL_HD void gae_row(const scalar_t* rewards, const scalar_t* values, MaskRef mask, int64_t T,
+                       acc_t gamma, acc_t lam, acc_t* advantages, acc_t* returns) {
+  acc_t next_value = 0, carry = 0;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    if (!mask[t]) {
+      advantages[t] = returns[t] = acc_t(0);
+      continue;
+    }
+    acc_t value = static_cast<acc_t>(values[t]);
+    acc_t delta = td_error<acc_t>(static_cast<acc_t>(rewards[t]), value, next_value, gamma);
+    carry = return_step<acc_t>(true, delta, gamma * lam)(carry);
+    advantages[t] = carry;
+    returns[t] = carry + value;
+    next_value = value;
+  }
+}
+
+template <typename scalar_t, typename acc_t, MinFormMode mode>
+FASTRL_HD void min_form_row(const scalar_t* scores, MaskRef step_mask, MaskRef mask, int64_t T,
+                            acc_t temperature, acc_t* token_rewards, acc_t* returns) {
+  OnlineSoftmax<acc_t> softmax = OnlineSoftmax<acc_t>::empty();
+  if (mode == MinFormMode::kSoft) {
+    for (int64_t t = 0; t < T; ++t)
+      if (mask[t] && step_mask[t]) softmax.add(min_form_logit(static_cast<acc_t>(scores[t]), temperature));
+  }
+  acc_t carry = min_form_identity<acc_t, mode>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    bool valid = mask[t];
+    acc_t reward = 0;
+    if (valid && step_mask[t]) {
+      reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(scores[t]), temperature, softmax);
+      carry = min_form_combine<acc_t, mode>(reward, carry);
+    }
+    token_rewards[t] = reward;
+    returns[t] = valid ? min_form_output<acc_t, mode>(carry) : acc_t(0);
+  }
+}
+
+}  // namespace fastrl

@@ -1,0 +1,20 @@
+"""fastrl's ops: ``torch.ops.fastrl.*`` with validated public functions.
+
+Each family lives in its own module (schema, public function, dispatch, fake);
+see fastrl/ops/_registry.py for how a backend is chosen.
+"""
+from fastrl.ops._registry import available_backends, backend_for, use_backend
+from fastrl.ops.scans import discounted_returns, gae, min_form_returns
+
+from fastrl.ops import _registry
+
+_registry.load_extension()  # after every schema is defined, so the kernels register against them
+
+__all__ = [
+    "available_backends",
+    "backend_for",
+    "discounted_returns",
+    "gae",
+    "min_form_returns",
+    "use_backend",
+]

@@ -1,0 +1,95 @@
+"""Argument validation shared by the public ops.
+
+Shape, rank, dtype and device are always checked. Value checks (NaN/Inf, ids
+or labels out of range) read the data: they always run on CPU, and on CUDA
+only with ``FASTRL_CHECK=1``, since there they would sync with the host.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def values_checked(x: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" or os.environ.get("FASTRL_CHECK") == "1"
+
+
+def tensor(name: str, x, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def floating(name: str, x, ndim: int | None = None) -> torch.Tensor:
+    tensor(name, x, ndim)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    return x
+
+
+def mask(name: str, m, like_name: str, like: torch.Tensor) -> torch.Tensor:
+    """A mask shaped like ``like``: bool or any real dtype, nonzero means valid."""
+    tensor(name, m, like.dim())
+    if m.dtype.is_complex:
+        raise TypeError(f"{name} must be bool, integer or float, got {m.dtype}")
+    same_shape(name, m, like_name, like)
+    return m
+
+
+def same_shape(name: str, x: torch.Tensor, like_name: str, like: torch.Tensor):
+    if x.shape != like.shape:
+        raise ValueError(
+            f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(x.shape)}"
+        )
+    same_device(name, x, like_name, like)
+
+
+def same_device(name: str, x: torch.Tensor, like_name: str, like: torch.Tensor):
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but {like_name} is on {like.device}")
+
+
+def same_dtype(name: str, x: torch.Tensor, like_name: str, like: torch.Tensor):
+    if x.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but {like_name} has {like.dtype}")
+
+
+def finite(name: str, x: torch.Tensor):
+    if values_checked(x) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def in_range(name: str, value, low: float, high: float):
+    value = number(name, value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def positive(name: str, value):
+    value = number(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def choice(name: str, value, options):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value

@@ -1,0 +1,80 @@
+"""Plain-PyTorch references of every op: obviously correct, slow is fine.
+
+Each takes the op schema's arguments in order and is also the fallback kernel
+of its op on any device without a compiled one. Loops run over tokens, vectorised
+over the batch, so each line reads like the formula in DESIGN.md.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 inputs, float64 for float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ---- 3.1 token scans ----
+
+
+def discounted_returns(rewards, mask, gamma):
+    valid = mask != 0
+    r = rewards.to(output_dtype(rewards))
+    returns = torch.zeros_like(r)
+    next_return = torch.zeros_like(r[:, 0])  # at the next valid token
+    for t in reversed(range(r.shape[1])):
+        next_return = torch.where(valid[:, t], r[:, t] + gamma * next_return, next_return)
+        returns[:, t] = torch.where(valid[:, t], next_return, 0.0)
+    return returns
+
+
+def gae(rewards, values, mask, gamma, lam):
+    valid = mask != 0
+    dtype = output_dtype(rewards)
+    r, v = rewards.to(dtype), values.to(dtype)
+    advantages = torch.zeros_like(r)
+    next_value = torch.zeros_like(r[:, 0])
+    next_advantage = torch.zeros_like(r[:, 0])
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        here = valid[:, t]
+        next_advantage = torch.where(here, delta + gamma * lam * next_advantage, next_advantage)
+        next_value = torch.where(here, v[:, t], next_value)
+        advantages[:, t] = torch.where(here, next_advantage, 0.0)
+    returns = torch.where(valid, advantages + v, 0.0)
+    return advantages, returns
+
+
+def masked_whiten(values, mask, eps: float = 1e-8):
+    """verl's masked_whiten (unbiased variance, mean shifted) over the valid
+    tokens of the whole batch; masked positions read 0. With one valid token
+    the variance is taken as 0 (verl raises there)."""
+    w = (mask != 0).to(values.dtype)
+    n = w.sum()
+    mean = (values * w).sum() / n.clamp(min=1)
+    var = ((values - mean).square() * w).sum() / (n - 1).clamp(min=1)
+    return (values - mean) * torch.rsqrt(var + eps) * w
+
+
+def min_form_returns(scores, step_mask, mask, temperature, mode):
+    valid = mask != 0
+    step = valid & (step_mask != 0)
+    s = torch.where(step, scores.to(output_dtype(scores)), 0.0)
+    if mode == "soft":
+        weights = torch.softmax(torch.where(step, -s / temperature, float("-inf")), dim=-1)
+        token_rewards = torch.where(step, weights * s, 0.0)  # rows without a step: NaN -> 0
+    elif mode in ("strict", "sum"):
+        token_rewards = s
+    else:
+        raise ValueError(f"mode must be 'soft', 'strict' or 'sum', got {mode!r}")
+
+    if mode == "strict":
+        returns = torch.zeros_like(s)
+        suffix_min = torch.full_like(s[:, 0], float("inf"))
+        for t in reversed(range(s.shape[1])):
+            suffix_min = torch.where(step[:, t], torch.minimum(suffix_min, s[:, t]), suffix_min)
+            returns[:, t] = torch.where(valid[:, t] & (suffix_min < float("inf")), suffix_min, 0.0)
+    else:
+        suffix_sum = token_rewards.flip(-1).cumsum(-1).flip(-1)
+        returns = torch.where(valid, suffix_sum, 0.0)
+    return token_rewards, returns
