@@ -32,7 +32,7 @@ def extensions():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros += [("FASTRL_WITH_CUDA", None), ("FASTRL_CUDA_VERSION", f'"{torch.version.cuda}"')]
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-lineinfo"]
         kind = CUDAExtension
     ext = kind(
         "fastrl._C",

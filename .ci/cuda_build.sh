@@ -27,7 +27,7 @@ CUDA_HOME="$CUDA_HOME" CPATH="$site/nvidia/cu13/include${CPATH:+:$CPATH}" \
 # Load the result beside a copy of the Python sources: catches unresolved symbols.
 (cd fastrl && find . -name '*.py' -exec cp --parents {} "$out/lib/fastrl/" \;)
 mkdir -p "$out/lib/fastrl/kernels" && cp kernels/*.py "$out/lib/fastrl/kernels/"
-PYTHONPATH="$out/lib" "$py" - <<'PY'
+(cd "$out" && PYTHONPATH="$out/lib" "$py" - <<'PY'
 import torch, fastrl
 from fastrl import _extension
 from fastrl.ops import _registry
@@ -38,3 +38,4 @@ assert not missing, f"no CUDA kernel registered for {missing}"
 print(f"CUDA build OK: {len(_registry.OPS)} ops with CUDA kernels "
       f"(torch {torch.__version__}, CUDA {torch.version.cuda}, {_extension.module.__file__})")
 PY
+)

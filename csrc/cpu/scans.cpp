@@ -1,6 +1,10 @@
-// Token scans on the CPU: rows in parallel, one sequential pass per row.
+// Token scans on the CPU. Each task walks a block of kRows rows backwards
+// together: the rows' recursions are independent, so interleaving them hides
+// the latency of each row's dependent multiply-add chain.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "fastrl/scans.h"
 #include "fastrl/tensors.h"
@@ -8,21 +12,48 @@
 namespace fastrl {
 namespace {
 
-// Rows per task, so that each task scans at least ~32k tokens.
-int64_t row_grain(int64_t T) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(T, 1)); }
+constexpr int64_t kRows = 8;
+
+// The masks of rows [row, row + n) as 0/1 bytes: the input itself when it is
+// already bool/uint8, else a conversion into `buffer`.
+const uint8_t* mask_bytes(MaskRef mask, int64_t row, int64_t n, int64_t T, std::vector<uint8_t>& buffer) {
+  MaskRef rows = mask.offset(row * T);
+  if (mask.elem_size == 1) return static_cast<const uint8_t*>(rows.data);
+  buffer.resize(n * T);
+  rows.to_bytes(n * T, buffer.data());
+  return buffer.data();
+}
+
+// Runs body(first_row, n_rows) over blocks of at most kRows rows, in parallel.
+template <typename Body>
+void for_row_blocks(int64_t B, int64_t T, const Body& body) {
+  const int64_t blocks = (B + kRows - 1) / kRows;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(kRows * T, 1));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) body(b * kRows, std::min(kRows, B - b * kRows));
+  });
+}
 
 at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& mask_, double gamma) {
   auto rewards = rewards_.contiguous();
   auto mask = mask_.contiguous();
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
-  MaskRef m = mask_ref(mask);
+  const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "discounted_returns_cpu", [&] {
-    const scalar_t* r = rewards.data_ptr<scalar_t>();
-    acc_t* out = returns.data_ptr<acc_t>();
-    at::parallel_for(0, B, row_grain(T), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        discounted_returns_row<scalar_t, acc_t>(r + b * T, m.offset(b * T), T, acc_t(gamma), out + b * T);
+    for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+      std::vector<uint8_t> buffer;
+      const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
+      const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
+      acc_t* out = returns.data_ptr<acc_t>() + row * T;
+      acc_t carry[kRows] = {};
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t k = i * T + t;
+          carry[i] = return_step<acc_t>(valid[k], static_cast<acc_t>(r[k]), acc_t(gamma))(carry[i]);
+          out[k] = valid[k] ? carry[i] : acc_t(0);
+        }
+      }
     });
   });
   return returns;
@@ -36,19 +67,61 @@ std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at:
   auto advantages = empty_output(rewards);
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
-  MaskRef m = mask_ref(mask);
+  const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "gae_cpu", [&] {
-    const scalar_t* r = rewards.data_ptr<scalar_t>();
-    const scalar_t* v = values.data_ptr<scalar_t>();
-    acc_t* adv = advantages.data_ptr<acc_t>();
-    acc_t* ret = returns.data_ptr<acc_t>();
-    at::parallel_for(0, B, row_grain(T), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        gae_row<scalar_t, acc_t>(r + b * T, v + b * T, m.offset(b * T), T, acc_t(gamma), acc_t(lam),
-                                 adv + b * T, ret + b * T);
+    for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+      std::vector<uint8_t> buffer;
+      const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
+      const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
+      const scalar_t* v = values.data_ptr<scalar_t>() + row * T;
+      acc_t* adv = advantages.data_ptr<acc_t>() + row * T;
+      acc_t* ret = returns.data_ptr<acc_t>() + row * T;
+      acc_t next_value[kRows] = {}, carry[kRows] = {};
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t k = i * T + t;
+          const bool here = valid[k];
+          const acc_t value = static_cast<acc_t>(v[k]);
+          const acc_t delta = td_error<acc_t>(static_cast<acc_t>(r[k]), value, next_value[i], acc_t(gamma));
+          carry[i] = return_step<acc_t>(here, delta, acc_t(gamma * lam))(carry[i]);
+          next_value[i] = here ? value : next_value[i];
+          adv[k] = here ? carry[i] : acc_t(0);
+          ret[k] = here ? carry[i] + value : acc_t(0);
+        }
+      }
     });
   });
   return {advantages, returns};
+}
+
+template <typename scalar_t, typename acc_t, MinFormMode mode>
+void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* valid, int64_t n, int64_t T,
+                    acc_t temperature, acc_t* rew, acc_t* ret) {
+  OnlineSoftmax<acc_t> softmax[kRows];
+  for (int64_t i = 0; i < n; ++i) {
+    softmax[i] = OnlineSoftmax<acc_t>::empty();
+    if (mode != MinFormMode::kSoft) continue;
+    for (int64_t k = i * T; k < (i + 1) * T; ++k)
+      if (valid[k] && step_mask[k]) softmax[i].add(min_form_logit(static_cast<acc_t>(s[k]), temperature));
+  }
+  acc_t carry[kRows];
+  for (int64_t i = 0; i < n; ++i) carry[i] = min_form_identity<acc_t, mode>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = i * T + t;
+      const bool step = valid[k] & step_mask[k];
+      acc_t reward = 0;
+      if (mode == MinFormMode::kSoft) {
+        if (step) reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(s[k]), temperature, softmax[i]);
+      } else {
+        reward = step ? static_cast<acc_t>(s[k]) : acc_t(0);
+      }
+      const acc_t combined = min_form_combine<acc_t, mode>(reward, carry[i]);
+      carry[i] = step ? combined : carry[i];
+      rew[k] = reward;
+      ret[k] = valid[k] ? min_form_output<acc_t, mode>(carry[i]) : acc_t(0);
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> min_form_returns_cpu(const at::Tensor& scores_,
@@ -61,16 +134,15 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cpu(const at::Tensor& scores
   auto token_rewards = empty_output(scores);
   auto returns = empty_output(scores);
   const int64_t B = scores.size(0), T = scores.size(1);
-  MaskRef sm = mask_ref(step_mask), m = mask_ref(mask);
+  const MaskRef sm = mask_ref(step_mask), m = mask_ref(mask);
   FASTRL_DISPATCH_MIN_FORM_MODE(std::string(mode), [&] {
     FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "min_form_returns_cpu", [&] {
-      const scalar_t* s = scores.data_ptr<scalar_t>();
-      acc_t* rew = token_rewards.data_ptr<acc_t>();
-      acc_t* ret = returns.data_ptr<acc_t>();
-      at::parallel_for(0, B, row_grain(T), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b)
-          min_form_row<scalar_t, acc_t, kMode>(s + b * T, sm.offset(b * T), m.offset(b * T), T,
-                                               acc_t(temperature), rew + b * T, ret + b * T);
+      for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+        std::vector<uint8_t> step_buffer, valid_buffer;
+        min_form_block<scalar_t, acc_t, kMode>(
+            scores.data_ptr<scalar_t>() + row * T, mask_bytes(sm, row, n, T, step_buffer),
+            mask_bytes(m, row, n, T, valid_buffer), n, T, acc_t(temperature),
+            token_rewards.data_ptr<acc_t>() + row * T, returns.data_ptr<acc_t>() + row * T);
       });
     });
   });

@@ -39,6 +39,23 @@ struct MaskRef {
     }
   }
 
+  // Elements [0, n) as 0/1 bytes, the dtype switch hoisted out of the loop.
+  inline void to_bytes(int64_t n, uint8_t* out) const {
+    switch (elem_size) {
+      case 1:
+        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<const uint8_t*>(data)[i] != 0;
+        break;
+      case 2:
+        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
+        break;
+      case 4:
+        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
+        break;
+      default:
+        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
+    }
+  }
+
   FASTRL_HD MaskRef offset(int64_t i) const {
     return {static_cast<const char*>(data) + i * elem_size, elem_size, floating};
   }

@@ -1,6 +1,6 @@
 // Arithmetic of the token scans (DESIGN 3.1), shared by the CPU kernels
-// (one sequential pass per row) and the CUDA kernels (one warp per row, a
-// parallel scan over tiles). Every scan here is a reverse recursion over a
+// (sequential passes over blocks of rows) and the CUDA kernels (one warp per
+// row, a parallel scan over tiles). Every scan here is a reverse recursion over a
 // row in which masked tokens pass the carried value through and read 0.
 #pragma once
 
@@ -103,58 +103,6 @@ template <typename acc_t, MinFormMode mode>
 FASTRL_HD acc_t min_form_output(acc_t scanned) {
   if (mode == MinFormMode::kStrict && scanned == infinity<acc_t>()) return acc_t(0);
   return scanned;
-}
-
-// ---- Whole rows, one sequential pass each (the CPU decomposition) ----
-
-template <typename scalar_t, typename acc_t>
-FASTRL_HD void discounted_returns_row(const scalar_t* rewards, MaskRef mask, int64_t T,
-                                      acc_t gamma, acc_t* returns) {
-  acc_t carry = 0;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    bool valid = mask[t];
-    carry = return_step<acc_t>(valid, static_cast<acc_t>(rewards[t]), gamma)(carry);
-    returns[t] = valid ? carry : acc_t(0);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-FASTRL_HD void gae_row(const scalar_t* rewards, const scalar_t* values, MaskRef mask, int64_t T,
-                       acc_t gamma, acc_t lam, acc_t* advantages, acc_t* returns) {
-  acc_t next_value = 0, carry = 0;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    if (!mask[t]) {
-      advantages[t] = returns[t] = acc_t(0);
-      continue;
-    }
-    acc_t value = static_cast<acc_t>(values[t]);
-    acc_t delta = td_error<acc_t>(static_cast<acc_t>(rewards[t]), value, next_value, gamma);
-    carry = return_step<acc_t>(true, delta, gamma * lam)(carry);
-    advantages[t] = carry;
-    returns[t] = carry + value;
-    next_value = value;
-  }
-}
-
-template <typename scalar_t, typename acc_t, MinFormMode mode>
-FASTRL_HD void min_form_row(const scalar_t* scores, MaskRef step_mask, MaskRef mask, int64_t T,
-                            acc_t temperature, acc_t* token_rewards, acc_t* returns) {
-  OnlineSoftmax<acc_t> softmax = OnlineSoftmax<acc_t>::empty();
-  if (mode == MinFormMode::kSoft) {
-    for (int64_t t = 0; t < T; ++t)
-      if (mask[t] && step_mask[t]) softmax.add(min_form_logit(static_cast<acc_t>(scores[t]), temperature));
-  }
-  acc_t carry = min_form_identity<acc_t, mode>();
-  for (int64_t t = T - 1; t >= 0; --t) {
-    bool valid = mask[t];
-    acc_t reward = 0;
-    if (valid && step_mask[t]) {
-      reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(scores[t]), temperature, softmax);
-      carry = min_form_combine<acc_t, mode>(reward, carry);
-    }
-    token_rewards[t] = reward;
-    returns[t] = valid ? min_form_output<acc_t, mode>(carry) : acc_t(0);
-  }
 }
 
 }  // namespace fastrl

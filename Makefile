@@ -1,0 +1,25 @@
+# `make test` and `make bench` set up .venv from nothing (CPU torch) and run.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+$(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/include/fastrl/*.h)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+.PHONY: install test bench cuda-build
+install: $(BIN)/fastrl
+
+test: $(BIN)/fastrl
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/fastrl
+	$(BIN)/fastrl info
+	$(BIN)/fastrl bench scans
+
+cuda-build:
+	bash .ci/cuda_build.sh

@@ -1,0 +1,212 @@
+"""The harness every benchmarks/bench_<family>.py shares (DESIGN 5).
+
+A benchmark is a list of ``Case``s: one op at one shape by one provider (the
+fastrl op, or what a user would otherwise run). Time is the median of repeated
+runs after warm-up (CUDA events on a GPU). Peak memory: on a GPU,
+torch.cuda.max_memory_allocated beyond what was allocated before the call; on
+the CPU (with ``--memory``), growth of the peak resident set in a fresh
+subprocess per case, since ru_maxrss never goes down within a process.
+Rows go to benchmarks/results/<device>/bench_<family>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    shape: dict
+    provider: str
+    # Builds the inputs and returns the zero-argument call to time.
+    setup: Callable[[], Callable[[], object]]
+    note: str = ""
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", device_name(device)).strip("-")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def gpu_peak_bytes(call: Callable, device: torch.device) -> int:
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    call()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def cpu_peak_bytes_in_subprocess(script: str, case_index: int, argv: list[str]) -> Optional[int]:
+    """Run one case in a fresh interpreter; it prints its peak RSS growth."""
+    cmd = [sys.executable, script, *argv, "--_probe", str(case_index)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    for line in done.stdout.splitlines():
+        if line.startswith("PEAK_BYTES "):
+            return int(line.split()[1])
+    print(f"memory probe of case {case_index} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+    return None
+
+
+def probe(case: Case):
+    """Entry point of the memory subprocess: one call, its peak RSS growth."""
+    call = case.setup()
+    before = _maxrss_bytes()
+    call()
+    print(f"PEAK_BYTES {_maxrss_bytes() - before}")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    if torch.version.cuda:
+        found["cuda"] = torch.version.cuda
+    for name in ("fastrl", "triton", "verl", "trl", "liger_kernel", "math_verify"):
+        try:
+            module = __import__(name)
+            found[name] = getattr(module, "__version__", "installed")
+        except Exception:
+            pass
+    return found
+
+
+def parse_args(description: str, argv=None, extra: Optional[Callable] = None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats (smoke test)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 10, quick 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory", action="store_true",
+                        help="on the CPU also measure peak RSS growth (a subprocess per case; slow)")
+    parser.add_argument("--only", default=None, help="regex on 'op/provider' to run a subset")
+    parser.add_argument("--out", default=None, help="JSON path (default results/<device>/bench_<family>.json)")
+    parser.add_argument("--_probe", type=int, default=None, help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 10
+    args.device = torch.device(args.device)
+    return args
+
+
+def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> list[dict]:
+    """Time every case, print a table, write the JSON rows; returns the rows."""
+    if args.only:
+        pattern = re.compile(args.only)
+        cases = [c for c in cases if pattern.search(f"{c.op}/{c.provider}")]
+    if args._probe is not None:
+        probe(cases[args._probe])
+        return []
+    device = args.device
+    rows, env = [], versions()
+    print(f"bench {family} on {device_name(device)}; torch {torch.__version__}; "
+          f"median of {args.repeat} after {args.warmup} warm-up")
+    for index, case in enumerate(cases):
+        try:
+            call = case.setup()
+            times = time_ms(call, device, args.warmup, args.repeat)
+            peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
+            error = None
+        except Exception as exc:  # a baseline that cannot run at this shape is reported, not fatal
+            times, peak, error = [], None, f"{type(exc).__name__}: {exc}"[:300]
+        if device.type == "cpu" and args.memory and error is None:
+            peak = cpu_peak_bytes_in_subprocess(script, index, argv)
+        row = {
+            "family": family, "op": case.op, "shape": case.shape, "provider": case.provider,
+            "median_ms": statistics.median(times) if times else None,
+            "min_ms": min(times) if times else None, "repeat": len(times),
+            "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
+            "note": case.note, "error": error,
+        }
+        rows.append(row)
+        print(format_row(row), flush=True)
+    out = Path(args.out) if args.out else RESULTS / device_slug(device) / f"bench_{family}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"\nwrote {len(rows)} rows to {out}")
+    print_speedups(rows)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    shape = " ".join(f"{k}={v}" for k, v in row["shape"].items())
+    if row["error"]:
+        return f"{row['op']:<22} {shape:<36} {row['provider']:<26} error: {row['error']}"
+    mem = "" if row["peak_memory_bytes"] is None else f" {row['peak_memory_bytes'] / 2**20:10.1f} MiB"
+    return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}"
+
+
+def print_speedups(rows: list[dict]):
+    """For each (op, shape): every provider's median over fastrl's, measured in this run."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["op"], json.dumps(row["shape"])), []).append(row)
+    print("\nspeed-up of fastrl (provider median / fastrl median):")
+    for (op, shape), group in groups.items():
+        ours = [r for r in group if r["provider"].startswith("fastrl") and r["median_ms"]]
+        if not ours:
+            continue
+        base = ours[0]["median_ms"]
+        others = ", ".join(
+            f"{r['provider']} {r['median_ms'] / base:.1f}x" for r in group
+            if r is not ours[0] and r["median_ms"]
+        )
+        print(f"  {op:<22} {' '.join(f'{k}={v}' for k, v in json.loads(shape).items()):<36} {others}")
