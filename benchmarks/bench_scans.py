@@ -44,6 +44,13 @@ def make_inputs(B, T, device, seed=0):
                                               steps=steps, scores=scores).items()}
 
 
+# Least traffic per token with fp32 data and bool masks: inputs read once, outputs written once.
+BYTES_PER_TOKEN = {
+    "discounted_returns": 4 + 1 + 4,  # rewards, mask -> returns
+    "gae": 4 + 4 + 1 + 4 + 4,  # rewards, values, mask -> advantages, returns
+    "min_form_returns": 4 + 1 + 1 + 4 + 4,  # scores, step mask, mask -> token rewards, returns
+}
+
 # ---- baselines ----
 
 
@@ -144,7 +151,8 @@ def cases(shapes, device) -> list[harness.Case]:
             x = make_inputs(B, T, device)
             return lambda: fn(x)
         shape = {"B": B, "T": T, **params}
-        found.append(harness.Case(op, shape, provider, setup, note))
+        moved = B * T * BYTES_PER_TOKEN[op] if provider.startswith("fastrl") else None
+        found.append(harness.Case(op, shape, provider, setup, note, moved))
 
     for B, T in shapes:
         for gamma, lam in ((1.0, 1.0), (0.99, 0.95)):

@@ -37,6 +37,9 @@ class Case:
     # Builds the inputs and returns the zero-argument call to time.
     setup: Callable[[], Callable[[], object]]
     note: str = ""
+    # Bytes one call must read and write at the least: on a GPU the row then
+    # gets the bandwidth floor (bytes over a measured device copy rate).
+    bytes_moved: Optional[int] = None
 
 
 def device_name(device: torch.device) -> str:
@@ -89,6 +92,24 @@ def gpu_peak_bytes(call: Callable, device: torch.device) -> int:
     call()
     _sync(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+def copy_rate_bytes_per_ms(device: torch.device) -> float:
+    """Device copy rate, counting bytes read plus written (a 1 GiB clone)."""
+    x = torch.empty(2**28, dtype=torch.float32, device=device)
+    ms = statistics.median(time_ms(lambda: x.clone(), device, 3, 10))
+    return 2 * x.numel() * 4 / ms
+
+
+def kernels_per_call(call: Callable) -> int:
+    """GPU kernels one call launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
 
 
 def _maxrss_bytes() -> int:
@@ -157,6 +178,9 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         return []
     device = args.device
     rows, env = [], versions()
+    copy_rate = copy_rate_bytes_per_ms(device) if device.type == "cuda" else None
+    if copy_rate:
+        print(f"device copy rate {copy_rate / 1e9:.2f} TB/s (read + written)")
     print(f"bench {family} on {device_name(device)}; torch {torch.__version__}; "
           f"median of {args.repeat} after {args.warmup} warm-up")
     for index, case in enumerate(cases):
@@ -169,12 +193,17 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             times, peak, error = [], None, f"{type(exc).__name__}: {exc}"[:300]
         if device.type == "cpu" and args.memory and error is None:
             peak = cpu_peak_bytes_in_subprocess(script, index, argv)
+        floor_ms = launches = None
+        if copy_rate and case.bytes_moved and error is None:
+            floor_ms = case.bytes_moved / copy_rate
+            launches = kernels_per_call(call)
         row = {
             "family": family, "op": case.op, "shape": case.shape, "provider": case.provider,
             "median_ms": statistics.median(times) if times else None,
             "min_ms": min(times) if times else None, "repeat": len(times),
             "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
             "note": case.note, "error": error,
+            "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches,
         }
         rows.append(row)
         print(format_row(row), flush=True)
@@ -191,7 +220,11 @@ def format_row(row: dict) -> str:
     if row["error"]:
         return f"{row['op']:<22} {shape:<36} {row['provider']:<26} error: {row['error']}"
     mem = "" if row["peak_memory_bytes"] is None else f" {row['peak_memory_bytes'] / 2**20:10.1f} MiB"
-    return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}"
+    floor = ""
+    if row.get("bandwidth_floor_ms"):
+        floor = (f"  {row['median_ms'] / row['bandwidth_floor_ms']:.2f}x the bandwidth floor, "
+                 f"{row['kernels_per_call']} kernel(s)")
+    return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}{floor}"
 
 
 def print_speedups(rows: list[dict]):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check, for a lent GPU machine (torch with CUDA, nvcc, Triton, ninja;
+# nothing can be downloaded there): build the CUDA extension, run every test
+# (the CUDA and bf16 Triton ones run only here), run the benchmarks and print a
+# table. Results: benchmarks/results/<gpu>/*.json, also copied to $OUT if set.
+# Sized to finish in under 8 minutes on an H100/H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+t0=$(date +%s)
+stamp() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
+
+stamp "build"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if ! $PY -m pip install --no-build-isolation --no-deps -e . > /tmp/fastrl_build.log 2>&1; then
+  tail -n 60 /tmp/fastrl_build.log; echo "BUILD FAILED"; exit 1
+fi
+$PY -m fastrl.cli info
+
+stamp "tests"
+$PY -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 40 || status=1
+
+stamp "benchmarks"
+$PY benchmarks/bench_scans.py --device cuda || status=1
+
+results=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))")
+if [ -n "${OUT:-}" ] && [ -d "$results" ]; then cp "$results"/*.json "$OUT"/ 2>/dev/null || true; fi
+stamp "done (status $status); results in $results"
+exit $status

@@ -1,0 +1,102 @@
+"""The package: install without the extension, `fastrl info`, extension loading."""
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import fastrl
+from fastrl import _extension
+from fastrl.ops import _registry
+
+ROOT = Path(__file__).resolve().parent.parent
+SCANS = ("discounted_returns", "gae", "min_form_returns")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_install_without_extension_still_serves_every_op(tmp_path):
+    """FASTRL_SKIP_EXT=1 installs no fastrl._C; the ops exist and run their references."""
+    target = tmp_path / "site"
+    env = {**os.environ, "FASTRL_SKIP_EXT": "1"}
+    done = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                "--target", str(target), str(ROOT)], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(target.glob("fastrl/_C*")), "an extension was built despite FASTRL_SKIP_EXT=1"
+    assert (target / "fastrl" / "kernels" / "__init__.py").exists()
+    code = (
+        # An editable install of this checkout hooks sys.meta_path ahead of PYTHONPATH: unhook it.
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+        "import warnings; warnings.simplefilter('error')\n"
+        "import fastrl, torch\n"
+        "print(torch.ops.fastrl.min_form_returns)\n"
+        "from fastrl import _extension; assert _extension.status == 'not built', _extension.status\n"
+        "r = torch.ones(2, 3); m = torch.ones(2, 3)\n"
+        "assert torch.ops.fastrl.discounted_returns(r, m, 1.0).tolist() == [[3.0, 2.0, 1.0]] * 2\n"
+        "assert fastrl.ops.discounted_returns(r, m).tolist() == [[3.0, 2.0, 1.0]] * 2\n"
+        "assert fastrl.ops.backend_for('gae', 'cpu') == 'reference'\n"
+    )
+    done = run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fastrl.min_form_returns" in done.stdout
+    assert str(target) in run([sys.executable, "-c", code.split("import warnings")[0] +
+                               "import fastrl; print(fastrl.__file__)"], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(target)}).stdout
+
+
+def test_info_shows_the_cpp_backend_for_the_scans():
+    if _extension.module is None:
+        pytest.skip(f"extension {_extension.status}")
+    done = run([sys.executable, "-m", "fastrl.cli", "info"], cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()}
+    for op in SCANS:
+        assert lines[op][1] == "cpp", done.stdout
+    assert "extension fastrl._C: loaded" in done.stdout
+    assert "WARNING" not in done.stdout
+
+
+def test_every_scan_has_a_cpu_kernel_when_built():
+    if _extension.module is None:
+        pytest.skip(f"extension {_extension.status}")
+    for op in SCANS:
+        assert _registry.OPS[op].compiled["CPU"]
+        assert _registry.backend_for(op, "cpu") == "cpp"
+
+
+def test_a_broken_extension_is_a_warning(monkeypatch):
+    def broken(name):
+        raise ImportError("undefined symbol: _ZN3c10")
+
+    monkeypatch.setattr(_extension.importlib, "import_module", broken)
+    monkeypatch.setattr(_extension, "module", None)
+    monkeypatch.setattr(_extension, "status", "not built")
+    monkeypatch.setattr(_extension.importlib.util, "find_spec", lambda name: object())
+    with pytest.warns(RuntimeWarning, match="failed to load"):
+        assert _extension.load() is None
+    assert _extension.status.startswith("failed to load")
+
+
+def test_build_mismatch_is_reported(monkeypatch):
+    fake = types.SimpleNamespace(built_with_torch="2.0.0", built_with_cuda="", with_cuda=0)
+    monkeypatch.setattr(_extension, "module", fake)
+    assert "built with torch 2.0.0" in _extension.build_mismatch()
+    fake.built_with_torch = _extension._running_torch()
+    assert _extension.build_mismatch() is None
+
+
+def test_forced_backend_from_environment():
+    code = "import fastrl.ops as o; print(o.backend_for('gae', 'cpu'))"
+    env = {**os.environ, "FASTRL_BACKEND": "reference"}
+    done = run([sys.executable, "-c", code], env=env, cwd=ROOT)
+    assert done.stdout.strip() == "reference", done.stderr
+    done = run([sys.executable, "-c", code], env={**os.environ, "FASTRL_BACKEND": "nope"}, cwd=ROOT)
+    assert done.returncode != 0 and "FASTRL_BACKEND must be one of" in done.stderr
+
+
+def test_version():
+    assert fastrl.__version__
