@@ -6,6 +6,7 @@ reference); FASTRL_NO_CUDA=1 builds the CPU kernels only.
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
@@ -27,6 +28,11 @@ def extensions():
     torch_version = torch.__version__.split("+")[0]
     macros = [("FASTRL_TORCH_VERSION", f'"{torch_version}"')]
     cxx = ["-O3", "-fvisibility=hidden"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is a header template over OpenMP: without -fopenmp it runs serially.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     extra = {"cxx": cxx}
     kind = CppExtension
     if with_cuda:
@@ -40,6 +46,7 @@ def extensions():
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         define_macros=macros,
         extra_compile_args=extra,
+        extra_link_args=link,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -12,7 +12,7 @@
 namespace fastrl {
 namespace {
 
-constexpr int64_t kRows = 8;
+constexpr int64_t kRows = 4;
 
 // The masks of rows [row, row + n) as 0/1 bytes: the input itself when it is
 // already bool/uint8, else a conversion into `buffer`.
@@ -24,13 +24,21 @@ const uint8_t* mask_bytes(MaskRef mask, int64_t row, int64_t n, int64_t T, std::
   return buffer.data();
 }
 
-// Runs body(first_row, n_rows) over blocks of at most kRows rows, in parallel.
+// Runs body(first_row, rows) over the rows in parallel, `rows` a compile-time
+// count (std::integral_constant): kRows for full blocks, 1 for the remainder,
+// so that each row's carry lives in a register.
 template <typename Body>
 void for_row_blocks(int64_t B, int64_t T, const Body& body) {
-  const int64_t blocks = (B + kRows - 1) / kRows;
+  const int64_t full = B / kRows;
+  const int64_t tasks = full + B % kRows;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(kRows * T, 1));
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) body(b * kRows, std::min(kRows, B - b * kRows));
+  at::parallel_for(0, tasks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (b < full)
+        body(b * kRows, std::integral_constant<int64_t, kRows>{});
+      else
+        body(full * kRows + (b - full), std::integral_constant<int64_t, 1>{});
+    }
   });
 }
 
@@ -41,12 +49,13 @@ at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& 
   const int64_t B = rewards.size(0), T = rewards.size(1);
   const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "discounted_returns_cpu", [&] {
-    for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+    for_row_blocks(B, T, [&](int64_t row, auto rows) {
+      constexpr int64_t n = decltype(rows)::value;
       std::vector<uint8_t> buffer;
       const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
       const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
       acc_t* out = returns.data_ptr<acc_t>() + row * T;
-      acc_t carry[kRows] = {};
+      acc_t carry[n] = {};
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t i = 0; i < n; ++i) {
           const int64_t k = i * T + t;
@@ -69,14 +78,15 @@ std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at:
   const int64_t B = rewards.size(0), T = rewards.size(1);
   const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "gae_cpu", [&] {
-    for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+    for_row_blocks(B, T, [&](int64_t row, auto rows) {
+      constexpr int64_t n = decltype(rows)::value;
       std::vector<uint8_t> buffer;
       const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
       const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
       const scalar_t* v = values.data_ptr<scalar_t>() + row * T;
       acc_t* adv = advantages.data_ptr<acc_t>() + row * T;
       acc_t* ret = returns.data_ptr<acc_t>() + row * T;
-      acc_t next_value[kRows] = {}, carry[kRows] = {};
+      acc_t next_value[n] = {}, carry[n] = {};
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t i = 0; i < n; ++i) {
           const int64_t k = i * T + t;
@@ -94,17 +104,17 @@ std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at:
   return {advantages, returns};
 }
 
-template <typename scalar_t, typename acc_t, MinFormMode mode>
-void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* valid, int64_t n, int64_t T,
+template <typename scalar_t, typename acc_t, MinFormMode mode, int64_t n>
+void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* valid, int64_t T,
                     acc_t temperature, acc_t* rew, acc_t* ret) {
-  OnlineSoftmax<acc_t> softmax[kRows];
+  OnlineSoftmax<acc_t> softmax[n];
   for (int64_t i = 0; i < n; ++i) {
     softmax[i] = OnlineSoftmax<acc_t>::empty();
     if (mode != MinFormMode::kSoft) continue;
     for (int64_t k = i * T; k < (i + 1) * T; ++k)
       if (valid[k] && step_mask[k]) softmax[i].add(min_form_logit(static_cast<acc_t>(s[k]), temperature));
   }
-  acc_t carry[kRows];
+  acc_t carry[n];
   for (int64_t i = 0; i < n; ++i) carry[i] = min_form_identity<acc_t, mode>();
   for (int64_t t = T - 1; t >= 0; --t) {
     for (int64_t i = 0; i < n; ++i) {
@@ -137,11 +147,12 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cpu(const at::Tensor& scores
   const MaskRef sm = mask_ref(step_mask), m = mask_ref(mask);
   FASTRL_DISPATCH_MIN_FORM_MODE(std::string(mode), [&] {
     FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "min_form_returns_cpu", [&] {
-      for_row_blocks(B, T, [&](int64_t row, int64_t n) {
+      for_row_blocks(B, T, [&](int64_t row, auto rows) {
+      constexpr int64_t n = decltype(rows)::value;
         std::vector<uint8_t> step_buffer, valid_buffer;
-        min_form_block<scalar_t, acc_t, kMode>(
+        min_form_block<scalar_t, acc_t, kMode, n>(
             scores.data_ptr<scalar_t>() + row * T, mask_bytes(sm, row, n, T, step_buffer),
-            mask_bytes(m, row, n, T, valid_buffer), n, T, acc_t(temperature),
+            mask_bytes(m, row, n, T, valid_buffer), T, acc_t(temperature),
             token_rewards.data_ptr<acc_t>() + row * T, returns.data_ptr<acc_t>() + row * T);
       });
     });
