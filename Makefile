@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/include/fastrl/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel ninja
+	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 	touch $@

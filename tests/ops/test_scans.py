@@ -386,3 +386,16 @@ def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         with ops.use_backend("fortran"):
             pass
+
+
+def test_value_checks_on_cuda_only_with_fastrl_check(monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    s = torch.zeros(2, 3, device="cuda")
+    s[0, 1] = float("nan")
+    ones = torch.ones(2, 3, device="cuda")
+    monkeypatch.delenv("FASTRL_CHECK", raising=False)
+    ops.min_form_returns(s, ones, ones)  # no host sync, no check
+    monkeypatch.setenv("FASTRL_CHECK", "1")
+    with pytest.raises(ValueError, match="scores contains NaN or Inf"):
+        ops.min_form_returns(s, ones, ones)
