@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-venv=${FASTRL_CUDA_VENV:-.venv-cuda}
+venv=$(realpath -m "${FASTRL_CUDA_VENV:-.venv-cuda}")
 torch_spec=${FASTRL_CUDA_TORCH:-torch==2.14.1}
 
 if [ ! -x "$venv/bin/python" ]; then
