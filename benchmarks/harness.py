@@ -40,6 +40,8 @@ class Case:
     # Bytes one call must read and write at the least: on a GPU the row then
     # gets the bandwidth floor (bytes over a measured device copy rate).
     bytes_moved: Optional[int] = None
+    # The fastrl provider a baseline is compared with (default: the first fastrl row).
+    compare_to: Optional[str] = None
 
 
 def device_name(device: torch.device) -> str:
@@ -231,7 +233,7 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             "min_ms": min(times) if times else None, "repeat": len(times),
             "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
             "note": case.note, "error": error,
-            "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches,
+            "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
             "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
         }
         rows.append(row)
@@ -263,12 +265,14 @@ def print_speedups(rows: list[dict]):
         groups.setdefault((row["op"], json.dumps(row["shape"])), []).append(row)
     print("\nspeed-up of fastrl (provider median / fastrl median):")
     for (op, shape), group in groups.items():
-        ours = [r for r in group if r["provider"].startswith("fastrl") and r["median_ms"]]
+        ours = {r["provider"]: r for r in group if r["provider"].startswith("fastrl") and r["median_ms"]}
         if not ours:
             continue
-        base = ours[0]["median_ms"]
-        others = ", ".join(
-            f"{r['provider']} {r['median_ms'] / base:.1f}x" for r in group
-            if r is not ours[0] and r["median_ms"]
-        )
-        print(f"  {op:<22} {' '.join(f'{k}={v}' for k, v in json.loads(shape).items()):<36} {others}")
+        first = next(iter(ours))
+        ratios = []
+        for r in group:
+            base = ours.get(r.get("compare_to") or first)
+            if r["provider"] in ours or not r["median_ms"] or base is None:
+                continue
+            ratios.append(f"{r['provider']} {r['median_ms'] / base['median_ms']:.1f}x vs {base['provider']}")
+        print(f"  {op:<22} {' '.join(f'{k}={v}' for k, v in json.loads(shape).items()):<36} {', '.join(ratios)}")

@@ -14,16 +14,6 @@ namespace {
 
 constexpr int64_t kRows = 4;
 
-// The masks of rows [row, row + n) as 0/1 bytes: the input itself when it is
-// already bool/uint8, else a conversion into `buffer`.
-const uint8_t* mask_bytes(MaskRef mask, int64_t row, int64_t n, int64_t T, std::vector<uint8_t>& buffer) {
-  MaskRef rows = mask.offset(row * T);
-  if (mask.elem_size == 1) return static_cast<const uint8_t*>(rows.data);
-  buffer.resize(n * T);
-  rows.to_bytes(n * T, buffer.data());
-  return buffer.data();
-}
-
 // Runs body(first_row, rows) over the rows in parallel, `rows` a compile-time
 // count (std::integral_constant): kRows for full blocks, 1 for the remainder,
 // so that each row's carry lives in a register.

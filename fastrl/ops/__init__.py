@@ -4,6 +4,7 @@ Each family lives in its own module (schema, public function, dispatch, fake);
 see fastrl/ops/_registry.py for how a backend is chosen.
 """
 from fastrl.ops._registry import available_backends, backend_for, use_backend
+from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids
 from fastrl.ops.scans import discounted_returns, gae, min_form_returns
 
 from fastrl.ops import _registry
@@ -13,6 +14,9 @@ _registry.load_extension()  # after every schema is defined, so the kernels regi
 __all__ = [
     "available_backends",
     "backend_for",
+    "broadcast_to_tokens",
+    "group_advantages",
+    "group_ids_from_uids",
     "discounted_returns",
     "gae",
     "min_form_returns",

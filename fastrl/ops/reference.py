@@ -78,3 +78,31 @@ def min_form_returns(scores, step_mask, mask, temperature, mode):
         suffix_sum = token_rewards.flip(-1).cumsum(-1).flip(-1)
         returns = torch.where(valid, suffix_sum, 0.0)
     return token_rewards, returns
+
+
+# ---- 3.2 grouped advantages ----
+
+
+def group_advantages(scores, group_ids, method, eps):
+    s = scores.to(output_dtype(scores))
+    out = torch.empty_like(s)
+    batch_std = s.std() if s.numel() > 1 else 1.0
+    for g in torch.unique(group_ids).tolist():
+        members = (group_ids == g).nonzero().flatten()
+        x, n = s[members], len(members)
+        mean, std = (x.mean(), x.std()) if n > 1 else (0.0, 1.0)  # verl's singleton rule
+        if method == "grpo":
+            out[members] = (x - mean) / (std + eps)
+        elif method == "dr_grpo":
+            out[members] = x - mean
+        elif method == "rloo":  # minus the mean of the other members
+            out[members] = x - (x.sum() - x) / (n - 1) if n > 1 else x
+        elif method == "batch_std":
+            out[members] = (x - mean) / (batch_std + eps)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+    return out
+
+
+def broadcast_to_tokens(advantages, mask):
+    return torch.where(mask != 0, advantages.to(output_dtype(advantages))[:, None], 0.0)

@@ -39,21 +39,24 @@ struct MaskRef {
     }
   }
 
-  // Elements [0, n) as 0/1 bytes, the dtype switch hoisted out of the loop.
+  // Elements [0, n) as 0/1 bytes: one tight (vectorisable) loop per dtype width.
   inline void to_bytes(int64_t n, uint8_t* out) const {
     switch (elem_size) {
       case 1:
-        for (int64_t i = 0; i < n; ++i) out[i] = static_cast<const uint8_t*>(data)[i] != 0;
-        break;
+        return nonzero_bytes(static_cast<const uint8_t*>(data), uint8_t(0xff), n, out);
       case 2:
-        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
-        break;
+        return nonzero_bytes(static_cast<const uint16_t*>(data), uint16_t(floating ? 0x7fffu : 0xffffu), n, out);
       case 4:
-        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
-        break;
+        return nonzero_bytes(static_cast<const uint32_t*>(data), uint32_t(floating ? 0x7fffffffu : 0xffffffffu), n, out);
       default:
-        for (int64_t i = 0; i < n; ++i) out[i] = (*this)[i];
+        return nonzero_bytes(static_cast<const uint64_t*>(data),
+                             uint64_t(floating ? 0x7fffffffffffffffull : 0xffffffffffffffffull), n, out);
     }
+  }
+
+  template <typename bits_t>
+  static void nonzero_bytes(const bits_t* __restrict__ in, bits_t keep, int64_t n, uint8_t* __restrict__ out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = (in[i] & keep) != 0;
   }
 
   FASTRL_HD MaskRef offset(int64_t i) const {

@@ -7,6 +7,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <vector>
+
 #include "fastrl/common.h"
 
 namespace fastrl {
@@ -15,6 +17,16 @@ inline MaskRef mask_ref(const at::Tensor& mask) {
   TORCH_CHECK(mask.is_contiguous(), "fastrl: mask must be contiguous");
   return {mask.data_ptr(), static_cast<int>(mask.element_size()),
           at::isFloatingType(mask.scalar_type())};
+}
+
+// The masks of rows [row, row + n) of a [B, T] mask as 0/1 bytes: the input
+// itself when it is already bool/uint8, else a conversion into `buffer` (CPU).
+inline const uint8_t* mask_bytes(MaskRef mask, int64_t row, int64_t n, int64_t T, std::vector<uint8_t>& buffer) {
+  MaskRef rows = mask.offset(row * T);
+  if (mask.elem_size == 1) return static_cast<const uint8_t*>(rows.data);
+  buffer.resize(n * T);
+  rows.to_bytes(n * T, buffer.data());
+  return buffer.data();
 }
 
 // Outputs are float32 for bf16/fp16/fp32 inputs and float64 for float64.

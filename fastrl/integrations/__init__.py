@@ -1,0 +1,1 @@
+"""Adapters to other frameworks, each import-guarded: fastrl imports without them."""

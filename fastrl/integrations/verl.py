@@ -1,0 +1,67 @@
+"""fastrl's advantage estimators in verl's registry.
+
+Importing this module registers ``fastrl_grpo``, ``fastrl_dr_grpo`` and
+``fastrl_rloo`` with ``verl.trainer.ppo.core_algos.register_adv_est`` when verl
+is importable (without verl the functions still work on their own). Switch a
+verl run over with one line of config::
+
+    algorithm.adv_estimator=fastrl_grpo
+
+Each takes verl's call (token_level_rewards [B, T], response_mask [B, T],
+index: the numpy object array of uids, config, ...) and returns
+(advantages, returns), both [B, T], as verl's own estimators do.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastrl.ops import _checks
+from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids
+
+
+def _outcome_advantages(token_level_rewards, response_mask, index, method, epsilon):
+    _checks.floating("token_level_rewards", token_level_rewards, ndim=2)
+    _checks.mask("response_mask", response_mask, "token_level_rewards", token_level_rewards)
+    if len(index) != token_level_rewards.shape[0]:
+        raise ValueError(f"index must have one uid per response ({token_level_rewards.shape[0]}), got {len(index)}")
+    with torch.no_grad():
+        scores = token_level_rewards.sum(dim=-1)
+        group_ids = group_ids_from_uids(index).to(scores.device, non_blocking=True)
+        advantages = broadcast_to_tokens(group_advantages(scores, group_ids, method, epsilon), response_mask)
+    return advantages, advantages
+
+
+def fastrl_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6,
+                norm_adv_by_std_in_grpo: bool = True, config=None, **kwargs):
+    """verl's ``grpo`` (``norm_adv_by_std_in_grpo=False``: Dr.GRPO), one fused op."""
+    if config is not None:
+        norm_adv_by_std_in_grpo = getattr(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    method = "grpo" if norm_adv_by_std_in_grpo else "dr_grpo"
+    return _outcome_advantages(token_level_rewards, response_mask, index, method, epsilon)
+
+
+def fastrl_dr_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
+    """Dr.GRPO: the group mean subtracted, no std scaling."""
+    return _outcome_advantages(token_level_rewards, response_mask, index, "dr_grpo", epsilon)
+
+
+def fastrl_rloo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
+    """verl's ``rloo``: each score minus the mean of the other responses to its prompt."""
+    return _outcome_advantages(token_level_rewards, response_mask, index, "rloo", epsilon)
+
+
+ESTIMATORS = {"fastrl_grpo": fastrl_grpo, "fastrl_dr_grpo": fastrl_dr_grpo, "fastrl_rloo": fastrl_rloo}
+
+
+def register() -> bool:
+    """Register the estimators with verl; False when verl is not importable."""
+    try:
+        from verl.trainer.ppo.core_algos import register_adv_est
+    except ImportError:
+        return False
+    for name, fn in ESTIMATORS.items():
+        register_adv_est(name)(fn)
+    return True
+
+
+registered = register()

@@ -1,0 +1,63 @@
+"""fastrl's estimators inside verl: registration and equivalence with verl's own."""
+import numpy as np
+import pytest
+import torch
+
+core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+
+import fastrl.integrations.verl as fastrl_verl  # noqa: E402  (registers the estimators)
+
+
+def verl_batch(rng, n_prompts=40, singletons=5):
+    """Ragged masks, unequal groups (some singletons), uids shuffled as verl's string array."""
+    sizes = [int(n) for n in torch.randint(2, 9, (n_prompts,), generator=rng)] + [1] * singletons
+    uids = np.array([f"uid-{p}" for p, n in enumerate(sizes) for _ in range(n)], dtype=object)
+    order = torch.randperm(len(uids), generator=rng).numpy()
+    uids = uids[order]
+    B, T = len(uids), 37
+    lengths = torch.randint(1, T + 1, (B,), generator=rng)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).float()
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lengths - 1] = (torch.rand(B, generator=rng) > 0.5).float() + 0.1 * torch.randn(B, generator=rng)
+    return rewards, mask, uids
+
+
+def test_estimators_are_registered():
+    assert fastrl_verl.registered
+    for name, fn in fastrl_verl.ESTIMATORS.items():
+        assert core_algos.get_adv_estimator_fn(name) is fn
+
+
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_grpo_equals_verl(norm_by_std, rng):
+    rewards, mask, uids = verl_batch(rng)
+    want, want_ret = core_algos.compute_grpo_outcome_advantage(
+        rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=norm_by_std)
+    got, got_ret = fastrl_verl.fastrl_grpo(rewards, mask, uids, norm_adv_by_std_in_grpo=norm_by_std)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_ret, want_ret, rtol=1e-5, atol=1e-5)
+    if not norm_by_std:
+        torch.testing.assert_close(fastrl_verl.fastrl_dr_grpo(rewards, mask, uids)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_grpo_reads_verls_config(rng):
+    rewards, mask, uids = verl_batch(rng)
+    config = type("AlgoConfig", (), {"norm_adv_by_std_in_grpo": False})()
+    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=False)
+    got, _ = core_algos.get_adv_estimator_fn("fastrl_grpo")(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=config)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rloo_equals_verl(rng):
+    rewards, mask, uids = verl_batch(rng)
+    want, want_ret = core_algos.compute_rloo_outcome_advantage(rewards.clone(), mask, uids)
+    got, got_ret = fastrl_verl.fastrl_rloo(rewards, mask, uids)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_ret, want_ret, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_index_length(rng):
+    rewards, mask, uids = verl_batch(rng)
+    with pytest.raises(ValueError, match="index must have one uid per response"):
+        fastrl_verl.fastrl_grpo(rewards, mask, uids[:-1])
