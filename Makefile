@@ -8,18 +8,19 @@ $(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/pip install -q --no-build-isolation -e ".[test,anchors]"
 	touch $@
 
 .PHONY: install test bench cuda-build
 install: $(BIN)/fastrl
 
 test: $(BIN)/fastrl
-	$(BIN)/python -m pytest -q
+	FASTRL_REQUIRE_ANCHORS=1 $(BIN)/python -m pytest -q
 
 bench: $(BIN)/fastrl
 	$(BIN)/fastrl info
 	$(BIN)/fastrl bench scans
+	$(BIN)/fastrl bench advantages
 
 cuda-build:
 	bash .ci/cuda_build.sh

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "fastrl/advantages.h"
@@ -39,12 +40,94 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
     if (method == GroupMethod::kBatchStd && B > 1) {
       GroupStats all{static_cast<double>(B), 0.0, 0.0};
       for (int64_t i = 0; i < B; ++i) all.mean += static_cast<double>(s[i]) / B;
-      for (int64_t i = 0; i < B; ++i) all.m2 += (s[i] - all.mean) * (s[i] - all.mean);
+      for (int64_t i = 0; i < B; ++i) all.m2 += (static_cast<double>(s[i]) - all.mean) * (static_cast<double>(s[i]) - all.mean);
       batch_std = unbiased_std(all.count, all.m2);
     }
     acc_t* out = advantages.data_ptr<acc_t>();
     for (int64_t i = 0; i < B; ++i)
       out[i] = static_cast<acc_t>(group_advantage(method, static_cast<double>(s[i]), stats[ids[i]], eps, batch_std));
+  });
+  return advantages;
+}
+
+// RiskPO: index bookkeeping (first appearance, bundles, papers) in one pass
+// over the batch, then per bundle its papers' totals, quantiles and credit.
+at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, int64_t bundle_size,
+                               double alpha, double beta, double omega, bool natural_baseline,
+                               c10::string_view credit_) {
+  const RiskCredit credit = risk_credit(std::string_view(credit_.data(), credit_.size()));
+  TORCH_CHECK_VALUE(credit != RiskCredit::kUnknown, "fastrl: unknown credit '", std::string(credit_), "'");
+  auto scores = scores_.contiguous();
+  auto group_ids = group_ids_.contiguous();
+  auto advantages = empty_output(scores);
+  const int64_t B = scores.size(0);
+  const int64_t* ids = group_ids.data_ptr<int64_t>();
+  const RiskParams params{alpha, beta, omega, natural_baseline};
+  FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "risk_advantages_cpu", [&] {
+    const scalar_t* s = scores.data_ptr<scalar_t>();
+    // Questions in order of first appearance; each row's index within its question.
+    std::vector<int64_t> question_of_group(B, -1), index_in_question(B);
+    std::vector<GroupStats> question;  // count, mean, m2 per question
+    for (int64_t i = 0; i < B; ++i) {
+      int64_t& q = question_of_group[ids[i]];
+      if (q < 0) {
+        q = static_cast<int64_t>(question.size());
+        question.push_back({0.0, 0.0, 0.0});
+      }
+      index_in_question[i] = static_cast<int64_t>(question[q].count);
+      question[q].count += 1;
+      question[q].mean += static_cast<double>(s[i]);
+    }
+    for (auto& q : question) q.mean /= q.count;
+    for (int64_t i = 0; i < B; ++i) {
+      GroupStats& q = question[question_of_group[ids[i]]];
+      q.m2 += (static_cast<double>(s[i]) - q.mean) * (static_cast<double>(s[i]) - q.mean);
+    }
+    const int64_t n_questions = static_cast<int64_t>(question.size());
+    const int64_t n_bundles = (n_questions + bundle_size - 1) / bundle_size;
+    // Papers: bundle k holds papers [first_paper[k], first_paper[k] + P_k).
+    std::vector<int64_t> papers(n_bundles, INT64_MAX), first_paper(n_bundles + 1, 0);
+    for (int64_t q = 0; q < n_questions; ++q)
+      papers[q / bundle_size] = std::min<int64_t>(papers[q / bundle_size], static_cast<int64_t>(question[q].count));
+    for (int64_t k = 0; k < n_bundles; ++k) first_paper[k + 1] = first_paper[k] + papers[k];
+    std::vector<double> total(first_paper[n_bundles], 0.0), centred(first_paper[n_bundles], 0.0);
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t q = question_of_group[ids[i]], k = q / bundle_size, p = index_in_question[i];
+      if (p >= papers[k]) continue;
+      total[first_paper[k] + p] += static_cast<double>(s[i]);
+      centred[first_paper[k] + p] += static_cast<double>(s[i]) - question[q].mean;
+    }
+    std::vector<double> advantage(first_paper[n_bundles]), sorted;
+    for (int64_t k = 0; k < n_bundles; ++k) {
+      const double* x = total.data() + first_paper[k];
+      const int64_t P = papers[k];
+      sorted.assign(x, x + P);
+      std::sort(sorted.begin(), sorted.end());
+      const double a = linear_quantile(sorted.data(), P, alpha), b = linear_quantile(sorted.data(), P, beta);
+      GroupStats bundle{static_cast<double>(P), 0.0, 0.0};
+      for (int64_t p = 0; p < P; ++p) bundle.mean += x[p] / P;
+      for (int64_t p = 0; p < P; ++p) bundle.m2 += (x[p] - bundle.mean) * (x[p] - bundle.mean);
+      const double scale = (P > 1 ? unbiased_std(bundle.count, bundle.m2) : 1.0) + 1e-6;
+      for (int64_t p = 0; p < P; ++p) advantage[first_paper[k] + p] = risk_advantage(x[p], a, b, params) / scale;
+    }
+    acc_t* out = advantages.data_ptr<acc_t>();
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t q = question_of_group[ids[i]], k = q / bundle_size, p = index_in_question[i];
+      if (p >= papers[k]) {
+        out[i] = acc_t(0);
+        continue;
+      }
+      const double A = advantage[first_paper[k] + p];
+      double value;
+      if (credit == RiskCredit::kStd) {
+        value = A / credit_std(question[q]);
+      } else {
+        const double sum = centred[first_paper[k] + p];
+        const int64_t in_bundle = std::min(bundle_size, n_questions - k * bundle_size);
+        value = fabs(sum) <= 1e-6 ? A / in_bundle : A * (static_cast<double>(s[i]) - question[q].mean) / sum;
+      }
+      out[i] = static_cast<acc_t>(value);
+    }
   });
   return advantages;
 }
@@ -76,6 +159,7 @@ at::Tensor broadcast_to_tokens_cpu(const at::Tensor& advantages_, const at::Tens
 TORCH_LIBRARY_IMPL(fastrl, CPU, m) {
   m.impl("group_advantages", &group_advantages_cpu);
   m.impl("broadcast_to_tokens", &broadcast_to_tokens_cpu);
+  m.impl("risk_advantages", &risk_advantages_cpu);
 }
 
 }  // namespace fastrl

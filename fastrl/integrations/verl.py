@@ -1,11 +1,17 @@
 """fastrl's advantage estimators in verl's registry.
 
-Importing this module registers ``fastrl_grpo``, ``fastrl_dr_grpo`` and
-``fastrl_rloo`` with ``verl.trainer.ppo.core_algos.register_adv_est`` when verl
-is importable (without verl the functions still work on their own). Switch a
-verl run over with one line of config::
+Importing this module registers ``fastrl_grpo``, ``fastrl_dr_grpo``,
+``fastrl_rloo`` and ``fastrl_riskpo`` with
+``verl.trainer.ppo.core_algos.register_adv_est`` when verl is importable
+(without verl the functions still work on their own). Switch a verl run over
+with one line of config::
 
     algorithm.adv_estimator=fastrl_grpo
+
+``fastrl_riskpo`` reads its parameters (bundle_size, alpha, beta, omega,
+natural_baseline, credit; defaults as ``fastrl.ops.risk_advantages``) from a
+``riskpo`` section of the algorithm config (``+algorithm.riskpo.bundle_size=5``)
+or from keyword arguments.
 
 Each takes verl's call (token_level_rewards [B, T], response_mask [B, T],
 index: the numpy object array of uids, config, ...) and returns
@@ -16,10 +22,13 @@ from __future__ import annotations
 import torch
 
 from fastrl.ops import _checks
-from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids
+from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids, risk_advantages
+
+RISKPO_DEFAULTS = dict(bundle_size=5, alpha=0.2, beta=0.8, omega=1.5, natural_baseline=True, credit="std")
 
 
-def _outcome_advantages(token_level_rewards, response_mask, index, method, epsilon):
+def _outcome_advantages(token_level_rewards, response_mask, index, advantage_fn):
+    """Sequence scores and group ids from verl's call, advantage_fn(scores, ids), broadcast to tokens."""
     _checks.floating("token_level_rewards", token_level_rewards, ndim=2)
     _checks.mask("response_mask", response_mask, "token_level_rewards", token_level_rewards)
     if len(index) != token_level_rewards.shape[0]:
@@ -27,8 +36,13 @@ def _outcome_advantages(token_level_rewards, response_mask, index, method, epsil
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
         group_ids = group_ids_from_uids(index).to(scores.device, non_blocking=True)
-        advantages = broadcast_to_tokens(group_advantages(scores, group_ids, method, epsilon), response_mask)
+        advantages = broadcast_to_tokens(advantage_fn(scores, group_ids), response_mask)
     return advantages, advantages
+
+
+def _grouped(token_level_rewards, response_mask, index, method, epsilon):
+    return _outcome_advantages(token_level_rewards, response_mask, index,
+                               lambda scores, ids: group_advantages(scores, ids, method, epsilon))
 
 
 def fastrl_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6,
@@ -37,20 +51,33 @@ def fastrl_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6
     if config is not None:
         norm_adv_by_std_in_grpo = getattr(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     method = "grpo" if norm_adv_by_std_in_grpo else "dr_grpo"
-    return _outcome_advantages(token_level_rewards, response_mask, index, method, epsilon)
+    return _grouped(token_level_rewards, response_mask, index, method, epsilon)
 
 
 def fastrl_dr_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
     """Dr.GRPO: the group mean subtracted, no std scaling."""
-    return _outcome_advantages(token_level_rewards, response_mask, index, "dr_grpo", epsilon)
+    return _grouped(token_level_rewards, response_mask, index, "dr_grpo", epsilon)
 
 
 def fastrl_rloo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
     """verl's ``rloo``: each score minus the mean of the other responses to its prompt."""
-    return _outcome_advantages(token_level_rewards, response_mask, index, "rloo", epsilon)
+    return _grouped(token_level_rewards, response_mask, index, "rloo", epsilon)
 
 
-ESTIMATORS = {"fastrl_grpo": fastrl_grpo, "fastrl_dr_grpo": fastrl_dr_grpo, "fastrl_rloo": fastrl_rloo}
+def fastrl_riskpo(token_level_rewards, response_mask, index, config=None, **kwargs):
+    """RiskPO's risk-quantile advantages with question bundling (``fastrl.ops.risk_advantages``)."""
+    params = dict(RISKPO_DEFAULTS)
+    section = None
+    if config is not None:
+        section = config.get("riskpo") if hasattr(config, "get") else getattr(config, "riskpo", None)
+    for source in (section or {}, kwargs):
+        params.update({key: source[key] for key in RISKPO_DEFAULTS if key in source})
+    return _outcome_advantages(token_level_rewards, response_mask, index,
+                               lambda scores, ids: risk_advantages(scores, ids, **params))
+
+
+ESTIMATORS = {"fastrl_grpo": fastrl_grpo, "fastrl_dr_grpo": fastrl_dr_grpo, "fastrl_rloo": fastrl_rloo,
+              "fastrl_riskpo": fastrl_riskpo}
 
 
 def register() -> bool:

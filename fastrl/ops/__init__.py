@@ -4,7 +4,12 @@ Each family lives in its own module (schema, public function, dispatch, fake);
 see fastrl/ops/_registry.py for how a backend is chosen.
 """
 from fastrl.ops._registry import available_backends, backend_for, use_backend
-from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids
+from fastrl.ops.advantages import (
+    broadcast_to_tokens,
+    group_advantages,
+    group_ids_from_uids,
+    risk_advantages,
+)
 from fastrl.ops.scans import discounted_returns, gae, min_form_returns
 
 from fastrl.ops import _registry
@@ -20,5 +25,6 @@ __all__ = [
     "discounted_returns",
     "gae",
     "min_form_returns",
+    "risk_advantages",
     "use_backend",
 ]

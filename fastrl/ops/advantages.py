@@ -17,6 +17,7 @@ from fastrl.ops import _checks, reference
 from fastrl.ops._registry import define, implementation
 
 GROUP_METHODS = ("grpo", "dr_grpo", "rloo", "batch_std")
+RISK_CREDITS = ("std", "sum_mean")
 
 define(
     "group_advantages(Tensor scores, Tensor group_ids, str method, float eps) -> Tensor",
@@ -51,6 +52,56 @@ def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, method: str 
         raise ValueError(f"eps must be >= 0, got {eps}")
     _checks.finite("scores", scores)
     return implementation("group_advantages", scores.device)(scores, group_ids, method, eps)
+define(
+    "risk_advantages(Tensor scores, Tensor group_ids, int bundle_size, float alpha, float beta, float omega,"
+    " bool natural_baseline, str credit) -> Tensor",
+    reference.risk_advantages,
+    lambda scores, group_ids, *args: torch.empty(
+        scores.shape, dtype=reference.output_dtype(scores), device=scores.device),
+)
+
+
+def risk_advantages(scores: torch.Tensor, group_ids: torch.Tensor, bundle_size: int = 5, alpha: float = 0.2,
+                    beta: float = 0.8, omega: float = 1.5, natural_baseline: bool = True,
+                    credit: str = "std") -> torch.Tensor:
+    """RiskPO's mixed value-at-risk advantages with question bundling (DESIGN 3.2).
+
+    Questions (groups) in order of first appearance are cut into bundles of
+    ``bundle_size``; in a bundle, paper p is the p-th response (in batch order)
+    of every question, and X_p the sum of its scores, for p below the smallest
+    group size P of the bundle (later responses get 0). With a, b the alpha-
+    and beta-quantiles of X (torch.quantile's linear interpolation):
+    g = (X-a)+ - (X-b)+ (+ (a-b) with ``natural_baseline``), over beta - alpha;
+    c = -(a-X)+ / alpha; A = (omega c + g) / (omega + 1), over the std of X
+    (+1e-6; 1 when P = 1). Credit to a response: ``std``, A_p over its
+    question's std (1 for a singleton or a std <= 1e-3); ``sum_mean``,
+    A_p (r - mean_q) / sum over the paper of (r_j - mean_qj), or A_p over the
+    number of questions of the bundle where that sum is within 1e-6 of 0.
+    With ``natural_baseline`` every A_p is <= 0 (and so every response's
+    advantage under ``std`` credit): that is the exact gradient of the risk
+    measure, not a bug. ``bundle_size=1`` is the per-group form.
+    """
+    _checks.floating("scores", scores, ndim=1)
+    check_group_ids(group_ids, scores)
+    if isinstance(bundle_size, bool) or not isinstance(bundle_size, int):
+        raise TypeError(f"bundle_size must be an int, got {type(bundle_size).__name__}")
+    if bundle_size < 1:
+        raise ValueError(f"bundle_size must be >= 1, got {bundle_size}")
+    alpha, beta = _checks.number("alpha", alpha), _checks.number("beta", beta)
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if alpha >= beta:
+        raise ValueError(f"alpha must be < beta, got alpha={alpha}, beta={beta}")
+    omega = _checks.number("omega", omega)
+    if omega < 0:
+        raise ValueError(f"omega must be >= 0, got {omega}")
+    if not isinstance(natural_baseline, bool):
+        raise TypeError(f"natural_baseline must be a bool, got {type(natural_baseline).__name__}")
+    _checks.choice("credit", credit, RISK_CREDITS)
+    _checks.finite("scores", scores)
+    return implementation("risk_advantages", scores.device)(
+        scores, group_ids, bundle_size, alpha, beta, omega, natural_baseline, credit)
 
 
 def check_group_ids(group_ids, scores: torch.Tensor):

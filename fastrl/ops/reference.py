@@ -106,3 +106,40 @@ def group_advantages(scores, group_ids, method, eps):
 
 def broadcast_to_tokens(advantages, mask):
     return torch.where(mask != 0, advantages.to(output_dtype(advantages))[:, None], 0.0)
+
+
+def risk_advantages(scores, group_ids, bundle_size, alpha, beta, omega, natural_baseline, credit):
+    """RiskPO (DESIGN 3.2): mixed value-at-risk advantages over bundles of questions."""
+    s = scores.to(output_dtype(scores))
+    out = torch.zeros_like(s)
+    questions: dict = {}  # group id -> its rows in batch order; dicts keep first-appearance order
+    for row, g in enumerate(group_ids.tolist()):
+        questions.setdefault(g, []).append(row)
+    questions = list(questions.values())
+    for start in range(0, len(questions), bundle_size):
+        bundle = questions[start:start + bundle_size]
+        P = min(len(q) for q in bundle)
+        X = torch.stack([sum(s[q[p]] for q in bundle) for p in range(P)])  # paper p's total
+        a, b = torch.quantile(X, alpha), torch.quantile(X, beta)
+        g = (X - a).clamp(min=0) - (X - b).clamp(min=0)
+        if natural_baseline:
+            g = g + (a - b)
+        g = g / (beta - alpha)
+        c = -(a - X).clamp(min=0) / alpha
+        A = (omega * c + g) / (omega + 1)
+        A = A / ((X.std() if P > 1 else 1.0) + 1e-6)
+        means = [s[q].mean() for q in bundle]
+        if credit == "std":
+            for q, mean in zip(bundle, means):
+                std = s[q].std() if len(q) > 1 else torch.ones(())
+                std = torch.where(std <= 1e-3, 1.0, std)
+                for p in range(P):
+                    out[q[p]] = A[p] / std
+        elif credit == "sum_mean":
+            for p in range(P):
+                total = sum(s[q[p]] - mean for q, mean in zip(bundle, means))
+                for q, mean in zip(bundle, means):
+                    out[q[p]] = A[p] / len(bundle) if abs(total) <= 1e-6 else A[p] * (s[q[p]] - mean) / total
+        else:
+            raise ValueError(f"unknown credit {credit!r}")
+    return out

@@ -1,11 +1,21 @@
-"""fastrl's estimators inside verl: registration and equivalence with verl's own."""
+"""fastrl's estimators inside verl: registration and equivalence with verl's own.
+
+`make test` installs verl (the [anchors] extra) and sets FASTRL_REQUIRE_ANCHORS=1,
+so there these tests run rather than skip.
+"""
+import os
+
 import numpy as np
 import pytest
 import torch
 
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+if os.environ.get("FASTRL_REQUIRE_ANCHORS") == "1":
+    import verl.trainer.ppo.core_algos as core_algos
+else:
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
 import fastrl.integrations.verl as fastrl_verl  # noqa: E402  (registers the estimators)
+import fastrl.ops as ops  # noqa: E402
 
 
 def verl_batch(rng, n_prompts=40, singletons=5):
@@ -61,3 +71,17 @@ def test_bad_index_length(rng):
     rewards, mask, uids = verl_batch(rng)
     with pytest.raises(ValueError, match="index must have one uid per response"):
         fastrl_verl.fastrl_grpo(rewards, mask, uids[:-1])
+
+
+def test_riskpo_adapter(rng):
+    rewards, mask, uids = verl_batch(rng)
+    scores = rewards.sum(-1)
+    ids = ops.group_ids_from_uids(uids)
+    want = ops.broadcast_to_tokens(ops.risk_advantages(scores, ids, bundle_size=3, credit="sum_mean"), mask)
+    config = {"riskpo": {"bundle_size": 3, "credit": "sum_mean"}}
+    got, ret = core_algos.get_adv_estimator_fn("fastrl_riskpo")(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=config)
+    torch.testing.assert_close(got, want)
+    assert got is ret
+    default, _ = fastrl_verl.fastrl_riskpo(rewards, mask, uids, bundle_size=1)
+    torch.testing.assert_close(default, ops.broadcast_to_tokens(ops.risk_advantages(scores, ids, bundle_size=1), mask))

@@ -200,3 +200,119 @@ def test_unknown_method():
 def test_scores_must_be_1d():
     with pytest.raises(ValueError, match="scores must have 1 dimensions"):
         ops.group_advantages(torch.ones(2, 2), torch.tensor([0, 0]))
+
+
+# ---- risk_advantages (RiskPO) ----
+
+RISK_CONFIGS = [
+    dict(bundle_size=5, natural_baseline=True, credit="std"),
+    dict(bundle_size=1, natural_baseline=True, credit="std"),
+    dict(bundle_size=3, natural_baseline=False, credit="std"),
+    dict(bundle_size=5, natural_baseline=True, credit="sum_mean"),
+    dict(bundle_size=2, natural_baseline=False, credit="sum_mean"),
+    dict(bundle_size=1000, natural_baseline=True, credit="std"),  # one partial bundle
+]
+
+
+def risk_backends(device):
+    found = [b for b in ops.available_backends("risk_advantages", device.type) if b != "reference"]
+    if not found:
+        pytest.skip(f"no compiled risk_advantages on {device.type}")
+    return found
+
+
+def risk_reference(s, ids, cfg):
+    return reference.risk_advantages(s, ids, cfg["bundle_size"], 0.2, 0.8, 1.5, cfg["natural_baseline"],
+                                     cfg["credit"])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("case", ["unequal", "singletons", "sizes_1_to_256"])
+@pytest.mark.parametrize("cfg", RISK_CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_risk_matches_reference(cfg, case, ties, device, rng):
+    """Bundles whose questions have different numbers of responses, a partial last
+    bundle, responses beyond the smallest group size, bundles of one paper."""
+    ids = random_groups(rng, CASES[case](rng))
+    s = scores_for(ids, rng, ties=ties)
+    want = risk_reference(s, ids, cfg)
+    for backend in risk_backends(device):
+        with ops.use_backend(backend):
+            got = ops.risk_advantages(s.to(device), ids.to(device), **cfg)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cfg", RISK_CONFIGS[:4], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_risk_float32_close_to_float64(cfg, device, rng):
+    ids = random_groups(rng, CASES["unequal"](rng))
+    s = scores_for(ids, rng, torch.float32)
+    exact = risk_reference(s.double(), ids, cfg)
+    for backend in risk_backends(device):
+        with ops.use_backend(backend):
+            got = ops.risk_advantages(s.to(device), ids.to(device), **cfg)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.cpu().double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_risk_by_hand_one_failure_among_seven_successes():
+    """bundle_size=1, 0/1 rewards in a group of 8: -24 for the lone failure (credit std),
+    0 when 0, 1 or 8 answers are correct; never positive."""
+    ids = torch.zeros(8, dtype=torch.int64)
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend):
+            adv = ops.risk_advantages(torch.tensor([1.0] * 7 + [0.0], dtype=torch.float64), ids, bundle_size=1)
+            torch.testing.assert_close(adv[:7], torch.zeros(7, dtype=torch.float64))
+            assert abs(adv[7].item() + 24) < 1e-3
+            for correct in (0, 1, 8):
+                s = torch.tensor([1.0] * correct + [0.0] * (8 - correct), dtype=torch.float64)
+                assert (ops.risk_advantages(s, ids, bundle_size=1) == 0).all()
+
+
+def test_risk_natural_baseline_is_never_positive(rng):
+    ids = random_groups(rng, CASES["unequal"](rng))
+    s = scores_for(ids, rng)
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend):
+            assert (ops.risk_advantages(s, ids, credit="std") <= 1e-12).all()
+
+
+def test_risk_responses_beyond_the_smallest_group_get_zero():
+    # question 0 (rows 0, 2, 4) and question 1 (rows 1, 3): P = 2, row 4 is beyond it
+    ids = torch.tensor([3, 1, 3, 1, 3])
+    s = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.7], dtype=torch.float64)
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend):
+            adv = ops.risk_advantages(s, ids, bundle_size=2, natural_baseline=False)
+        assert adv[4] == 0 and adv[:4].abs().sum() > 0
+
+
+def test_risk_sum_mean_fallback_when_the_paper_sum_vanishes():
+    # every question's responses are equal: each paper's centred sum is 0 -> A_p / questions in the bundle
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    s = torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0, 3.0], dtype=torch.float64)
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend):
+            adv = ops.risk_advantages(s, ids, bundle_size=2, natural_baseline=False, credit="sum_mean")
+        torch.testing.assert_close(adv, reference.risk_advantages(s, ids, 2, 0.2, 0.8, 1.5, False, "sum_mean"))
+        assert adv[0] == adv[2]  # the same A_p / 2 for both questions of bundle 0
+
+
+def test_risk_opcheck_and_compile(device, rng):
+    ids = random_groups(rng, [3, 4, 5, 2]).to(device)
+    s = torch.randn(ids.numel(), generator=rng).to(device)
+    torch.library.opcheck(torch.ops.fastrl.risk_advantages.default, (s, ids, 2, 0.2, 0.8, 1.5, True, "std"))
+    fn = torch.compile(lambda a, b: ops.risk_advantages(a, b, bundle_size=2), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(s, ids), ops.risk_advantages(s, ids, bundle_size=2))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"alpha": 0.8, "beta": 0.8}, "alpha must be < beta"),
+    ({"alpha": 0.9, "beta": 0.5}, "alpha must be < beta"),
+    ({"alpha": 0.0}, r"alpha must be in \(0, 1\)"),
+    ({"beta": 1.0}, r"beta must be in \(0, 1\)"),
+    ({"omega": -0.5}, "omega must be >= 0"),
+    ({"bundle_size": 0}, "bundle_size must be >= 1"),
+    ({"credit": "mean"}, "credit must be one of"),
+])
+def test_risk_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ops.risk_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]), **kw)

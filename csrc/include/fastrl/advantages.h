@@ -47,4 +47,48 @@ FASTRL_HD double group_advantage(GroupMethod method, double s, GroupStats g, dou
   }
 }
 
+// ---- RiskPO (mixed value-at-risk over bundles of questions) ----
+
+struct RiskParams {
+  double alpha, beta, omega;
+  bool natural_baseline;
+};
+
+enum class RiskCredit : int { kStd = 0, kSumMean = 1, kUnknown = -1 };
+
+inline RiskCredit risk_credit(std::string_view name) {
+  if (name == "std") return RiskCredit::kStd;
+  if (name == "sum_mean") return RiskCredit::kSumMean;
+  return RiskCredit::kUnknown;
+}
+
+// torch.lerp's two-sided form, so quantiles match torch.quantile's rounding.
+FASTRL_HD double lerp(double low, double high, double weight) {
+  return weight < 0.5 ? low + weight * (high - low) : high - (high - low) * (1 - weight);
+}
+
+// torch.quantile (linear interpolation) of n >= 1 sorted values.
+FASTRL_HD double linear_quantile(const double* sorted, int64_t n, double q) {
+  const double rank = q * static_cast<double>(n - 1);
+  const int64_t below = static_cast<int64_t>(rank);
+  const int64_t above = static_cast<int64_t>(ceil(rank));
+  return lerp(sorted[below], sorted[above], rank - static_cast<double>(below));
+}
+
+// The advantage of a paper with total x, before the division by the std of
+// the bundle's totals; a and b are the alpha- and beta-quantiles of the totals.
+FASTRL_HD double risk_advantage(double x, double a, double b, RiskParams r) {
+  double g = fmax(x - a, 0.0) - fmax(x - b, 0.0);
+  if (r.natural_baseline) g += a - b;
+  g /= r.beta - r.alpha;
+  const double c = -fmax(a - x, 0.0) / r.alpha;
+  return (r.omega * c + g) / (r.omega + 1);
+}
+
+// The std a question's credit divides by: unbiased, 1 for a singleton or when <= 1e-3.
+FASTRL_HD double credit_std(GroupStats q) {
+  const double std = unbiased_std(q.count, q.m2);
+  return q.count < 2 || std <= 1e-3 ? 1.0 : std;
+}
+
 }  // namespace fastrl
