@@ -15,9 +15,7 @@ namespace {
 
 at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, c10::string_view method_,
                                 double eps) {
-  const GroupMethod method = group_method(std::string_view(method_.data(), method_.size()));
-  TORCH_CHECK_VALUE(method != GroupMethod::kUnknown, "fastrl: unknown group advantage method '",
-                    std::string(method_), "'");
+  const GroupMethod method = group_method(method_);
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
   auto advantages = empty_output(scores);
@@ -55,8 +53,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
 at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, int64_t bundle_size,
                                double alpha, double beta, double omega, bool natural_baseline,
                                c10::string_view credit_) {
-  const RiskCredit credit = risk_credit(std::string_view(credit_.data(), credit_.size()));
-  TORCH_CHECK_VALUE(credit != RiskCredit::kUnknown, "fastrl: unknown credit '", std::string(credit_), "'");
+  const RiskCredit credit = risk_credit(credit_);
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
   auto advantages = empty_output(scores);

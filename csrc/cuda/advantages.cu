@@ -72,9 +72,7 @@ __global__ void __launch_bounds__(kThreads)
 
 at::Tensor group_advantages_cuda(const at::Tensor& scores_, const at::Tensor& group_ids_, c10::string_view method_,
                                  double eps) {
-  const GroupMethod method = group_method(std::string_view(method_.data(), method_.size()));
-  TORCH_CHECK_VALUE(method != GroupMethod::kUnknown, "fastrl: unknown group advantage method '",
-                    std::string(method_), "'");
+  const GroupMethod method = group_method(method_);
   const c10::cuda::CUDAGuard guard(scores_.device());
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
@@ -291,8 +289,7 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor risk_advantages_cuda(const at::Tensor& scores_, const at::Tensor& group_ids_, int64_t bundle_size,
                                 double alpha, double beta, double omega, bool natural_baseline,
                                 c10::string_view credit_) {
-  const RiskCredit credit = risk_credit(std::string_view(credit_.data(), credit_.size()));
-  TORCH_CHECK_VALUE(credit != RiskCredit::kUnknown, "fastrl: unknown credit '", std::string(credit_), "'");
+  const RiskCredit credit = risk_credit(credit_);
   const c10::cuda::CUDAGuard guard(scores_.device());
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();

@@ -316,3 +316,13 @@ def test_risk_opcheck_and_compile(device, rng):
 def test_risk_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         ops.risk_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]), **kw)
+
+
+def test_the_kernels_reject_unknown_names_too():
+    """Callers of torch.ops.fastrl.* skip the Python checks; the kernels still refuse."""
+    if "cpp" not in ops.available_backends("group_advantages", "cpu"):
+        pytest.skip("extension not built")
+    with pytest.raises(ValueError, match="unknown group advantage method 'ppo'"):
+        torch.ops.fastrl.group_advantages(torch.ones(2), torch.tensor([0, 0]), "ppo", 1e-6)
+    with pytest.raises(ValueError, match="unknown credit 'mean'"):
+        torch.ops.fastrl.risk_advantages(torch.ones(2), torch.tensor([0, 0]), 1, 0.2, 0.8, 1.5, True, "mean")

@@ -3,20 +3,25 @@
 // dtype; stds are unbiased (Bessel), as torch.std.
 #pragma once
 
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <string>
 #include <string_view>
 
 #include "fastrl/common.h"
 
 namespace fastrl {
 
-enum class GroupMethod : int { kGrpo = 0, kDrGrpo = 1, kRloo = 2, kBatchStd = 3, kUnknown = -1 };
+enum class GroupMethod : int { kGrpo = 0, kDrGrpo = 1, kRloo = 2, kBatchStd = 3 };
 
-inline GroupMethod group_method(std::string_view name) {
+inline GroupMethod group_method(c10::string_view name_) {
+  const std::string_view name(name_.data(), name_.size());
   if (name == "grpo") return GroupMethod::kGrpo;
   if (name == "dr_grpo") return GroupMethod::kDrGrpo;
   if (name == "rloo") return GroupMethod::kRloo;
-  if (name == "batch_std") return GroupMethod::kBatchStd;
-  return GroupMethod::kUnknown;
+  TORCH_CHECK_VALUE(name == "batch_std", "fastrl: unknown group advantage method '", std::string(name), "'");
+  return GroupMethod::kBatchStd;
 }
 
 // One group's statistics: its size, mean and sum of squared deviations.
@@ -54,12 +59,13 @@ struct RiskParams {
   bool natural_baseline;
 };
 
-enum class RiskCredit : int { kStd = 0, kSumMean = 1, kUnknown = -1 };
+enum class RiskCredit : int { kStd = 0, kSumMean = 1 };
 
-inline RiskCredit risk_credit(std::string_view name) {
+inline RiskCredit risk_credit(c10::string_view name_) {
+  const std::string_view name(name_.data(), name_.size());
   if (name == "std") return RiskCredit::kStd;
-  if (name == "sum_mean") return RiskCredit::kSumMean;
-  return RiskCredit::kUnknown;
+  TORCH_CHECK_VALUE(name == "sum_mean", "fastrl: unknown credit '", std::string(name), "'");
+  return RiskCredit::kSumMean;
 }
 
 // torch.lerp's two-sided form, so quantiles match torch.quantile's rounding.
