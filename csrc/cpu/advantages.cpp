@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "fastrl/advantages.h"
@@ -12,6 +13,34 @@
 
 namespace fastrl {
 namespace {
+
+// The value checks of the CPU kernels, one vectorisable pass (so the Python
+// layer need not read the data again); an id out of range would also write
+// out of bounds.
+template <typename scalar_t>
+void check_values(const scalar_t* scores, const int64_t* ids, int64_t B) {
+  bool ok = true;
+  for (int64_t i = 0; i < B; ++i) {
+    const double v = static_cast<double>(scores[i]);
+    ok &= (ids[i] >= 0) & (ids[i] < B) & (v - v == 0.0);  // v - v is NaN for NaN and Inf
+  }
+  if (ok) return;
+  for (int64_t i = 0; i < B; ++i) {
+    TORCH_CHECK_VALUE(ids[i] >= 0 && ids[i] < B, "group_ids must be in [0, ", B, "), got ", ids[i], " at ", i);
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(scores[i])), "scores contains NaN or Inf (at ", i, ")");
+  }
+}
+
+// Calls f(begin, end) for each run of equal consecutive ids: verl lays a
+// group's responses out together, and accumulating a run in registers avoids
+// a store-to-load chain through the group's slot at every row.
+template <typename F>
+void for_each_run(const int64_t* ids, int64_t B, const F& f) {
+  for (int64_t begin = 0, end = 0; begin < B; begin = end) {
+    for (end = begin + 1; end < B && ids[end] == ids[begin];) ++end;
+    f(begin, end);
+  }
+}
 
 at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, c10::string_view method_,
                                 double eps) {
@@ -23,17 +52,22 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
   const int64_t* ids = group_ids.data_ptr<int64_t>();
   FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "group_advantages_cpu", [&] {
     const scalar_t* s = scores.data_ptr<scalar_t>();
+    check_values(s, ids, B);
     std::vector<GroupStats> stats(B, GroupStats{0.0, 0.0, 0.0});
-    for (int64_t i = 0; i < B; ++i) {
-      stats[ids[i]].count += 1;
-      stats[ids[i]].mean += static_cast<double>(s[i]);  // the sum, until divided below
-    }
+    for_each_run(ids, B, [&](int64_t begin, int64_t end) {
+      double sum = 0.0;
+      for (int64_t i = begin; i < end; ++i) sum += static_cast<double>(s[i]);
+      stats[ids[begin]].count += static_cast<double>(end - begin);
+      stats[ids[begin]].mean += sum;  // the sum, until divided below
+    });
     for (auto& g : stats)
       if (g.count > 0) g.mean /= g.count;
-    for (int64_t i = 0; i < B; ++i) {
-      const double d = static_cast<double>(s[i]) - stats[ids[i]].mean;
-      stats[ids[i]].m2 += d * d;
-    }
+    for_each_run(ids, B, [&](int64_t begin, int64_t end) {
+      const double mean = stats[ids[begin]].mean;
+      double m2 = 0.0;
+      for (int64_t i = begin; i < end; ++i) m2 += (static_cast<double>(s[i]) - mean) * (static_cast<double>(s[i]) - mean);
+      stats[ids[begin]].m2 += m2;
+    });
     double batch_std = 1.0;
     if (method == GroupMethod::kBatchStd && B > 1) {
       GroupStats all{static_cast<double>(B), 0.0, 0.0};
@@ -41,9 +75,17 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
       for (int64_t i = 0; i < B; ++i) all.m2 += (static_cast<double>(s[i]) - all.mean) * (static_cast<double>(s[i]) - all.mean);
       batch_std = unbiased_std(all.count, all.m2);
     }
+    for (auto& g : stats) {  // the group's coefficients replace its stats: shift in mean, scale in m2
+      if (g.count == 0) continue;
+      const GroupCoefficients c = group_coefficients(method, g, eps, batch_std);
+      g.mean = c.shift;
+      g.m2 = c.scale;
+    }
     acc_t* out = advantages.data_ptr<acc_t>();
-    for (int64_t i = 0; i < B; ++i)
-      out[i] = static_cast<acc_t>(group_advantage(method, static_cast<double>(s[i]), stats[ids[i]], eps, batch_std));
+    for (int64_t i = 0; i < B; ++i) {
+      const GroupStats& g = stats[ids[i]];
+      out[i] = static_cast<acc_t>(GroupCoefficients{g.mean, g.m2}(static_cast<double>(s[i])));
+    }
   });
   return advantages;
 }
@@ -62,6 +104,7 @@ at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& grou
   const RiskParams params{alpha, beta, omega, natural_baseline};
   FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "risk_advantages_cpu", [&] {
     const scalar_t* s = scores.data_ptr<scalar_t>();
+    check_values(s, ids, B);
     // Questions in order of first appearance; each row's index within its question.
     std::vector<int64_t> question_of_group(B, -1), index_in_question(B);
     std::vector<GroupStats> question;  // count, mean, m2 per question

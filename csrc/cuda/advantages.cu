@@ -63,11 +63,16 @@ __global__ void __launch_bounds__(kThreads)
     batch_std = unbiased_std(static_cast<double>(B), block_sum(local, shared));
   }
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < B; i += blockDim.x) {
-    const int64_t g = ids[i];
-    out[i] = static_cast<acc_t>(
-        group_advantage(method, static_cast<double>(scores[i]), GroupStats{count[g], mean[g], m2[g]}, eps, batch_std));
-  }
+  // The group's coefficients replace its stats: shift in `mean`, scale in `m2`.
+  for (int64_t g = threadIdx.x; g < B; g += blockDim.x)
+    if (count[g] > 0) {
+      const GroupCoefficients c = group_coefficients(method, GroupStats{count[g], mean[g], m2[g]}, eps, batch_std);
+      mean[g] = c.shift;
+      m2[g] = c.scale;
+    }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < B; i += blockDim.x)
+    out[i] = static_cast<acc_t>(GroupCoefficients{mean[ids[i]], m2[ids[i]]}(static_cast<double>(scores[i])));
 }
 
 at::Tensor group_advantages_cuda(const at::Tensor& scores_, const at::Tensor& group_ids_, c10::string_view method_,

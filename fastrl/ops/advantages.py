@@ -14,7 +14,7 @@ import torch
 
 from fastrl import _extension
 from fastrl.ops import _checks, reference
-from fastrl.ops._registry import define, implementation
+from fastrl.ops._registry import backend_for, define, implementation
 
 GROUP_METHODS = ("grpo", "dr_grpo", "rloo", "batch_std")
 RISK_CREDITS = ("std", "sum_mean")
@@ -50,7 +50,7 @@ def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, method: str 
     eps = _checks.number("eps", eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    _checks.finite("scores", scores)
+    check_values("group_advantages", scores, group_ids)
     return implementation("group_advantages", scores.device)(scores, group_ids, method, eps)
 define(
     "risk_advantages(Tensor scores, Tensor group_ids, int bundle_size, float alpha, float beta, float omega,"
@@ -99,7 +99,7 @@ def risk_advantages(scores: torch.Tensor, group_ids: torch.Tensor, bundle_size: 
     if not isinstance(natural_baseline, bool):
         raise TypeError(f"natural_baseline must be a bool, got {type(natural_baseline).__name__}")
     _checks.choice("credit", credit, RISK_CREDITS)
-    _checks.finite("scores", scores)
+    check_values("risk_advantages", scores, group_ids)
     return implementation("risk_advantages", scores.device)(
         scores, group_ids, bundle_size, alpha, beta, omega, natural_baseline, credit)
 
@@ -112,6 +112,14 @@ def check_group_ids(group_ids, scores: torch.Tensor):
         raise ValueError(f"group_ids must have the length of scores ({scores.shape[0]}), "
                          f"got {group_ids.shape[0]}")
     _checks.same_device("group_ids", group_ids, "scores", scores)
+
+
+def check_values(op: str, scores: torch.Tensor, group_ids: torch.Tensor):
+    """NaN/Inf scores and ids outside [0, B). The C++ CPU kernels make these
+    checks in their first pass over the batch, so here they are skipped for them."""
+    if backend_for(op, scores.device.type) == "cpp":
+        return
+    _checks.finite("scores", scores)
     if _checks.values_checked(group_ids) and group_ids.numel():
         low, high = torch.aminmax(group_ids)
         if low < 0 or high >= group_ids.numel():

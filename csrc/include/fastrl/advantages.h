@@ -33,22 +33,28 @@ FASTRL_HD double unbiased_std(double count, double m2) {
   return count > 1 ? sqrt(m2 / (count - 1)) : 0.0;
 }
 
-// The advantage of a response with score s in a group with stats g.
+// A group's advantages are (s - shift) * scale for each score s in it;
+// computed once per group so the per-response pass is a subtract and a multiply.
+struct GroupCoefficients {
+  double shift, scale;
+  FASTRL_HD double operator()(double s) const { return (s - shift) * scale; }
+};
+
 // Singletons follow verl's loop estimators: grpo takes mean 0 and std 1,
 // dr_grpo and rloo give the score itself; batch_std takes mean 0.
-FASTRL_HD double group_advantage(GroupMethod method, double s, GroupStats g, double eps, double batch_std) {
+FASTRL_HD GroupCoefficients group_coefficients(GroupMethod method, GroupStats g, double eps, double batch_std) {
   const bool single = g.count < 2;
   const double mean = single ? 0.0 : g.mean;
   switch (method) {
     case GroupMethod::kGrpo:
-      return (s - mean) / ((single ? 1.0 : unbiased_std(g.count, g.m2)) + eps);
+      return {mean, 1.0 / ((single ? 1.0 : unbiased_std(g.count, g.m2)) + eps)};
     case GroupMethod::kDrGrpo:
-      return s - mean;
+      return {mean, 1.0};
     case GroupMethod::kRloo:
-      // s minus the mean of the other members: n / (n - 1) * (s - mean)
-      return single ? s : g.count / (g.count - 1) * (s - mean);
+      // s minus the mean of the other members: (s - mean) * n / (n - 1)
+      return {mean, single ? 1.0 : g.count / (g.count - 1)};
     default:
-      return (s - mean) / (batch_std + eps);
+      return {mean, 1.0 / (batch_std + eps)};
   }
 }
 
