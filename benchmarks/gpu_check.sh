@@ -20,11 +20,12 @@ fi
 $PY -m fastrl.cli info
 
 stamp "tests"
-$PY -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 40 || status=1
+# no -x: one GPU run should show every failure
+$PY -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 60 || status=1
 
 stamp "benchmarks"
-$PY benchmarks/bench_scans.py --device cuda || status=1
-$PY benchmarks/bench_advantages.py --device cuda || status=1
+$PY benchmarks/bench_scans.py --device cuda --repeat 5 || status=1
+$PY benchmarks/bench_advantages.py --device cuda --repeat 5 || status=1
 
 results=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))")
 if [ -n "${OUT:-}" ] && [ -d "$results" ]; then cp "$results"/*.json "$OUT"/ 2>/dev/null || true; fi
