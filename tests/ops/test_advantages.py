@@ -118,7 +118,7 @@ def test_opcheck(method, device, rng):
 def test_compile_fullgraph_equals_eager(device, rng):
     ids = random_groups(rng, [3, 1, 5, 8]).to(device)
     s = torch.randn(ids.numel(), generator=rng).to(device)
-    fn = torch.compile(lambda a, b: ops.group_advantages(a, b, "rloo"), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda a, b: ops.group_advantages(a, b, "rloo"), fullgraph=True)
     torch.testing.assert_close(fn(s, ids), ops.group_advantages(s, ids, "rloo"))
 
 
@@ -300,7 +300,7 @@ def test_risk_opcheck_and_compile(device, rng):
     ids = random_groups(rng, [3, 4, 5, 2]).to(device)
     s = torch.randn(ids.numel(), generator=rng).to(device)
     torch.library.opcheck(torch.ops.fastrl.risk_advantages.default, (s, ids, 2, 0.2, 0.8, 1.5, True, "std"))
-    fn = torch.compile(lambda a, b: ops.risk_advantages(a, b, bundle_size=2), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda a, b: ops.risk_advantages(a, b, bundle_size=2), fullgraph=True)
     torch.testing.assert_close(fn(s, ids), ops.risk_advantages(s, ids, bundle_size=2))
 
 
