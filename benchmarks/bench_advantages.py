@@ -75,24 +75,17 @@ def cases(shapes, device):
                                   compare_to=compare_to))
 
     for B, G, T in shapes:
-        case(B, G, T, "fastrl_verl_grpo",
-             lambda x: fastrl_verl.fastrl_grpo(x["rewards"], x["mask"], x["uids"]), "string uids, [B, T] out")
-        if core_algos is not None:
-            case(B, G, T, "verl_grpo",
-                 lambda x: core_algos.compute_grpo_outcome_advantage(x["rewards"].clone(), x["mask"], x["uids"]),
-                 compare_to="fastrl_verl_grpo")
-            case(B, G, T, "verl_grpo_vectorized",
-                 lambda x: core_algos.compute_grpo_vectorized_outcome_advantage(x["rewards"], x["mask"], x["uids"]),
-                 compare_to="fastrl_verl_grpo")
-        case(B, G, T, "fastrl_verl_rloo",
-             lambda x: fastrl_verl.fastrl_rloo(x["rewards"], x["mask"], x["uids"]), "string uids, [B, T] out")
-        if core_algos is not None:
-            case(B, G, T, "verl_rloo",
-                 lambda x: core_algos.compute_rloo_outcome_advantage(x["rewards"].clone(), x["mask"], x["uids"]),
-                 compare_to="fastrl_verl_rloo")
-            case(B, G, T, "verl_rloo_vectorized",
-                 lambda x: core_algos.compute_rloo_vectorized_outcome_advantage(x["rewards"], x["mask"], x["uids"]),
-                 compare_to="fastrl_verl_rloo")
+        for name, ours in (("grpo", fastrl_verl.fastrl_grpo), ("rloo", fastrl_verl.fastrl_rloo)):
+            case(B, G, T, f"fastrl_verl_{name}", lambda x, f=ours: f(x["rewards"], x["mask"], x["uids"]),
+                 "string uids, [B, T] out")
+            if core_algos is None:
+                continue
+            loop = getattr(core_algos, f"compute_{name}_outcome_advantage")
+            vectorized = getattr(core_algos, f"compute_{name}_vectorized_outcome_advantage")
+            case(B, G, T, f"verl_{name}", lambda x, f=loop: f(x["rewards"].clone(), x["mask"], x["uids"]),
+                 compare_to=f"fastrl_verl_{name}")
+            case(B, G, T, f"verl_{name}_vectorized", lambda x, f=vectorized: f(x["rewards"], x["mask"], x["uids"]),
+                 compare_to=f"fastrl_verl_{name}")
         if T == LENGTHS[0] or device.type == "cuda":
             case(B, G, T, "fastrl_op", lambda x: ops.group_advantages(x["scores"], x["group_ids"]),
                  "int64 ids, [B] out")

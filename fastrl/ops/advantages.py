@@ -22,14 +22,12 @@ RISK_CREDITS = ("std", "sum_mean")
 define(
     "group_advantages(Tensor scores, Tensor group_ids, str method, float eps) -> Tensor",
     reference.group_advantages,
-    lambda scores, group_ids, method, eps: torch.empty(
-        scores.shape, dtype=reference.output_dtype(scores), device=scores.device),
+    lambda scores, group_ids, method, eps: reference.empty_output(scores),
 )
 define(
     "broadcast_to_tokens(Tensor advantages, Tensor mask) -> Tensor",
     reference.broadcast_to_tokens,
-    lambda advantages, mask: torch.empty(
-        mask.shape, dtype=reference.output_dtype(advantages), device=advantages.device),
+    lambda advantages, mask: reference.empty_output(advantages, mask.shape),
 )
 
 
@@ -56,8 +54,7 @@ define(
     "risk_advantages(Tensor scores, Tensor group_ids, int bundle_size, float alpha, float beta, float omega,"
     " bool natural_baseline, str credit) -> Tensor",
     reference.risk_advantages,
-    lambda scores, group_ids, *args: torch.empty(
-        scores.shape, dtype=reference.output_dtype(scores), device=scores.device),
+    lambda scores, group_ids, *args: reference.empty_output(scores),
 )
 
 

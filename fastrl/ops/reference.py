@@ -14,6 +14,11 @@ def output_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def empty_output(like: torch.Tensor, shape=None) -> torch.Tensor:
+    """An uninitialised output for ``like`` (its shape unless given): what the fake kernels return."""
+    return torch.empty(like.shape if shape is None else shape, dtype=output_dtype(like), device=like.device)
+
+
 # ---- 3.1 token scans ----
 
 

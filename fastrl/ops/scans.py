@@ -16,25 +16,21 @@ from fastrl.ops._registry import define, implementation
 MIN_FORM_MODES = ("soft", "strict", "sum")
 
 
-def _empty_output(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=reference.output_dtype(x), device=x.device)
-
-
 define(
     "discounted_returns(Tensor rewards, Tensor mask, float gamma) -> Tensor",
     reference.discounted_returns,
-    lambda rewards, mask, gamma: _empty_output(rewards),
+    lambda rewards, mask, gamma: reference.empty_output(rewards),
 )
 define(
     "gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)",
     reference.gae,
-    lambda rewards, values, mask, gamma, lam: (_empty_output(rewards), _empty_output(rewards)),
+    lambda rewards, values, mask, gamma, lam: (reference.empty_output(rewards), reference.empty_output(rewards)),
 )
 define(
     "min_form_returns(Tensor scores, Tensor step_mask, Tensor mask, float temperature, str mode)"
     " -> (Tensor, Tensor)",
     reference.min_form_returns,
-    lambda scores, step_mask, mask, temperature, mode: (_empty_output(scores), _empty_output(scores)),
+    lambda scores, step_mask, mask, temperature, mode: (reference.empty_output(scores), reference.empty_output(scores)),
 )
 
 
