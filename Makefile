@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# without a GPU the Triton kernels are tested in Triton's interpreter, on CPU tensors
+INTERPRET := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
 
 $(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/include/fastrl/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +17,13 @@ $(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*
 install: $(BIN)/fastrl
 
 test: $(BIN)/fastrl
-	FASTRL_REQUIRE_ANCHORS=1 $(BIN)/python -m pytest -q
+	FASTRL_REQUIRE_ANCHORS=1 $(INTERPRET) $(BIN)/python -m pytest -q
 
 bench: $(BIN)/fastrl
 	$(BIN)/fastrl info
 	$(BIN)/fastrl bench scans
 	$(BIN)/fastrl bench advantages
+	$(BIN)/fastrl bench logprobs
 
 cuda-build:
 	bash .ci/cuda_build.sh

@@ -5,7 +5,8 @@ fastrl op, or what a user would otherwise run). Time is the median of repeated
 runs after warm-up (CUDA events on a GPU). Peak memory: on a GPU,
 torch.cuda.max_memory_allocated beyond what was allocated before the call; on
 the CPU (with ``--memory``), growth of the peak resident set in a fresh
-subprocess per case, since ru_maxrss never goes down within a process.
+subprocess per case (VmHWM, reset after the case's setup; ru_maxrss where /proc
+is missing, which never goes down within a process).
 Rows go to benchmarks/results/<device>/bench_<family>.json.
 """
 from __future__ import annotations
@@ -118,6 +119,29 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set. VmHWM where /proc has it: Linux carries the
+    parent's peak over into a child's ru_maxrss across fork/exec, VmHWM starts afresh."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _maxrss_bytes()
+
+
+def _reset_peak_rss():
+    """Lower the peak (VmHWM) to the current resident set (Linux >= 4.0), so what setup
+    touched and freed does not hide the call's growth; a no-op where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def cpu_peak_bytes_in_subprocess(script: str, case_index: int, argv: list[str]) -> Optional[int]:
     """Run one case in a fresh interpreter; it prints its peak RSS growth."""
     cmd = [sys.executable, script, *argv, "--_probe", str(case_index)]
@@ -132,9 +156,10 @@ def cpu_peak_bytes_in_subprocess(script: str, case_index: int, argv: list[str]) 
 def probe(case: Case):
     """Entry point of the memory subprocess: one call, its peak RSS growth."""
     call = case.setup()
-    before = _maxrss_bytes()
+    _reset_peak_rss()
+    before = _peak_rss_bytes()
     call()
-    print(f"PEAK_BYTES {_maxrss_bytes() - before}")
+    print(f"PEAK_BYTES {_peak_rss_bytes() - before}")
 
 
 def versions() -> dict:

@@ -31,12 +31,13 @@ def info(_args=None) -> int:
     forced = _registry._forced
     if forced:
         print(f"backend forced to {forced!r} (FASTRL_BACKEND / use_backend) where an op has it")
-    print(f"\n{'op':<22} {'CPU tensors':<12} {'CUDA tensors':<12} available")
+    width = max(map(len, _registry.OPS))
+    print(f"\n{'op':<{width}} {'CPU tensors':<12} {'CUDA tensors':<12} available")
     for name in sorted(_registry.OPS):
         cpu, cuda = _registry.backend_for(name, "cpu"), _registry.backend_for(name, "cuda")
         available = sorted(set(_registry.available_backends(name, "cpu"))
                            | set(_registry.available_backends(name, "cuda")))
-        print(f"{name:<22} {cpu:<12} {cuda:<12} {', '.join(available)}")
+        print(f"{name:<{width}} {cpu:<12} {cuda:<12} {', '.join(available)}")
     return 0
 
 

@@ -10,6 +10,7 @@ from fastrl.ops.advantages import (
     group_ids_from_uids,
     risk_advantages,
 )
+from fastrl.ops.logprobs import TokenStats, linear_logprobs, logprobs_from_logits
 from fastrl.ops.scans import discounted_returns, gae, min_form_returns
 
 from fastrl.ops import _registry
@@ -17,6 +18,7 @@ from fastrl.ops import _registry
 _registry.load_extension()  # after every schema is defined, so the kernels register against them
 
 __all__ = [
+    "TokenStats",
     "available_backends",
     "backend_for",
     "broadcast_to_tokens",
@@ -24,6 +26,8 @@ __all__ = [
     "group_ids_from_uids",
     "discounted_returns",
     "gae",
+    "linear_logprobs",
+    "logprobs_from_logits",
     "min_form_returns",
     "risk_advantages",
     "use_backend",

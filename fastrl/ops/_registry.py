@@ -7,11 +7,13 @@ device); the extension then registers faster CPU/CUDA kernels from C++
 (``TORCH_LIBRARY_IMPL``), which the dispatcher prefers.
 
 Backends (``use_backend`` or the ``FASTRL_BACKEND`` environment variable):
-``reference`` (plain PyTorch), ``cpp`` (C++ CPU kernels), ``cuda`` (CUDA
-kernels) and ``triton``. A forced backend serves every op that implements it
-on the inputs' device; the other ops keep their default (``fastrl info`` shows
-which backend serves what). Defaults: CPU tensors ``cpp``, then ``reference``;
-CUDA tensors ``cuda``, then ``triton``, then ``reference``.
+``reference`` (plain PyTorch, obviously correct), ``cpp`` (C++ CPU kernels),
+``cuda`` (CUDA kernels), ``triton``, and ``torch`` (a PyTorch implementation
+built for memory or speed, e.g. the chunked vocabulary ops). A forced backend
+serves every op that implements it on the inputs' device; the other ops keep
+their default (``fastrl info`` shows which backend serves what). Defaults: CPU
+tensors ``cpp``, ``torch``, ``reference``; CUDA tensors ``cuda``, ``triton``,
+``torch``, ``reference``.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import torch
 
 from fastrl import _extension
 
-BACKENDS = ("reference", "cpp", "cuda", "triton")
-_DEFAULT_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+BACKENDS = ("reference", "cpp", "cuda", "triton", "torch")
+_DEFAULT_ORDER = {"cpu": ("cpp", "torch", "reference"), "cuda": ("cuda", "triton", "torch", "reference")}
 
 LIB = torch.library.Library("fastrl", "DEF")
 
@@ -35,6 +37,7 @@ class OpEntry:
     name: str
     reference: Callable
     triton: Optional[Callable] = None
+    torch: Optional[Callable] = None
     # Which compiled kernels the dispatcher holds, filled in once the extension loads.
     compiled: dict = dataclasses.field(default_factory=dict)
 
@@ -52,13 +55,27 @@ def _env_backend():
 _forced: Optional[str] = _env_backend()
 
 
-def define(schema: str, reference: Callable, fake: Callable, triton: Optional[Callable] = None):
-    """Define ``fastrl::<name>`` with its reference fallback and fake (meta) kernel."""
+def define(
+    schema: str,
+    reference: Callable,
+    fake: Callable,
+    triton: Optional[Callable] = None,
+    torch_impl: Optional[Callable] = None,
+    tags=(),
+):
+    """Define ``fastrl::<name>``: its fake (meta) kernel and, for any device
+    without a compiled kernel, a fallback that runs the backend ``backend_for``
+    picks among the Python ones (reference, torch, triton)."""
     name = schema.split("(", 1)[0]
-    LIB.define(schema)
-    LIB.impl(name, reference, "CompositeExplicitAutograd")
+    LIB.define(schema, tags=tags)
+    OPS[name] = OpEntry(name, reference, triton, torch_impl)
+
+    def fallback(*args):
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        return implementation(name, device)(*args)
+
+    LIB.impl(name, fallback, "CompositeExplicitAutograd")
     torch.library.register_fake(f"fastrl::{name}", fake, lib=LIB)
-    OPS[name] = OpEntry(name, reference, triton)
     return getattr(torch.ops.fastrl, name).default
 
 
@@ -91,6 +108,8 @@ def available_backends(name: str, device_type: str) -> tuple[str, ...]:
         found.append("cuda")
     if entry.triton is not None and _triton_usable(device_type):
         found.append("triton")
+    if entry.torch is not None:
+        found.append("torch")
     return tuple(found)
 
 
@@ -113,6 +132,8 @@ def implementation(name: str, device: torch.device) -> Callable:
         return entry.reference
     if backend == "triton":
         return entry.triton
+    if backend == "torch":
+        return entry.torch
     return getattr(torch.ops.fastrl, name).default
 
 

@@ -148,3 +148,71 @@ def risk_advantages(scores, group_ids, bundle_size, alpha, beta, omega, natural_
         else:
             raise ValueError(f"unknown credit {credit!r}")
     return out
+
+
+# ---- 3.3 vocabulary-wide ops ----
+
+
+def _no_output(like):
+    return like.new_empty(0, dtype=output_dtype(like))
+
+
+def token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp):
+    """(logprob, entropy, mean_logp, lse) of each row of ``logits`` [N, V], from the
+    materialised log-softmax in the output dtype. Unrequested outputs are empty;
+    ignored rows read 0 (lse is kept for every row). mean_logp has no gradient."""
+    z = logits.to(output_dtype(logits)) / temperature
+    lse = torch.logsumexp(z, -1)
+    logp = z - lse[:, None]
+    valid = labels != ignore_index
+    picked = logp.gather(-1, torch.where(valid, labels, 0)[:, None]).squeeze(-1)
+    logprob = torch.where(valid, picked, 0.0)
+    ent = torch.where(valid, -(logp.exp() * logp).sum(-1), 0.0) if entropy else _no_output(logits)
+    mean = torch.where(valid, logp.mean(-1), 0.0).detach() if mean_logp else _no_output(logits)
+    return logprob, ent, mean, lse.detach()
+
+
+def linear_logprobs(hidden, weight, labels, bias, temperature, ignore_index, entropy, mean_logp):
+    dtype = output_dtype(hidden)
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    if bias is not None:
+        logits = logits + bias.to(dtype)
+    return token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp)
+
+
+def logprobs_from_logits(logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward):
+    return token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp)
+
+
+def _vjp(forward, inputs, grad_logprob, grad_entropy):
+    """Gradients of ``forward(*inputs)``'s (logprob, entropy) by autograd through the reference."""
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_() if x is not None else None for x in inputs]
+        logprob, ent, _, _ = forward(*leaves)
+        outputs, grads = [logprob], [grad_logprob.to(logprob.dtype)]
+        if grad_entropy.numel():
+            outputs.append(ent)
+            grads.append(grad_entropy.to(ent.dtype))
+        wanted = [x for x in leaves if x is not None]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+        return [next(found) if x is not None else None for x in leaves]
+
+
+def linear_logprobs_backward(
+    grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy, temperature, ignore_index, weight_grad
+):
+    def forward(h, w, b):
+        return linear_logprobs(h, w, labels, b, temperature, ignore_index, grad_entropy.numel() > 0, False)
+
+    grad_hidden, grad_weight, grad_bias = _vjp(forward, (hidden, weight, bias), grad_logprob, grad_entropy)
+    grad_bias = hidden.new_empty(0) if grad_bias is None else grad_bias.to(bias.dtype)
+    grad_weight = grad_weight.to(weight.dtype) if weight_grad else weight.new_empty(0)
+    return grad_hidden.to(hidden.dtype), grad_weight, grad_bias
+
+
+def logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index):
+    def forward(z):
+        return token_stats(z, labels, temperature, ignore_index, grad_entropy.numel() > 0, False)
+
+    (grad_logits,) = _vjp(forward, (logits,), grad_logprob, grad_entropy)
+    return grad_logits.to(logits.dtype)

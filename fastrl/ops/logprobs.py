@@ -1,0 +1,408 @@
+"""Token log-probabilities over the vocabulary (DESIGN 3.3): ``linear_logprobs``
+straight from the lm_head, ``logprobs_from_logits`` from existing logits.
+
+Backends: ``triton`` (kernels/logprobs.py; the default on CUDA), ``torch``
+(chunked PyTorch; the default on CPU), ``reference`` (materialised
+log-softmax). No backend holds the [tokens x vocabulary] logits of
+``linear_logprobs``: the forward sweeps the vocabulary with an online
+log-sum-exp, the backward recomputes the logits a chunk of tokens at a time
+(four matmuls where a plain lm_head costs three).
+
+Each op returns (logprob, entropy, mean_logp, lse), the unrequested ones empty;
+lse is what the backward needs. Gradients flow from logprob and entropy
+(to hidden, weight, bias, or logits); mean_logp (ROVER's value of a state
+under the uniform policy) has none.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastrl.ops import _checks, reference
+from fastrl.ops._registry import define
+
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class TokenStats(NamedTuple):
+    """Per-token statistics shaped like the labels (float32; float64 for float64 inputs)."""
+
+    logprob: torch.Tensor
+    entropy: Optional[torch.Tensor] = None
+    mean_logp: Optional[torch.Tensor] = None
+
+
+# ---- torch backend: chunks of tokens, so at most one chunk of logits exists at a time ----
+
+def _empty_stats(x, n: int, entropy: bool, mean_logp: bool):
+    """Outputs (logprob, entropy, mean_logp, lse) for n rows of ``x``; unrequested ones empty."""
+    return tuple(reference.empty_output(x, (n if wanted else 0,)) for wanted in (True, entropy, mean_logp, True))
+
+
+CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 512 << 20}
+
+
+def _chunks(n: int, other: int, dtype: torch.dtype, device: torch.device):
+    """Slices of range(n) such that a [slice, other] block of logits in ``dtype`` fits
+    the device's budget: chunks of tokens (other = V) or of the vocabulary (other = N)."""
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"])
+    size = max(1, budget // max(1, other * dtype.itemsize))
+    if size >= 256:
+        size -= size % 128  # whole tiles for the matmuls
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _chunked_token_stats(x, vocab, logits_of, labels, temperature, ignore_index, entropy, mean_logp,
+                         stats=reference.token_stats):
+    """``stats`` over chunks of rows; ``logits_of(rows)`` gives a chunk's logits."""
+    n = labels.shape[0]
+    outputs = _empty_stats(x, n, entropy, mean_logp)
+    for rows in _chunks(n, vocab, reference.output_dtype(x), x.device):
+        chunk = stats(logits_of(rows), labels[rows], temperature, ignore_index, entropy, mean_logp)
+        for out, part in zip(outputs, chunk):
+            if out.numel():
+                out[rows] = part
+    return outputs
+
+
+def _linear_token_stats_torch(hidden, weight, labels, bias, *options):
+    return _chunked_token_stats(
+        hidden, weight.shape[0], lambda rows: F.linear(hidden[rows], weight, bias), labels, *options
+    )
+
+
+def _logits_token_stats_torch(logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward):
+    return _chunked_token_stats(
+        logits, logits.shape[1], lambda rows: logits[rows], labels, temperature, ignore_index, entropy, mean_logp
+    )
+
+
+def _logits_grad_torch(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index, out,
+                       first_col=0):
+    """d(logprob . grad_logprob + entropy . grad_entropy)/d(logits), written into ``out``;
+    ``logits`` may be the columns [first_col, first_col + V) of the rows whose lse is given."""
+    valid = labels != ignore_index
+    g_logprob = torch.where(valid, grad_logprob, 0.0)[:, None]
+    logp = logits.to(reference.output_dtype(logits), copy=True).div_(temperature).sub_(lse[:, None])
+    if grad_entropy.numel():
+        g_entropy = torch.where(valid, grad_entropy, 0.0)[:, None]
+        weight = (logp + entropy[:, None]).mul_(g_entropy).add_(g_logprob)
+        grad = logp.exp_().mul_(weight).neg_()
+    else:
+        grad = logp.exp_().mul_(-g_logprob)
+    column = labels - first_col
+    here = valid & (column >= 0) & (column < logits.shape[1])
+    grad.scatter_add_(1, torch.where(here, column, 0)[:, None], torch.where(here[:, None], g_logprob, 0.0))
+    return out.copy_(grad.div_(temperature))
+
+
+def _linear_backward_chunked(
+    grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy, temperature, ignore_index,
+    weight_grad, logits_grad,
+):
+    """Backward of linear_logprobs a slice of the vocabulary at a time: recompute the
+    slice's logits for every token, turn them into their gradient in place
+    (``logits_grad``, from the saved lse and entropy), then two matmuls.
+
+    Slicing the vocabulary rather than the tokens writes each slice of the weight
+    gradient once, complete (a matmul over all tokens), so only the [N, H] hidden
+    gradient accumulates across slices: in float32 (float64 for float64 inputs),
+    staged through the output, since cuBLAS has no bf16-in, float32-accumulate addmm.
+    """
+    acc_dtype = reference.output_dtype(hidden)
+    grad_hidden = torch.empty_like(hidden)
+    accumulator = grad_hidden.zero_() if hidden.dtype == acc_dtype else torch.zeros_like(hidden, dtype=acc_dtype)
+    grad_weight = torch.empty_like(weight) if weight_grad else weight.new_empty(0)
+    grad_bias = torch.empty_like(bias) if bias is not None else hidden.new_empty(0)
+    for cols in _chunks(weight.shape[0], hidden.shape[0], weight.dtype, hidden.device):
+        w = weight[cols]
+        logits = F.linear(hidden, w, bias[cols] if bias is not None else None)
+        dz = logits_grad(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index,
+                         logits, cols.start)
+        if accumulator is grad_hidden:
+            accumulator.addmm_(dz, w)
+        else:
+            accumulator += torch.mm(dz, w, out=grad_hidden)
+        if weight_grad:
+            torch.mm(dz.T, hidden, out=grad_weight[cols])
+        if bias is not None:
+            grad_bias[cols] = dz.sum(0, dtype=acc_dtype)
+    if accumulator is not grad_hidden:
+        grad_hidden.copy_(accumulator)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _kernels():
+    from fastrl.kernels import logprobs
+
+    return logprobs
+
+
+# The Triton forward of linear_logprobs: "chunked" (cuBLAS matmul per chunk of tokens,
+# then the one-pass row kernel) or "fused" (matmul and online log-sum-exp in one Triton
+# kernel). On an H200 (bf16, N=32768, H=3584, V=151936) chunked took 57.6 ms and fused
+# 101.7 ms (benchmarks/results/NVIDIA-H200/bench_logprobs.json): chunked is the default.
+TRITON_LINEAR_FORWARD = os.environ.get("FASTRL_LINEAR_FORWARD", "chunked")
+
+
+def _triton_linear_token_stats(hidden, weight, labels, bias, *options):
+    if TRITON_LINEAR_FORWARD == "chunked":
+        return _chunked_token_stats(
+            hidden, weight.shape[0], lambda rows: F.linear(hidden[rows], weight, bias), labels, *options,
+            stats=_kernels().logits_token_stats,
+        )
+    return _kernels().linear_token_stats(hidden, weight, labels, bias, *options)
+
+
+def _triton_logits_token_stats(*args):
+    return _kernels().logits_token_stats(*args)
+
+
+def _triton_logits_grad(*args):
+    return _kernels().logits_grad(*args)
+
+
+def _reference_logits_grad(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index, out):
+    grad = reference.logprobs_from_logits_backward(
+        grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index
+    )
+    return out.copy_(grad)
+
+
+# ---- op definitions ----
+
+
+def _fake_stats(x, entropy, mean_logp):
+    return _empty_stats(x, x.shape[0], entropy, mean_logp)
+
+
+define(
+    "linear_logprobs(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, float temperature,"
+    " int ignore_index, bool entropy, bool mean_logp) -> (Tensor, Tensor, Tensor, Tensor)",
+    reference.linear_logprobs,
+    lambda hidden, weight, labels, bias, temperature, ignore_index, entropy, mean_logp: _fake_stats(
+        hidden, entropy, mean_logp
+    ),
+    triton=_triton_linear_token_stats,
+    torch_impl=_linear_token_stats_torch,
+)
+define(
+    "linear_logprobs_backward(Tensor grad_logprob, Tensor grad_entropy, Tensor hidden, Tensor weight,"
+    " Tensor labels, Tensor? bias, Tensor lse, Tensor entropy, float temperature, int ignore_index,"
+    " bool weight_grad) -> (Tensor, Tensor, Tensor)",
+    reference.linear_logprobs_backward,
+    lambda grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy, temperature, ignore_index,
+    weight_grad: (
+        torch.empty_like(hidden),
+        weight.new_empty(weight.shape if weight_grad else (0,)),
+        (bias if bias is not None else hidden).new_empty(bias.shape if bias is not None else (0,)),
+    ),
+    triton=functools.partial(_linear_backward_chunked, logits_grad=_triton_logits_grad),
+    torch_impl=functools.partial(_linear_backward_chunked, logits_grad=_logits_grad_torch),
+)
+define(
+    "logprobs_from_logits(Tensor logits, Tensor labels, float temperature, int ignore_index, bool entropy,"
+    " bool mean_logp, bool inplace_backward) -> (Tensor, Tensor, Tensor, Tensor)",
+    reference.logprobs_from_logits,
+    lambda logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward: _fake_stats(
+        logits, entropy, mean_logp
+    ),
+    triton=_triton_logits_token_stats,
+    torch_impl=_logits_token_stats_torch,
+)
+
+
+def _logits_grad_op(schema: str, into_logits: bool):
+    """The backward of logprobs_from_logits, into a new tensor or over the logits."""
+
+    def run(impl):
+        def kernel(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index):
+            out = logits if into_logits else torch.empty_like(logits)
+            impl(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index, out)
+            return None if into_logits else out
+
+        return kernel
+
+    define(
+        schema,
+        run(_reference_logits_grad),
+        lambda grad_logprob, grad_entropy, logits, *rest: None if into_logits else torch.empty_like(logits),
+        triton=run(_triton_logits_grad),
+        torch_impl=run(_logits_grad_torch),
+    )
+
+
+_ARGS = "Tensor labels, Tensor lse, Tensor entropy, float temperature, int ignore_index"
+_logits_grad_op(
+    f"logprobs_from_logits_backward(Tensor grad_logprob, Tensor grad_entropy, Tensor logits, {_ARGS}) -> Tensor",
+    into_logits=False,
+)
+_logits_grad_op(
+    f"logprobs_from_logits_backward_(Tensor grad_logprob, Tensor grad_entropy, Tensor(a!) logits, {_ARGS}) -> ()",
+    into_logits=True,
+)
+
+
+# ---- autograd ----
+
+
+def _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy):
+    grad_logprob = torch.zeros_like(lse) if grad_logprob is None else grad_logprob
+    if grad_entropy is None or not entropy.numel():
+        grad_entropy = lse.new_empty(0)
+    return grad_logprob.contiguous(), grad_entropy.contiguous()
+
+
+def _setup_linear(ctx, inputs, output):
+    hidden, weight, labels, bias, ctx.temperature, ctx.ignore_index, _, _ = inputs
+    ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
+
+
+def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
+    hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
+    grad_logprob, grad_entropy = _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy)
+    grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
+        grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
+        ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1],
+    )
+    return (
+        grad_hidden if ctx.needs_input_grad[0] else None,
+        grad_weight if ctx.needs_input_grad[1] else None,
+        None,
+        grad_bias if bias is not None and ctx.needs_input_grad[3] else None,
+        None, None, None, None,
+    )
+
+
+def _setup_logits(ctx, inputs, output):
+    logits, labels, ctx.temperature, ctx.ignore_index, _, _, ctx.inplace = inputs
+    ctx.save_for_backward(logits, labels, output[3], output[1])
+
+
+def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
+    logits, labels, lse, entropy = ctx.saved_tensors
+    grad_logprob, grad_entropy = _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy)
+    args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)
+    if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
+        torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
+        grad = logits
+    else:
+        grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
+    return grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastrl::linear_logprobs", _backward_linear, setup_context=_setup_linear)
+torch.library.register_autograd("fastrl::logprobs_from_logits", _backward_logits, setup_context=_setup_logits)
+
+
+# ---- public functions ----
+
+
+def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignore_index: int, device):
+    _checks.tensor("labels", labels)
+    if labels.dtype not in INT_DTYPES:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape != leading:
+        raise ValueError(f"labels must have the shape {tuple(leading)} of {like_name} without its last dimension, "
+                         f"got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels is on {labels.device} but {like_name} is on {device}")
+    if _checks.values_checked(labels) and labels.numel():
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels must be in [0, {vocab}) or ignore_index={ignore_index}; "
+                f"found {int(labels[bad].flatten()[0])}"
+            )
+
+
+def _check_options(temperature, ignore_index, entropy, mean_logp):
+    temperature = _checks.positive("temperature", temperature)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    for name, flag in (("entropy", entropy), ("mean_logp", mean_logp)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    return temperature
+
+
+def _token_stats(outputs, shape, entropy, mean_logp) -> TokenStats:
+    logprob, ent, mean, _ = outputs
+    return TokenStats(
+        logprob.view(shape), ent.view(shape) if entropy else None, mean.detach().view(shape) if mean_logp else None
+    )
+
+
+def linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    entropy: bool = False,
+    mean_logp: bool = False,
+) -> TokenStats:
+    """log_softmax((hidden @ weight.T + bias) / temperature)[labels], never holding the logits.
+
+    hidden: [..., H] (bf16, fp16, fp32 or fp64); weight: [V, H] and bias: [V], both of
+    hidden's dtype; labels: integers shaped like hidden without its last dimension.
+    Returns TokenStats(logprob, entropy, mean_logp) shaped like labels, float32 (float64
+    for float64 inputs), the last two None unless asked for; ignored labels read 0.
+    Differentiable in hidden, weight and bias through logprob and entropy.
+    """
+    _checks.floating("hidden", hidden)
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have at least one dimension (the hidden size)")
+    _checks.floating("weight", weight, ndim=2)
+    _checks.same_dtype("weight", weight, "hidden", hidden)
+    _checks.same_device("weight", weight, "hidden", hidden)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be [V, {hidden.shape[-1]}] to match hidden's last dimension, "
+                         f"got {tuple(weight.shape)}")
+    if bias is not None:
+        _checks.floating("bias", bias, ndim=1)
+        _checks.same_dtype("bias", bias, "hidden", hidden)
+        _checks.same_device("bias", bias, "hidden", hidden)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be [{weight.shape[0]}] to match weight, got {tuple(bias.shape)}")
+    _check_labels(labels, "hidden", hidden.shape[:-1], weight.shape[0], ignore_index, hidden.device)
+    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)
+    outputs = torch.ops.fastrl.linear_logprobs(
+        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(), bias,
+        temperature, ignore_index, entropy, mean_logp,
+    )
+    return _token_stats(outputs, labels.shape, entropy, mean_logp)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    entropy: bool = False,
+    mean_logp: bool = False,
+    inplace_backward: bool = False,
+) -> TokenStats:
+    """log_softmax(logits / temperature)[labels], one pass over each row of logits[..., V].
+
+    With ``inplace_backward`` the backward writes the gradient over ``logits`` (flash-attn's
+    trick, saving a [..., V] buffer): only for logits nothing else needs afterwards.
+    Returns TokenStats shaped like labels, as ``linear_logprobs``.
+    """
+    _checks.floating("logits", logits)
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must be [..., V] with V > 0, got shape {tuple(logits.shape)}")
+    _check_labels(labels, "logits", logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
+    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)
+    if not isinstance(inplace_backward, bool):
+        raise TypeError(f"inplace_backward must be a bool, got {type(inplace_backward).__name__}")
+    outputs = torch.ops.fastrl.logprobs_from_logits(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), temperature, ignore_index,
+        entropy, mean_logp, inplace_backward,
+    )
+    return _token_stats(outputs, labels.shape, entropy, mean_logp)

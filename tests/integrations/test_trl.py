@@ -1,0 +1,117 @@
+"""fastrl's selective_log_softmax against TRL's own.
+
+`make test` installs trl (the [anchors] extra) and sets FASTRL_REQUIRE_ANCHORS=1, so
+there the comparisons run rather than skip. trl is imported inside the tests: it is slow.
+"""
+import os
+
+import pytest
+import torch
+
+from fastrl.integrations.trl import _trl_dtype, selective_log_softmax
+
+
+@pytest.fixture(scope="module")
+def trl_utils():
+    if os.environ.get("FASTRL_REQUIRE_ANCHORS") == "1":
+        import trl.trainer.utils as utils
+    else:
+        utils = pytest.importorskip("trl.trainer.utils")
+    return utils
+
+
+# bf16: TRL computes in bf16 (logits / temperature rounded first) and is off the exact value by a
+# few bf16 ulps; fastrl computes in float32 and rounds once, so it is also checked against float64.
+TOLERANCES = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5),
+              torch.bfloat16: dict(rtol=2 ** -5, atol=0.1)}
+
+
+def both(trl_utils, logits, index, temperature, row_mask, grad_weights):
+    """Outputs and logits gradients of TRL's and fastrl's selective_log_softmax."""
+    results = []
+    for fn in (trl_utils.selective_log_softmax, selective_log_softmax):
+        x = logits.detach().clone().requires_grad_()
+        out = fn(x, index, temperature=temperature, row_mask=row_mask)
+        (out.double() * grad_weights).sum().backward()
+        results.append((out, x.grad))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 7), (3, 17, 101), (2, 5, 3, 33), (13, 257)])
+@pytest.mark.parametrize("top_k", [None, 1, 4])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("masked", [False, True])
+def test_equals_trl(trl_utils, dtype, shape, top_k, temperature, masked, rng):
+    *leading, vocab = shape
+    logits = (3 * torch.randn(shape, generator=rng, dtype=torch.float64)).to(dtype)
+    index_shape = tuple(leading) + ((top_k,) if top_k else ())
+    index = torch.randint(0, vocab, index_shape, generator=rng)
+    row_mask = (torch.rand(index_shape, generator=rng) > 0.3) if masked else None
+    grad_weights = torch.randn(index_shape, generator=rng, dtype=torch.float64)
+    (want, want_grad), (got, got_grad) = both(trl_utils, logits, index, temperature, row_mask, grad_weights)
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape == index.shape
+    torch.testing.assert_close(got, want, **TOLERANCES[dtype])
+    torch.testing.assert_close(got_grad, want_grad, **TOLERANCES[dtype])
+    if masked:
+        assert (got[~row_mask] == 0).all()
+    if dtype == torch.bfloat16:
+        x = logits.double().requires_grad_()
+        exact = torch.log_softmax(x / temperature, -1).gather(-1, index.view(*leading, -1)).view(index.shape)
+        if masked:
+            exact = exact.masked_fill(~row_mask, 0.0)
+        (exact * grad_weights).sum().backward()
+        torch.testing.assert_close(got.double(), exact, rtol=2 ** -7, atol=1e-2)
+        # a row's gradient sums terms as large as its weights / temperature, each rounded to bf16
+        terms = (grad_weights.abs().sum(-1) if top_k else grad_weights.abs())[..., None] / temperature
+        assert ((got_grad.double() - x.grad).abs() <= 2 ** -7 * (x.grad.abs() + terms)).all()
+
+
+class OnDevice:
+    """A meta tensor that reports another device: enough for the dispatch predicates."""
+
+    def __init__(self, shape, dtype, device):
+        self.tensor, self.device = torch.empty(shape, dtype=dtype, device="meta"), torch.device(device)
+
+    def __getattr__(self, name):
+        return getattr(self.tensor, name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "xpu:0"])
+def test_dtype_follows_trls_dispatch(trl_utils, device):
+    """float32 exactly where TRL's fused kernel would serve the call, judged by TRL's own predicate."""
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for shape, index_shape in (((11,), ()), ((5, 11), (5,)), ((2, 5, 11), (2, 5)), ((2, 5, 11), (2, 5, 3)),
+                                   ((2, 2, 5, 11), (2, 2, 5))):
+            logits, index = OnDevice(shape, dtype, device), OnDevice(index_shape, torch.long, device)
+            want = torch.float32 if trl_utils._supports_trl_loss_kernel(logits, index) else dtype
+            assert _trl_dtype(logits, index, None) == want, (dtype, shape, index_shape)
+
+
+def test_half_logits_on_gpu_give_float32(device):
+    logits = torch.randn(3, 4, 19, device=device).to(torch.bfloat16)
+    index = torch.randint(0, 19, (3, 4), device=device)
+    out = selective_log_softmax(logits, index)
+    assert out.dtype == (torch.float32 if device.type == "cuda" else torch.bfloat16)
+    want = torch.log_softmax(logits.double(), -1).gather(-1, index[..., None])[..., 0]
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=0.07)
+
+
+def test_bad_arguments():
+    logits, index = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+    with pytest.raises(TypeError, match="logits"):
+        selective_log_softmax(logits.long(), index)
+    with pytest.raises(TypeError, match="index must be an integer tensor"):
+        selective_log_softmax(logits, index.float())
+    with pytest.raises(ValueError, match="index must be"):
+        selective_log_softmax(logits, index[:1])
+    with pytest.raises(ValueError, match="index must be"):
+        selective_log_softmax(logits, index[..., None, None])
+    with pytest.raises(ValueError, match=r"index must be in \[0, 5\)"):
+        selective_log_softmax(logits, index.masked_fill(index == index[0, 0], -100))
+    with pytest.raises(ValueError, match=r"index must be in \[0, 5\)"):
+        selective_log_softmax(logits, index + 5)
+    with pytest.raises(ValueError, match="temperature"):
+        selective_log_softmax(logits, index, temperature=0.0)
+    with pytest.raises(ValueError, match="row_mask"):
+        selective_log_softmax(logits, index, row_mask=torch.ones(2, 4))

@@ -1,0 +1,353 @@
+"""Token log-probabilities against the materialised float64 reference (DESIGN 3.3, 4)
+on every backend present: torch (chunked), Triton under TRITON_INTERPRET=1 on CPU
+in fp32/fp64, Triton and bf16/fp16 on a GPU."""
+import pytest
+import torch
+
+import fastrl.ops as ops
+from fastrl.ops import logprobs as logprobs_module
+from fastrl.ops import reference
+
+# (leading shape of hidden/labels, H, V): odd sizes, none a multiple of a tile
+LINEAR_SHAPES = [((1,), 3, 5), ((37,), 45, 101), ((2, 3), 16, 32), ((5, 13), 70, 300), ((64,), 33, 1)]
+LOGITS_SHAPES = [((1,), 1), ((37,), 101), ((3, 5), 300), ((2, 2, 2), 4097)]
+
+
+def backends(op, device):
+    found = [b for b in ops.available_backends(op, device.type) if b != "reference"]
+    if not found:
+        pytest.skip(f"no backend for {op} on {device.type} besides the reference")
+    return found
+
+
+def supports(backend, device, dtype):
+    """The Triton interpreter has no bf16/fp16 arithmetic."""
+    return not (backend == "triton" and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16))
+
+
+def linear_inputs(leading, H, V, dtype, rng, bias=True, ignore_index=-100):
+    hidden = torch.randn(*leading, H, generator=rng, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=rng, dtype=torch.float64) * (2.0 / H**0.5)
+    b = torch.randn(V, generator=rng, dtype=torch.float64) if bias else None
+    labels = torch.randint(0, V, leading, generator=rng)
+    labels.view(-1)[:: 4] = ignore_index
+    return [hidden.to(dtype), weight.to(dtype), labels, None if b is None else b.to(dtype)]
+
+
+def to(args, device, dtype=None):
+    return [
+        a.to(device=device, dtype=dtype if dtype is not None and a.is_floating_point() else a.dtype)
+        if isinstance(a, torch.Tensor) else a
+        for a in args
+    ]
+
+
+def stats_and_grads(fn, args, backend, grad_weights, **kw):
+    """The op's outputs and the gradients of sum(gw_lp * logprob + gw_ent * entropy) to its float inputs."""
+    leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+              for a in args]
+    with ops.use_backend(backend):
+        out = fn(*leaves, **kw)
+        loss = (out.logprob * grad_weights[0].to(out.logprob)).sum()
+        if out.entropy is not None:
+            loss = loss + (out.entropy * grad_weights[1].to(out.entropy)).sum()
+        wrt = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+        grads = torch.autograd.grad(loss, wrt)
+    return [x for x in out if x is not None], list(grads)
+
+
+def assert_all_close(got, want, **tol):
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.detach().cpu().to(w.dtype), w.detach().cpu(), **tol)
+
+
+# ---- linear_logprobs ----
+
+
+@pytest.mark.parametrize("leading,H,V", LINEAR_SHAPES)
+@pytest.mark.parametrize("bias,temperature,ignore_index", [(True, 0.7, -100), (False, 1.0, -1), (True, 1.3, 7)])
+def test_linear_matches_reference_float64(leading, H, V, bias, temperature, ignore_index, device, rng):
+    args = linear_inputs(leading, H, V, torch.float64, rng, bias, ignore_index)
+    weights = [torch.randn(leading, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(temperature=temperature, ignore_index=ignore_index, entropy=True, mean_logp=True)
+    want = stats_and_grads(ops.linear_logprobs, args, "reference", weights, **kw)
+    for backend in backends("linear_logprobs", device):
+        got = stats_and_grads(ops.linear_logprobs, to(args, device), backend, weights, **kw)
+        assert got[0][0].dtype == torch.float64 and got[0][0].shape == leading
+        assert_all_close(got[0] + got[1], want[0] + want[1], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_no_less_accurate_than_pytorch(dtype, device, rng):
+    """Error against float64 no worse than eager PyTorch's in the same dtype (flash-attn style)."""
+    args = linear_inputs((61,), 96, 1000, dtype, rng)
+    weights = [torch.randn(61, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(temperature=0.9, entropy=True, mean_logp=True)
+    exact = stats_and_grads(ops.linear_logprobs, to(args, "cpu", torch.float64), "reference", weights, **kw)
+    eager = stats_and_grads(eager_linear, to(args, device), None, weights, **kw)
+    for backend in backends("linear_logprobs", device):
+        if not supports(backend, device, dtype):
+            continue
+        got = stats_and_grads(ops.linear_logprobs, to(args, device), backend, weights, **kw)
+        assert got[0][0].dtype == torch.float32
+        for name, g, p, e in zip(["logprob", "entropy", "mean_logp", "d hidden", "d weight", "d bias"],
+                                 got[0] + got[1], eager[0] + eager[1], exact[0] + exact[1], strict=True):
+            err = (g.detach().cpu().double() - e).abs().max().item()
+            eager_err = (p.detach().cpu().double() - e).abs().max().item()
+            assert err <= 2 * eager_err + 1e-6 * max(1.0, e.abs().max().item()), (backend, name, err, eager_err)
+
+
+def eager_linear(hidden, weight, labels, bias=None, temperature=1.0, ignore_index=-100, entropy=False,
+                 mean_logp=False):
+    """What verl and TRL run: logits in the input dtype, log-softmax in float32."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return ops.TokenStats(*reference.token_stats(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), temperature, ignore_index, entropy, mean_logp
+    )[:3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_fused_triton_forward(dtype, monkeypatch, device, rng):
+    """The Triton backend's other forward: matmul and online log-sum-exp in one kernel."""
+    if "triton" not in ops.available_backends("linear_logprobs", device.type):
+        pytest.skip(f"triton not available on {device.type}")
+    args = linear_inputs((37,), 45, 101, dtype, rng)
+    weights = [torch.randn(37, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(temperature=0.7, entropy=True, mean_logp=True)
+    want = stats_and_grads(ops.linear_logprobs, to(args, "cpu", torch.float64), "reference", weights, **kw)
+    monkeypatch.setattr(logprobs_module, "TRITON_LINEAR_FORWARD", "fused")
+    got = stats_and_grads(ops.linear_logprobs, to(args, device), "triton", weights, **kw)
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    assert_all_close(got[0] + got[1], want[0] + want[1], **tol)
+
+
+def test_linear_chunks_cover_every_row(monkeypatch, rng):
+    """With a budget of a few rows (forward) or columns (backward) per chunk, the torch
+    backend gives what one chunk gives; the label may fall in any vocabulary slice."""
+    args = linear_inputs((37,), 20, 50, torch.float64, rng)
+    weights = [torch.randn(37, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(entropy=True, mean_logp=True)
+    whole = stats_and_grads(ops.linear_logprobs, args, "torch", weights, **kw)
+    monkeypatch.setitem(logprobs_module.CHUNK_BYTES, "cpu", 37 * 8 * 7)  # 7 columns / 5 rows per chunk
+    assert len(logprobs_module._chunks(50, 37, torch.float64, torch.device("cpu"))) == 8
+    assert len(logprobs_module._chunks(37, 50, torch.float64, torch.device("cpu"))) == 8
+    for backend in ["torch", "triton"] if "triton" in ops.available_backends("linear_logprobs", "cpu") else ["torch"]:
+        chunked = stats_and_grads(ops.linear_logprobs, args, backend, weights, **kw)
+        assert_all_close(chunked[0] + chunked[1], whole[0] + whole[1], rtol=1e-12, atol=1e-12)
+
+
+def test_linear_ignored_rows_are_zero_with_zero_gradient(device, rng):
+    hidden, weight, labels, bias = to(linear_inputs((9,), 20, 30, torch.float64, rng), device)
+    labels[:] = -100
+    labels[4] = 3
+    for backend in backends("linear_logprobs", device):
+        h = hidden.clone().requires_grad_()
+        with ops.use_backend(backend):
+            out = ops.linear_logprobs(h, weight, labels, bias, entropy=True, mean_logp=True)
+            (out.logprob.sum() + out.entropy.sum()).backward()
+        others = torch.arange(9, device=device) != 4
+        for x in out:
+            assert (x[others] == 0).all() and x[4] != 0
+        assert (h.grad[others] == 0).all() and (h.grad[4] != 0).any()
+
+
+def test_linear_extreme_logits_stay_finite(device, rng):
+    hidden, weight, labels, bias = to(linear_inputs((16,), 32, 200, torch.float32, rng), device)
+    for backend in backends("linear_logprobs", device):
+        with ops.use_backend(backend):
+            out = ops.linear_logprobs(hidden * 300, weight, labels, bias, temperature=0.05, entropy=True,
+                                      mean_logp=True)
+        for x in out:
+            assert torch.isfinite(x).all(), backend
+        assert (out.logprob <= 0).all() and (out.entropy >= -1e-3).all()
+
+
+def test_mean_logp_has_no_gradient(rng):
+    hidden, weight, labels, _ = linear_inputs((4,), 8, 10, torch.float64, rng)
+    out = ops.linear_logprobs(hidden.requires_grad_(), weight, labels, mean_logp=True)
+    assert out.logprob.requires_grad and not out.mean_logp.requires_grad
+
+
+def test_frozen_weight_gets_no_gradient(device, rng):
+    hidden, weight, labels, bias = to(linear_inputs((7,), 20, 30, torch.float64, rng), device)
+    hidden.requires_grad_()
+    for backend in backends("linear_logprobs", device):
+        with ops.use_backend(backend):
+            ops.linear_logprobs(hidden, weight, labels, bias).logprob.sum().backward()
+        assert weight.grad is None and hidden.grad is not None
+        hidden.grad = None
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_linear_gradcheck_float64(backend, device, rng):
+    if backend not in ops.available_backends("linear_logprobs", device.type):
+        pytest.skip(f"{backend} not available on {device.type}")
+    hidden, weight, labels, bias = to(linear_inputs((5,), 6, 19, torch.float64, rng), device)
+
+    def fn(h, w, b):
+        with ops.use_backend(backend):
+            out = ops.linear_logprobs(h, w, labels, b, temperature=0.8, entropy=True)
+        return out.logprob, out.entropy
+
+    inputs = tuple(x.requires_grad_() for x in (hidden, weight, bias))
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+# ---- logprobs_from_logits ----
+
+
+def logits_inputs(leading, V, dtype, rng):
+    logits = (torch.randn(*leading, V, generator=rng, dtype=torch.float64) * 3).to(dtype)
+    labels = torch.randint(0, V, leading, generator=rng)
+    labels.view(-1)[1::3] = -100
+    return [logits, labels]
+
+
+@pytest.mark.parametrize("leading,V", LOGITS_SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_logits_matches_reference_float64(leading, V, temperature, device, rng):
+    args = logits_inputs(leading, V, torch.float64, rng)
+    weights = [torch.randn(leading, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(temperature=temperature, entropy=True, mean_logp=True)
+    want = stats_and_grads(ops.logprobs_from_logits, args, "reference", weights, **kw)
+    for backend in backends("logprobs_from_logits", device):
+        got = stats_and_grads(ops.logprobs_from_logits, to(args, device), backend, weights, **kw)
+        assert_all_close(got[0] + got[1], want[0] + want[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_logits_no_less_accurate_than_pytorch(dtype, device, rng):
+    args = logits_inputs((23,), 3001, dtype, rng)
+    weights = [torch.randn(23, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(entropy=True, mean_logp=True)
+    exact = stats_and_grads(ops.logprobs_from_logits, to(args, "cpu", torch.float64), "reference", weights, **kw)
+    eager = stats_and_grads(ops.logprobs_from_logits, to(args, device), "reference", weights, **kw)
+    for backend in backends("logprobs_from_logits", device):
+        if not supports(backend, device, dtype):
+            continue
+        got = stats_and_grads(ops.logprobs_from_logits, to(args, device), backend, weights, **kw)
+        for g, p, e in zip(got[0] + got[1], eager[0] + eager[1], exact[0] + exact[1], strict=True):
+            err = (g.detach().cpu().double() - e).abs().max().item()
+            eager_err = (p.detach().cpu().double() - e).abs().max().item()
+            assert err <= 2 * eager_err + 1e-6 * max(1.0, e.abs().max().item()), (backend, err, eager_err)
+
+
+def test_inplace_backward_overwrites_the_logits_with_their_gradient(device, rng):
+    logits, labels = to(logits_inputs((6, 5), 77, torch.float32, rng), device)
+    for backend in backends("logprobs_from_logits", device):
+        expected_leaf = logits.clone().requires_grad_()
+        with ops.use_backend(backend):
+            ops.logprobs_from_logits(expected_leaf * 1.0, labels, entropy=True).logprob.sum().backward()
+            leaf = logits.clone().requires_grad_()
+            scaled = leaf * 1.0  # a non-leaf: its memory is what the gradient overwrites
+            out = ops.logprobs_from_logits(scaled, labels, entropy=True, inplace_backward=True)
+            out.logprob.sum().backward()
+        torch.testing.assert_close(leaf.grad, expected_leaf.grad)
+        torch.testing.assert_close(scaled.detach(), expected_leaf.grad)
+
+
+# ---- torch.library integration ----
+
+
+def op_args(op, device, rng):
+    if op == "linear_logprobs":
+        hidden, weight, labels, bias = linear_inputs((9,), 20, 37, torch.float32, rng)
+        return to([hidden, weight, labels, bias, 0.9, -100, True, True], device)
+    logits, labels = logits_inputs((9,), 37, torch.float32, rng)
+    return to([logits.reshape(9, 37), labels, 0.9, -100, True, True, False], device)
+
+
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_opcheck(op, device, rng):
+    args = op_args(op, device, rng)
+    for i in (0, 1) if op == "linear_logprobs" else (0,):
+        args[i].requires_grad_()
+    torch.library.opcheck(getattr(torch.ops.fastrl, op).default, tuple(args))
+
+
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_compile_fullgraph_equals_eager(op, device, rng):
+    args = op_args(op, device, rng)
+    n_float = 2 if op == "linear_logprobs" else 1
+    leaves = [a.requires_grad_() if i < n_float else a for i, a in enumerate(args)]
+    public = getattr(ops, op)
+    call = (lambda h, w, l, b: public(h, w, l, b, 0.9, entropy=True, mean_logp=True)) if n_float == 2 else (
+        lambda z, l: public(z, l, 0.9, entropy=True, mean_logp=True))
+    inputs = leaves[:4] if n_float == 2 else leaves[:2]
+
+    def loss(*a):
+        out = call(*a)
+        return out.logprob.sum() + out.entropy.sum() + out.mean_logp.sum()
+
+    eager = loss(*inputs)
+    eager_grads = torch.autograd.grad(eager, leaves[:n_float])
+    compiled = torch.compile(loss, fullgraph=True)(*inputs)
+    compiled_grads = torch.autograd.grad(compiled, leaves[:n_float])
+    torch.testing.assert_close(compiled, eager)
+    assert_all_close(compiled_grads, eager_grads, rtol=1e-5, atol=1e-5)
+
+
+# ---- bad inputs: one test each, the error names the argument ----
+
+
+def test_label_out_of_range_on_cpu(rng):
+    hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
+    labels[2] = 10
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\) or ignore_index=-100; found 10"):
+        ops.linear_logprobs(hidden, weight, labels)
+    labels[2] = -3
+    with pytest.raises(ValueError, match="found -3"):
+        ops.logprobs_from_logits(torch.zeros(5, 10), labels)
+
+
+def test_shape_mismatches(rng):
+    hidden, weight, labels, bias = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(ValueError, match=r"weight must be \[V, 8\]"):
+        ops.linear_logprobs(hidden, weight[:, :7], labels)
+    with pytest.raises(ValueError, match=r"labels must have the shape \(5,\) of hidden"):
+        ops.linear_logprobs(hidden, weight, labels[:4])
+    with pytest.raises(ValueError, match=r"bias must be \[10\]"):
+        ops.linear_logprobs(hidden, weight, labels, bias[:9])
+    with pytest.raises(ValueError, match="weight must have 2 dimensions"):
+        ops.linear_logprobs(hidden, weight[0], labels)
+    with pytest.raises(ValueError, match=r"labels must have the shape \(5,\) of logits"):
+        ops.logprobs_from_logits(torch.zeros(5, 10), labels[None])
+
+
+def test_dtype_mismatches(rng):
+    hidden, weight, labels, bias = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(TypeError, match="weight has dtype torch.float64 but hidden has torch.float32"):
+        ops.linear_logprobs(hidden, weight.double(), labels)
+    with pytest.raises(TypeError, match="bias has dtype torch.float16"):
+        ops.linear_logprobs(hidden, weight, labels, bias.half())
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        ops.linear_logprobs(hidden, weight, labels.float())
+    with pytest.raises(TypeError, match="hidden must be float16, bfloat16, float32 or float64"):
+        ops.linear_logprobs(hidden.long(), weight, labels)
+    with pytest.raises(TypeError, match="logits must be float16"):
+        ops.logprobs_from_logits(labels, labels)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_temperature_must_be_positive(temperature, rng):
+    hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(ValueError, match="temperature must be"):
+        ops.linear_logprobs(hidden, weight, labels, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be"):
+        ops.logprobs_from_logits(torch.zeros(5, 10), labels, temperature=temperature)
+
+
+def test_option_types(rng):
+    hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        ops.linear_logprobs(hidden, weight, labels, ignore_index=-100.0)
+    with pytest.raises(TypeError, match="entropy must be a bool"):
+        ops.linear_logprobs(hidden, weight, labels, entropy=1)
+    with pytest.raises(TypeError, match="inplace_backward must be a bool"):
+        ops.logprobs_from_logits(torch.zeros(5, 10), labels, inplace_backward="yes")
+
+
+def test_device_mismatch_is_reported(rng):
+    hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(ValueError, match="weight is on meta but hidden is on cpu"):
+        ops.linear_logprobs(hidden, weight.to("meta"), labels)
