@@ -23,7 +23,7 @@ bench: $(BIN)/fastrl
 	$(BIN)/fastrl info
 	$(BIN)/fastrl bench scans
 	$(BIN)/fastrl bench advantages
-	$(BIN)/fastrl bench logprobs
+	$(BIN)/fastrl bench logprobs --memory --shape 4096,1024,32768
 
 cuda-build:
 	bash .ci/cuda_build.sh

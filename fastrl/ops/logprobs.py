@@ -56,9 +56,33 @@ def _chunks(n: int, other: int, dtype: torch.dtype, device: torch.device):
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def _token_stats_(z, labels, temperature, ignore_index, entropy, mean_logp):
+    """reference.token_stats on ``z``, a fresh buffer of logits in the output dtype, which
+    it overwrites: the torch backend's per-chunk reduction, with one temporary of z's size."""
+    if temperature != 1.0:
+        z.div_(temperature)
+    m = z.amax(-1)
+    shifted = z.sub_(m[:, None])  # <= 0: exp cannot overflow
+    valid = labels != ignore_index
+    picked = shifted.gather(-1, torch.where(valid, labels, 0)[:, None]).squeeze(-1)
+    mean_shifted = shifted.mean(-1) if mean_logp else None
+    p = shifted.exp()
+    s = p.sum(-1)
+    log_s = s.log()
+    ent = torch.where(valid, log_s - torch.linalg.vecdot(p, shifted) / s, 0.0) if entropy else None
+    empty = z.new_empty(0)
+    return (
+        torch.where(valid, picked - log_s, 0.0),
+        empty if ent is None else ent,
+        empty if mean_shifted is None else torch.where(valid, mean_shifted - log_s, 0.0),
+        m + log_s,
+    )
+
+
 def _chunked_token_stats(x, vocab, logits_of, labels, temperature, ignore_index, entropy, mean_logp,
-                         stats=reference.token_stats):
-    """``stats`` over chunks of rows; ``logits_of(rows)`` gives a chunk's logits."""
+                         stats=_token_stats_):
+    """``stats`` over chunks of rows; ``logits_of(rows)`` gives a chunk's logits in a fresh
+    buffer, which ``stats`` may overwrite."""
     n = labels.shape[0]
     outputs = _empty_stats(x, n, entropy, mean_logp)
     for rows in _chunks(n, vocab, reference.output_dtype(x), x.device):
@@ -70,14 +94,17 @@ def _chunked_token_stats(x, vocab, logits_of, labels, temperature, ignore_index,
 
 
 def _linear_token_stats_torch(hidden, weight, labels, bias, *options):
+    dtype = reference.output_dtype(hidden)
     return _chunked_token_stats(
-        hidden, weight.shape[0], lambda rows: F.linear(hidden[rows], weight, bias), labels, *options
+        hidden, weight.shape[0], lambda rows: F.linear(hidden[rows], weight, bias).to(dtype), labels, *options
     )
 
 
 def _logits_token_stats_torch(logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward):
+    dtype = reference.output_dtype(logits)
     return _chunked_token_stats(
-        logits, logits.shape[1], lambda rows: logits[rows], labels, temperature, ignore_index, entropy, mean_logp
+        logits, logits.shape[1], lambda rows: logits[rows].to(dtype, copy=True), labels,
+        temperature, ignore_index, entropy, mean_logp,
     )
 
 
@@ -87,7 +114,9 @@ def _logits_grad_torch(grad_logprob, grad_entropy, logits, labels, lse, entropy,
     ``logits`` may be the columns [first_col, first_col + V) of the rows whose lse is given."""
     valid = labels != ignore_index
     g_logprob = torch.where(valid, grad_logprob, 0.0)[:, None]
-    logp = logits.to(reference.output_dtype(logits), copy=True).div_(temperature).sub_(lse[:, None])
+    dtype = reference.output_dtype(logits)
+    work = out if out is logits and out.dtype == dtype else logits.to(dtype, copy=True)
+    logp = (work.div_(temperature) if temperature != 1.0 else work).sub_(lse[:, None])
     if grad_entropy.numel():
         g_entropy = torch.where(valid, grad_entropy, 0.0)[:, None]
         weight = (logp + entropy[:, None]).mul_(g_entropy).add_(g_logprob)
@@ -97,7 +126,9 @@ def _logits_grad_torch(grad_logprob, grad_entropy, logits, labels, lse, entropy,
     column = labels - first_col
     here = valid & (column >= 0) & (column < logits.shape[1])
     grad.scatter_add_(1, torch.where(here, column, 0)[:, None], torch.where(here[:, None], g_logprob, 0.0))
-    return out.copy_(grad.div_(temperature))
+    if temperature != 1.0:
+        grad.div_(temperature)
+    return grad if grad is out else out.copy_(grad)
 
 
 def _linear_backward_chunked(
@@ -131,6 +162,7 @@ def _linear_backward_chunked(
             torch.mm(dz.T, hidden, out=grad_weight[cols])
         if bias is not None:
             grad_bias[cols] = dz.sum(0, dtype=acc_dtype)
+        del logits, dz  # one slice of logits alive at a time, not two
     if accumulator is not grad_hidden:
         grad_hidden.copy_(accumulator)
     return grad_hidden, grad_weight, grad_bias
