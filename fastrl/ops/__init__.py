@@ -11,6 +11,7 @@ from fastrl.ops.advantages import (
     risk_advantages,
 )
 from fastrl.ops.logprobs import TokenStats, linear_logprobs, logprobs_from_logits
+from fastrl.ops.sampling import Sampled, sample
 from fastrl.ops.scans import discounted_returns, gae, min_form_returns
 
 from fastrl.ops import _registry
@@ -30,5 +31,7 @@ __all__ = [
     "logprobs_from_logits",
     "min_form_returns",
     "risk_advantages",
+    "Sampled",
+    "sample",
     "use_backend",
 ]

@@ -96,3 +96,14 @@ def choice(name: str, value, options):
     if value not in options:
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
     return value
+
+
+def finite_or_neg_inf(name: str, x: torch.Tensor):
+    """Logits: -inf marks a token that cannot be drawn; NaN, +inf and rows without a finite value are errors."""
+    if not values_checked(x) or x.numel() == 0:
+        return
+    row_max = x.amax(-1)  # NaN propagates
+    if not bool(torch.isfinite(row_max).all()):
+        raise ValueError(f"{name} contains NaN or +Inf, or a row without a finite value")
+    if bool(torch.isnan(x.amin())):
+        raise ValueError(f"{name} contains NaN or +Inf, or a row without a finite value")

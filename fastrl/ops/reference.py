@@ -216,3 +216,40 @@ def logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, labels, ls
 
     (grad_logits,) = _vjp(forward, (logits,), grad_logprob, grad_entropy)
     return grad_logits.to(logits.dtype)
+
+
+def counter_uniform(seeds, offset, n):
+    """u[b, j] in (0, 1) from (seeds[b], offset, j) alone: a splitmix64 hash in int64
+    arithmetic (wrapping), the reference's counter-based generator."""
+    def mix(x):
+        x = x ^ ((x >> 30) & ((1 << 34) - 1))  # logical shifts of int64
+        x = x * -4658895280553007687  # 0xBF58476D1CE4E5B9
+        x = x ^ ((x >> 27) & ((1 << 37) - 1))
+        x = x * -7723592293110705685  # 0x94D049BB133111EB
+        return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+    golden = -7046029254386353131  # 0x9E3779B97F4A7C15
+    tokens = torch.arange(n, device=seeds.device, dtype=torch.int64)
+    x = mix(mix(seeds * golden + offset)[:, None] + (tokens[None, :] + 1) * golden)
+    return (((x >> 11) & ((1 << 53) - 1)).to(torch.float64) + 0.5) * 2.0**-53
+
+
+def sample(logits, temperature, top_k, top_p, seeds, offset):
+    """Sort-based top-k then top-p (ties at a cutoff kept), Gumbel-max over the kept tokens."""
+    z = logits.to(output_dtype(logits)) / temperature
+    policy = torch.log_softmax(z, -1)
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if top_k > 0:
+        keep &= z >= torch.topk(z, top_k, dim=-1).values[:, -1:]
+    if top_p < 1.0:
+        masked = torch.where(keep, z, float("-inf"))
+        ordered = masked.sort(-1, descending=True).values
+        mass = torch.softmax(ordered, -1).cumsum(-1)
+        first = (mass < top_p).sum(-1, keepdim=True).clamp(max=z.shape[1] - 1)  # first position reaching top_p
+        keep &= z >= ordered.gather(-1, first)
+    filtered = torch.where(keep, z, float("-inf"))
+    gumbel = -torch.log(-torch.log(counter_uniform(seeds, offset, z.shape[1])))
+    tokens = torch.argmax(filtered + gumbel.to(z.dtype), -1)
+    pick = tokens[:, None]
+    logprob = torch.log_softmax(filtered, -1).gather(-1, pick).squeeze(-1)
+    return tokens, logprob, policy.gather(-1, pick).squeeze(-1), policy.mean(-1)

@@ -1,0 +1,140 @@
+"""Q-softmax sampling (DESIGN 3.3): one draw per row from softmax(logits / temperature),
+restricted first by top-k, then by top-p (Hugging Face's order), every token tied at a
+cutoff kept.
+
+Gumbel-max with counter-based noise: token = argmax over the kept tokens of
+z + Gumbel(u), u = f(seed, offset, token), so a decoding loop passes its step as
+``offset`` and equal (seed, offset) give equal tokens. Backends: ``triton``
+(kernels/sampling.py: one launch, plain sampling reads each row once, the cutoffs
+are found by bisection on the float bits, no sort), ``torch`` (the CPU path:
+cutoffs from torch.topk with a growing k, inverse-CDF draw) and ``reference``
+(sort-based cutoffs, Gumbel-max). Each uses its own counter-based generator: their
+tokens differ for a seed, their distributions do not. Triton hands float64 logits
+to the torch path.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from fastrl.ops import _checks, reference
+from fastrl.ops._registry import define, implementation
+
+
+class Sampled(NamedTuple):
+    """Per row: the token, its log-probability under the filtered sampling distribution,
+    under the unfiltered temperature-scaled policy, and the mean log-softmax of that policy."""
+
+    tokens: torch.Tensor
+    logprob: torch.Tensor
+    policy_logprob: torch.Tensor
+    mean_logp: torch.Tensor
+
+
+def _triton_sample(logits, *args):
+    if logits.dtype == torch.float64:
+        return _sample_torch(logits, *args)
+    from fastrl.kernels import sampling
+
+    return sampling.sample(logits, *args)
+
+
+def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
+    """The CPU path: cutoffs from torch.topk with a growing k (top-p keeps few tokens of
+    a real vocabulary, so no full sort), then inverse-CDF sampling with one
+    counter-based uniform per row: an exact draw from the same distribution as Gumbel-max."""
+    z = logits.to(reference.output_dtype(logits)) / temperature
+    v = z.shape[1]
+    m = z.amax(-1, keepdim=True)
+    weights = torch.exp(z - m)
+    total = weights.sum(-1, keepdim=True)
+    cutoff = torch.full_like(m, float("-inf"))
+    if top_k > 0:
+        cutoff = z.topk(top_k, -1).values[:, -1:]
+    if top_p < 1.0:
+        target = top_p * torch.where(z >= cutoff, weights, 0.0).sum(-1, keepdim=True)
+        k = min(v, 256 if top_k == 0 else top_k)
+        while True:
+            values = z.topk(k, -1).values  # descending
+            mass = torch.where(values >= cutoff, torch.exp(values - m), 0.0).cumsum(-1)
+            if k == v or bool((mass[:, -1:] >= target).all()):
+                break
+            k = min(v, k * 8)
+        first = (mass < target).sum(-1, keepdim=True).clamp(max=k - 1)  # first position reaching top_p
+        cutoff = torch.maximum(cutoff, values.gather(-1, first))
+    kept = torch.where(z >= cutoff, weights, 0.0)
+    cdf = kept.to(torch.float64).cumsum(-1)
+    u = reference.counter_uniform(seeds, offset, 1)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=v - 1)
+    z_token = z.gather(-1, tokens)[:, 0]
+    log_total = (m + total.log())[:, 0]
+    return (
+        tokens[:, 0],
+        z_token - (m + cdf[:, -1:].log().to(z.dtype))[:, 0],
+        z_token - log_total,
+        z.mean(-1) - log_total,
+    )
+
+
+def _fake(logits, temperature, top_k, top_p, seeds, offset):
+    b = logits.shape[0]
+    floats = [reference.empty_output(logits, (b,)) for _ in range(3)]
+    return (torch.empty(b, dtype=torch.int64, device=logits.device), *floats)
+
+
+define(
+    "sample(Tensor logits, float temperature, int top_k, float top_p, Tensor seeds, int offset)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+    reference.sample,
+    _fake,
+    triton=_triton_sample,
+    torch_impl=_sample_torch,
+)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seeds: Optional[torch.Tensor] = None,
+    offset: int = 0,
+) -> Sampled:
+    """Draw one token per row of logits[B, V] (see the module docstring).
+
+    top_k: None or an int >= 1 (k >= V keeps everything); top_p: None or a float in
+    (0, 1]; seeds: LongTensor[B] (None: drawn from torch's default generator);
+    offset: an int >= 0, the decoding step. Returns Sampled, float32 (float64 for
+    float64 logits). No gradient.
+    """
+    _checks.floating("logits", logits, ndim=2)
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have at least one column (V > 0)")
+    temperature = _checks.positive("temperature", temperature)
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None:
+        top_p = _checks.number("top_p", top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
+    else:
+        _checks.tensor("seeds", seeds, ndim=1)
+        if seeds.dtype != torch.int64:
+            raise TypeError(f"seeds must be int64, got {seeds.dtype}")
+        if seeds.shape[0] != logits.shape[0]:
+            raise ValueError(f"seeds must have one seed per row ({logits.shape[0]}), got {seeds.shape[0]}")
+        _checks.same_device("seeds", seeds, "logits", logits)
+    _checks.finite_or_neg_inf("logits", logits)
+    k = 0 if top_k is None or top_k >= logits.shape[1] else top_k
+    p = 1.0 if top_p is None else top_p
+    with torch.no_grad():
+        out = implementation("sample", logits.device)(logits, temperature, k, p, seeds, offset)
+    return Sampled(*out)

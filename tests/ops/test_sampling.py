@@ -1,0 +1,204 @@
+"""Q-softmax sampling (DESIGN 3.3) on every backend present: the reference (the CPU
+path), Triton under TRITON_INTERPRET=1 on CPU tensors (few rows: the interpreter runs
+a filtered row in ~0.1 s) and natively on a GPU (many rows)."""
+import pytest
+import torch
+
+import fastrl.ops as ops
+from fastrl.ops import reference
+
+# V=12 with ties: two tokens tied at the top-k=4 cutoff, so five are kept
+LOGITS = torch.tensor([2.0, 1.5, 1.5, 1.5, 0.5, 0.3, 0.0, -0.5, -1.0, -1.0, -2.0, -3.0])
+
+
+def backends(device):
+    return [b for b in ops.available_backends("sample", device.type)]
+
+
+def rows_for(backend, device, many):
+    """How many draws a backend can afford here."""
+    return many if backend == "reference" or device.type == "cuda" else max(16, many // 200)
+
+
+def kept_probabilities(logits, temperature, top_k, top_p):
+    """The exact filtered distribution, by enumeration (ties at a cutoff kept)."""
+    z = logits.double() / temperature
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if top_k is not None:
+        keep &= z >= z.sort(descending=True).values[top_k - 1]
+    if top_p is not None:
+        p = torch.softmax(torch.where(keep, z, float("-inf")), -1)
+        mass_at_or_above = torch.stack([p[z >= v].sum() for v in z])
+        cutoff = z[keep & (mass_at_or_above >= top_p - 1e-12)].max()
+        keep &= z >= cutoff
+    return torch.softmax(torch.where(keep, z, float("-inf")), -1)
+
+
+def draw(backend, logits, n, device, **kw):
+    with ops.use_backend(backend):
+        return ops.sample(logits.expand(n, -1).to(device), seeds=torch.arange(n, device=device), **kw)
+
+
+def chi_square(tokens, probabilities):
+    counts = torch.bincount(tokens.cpu(), minlength=len(probabilities)).double()
+    expected = probabilities * len(tokens)
+    support = expected > 0
+    assert counts[~support].sum() == 0, "drew a token outside the kept set"
+    return ((counts[support] - expected[support]) ** 2 / expected[support]).sum().item(), int(support.sum())
+
+
+# A threshold for chi-square over <= 12 cells far above the real sampler's statistic
+# with the fixed seeds (p ~ 1e-6 for df = 11 is ~ 45) and far below what the biased
+# sampler below produces.
+THRESHOLD = 45.0
+
+
+@pytest.mark.parametrize("options", [dict(), dict(top_k=4), dict(top_p=0.7), dict(top_k=6, top_p=0.8),
+                                     dict(temperature=0.7, top_p=0.9)])
+def test_frequencies_match_the_exact_distribution(options, device):
+    probabilities = kept_probabilities(LOGITS, options.get("temperature", 1.0), options.get("top_k"),
+                                       options.get("top_p"))
+    for backend in backends(device):
+        n = rows_for(backend, device, 20000)
+        stat, cells = chi_square(draw(backend, LOGITS, n, device, **options).tokens, probabilities)
+        if n >= 20000:
+            assert stat < THRESHOLD, (backend, stat, cells)
+
+
+def test_a_biased_sampler_fails_the_frequency_test():
+    """The test's threshold catches a sampler whose temperature is off by 20%."""
+    probabilities = kept_probabilities(LOGITS, 1.0, None, 0.9)
+    biased = draw("reference", LOGITS * 1.2, 20000, torch.device("cpu"), top_p=0.9).tokens
+    kept = probabilities > 0
+    biased = biased[kept[biased]]  # the biased draw may keep fewer tokens: compare on the common set
+    stat, _ = chi_square(biased, probabilities)
+    assert stat > 2 * THRESHOLD, stat
+
+
+def test_plain_triton_frequencies_on_cpu_interpreter(device):
+    """The plain path (one pass) is cheap enough under the interpreter for a real frequency test."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    n = 2000
+    stat, cells = chi_square(draw("triton", LOGITS, n, device).tokens, kept_probabilities(LOGITS, 1.0, None, None))
+    assert stat < THRESHOLD, (stat, cells)
+
+
+@pytest.mark.parametrize("options", [dict(top_k=4), dict(top_p=0.5), dict(top_k=2, top_p=0.99)])
+def test_never_outside_the_kept_set_and_ties_are_kept(options, device):
+    probabilities = kept_probabilities(LOGITS, 1.0, options.get("top_k"), options.get("top_p"))
+    for backend in backends(device):
+        n = rows_for(backend, device, 4000)
+        tokens = draw(backend, LOGITS, n, device, **options).tokens.cpu()
+        assert (probabilities[tokens] > 0).all(), backend
+        if n >= 4000:  # every kept token shows up, the ones tied at the cutoff included
+            assert set(tokens.tolist()) == set(torch.nonzero(probabilities > 0).flatten().tolist())
+
+
+def test_returned_log_probabilities(device, rng):
+    for backend in backends(device):
+        rows = 37 if rows_for(backend, device, 2) == 2 else 6
+        logits = torch.randn(rows, 300, generator=rng) * 2
+        logits[:, 5] = logits[:, 7]  # ties
+        for options in [dict(), dict(top_k=20), dict(top_p=0.6), dict(top_k=50, top_p=0.9, temperature=0.8)]:
+            with ops.use_backend(backend):
+                out = ops.sample(logits.to(device), seeds=torch.arange(rows, device=device) * 7, offset=3, **options)
+            tokens = out.tokens.cpu()
+            t = options.get("temperature", 1.0)
+            policy = torch.log_softmax(logits.double() / t, -1)
+            for b in range(rows):
+                filtered = kept_probabilities(logits[b], t, options.get("top_k"), options.get("top_p"))
+                assert filtered[tokens[b]] > 0
+                torch.testing.assert_close(out.logprob[b].cpu().double(), filtered[tokens[b]].log(),
+                                           rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.policy_logprob.cpu().double(), policy.gather(-1, tokens[:, None])[:, 0],
+                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.mean_logp.cpu().double(), policy.mean(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_very_low_temperature_is_argmax(device, rng):
+    logits = torch.randn(16, 200, generator=rng)
+    for backend in backends(device):
+        for options in [dict(), dict(top_p=0.9)]:
+            with ops.use_backend(backend):
+                out = ops.sample(logits.to(device), temperature=1e-4, seeds=torch.arange(16, device=device), **options)
+            assert torch.equal(out.tokens.cpu(), logits.argmax(-1)), backend
+
+
+def test_same_seed_and_offset_same_token_other_offsets_independent(device):
+    uniform = torch.zeros(16)
+    for backend in backends(device):
+        n = rows_for(backend, device, 4000)
+        first = draw(backend, uniform, n, device, offset=5).tokens
+        again = draw(backend, uniform, n, device, offset=5).tokens
+        other = draw(backend, uniform, n, device, offset=6).tokens
+        assert torch.equal(first, again)
+        same = (first == other).double().mean().item()
+        assert same < 0.25, (backend, same)  # 1/16 for independent draws
+        if n >= 4000:
+            assert abs(same - 1 / 16) < 0.02, (backend, same)
+
+
+def test_float64_and_half_logits(device, rng):
+    logits = torch.randn(8, 100, generator=rng, dtype=torch.float64)
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            out = ops.sample(logits.to(device), top_k=10, seeds=torch.arange(8, device=device))
+        assert out.logprob.dtype == torch.float64 and out.tokens.dtype == torch.int64
+    if device.type == "cuda":
+        for dtype in (torch.bfloat16, torch.float16):
+            out = ops.sample(logits.to(device, dtype), top_p=0.9, seeds=torch.arange(8, device=device))
+            assert out.logprob.dtype == torch.float32
+
+
+def test_masked_tokens_are_never_drawn(device):
+    logits = torch.zeros(64, 10)
+    logits[:, ::2] = float("-inf")
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            tokens = ops.sample(logits.to(device), seeds=torch.arange(64, device=device)).tokens.cpu()
+        assert (tokens % 2 == 1).all()
+
+
+def test_opcheck(device):
+    args = (LOGITS.expand(4, -1).contiguous().to(device), 1.0, 3, 0.9, torch.arange(4, device=device), 2)
+    torch.library.opcheck(torch.ops.fastrl.sample.default, args)
+
+
+# ---- bad inputs ----
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    (dict(temperature=0.0), ValueError, "temperature must be > 0"),
+    (dict(temperature=-1.0), ValueError, "temperature must be > 0"),
+    (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(top_k=0), ValueError, "top_k must be >= 1"),
+    (dict(top_k=2.5), TypeError, "top_k must be None or an int"),
+    (dict(offset=-1), ValueError, "offset must be an int >= 0"),
+    (dict(seeds=torch.arange(3)), ValueError, "seeds must have one seed per row"),
+    (dict(seeds=torch.arange(4, dtype=torch.int32)), TypeError, "seeds must be int64"),
+])
+def test_bad_arguments(kw, error, match):
+    with pytest.raises(error, match=match):
+        ops.sample(torch.zeros(4, 10), **kw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_logits_on_cpu(bad):
+    logits = torch.zeros(4, 10)
+    logits[2, 3] = bad
+    with pytest.raises(ValueError, match="logits contains NaN or \\+Inf"):
+        ops.sample(logits)
+
+
+def test_a_row_without_a_finite_logit():
+    with pytest.raises(ValueError, match="a row without a finite value"):
+        ops.sample(torch.full((2, 5), float("-inf")))
+
+
+def test_logits_shape_and_dtype():
+    with pytest.raises(ValueError, match="logits must have 2 dimensions"):
+        ops.sample(torch.zeros(10))
+    with pytest.raises(TypeError, match="logits must be float16"):
+        ops.sample(torch.zeros(2, 10, dtype=torch.int64))
