@@ -1,0 +1,189 @@
+"""Batched generation for a Hugging Face causal LM with its KV cache, sampling with
+``fastrl.ops.sample`` (DESIGN 3.3) at every step.
+
+Prompts are left-padded and position ids come from the attention mask, as Hugging
+Face's ``generate`` does, so each row decodes as it would alone. Step ``i`` samples with
+``offset=i`` and the row's seed: equal seeds give equal tokens, whatever the batch.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastrl.ops import _checks, sample
+from fastrl.ops.logprobs import TokenStats
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses. R is the number of steps run: up to
+    max_new_tokens, fewer when every row reached EOS first.
+
+    prompt_ids, prompt_mask: [B, P] left-padded prompts and their attention mask.
+    response_ids: [B, R] sampled tokens, the row's EOS included, pad_token_id after it.
+    response_mask: [B, R] int64, 1 up to and including the row's EOS.
+    logprob: [B, R] log-probability under the filtered (top-k/top-p) sampling distribution;
+    policy_logprob: under the unfiltered temperature-scaled policy; mean_logp: mean over
+    the vocabulary of that policy's log-softmax (ROVER's m). All 0 where response_mask is 0.
+    ended: [B] bool, True where the row stopped at EOS rather than at max_new_tokens.
+    seeds: [B] the seeds used (replaying them gives the same tokens).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprob: torch.Tensor
+    policy_logprob: torch.Tensor
+    mean_logp: torch.Tensor
+    ended: torch.Tensor
+    seeds: torch.Tensor
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, response_mask), each [B, P + R]: the layout of
+        ``fastrl.integrations.hf.response_logprobs`` for the training-side forward."""
+        input_ids = torch.cat([self.prompt_ids, self.response_ids], 1)
+        attention_mask = torch.cat([self.prompt_mask, self.response_mask], 1)
+        return input_ids, attention_mask, F.pad(self.response_mask, (self.prompt_ids.shape[1], 0))
+
+    def sampler_stats(self, weights_identical: bool = False) -> TokenStats:
+        """The sampler's policy_logprob and mean_logp in the [B, P + R] layout of
+        ``sequences()``, as old-policy values for ROVER or PPO. Only valid where the
+        rollout ran with exactly the training weights (DESIGN 3.4: otherwise compute them
+        with a training-side forward of the rollout policy), hence the explicit flag."""
+        if weights_identical is not True:
+            raise ValueError("the sampler's log-probs stand in for the rollout policy's only where rollout and "
+                             "training weights are identical: pass weights_identical=True to say so, or use "
+                             "fastrl.algos.old_policy_stats")
+        pad = (self.prompt_ids.shape[1], 0)
+        return TokenStats(F.pad(self.policy_logprob, pad), None, F.pad(self.mean_logp, pad))
+
+
+@torch.no_grad()  # not inference_mode: the ids are reused as inputs of the training forward
+def rollout(
+    model,
+    prompts: Union[Sequence[Sequence[int]], torch.Tensor],
+    max_new_tokens: int,
+    eos_token_id: Union[int, Sequence[int]],
+    pad_token_id: int,
+    attention_mask: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    seeds: Optional[torch.Tensor] = None,
+    progress: bool = True,
+) -> Rollout:
+    """Sample up to max_new_tokens tokens after each prompt (see ``Rollout``).
+
+    prompts: a list of token-id lists (left-padded here), or a [B, P] integer tensor,
+    left-padded, with its attention_mask (None: no padding). eos_token_id: one id or
+    several; a row stops at the first. temperature, top_k, top_p: as ``fastrl.ops.sample``.
+    seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
+    tqdm bar over the decoding steps. The model runs as it is (call ``model.eval()`` to
+    turn dropout off) on the device of its first parameter, where the outputs live.
+    """
+    device = next(model.parameters()).device
+    input_ids, mask = _prompt_batch(prompts, attention_mask, pad_token_id, device)
+    B = input_ids.shape[0]
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    eos = torch.tensor(_token_ids("eos_token_id", eos_token_id), device=device)
+    _check_sampling(temperature, top_k, top_p)
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (B,))
+    _checks.tensor("seeds", seeds, ndim=1)
+    if seeds.dtype != torch.int64:
+        raise TypeError(f"seeds must be int64, got {seeds.dtype}")
+    if seeds.shape[0] != B:
+        raise ValueError(f"seeds must have one seed per prompt ({B}), got {seeds.shape[0]}")
+    seeds = seeds.to(device)
+
+    # as generate: positions count the prompt's real tokens; padding gets 0 (it is masked anyway)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    step_ids, cache = input_ids, None
+    ended = torch.zeros(B, dtype=torch.bool, device=device)
+    columns = []
+    bar = tqdm(total=max_new_tokens, desc="rollout", unit="tok", disable=not progress, leave=False)
+    for step in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                    use_cache=True, **keep_last)
+        cache = out.past_key_values
+        drawn = sample(out.logits[:, -1], temperature, top_k, top_p, seeds, offset=step)
+        live = ~ended
+        token = torch.where(live, drawn.tokens, pad_token_id)
+        zero = drawn.logprob.new_zeros(())
+        columns.append((token, live, *(torch.where(live, x, zero) for x in drawn[1:])))
+        ended = ended | (live & torch.isin(token, eos))
+        bar.update()
+        if bool(ended.all()):  # one host sync per step, as generate's stopping check
+            break
+        step_ids = token[:, None]
+        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+        position_ids = position_ids[:, -1:] + 1
+    bar.close()
+    token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
+    return Rollout(input_ids, mask[:, :input_ids.shape[1]], token, live.long(), logprob, policy_logprob,
+                   mean_logp, ended, seeds)
+
+
+def _prompt_batch(prompts, attention_mask, pad_token_id, device):
+    """[B, P] left-padded ids and int64 mask on device, from lists or a padded tensor."""
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+        raise TypeError(f"pad_token_id must be an int, got {type(pad_token_id).__name__}")
+    if isinstance(prompts, torch.Tensor):
+        _checks.tensor("prompts", prompts, ndim=2)
+        if prompts.dtype.is_floating_point or prompts.dtype.is_complex or prompts.dtype == torch.bool:
+            raise TypeError(f"prompts must be an integer tensor, got {prompts.dtype}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompts)
+        _checks.tensor("attention_mask", attention_mask, ndim=2)
+        if attention_mask.shape != prompts.shape:
+            raise ValueError(f"attention_mask must have the shape of prompts {tuple(prompts.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        mask = (attention_mask != 0).long()
+        if prompts.shape[0] == 0 or prompts.shape[1] == 0:
+            raise ValueError(f"prompts must hold at least one token per row, got shape {tuple(prompts.shape)}")
+        if bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
+            raise ValueError("prompts must be left-padded: each attention_mask row zeros then ones, "
+                             "ending with a token")
+        return prompts.to(device, torch.int64), mask.to(device)
+    if attention_mask is not None:
+        raise ValueError("attention_mask goes with a padded tensor of prompts, not with lists")
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise TypeError("prompts must be a non-empty list of token-id lists or a [B, P] tensor")
+    rows = [_token_ids(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
+    P = max(map(len, rows))
+    ids = torch.tensor([[pad_token_id] * (P - len(r)) + r for r in rows], dtype=torch.int64)
+    mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
+    return ids.to(device), mask.to(device)
+
+
+def _token_ids(name, ids) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    ids = [ids] if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) else ids
+    try:
+        if not ids or any(isinstance(i, bool) for i in ids):
+            raise TypeError
+        return [operator.index(i) for i in ids]  # ints, numpy ints, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"{name} must be a token id or a non-empty list of token ids, got {ids!r}") from None
+
+
+def _check_sampling(temperature, top_k, top_p):
+    # the same rules as fastrl.ops.sample, checked before the prefill rather than after it
+    _checks.positive("temperature", temperature)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < _checks.number("top_p", top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")

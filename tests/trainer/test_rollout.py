@@ -1,0 +1,203 @@
+"""rollout on a tiny random Llama against a plain loop that reruns the whole sequence."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fastrl.algos import old_policy_stats  # noqa: E402
+from fastrl.ops import available_backends, sample, use_backend  # noqa: E402
+from fastrl.trainer import rollout  # noqa: E402
+
+VOCAB, PAD = 50, 0
+EOS = [2, 7, 11, 19, 23, 31, 42]  # several stop tokens, so that rows end at different steps
+
+
+def tiny_llama(rng, dtype=torch.float64):
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=rng))
+    return model.to(dtype)
+
+
+def prompts_and_seeds(rng, B=5):
+    lengths = torch.randint(1, 8, (B,), generator=rng).tolist()
+    lengths[0] = 8  # the longest: the others are left-padded
+    prompts = [torch.randint(3, VOCAB, (n,), generator=rng).tolist() for n in lengths]
+    return prompts, torch.randint(0, 2**62, (B,), generator=rng)
+
+
+@torch.no_grad()
+def plain_loop(model, prompts, seeds, max_new_tokens, eos, **sampling):
+    """Per row, unpadded: the full model on the whole sequence so far at every step."""
+    rows = []
+    for prompt, seed in zip(prompts, seeds):
+        seq, out = list(prompt), []
+        for step in range(max_new_tokens):
+            logits = model(torch.tensor([seq], device=seed.device)).logits[:, -1]
+            s = sample(logits, seeds=seed[None], offset=step, **sampling)
+            scaled = torch.log_softmax(logits.double() / sampling.get("temperature", 1.0), -1)[0]
+            token = int(s.tokens)
+            out.append((token, float(s.logprob), float(s.policy_logprob), float(s.mean_logp),
+                        float(scaled[token]), float(scaled.mean())))
+            seq.append(token)
+            if token in eos:
+                break
+        rows.append(out)
+    return rows
+
+
+def assert_matches_loop(r, expected, atol):
+    r = type(r)(*(x.cpu() for x in vars(r).values()))
+    B, R = r.response_ids.shape
+    assert R == max(map(len, expected))
+    for b, row in enumerate(expected):
+        n = len(row)
+        assert r.response_ids[b, :n].tolist() == [t[0] for t in row]
+        assert r.response_ids[b, n:].tolist() == [PAD] * (R - n)
+        assert r.response_mask[b].tolist() == [1] * n + [0] * (R - n)
+        assert bool(r.ended[b]) == (row[-1][0] in EOS)
+        column = torch.tensor(row, dtype=torch.float64)[:, 1:].T
+        # the sampler's values, and policy_logprob, mean_logp as the temperature-scaled log_softmax of the logits
+        for x, values in zip((r.logprob, r.policy_logprob, r.mean_logp, r.policy_logprob, r.mean_logp), column):
+            torch.testing.assert_close(x[b, :n].double(), values, atol=atol, rtol=atol)
+            assert not x[b, n:].any()
+
+
+SAMPLING = [dict(), dict(temperature=0.7, top_k=10), dict(temperature=1.3, top_p=0.9),
+            dict(temperature=1.0, top_k=6, top_p=0.8)]
+
+
+@pytest.mark.parametrize("sampling", SAMPLING, ids=["plain", "top_k", "top_p", "top_k+top_p"])
+def test_matches_plain_loop(rng, sampling, device):
+    model = tiny_llama(rng).to(device)
+    prompts, seeds = prompts_and_seeds(rng)
+    seeds = seeds.to(device)
+    r = rollout(model, prompts, 12, EOS, PAD, seeds=seeds, progress=False, **sampling)
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 12, EOS, **sampling), atol=1e-10)
+    assert r.logprob.dtype == torch.float64  # the sampler's dtype for float64 logits
+    assert torch.equal(r.seeds, seeds)
+    if "top_k" not in sampling and "top_p" not in sampling:  # unfiltered: the two log-probs agree
+        torch.testing.assert_close(r.logprob, r.policy_logprob)
+
+
+def test_float32_matches_plain_loop(rng, device):
+    """float32 logits reach every sampling backend here (the Triton one under TRITON_INTERPRET=1)."""
+    model = tiny_llama(rng, torch.float32).to(device)
+    prompts, seeds = prompts_and_seeds(rng, B=3)
+    for backend in available_backends("sample", device.type):
+        print(backend)
+        with use_backend(backend):
+            r = rollout(model, prompts, 6, EOS, PAD, seeds=seeds.to(device), progress=False, temperature=0.9,
+                        top_p=0.95)
+            expected = plain_loop(model, prompts, seeds.to(device), 6, EOS, temperature=0.9, top_p=0.95)
+        assert r.logprob.dtype == torch.float32
+        assert_matches_loop(r, expected, atol=1e-4)
+
+
+def test_rows_stop_at_eos(rng):
+    """Deterministically: the token row 0 draws at step 3 becomes the EOS of a second run."""
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    free = rollout(model, prompts, 10, VOCAB, PAD, seeds=seeds, progress=False)  # VOCAB is never drawn
+    assert free.response_mask.all() and not free.ended.any() and free.response_ids.shape == (5, 10)
+    eos = int(free.response_ids[0, 3])
+    stopped = rollout(model, prompts, 10, eos, PAD, seeds=seeds, progress=False)
+    assert bool(stopped.ended[0])
+    for b in range(5):
+        row = free.response_ids[b].tolist()
+        n = row.index(eos) + 1 if eos in row else 10  # EOS itself is part of the response
+        assert stopped.response_ids[b, :n].tolist() == row[:n]
+        assert stopped.response_mask[b].tolist() == [1] * n + [0] * (stopped.response_ids.shape[1] - n)
+        assert (stopped.response_ids[b, n:] == PAD).all()
+        assert bool(stopped.ended[b]) == (eos in row)
+    # the loop ends when every row has: R is the longest response
+    assert stopped.response_ids.shape[1] == int(stopped.response_mask.sum(1).max())
+
+
+def test_seeds(rng):
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    kwargs = dict(max_new_tokens=8, eos_token_id=VOCAB, pad_token_id=PAD, temperature=1.5, progress=False)
+    a = rollout(model, prompts, seeds=seeds, **kwargs)
+    b = rollout(model, prompts, seeds=seeds.clone(), **kwargs)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprob, b.logprob)
+    c = rollout(model, prompts, seeds=seeds + 1, **kwargs)
+    assert not torch.equal(a.response_ids, c.response_ids)
+    # a row's tokens depend on its prompt and seed only, not on the rest of the batch or its padding
+    d = rollout(model, prompts[2:4], seeds=seeds[2:4], **kwargs)
+    assert torch.equal(d.response_ids, a.response_ids[2:4])
+    # without seeds, they are drawn from torch's default generator and returned
+    torch.manual_seed(0)
+    e = rollout(model, prompts, **kwargs)
+    torch.manual_seed(0)
+    assert torch.equal(rollout(model, prompts, **kwargs).response_ids, e.response_ids)
+    assert torch.equal(rollout(model, prompts, seeds=e.seeds, **kwargs).response_ids, e.response_ids)
+
+
+def test_tensor_prompts(rng):
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    from_lists = rollout(model, prompts, 6, EOS, PAD, seeds=seeds, progress=False)
+    P = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], dtype=torch.bool)
+    from_tensor = rollout(model, ids, 6, EOS, PAD, attention_mask=mask, seeds=seeds, progress=False)
+    assert torch.equal(from_tensor.prompt_ids, from_lists.prompt_ids)
+    assert torch.equal(from_tensor.prompt_mask, from_lists.prompt_mask)
+    assert torch.equal(from_tensor.response_ids, from_lists.response_ids)
+    # an unpadded tensor needs no mask
+    full = rollout(model, ids[:1], 6, EOS, PAD, seeds=seeds[:1], progress=False)
+    assert torch.equal(full.response_ids, from_lists.response_ids[:1, :full.response_ids.shape[1]])
+
+
+def test_sequences_and_sampler_stats(rng):
+    """The sampler's values equal a training-side forward on the returned sequences."""
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    r = rollout(model, prompts, 8, EOS, PAD, seeds=seeds, temperature=0.8, top_k=8, progress=True)
+    input_ids, attention_mask, response_mask = r.sequences()
+    P = r.prompt_ids.shape[1]
+    assert input_ids.shape == attention_mask.shape == response_mask.shape == (5, P + r.response_ids.shape[1])
+    assert torch.equal(response_mask[:, P:], r.response_mask) and not response_mask[:, :P].any()
+    with pytest.raises(ValueError, match="weights_identical=True"):
+        r.sampler_stats()
+    sampler = r.sampler_stats(weights_identical=True)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    forward = old_policy_stats(model, input_ids, attention_mask, response_mask, 0.8, position_ids)
+    torch.testing.assert_close(sampler.logprob, forward.logprob)
+    torch.testing.assert_close(sampler.mean_logp, forward.mean_logp)
+
+
+def test_bad_inputs(rng):
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng, B=2)
+
+    def raises(error, match, prompts=prompts, *args, **kwargs):
+        with pytest.raises(error, match=match):
+            rollout(model, prompts, *(args or (4, 2, PAD)), **{"progress": False, **kwargs})
+
+    raises(ValueError, "max_new_tokens", prompts, 0, 2, PAD)
+    raises(ValueError, "max_new_tokens", prompts, 2.0, 2, PAD)
+    raises(TypeError, "eos_token_id", prompts, 4, [], PAD)
+    raises(TypeError, "eos_token_id", prompts, 4, "2", PAD)
+    raises(TypeError, "pad_token_id", prompts, 4, 2, None)
+    raises(TypeError, r"prompts\[1\]", [[3, 4], []])
+    raises(TypeError, r"prompts\[0\]", [[3, 4.5]])
+    raises(TypeError, "prompts must be a non-empty list", [])
+    raises(ValueError, "attention_mask goes with a padded tensor", attention_mask=torch.ones(2, 8))
+    right = torch.tensor([[3, 4, 0], [5, 6, 7]])
+    raises(ValueError, "left-padded", right, attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    raises(ValueError, "left-padded", right, attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]))
+    raises(ValueError, "attention_mask must have the shape", right, attention_mask=torch.ones(2, 2))
+    raises(TypeError, "prompts must be an integer tensor", right.float())
+    raises(ValueError, r"seeds must have one seed per prompt \(2\)", seeds=seeds[:1])
+    raises(TypeError, "seeds must be int64", seeds=seeds.int())
+    raises(ValueError, "temperature", temperature=0.0)
+    raises(ValueError, "top_k", top_k=0)
+    raises(TypeError, "top_k", top_k=2.5)
+    raises(ValueError, "top_p", top_p=1.5)
+    raises(ValueError, "top_p", top_p=0.0)
