@@ -30,6 +30,7 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$log" | tail -n 60
 stamp "benchmarks"
 # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
 $PY benchmarks/bench_logprobs.py --device cuda --repeat 5 || status=1
+$PY benchmarks/bench_sampling.py --device cuda --repeat 5 || status=1
 $PY benchmarks/bench_scans.py --device cuda --repeat 5 || status=1
 $PY benchmarks/bench_advantages.py --device cuda --repeat 5 || status=1
 

@@ -1,0 +1,365 @@
+"""Q-softmax sampling: fastrl.ops.sample against softmax + multinomial and HF's sort-based top-k/top-p (issue 5).
+
+One draw per row of logits[B, V], temperature 1, with the filters (the
+``filter`` entry of each row's shape):
+- plain: no filtering;
+- top_p: top-p 0.9;
+- top_k+top_p: top-k 50, then top-p 0.9 (Hugging Face's order).
+Providers:
+- fastrl_<backend>: fastrl.ops.sample(logits, top_k, top_p, seeds, offset)
+  (a one-launch Triton kernel on CUDA: threshold search by bisection, no sort;
+  PyTorch on the CPU). It also returns the token's log-probability under the
+  filtered and the unfiltered distribution and the row's mean log-softmax;
+  the baselines below return the token only;
+- softmax_multinomial (plain): torch.multinomial(torch.softmax(logits, -1,
+  dtype=float32), 1);
+- hf_sort_eager (top_p, top_k+top_p): what transformers' generate() runs:
+  logits.float(), TopKLogitsWarper (mask below the k-th largest value, ties
+  kept), TopPLogitsWarper (sort ascending, softmax, cumsum, remove the tokens
+  with cumulative mass <= 1 - top_p, keep the last one, scatter the mask back,
+  masked_fill -inf), then softmax + multinomial; written here, no transformers
+  import;
+- hf_sort_compiled: torch.compile(dynamic=True) of hf_sort_eager (for plain:
+  of softmax_multinomial); compile time is reported in the note and counted
+  against --compile-budget, after which the remaining compiled rows are
+  skipped (their rows say so);
+- topk_multinomial (top_k+top_p): torch.topk(k), top-p on the k sorted values,
+  softmax + multinomial over k, gather the index: the usual fast path when a
+  small top-k is set (ties at the k-th value are not kept).
+Logits (default): Zipf-like, 1.3 x i.i.d. standard Gumbel noise per token, so
+the weights exp(z) have a Pareto tail and the ranked probabilities fall off like
+Zipf's law (exponent ~1.3), as language-model next-token distributions do;
+top-p 0.9 then keeps a few hundred tokens on average with a wide spread across
+rows (the counts per shape are printed). fp32 on the CPU, bf16 on CUDA.
+On CUDA every row also gets the bandwidth floor: B * V * itemsize (the logits
+read once) over the device's measured copy rate.
+
+    python benchmarks/bench_sampling.py [--quick] [--device cuda] [--shape B,V] [--filters top_p]
+    fastrl bench sampling --quick
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+import fastrl.ops as ops  # noqa: E402
+
+BATCHES = [1, 64, 256]
+VOCABS = [32768, 151936]
+# The whole grid on both devices: about 2 minutes on 2 CPU cores (over half of it
+# at B=256, V=151936, where a full sort takes seconds a call).
+CPU_SHAPES = GPU_SHAPES = [(B, V) for V in VOCABS for B in BATCHES]
+QUICK_SHAPES = [(16, 32768)]
+ACCEPTANCE_CPU = (64, 151936, "top_p")
+ACCEPTANCE_GPU = (256, 151936)
+FILTERS = {"plain": (None, None), "top_p": (None, 0.9), "top_k+top_p": (50, 0.9)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOGIT_SCALES = {"gumbel": 1.3, "normal": 4.0}
+
+
+# ---- inputs ----
+
+_CACHE: dict = {}  # the logits of the shape being timed, shared by its providers
+
+
+def make_logits(B, V, dtype, device, dist="gumbel", scale=None, seed=0):
+    key = (B, V, dtype, device, dist, scale, seed)
+    if key not in _CACHE:
+        _CACHE.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        scale = LOGIT_SCALES[dist] if scale is None else scale
+        g = torch.Generator(device).manual_seed(seed)
+        if dist == "gumbel":  # -log(-log u): standard Gumbel; u > 0 so no -inf
+            z = torch.rand(B, V, generator=g, device=device).clamp_(min=1e-30).log_().neg_().log_().neg_()
+        else:
+            z = torch.randn(B, V, generator=g, device=device)
+        _CACHE[key] = z.mul_(scale).to(dtype)
+    return _CACHE[key]
+
+
+def kept_by_top_p(logits, top_p=0.9, rows=64):
+    """Tokens top-p keeps (the smallest prefix of the sorted row reaching top_p), over the first rows."""
+    probs = logits[:rows].float().softmax(-1).sort(-1, descending=True).values
+    mass_before = probs.cumsum(-1) - probs
+    kept = (mass_before < top_p).sum(-1).float().cpu()
+    top1 = probs[:, 0].float().mean().item()
+    return kept, top1
+
+
+# ---- providers: each returns the tokens [B] (fastrl: Sampled) ----
+
+
+def hf_filter(scores, top_k, top_p):
+    """transformers' TopKLogitsWarper then TopPLogitsWarper (min_tokens_to_keep=1, filter_value=-inf)."""
+    if top_k is not None:
+        top_k = min(top_k, scores.size(-1))
+        indices_to_remove = scores < torch.topk(scores, top_k)[0][..., -1, None]
+        scores = scores.masked_fill(indices_to_remove, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_indices_to_remove = cumulative_probs <= (1 - top_p)
+        sorted_indices_to_remove[..., -1:] = 0
+        indices_to_remove = sorted_indices_to_remove.scatter(1, sorted_indices, sorted_indices_to_remove)
+        scores = scores.masked_fill(indices_to_remove, float("-inf"))
+    return scores
+
+
+def hf_sample(logits, top_k, top_p):
+    """generate()'s sampling step: float32 scores, the warpers, softmax, multinomial."""
+    scores = hf_filter(logits.float(), top_k, top_p)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+def softmax_multinomial(logits, top_k=None, top_p=None):
+    return torch.multinomial(torch.softmax(logits, -1, dtype=torch.float32), 1).squeeze(1)
+
+
+def topk_multinomial(logits, top_k, top_p):
+    values, indices = torch.topk(logits.float(), top_k)  # descending
+    probs = values.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    probs = probs.masked_fill(mass_before >= top_p, 0.0)
+    pick = torch.multinomial(probs, 1)
+    return indices.gather(-1, pick).squeeze(1)
+
+
+class CompileState:
+    """torch.compile'd baselines, one per filter, and the compile time spent so far."""
+
+    def __init__(self, budget_s, device):
+        self.budget_s = budget_s
+        self.spent_s = 0.0
+        self.fns: dict = {}
+        self.device = device
+
+    def fn(self, filter_name):
+        if filter_name not in self.fns:
+            if self.device.type == "cpu" and not self.fns:
+                # No pool of compile workers: on a few cores they keep running after the
+                # compile and slow every row timed after it (several-fold here, on 2 cores).
+                import torch._inductor.config as inductor_config
+
+                inductor_config.compile_threads = 1
+            base = softmax_multinomial if filter_name == "plain" else hf_sample
+            top_k, top_p = FILTERS[filter_name]
+            self.fns[filter_name] = torch.compile(lambda x: base(x, top_k, top_p), dynamic=True)
+        return self.fns[filter_name]
+
+
+class Skipped(RuntimeError):
+    pass
+
+
+# ---- cases ----
+
+
+def dtype_name(dtype):
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def providers(device, backend):
+    """(name, filters it runs, fn(logits, top_k, top_p, seeds), note)."""
+    return [
+        (f"fastrl_{backend}", tuple(FILTERS),
+         lambda x, k, p, seeds: ops.sample(x, top_k=k, top_p=p, seeds=seeds, offset=0),
+         "fastrl.ops.sample: token + 2 log-probs + mean_logp"),
+        ("softmax_multinomial", ("plain",), lambda x, k, p, seeds: softmax_multinomial(x),
+         "softmax(dtype=fp32) + multinomial"),
+        ("hf_sort_eager", ("top_p", "top_k+top_p"), lambda x, k, p, seeds: hf_sample(x, k, p),
+         "float(), HF TopK/TopP warpers (full sort), softmax + multinomial"),
+        ("hf_sort_compiled", tuple(FILTERS), None,
+         "torch.compile(dynamic=True) of hf_sort_eager (plain: of softmax_multinomial)"),
+        ("topk_multinomial", ("top_k+top_p",), lambda x, k, p, seeds: topk_multinomial(x, k, p),
+         "topk(k), top-p on k values, multinomial over k (ties at k-th not kept)"),
+    ]
+
+
+def cases(shapes, filters, device, dtype, args, compiled: CompileState):
+    backend = ops.backend_for("sample", device.type)
+    table = providers(device, backend)
+    if args.providers:
+        wanted = set(args.providers.split(","))
+        table = [p for p in table if p[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
+    if args.no_compile:
+        table = [p for p in table if p[0] != "hf_sort_compiled"]
+    found = []
+    for B, V in shapes:
+        for filter_name in filters:
+            top_k, top_p = FILTERS[filter_name]
+            for name, runs_on, fn, note in table:
+                if filter_name not in runs_on:
+                    continue
+                case = harness.Case(
+                    "sample", {"B": B, "V": V, "dtype": dtype_name(dtype), "filter": filter_name}, name, None, note,
+                    bytes_moved=B * V * dtype.itemsize if device.type == "cuda" else None)
+
+                def setup(B=B, V=V, fn=fn, name=name, top_k=top_k, top_p=top_p, filter_name=filter_name, case=case):
+                    x = make_logits(B, V, dtype, device, args.logits, args.logit_scale)
+                    seeds = torch.arange(B, dtype=torch.int64, device=device) * 7919 + 12345
+                    if name == "hf_sort_compiled":
+                        if compiled.spent_s >= compiled.budget_s:
+                            raise Skipped(f"compile budget ({compiled.budget_s:.0f} s) spent "
+                                          f"({compiled.spent_s:.0f} s so far)")
+                        f = compiled.fn(filter_name)
+                        t0 = time.perf_counter()
+                        try:
+                            f(x)  # compiles (or recompiles) for this shape
+                            if device.type == "cuda":
+                                torch.cuda.synchronize(device)
+                        finally:
+                            took = time.perf_counter() - t0
+                            compiled.spent_s += took
+                        case.note = f"{note}; first call (compile) {took:.1f} s"
+                        return lambda: f(x)
+                    return lambda: fn(x, top_k, top_p, seeds)
+
+                case.setup = setup
+                found.append(case)
+    return found
+
+
+# ---- the acceptance figures ----
+
+
+def summarize(rows, device):
+    index = {(json.dumps(r["shape"]), r["provider"]): r for r in rows}
+
+    def find(B, V, filter_name, provider_prefix):
+        for r in rows:
+            s = r["shape"]
+            if (s["B"], s["V"], s["filter"]) == (B, V, filter_name) and r["provider"].startswith(provider_prefix):
+                return r
+        return None
+
+    def ok(r):
+        return r is not None and not r["error"] and r["median_ms"]
+
+    print("\nfastrl against the sort-based eager version (hf_sort_eager median / fastrl median):")
+    for r in rows:
+        s = r["shape"]
+        if not r["provider"].startswith("fastrl") or s["filter"] == "plain":
+            continue
+        hf = index.get((json.dumps(s), "hf_sort_eager"))
+        if ok(r) and ok(hf):
+            print(f"  B={s['B']:<4} V={s['V']:<7} {s['dtype']} {s['filter']:<12} "
+                  f"{hf['median_ms'] / r['median_ms']:6.2f}x ({r['median_ms']:.3f} vs {hf['median_ms']:.3f} ms)")
+
+    print("\nacceptance figures:")
+    if device.type == "cpu":
+        B, V, filter_name = ACCEPTANCE_CPU
+        ours, hf = find(B, V, filter_name, "fastrl"), find(B, V, filter_name, "hf_sort_eager")
+        label = f"  CPU, B={B} V={V} top-p 0.9:"
+        if not (ok(ours) and ok(hf)):
+            print(f"{label} not measured in this run (run without --quick, or with --shape {B},{V})")
+            return
+        speedup = hf["median_ms"] / ours["median_ms"]
+        print(f"{label} fastrl {ours['median_ms']:.1f} ms, hf_sort_eager {hf['median_ms']:.1f} ms: "
+              f"fastrl {speedup:.2f}x faster (target > 1) -> acceptance {'MET' if speedup > 1 else 'NOT MET'}")
+        return
+    B, V = ACCEPTANCE_GPU
+    plain = find(B, V, "plain", "fastrl")
+    label = f"  {device.type}, B={B} V={V} {plain['shape']['dtype'] if plain else ''}"
+    if ok(plain) and plain.get("bandwidth_floor_ms"):
+        fraction = plain["bandwidth_floor_ms"] / plain["median_ms"]
+        print(f"{label} plain: {plain['median_ms'] * 1e3:.1f} us, floor {plain['bandwidth_floor_ms'] * 1e3:.1f} us "
+              f"-> {100 * fraction:.0f}% of the measured copy rate, {plain['kernels_per_call']} kernel(s) "
+              f"(target >= 80%: {'met' if fraction >= 0.8 else 'NOT met'})")
+    else:
+        print(f"{label} plain: not measured in this run")
+    ours, hf = find(B, V, "top_p", "fastrl"), find(B, V, "top_p", "hf_sort_eager")
+    if ok(ours) and ok(hf):
+        speedup = hf["median_ms"] / ours["median_ms"]
+        print(f"{label} top-p 0.9: fastrl {ours['median_ms'] * 1e3:.1f} us, hf_sort_eager "
+              f"{hf['median_ms'] * 1e3:.1f} us -> {speedup:.1f}x faster (target >= 3: "
+              f"{'met' if speedup >= 3 else 'NOT met'})")
+    else:
+        print(f"{label} top-p 0.9: not measured in this run")
+
+
+def add_options(parser):
+    parser.add_argument("--shape", action="append", default=None,
+                        help="B,V (repeatable; default: the device's ladder)")
+    parser.add_argument("--filters", default=None,
+                        help=f"comma-separated, of {','.join(FILTERS)} (default: all)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--providers", default=None,
+                        help="comma-separated providers to run ('fastrl' for fastrl's; default: all)")
+    parser.add_argument("--logits", choices=sorted(LOGIT_SCALES), default="gumbel",
+                        help="gumbel: scale x standard Gumbel noise (Zipf-like ranked probabilities); "
+                             "normal: scale x randn")
+    parser.add_argument("--logit-scale", type=float, default=None,
+                        help=f"default {', '.join(f'{k} {v}' for k, v in LOGIT_SCALES.items())}")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--compile-budget", type=float, default=None,
+                        help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
+    parser.set_defaults(warmup=None)  # filled in by main
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options)
+    device = args.device
+    if args.warmup is None:
+        args.warmup = 1 if device.type == "cpu" else 3
+    if not any(a == "--repeat" or a.startswith("--repeat=") for a in argv):
+        args.repeat = 3 if args.quick else (5 if device.type == "cpu" else 10)
+    if args.compile_budget is None:
+        args.compile_budget = 60.0 if device.type == "cpu" else 30.0
+    dtype = DTYPES[args.dtype or ("fp32" if device.type == "cpu" else "bf16")]
+    if args.shape:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
+    elif args.quick:
+        shapes = QUICK_SHAPES
+    else:
+        shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    filters = list(FILTERS) if args.filters is None else [f.strip() for f in args.filters.split(",") if f.strip()]
+    unknown = [f for f in filters if f not in FILTERS]
+    if unknown:
+        raise SystemExit(f"unknown filter(s) {unknown}; known: {', '.join(FILTERS)}")
+
+    compiled = CompileState(args.compile_budget, device)
+    all_cases = cases(shapes, filters, device, dtype, args, compiled)
+    if args._probe is not None:  # a memory probe: one case in a fresh process
+        return harness.run("sampling", all_cases, args, __file__, argv)
+
+    print("providers:")
+    seen = set()
+    for c in all_cases:
+        if c.provider not in seen:
+            seen.add(c.provider)
+            print(f"  {c.provider:<22} {c.note}")
+    scale = LOGIT_SCALES[args.logits] if args.logit_scale is None else args.logit_scale
+    print(f"logits: {scale} x {'standard Gumbel' if args.logits == 'gumbel' else 'randn'} per token, "
+          f"{dtype_name(dtype)}; tokens top-p 0.9 keeps (first <= 64 rows):")
+    for B, V in shapes:
+        kept, top1 = kept_by_top_p(make_logits(B, V, dtype, device, args.logits, args.logit_scale))
+        print(f"  B={B:<4} V={V:<7} mean {kept.mean():.0f}, median {kept.median():.0f}, "
+              f"min {kept.min():.0f}, max {kept.max():.0f}; mean top-1 probability {top1:.2f}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    t0 = time.perf_counter()
+    rows = harness.run("sampling", all_cases, args, __file__, argv)
+    summarize(rows, device)
+    if compiled.fns:
+        print(f"\ntorch.compile: {compiled.spent_s:.1f} s spent compiling (budget {compiled.budget_s:.0f} s)")
+    print(f"benchmark wall time {time.perf_counter() - t0:.0f} s")
+    if load is not None and device.type == "cpu":  # other work on the machine inflates CPU times
+        print(f"1-minute load average: {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+              f"({os.cpu_count()} cores)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
