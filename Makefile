@@ -24,6 +24,7 @@ bench: $(BIN)/fastrl
 	$(BIN)/fastrl bench scans
 	$(BIN)/fastrl bench advantages
 	$(BIN)/fastrl bench logprobs --memory --shape 4096,1024,32768
+	$(BIN)/fastrl bench sampling --shape 64,151936
 
 cuda-build:
 	bash .ci/cuda_build.sh
