@@ -1,4 +1,4 @@
-"""The ``fastrl`` command: ``info`` and ``bench`` (train and eval come with their issues)."""
+"""The ``fastrl`` command: ``info``, ``bench`` and ``eval`` (train comes with its issue)."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,103 @@ def bench(args) -> int:
     return 0
 
 
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...}, braces balanced; None when there is none."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j].strip()
+    return None
+
+
+def _eval_verifier():
+    """(score(gold, completion) -> float, description). fastrl.rewards.math is imported
+    lazily, only here: it is heavier (sympy, a worker pool) and may not exist in a tree."""
+    try:
+        from fastrl.rewards.math import score
+    except ModuleNotFoundError as e:
+        if e.name not in ("fastrl.rewards.math", "fastrl.rewards"):
+            raise  # math.py exists but a dependency of it is missing: say so, do not hide it
+        def score(gold, completion):
+            return float(_last_boxed(completion) == gold.strip())
+        return score, ("FALLBACK verifier (fastrl.rewards.math not available): exact string "
+                       "match of the last \\boxed{} content against the gold")
+    return score, "verifier: fastrl.rewards.math.score"
+
+
+def eval_samples(args) -> int:
+    import json
+
+    from fastrl.metrics import majority, pass_at_k
+
+    score, description = _eval_verifier()
+    problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
+    any_cot = False
+    with open(args.samples) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            try:
+                pid, gold, completion = row["problem_id"], str(row["gold"]), row["completion"]
+            except KeyError as e:
+                print(f"{args.samples}:{lineno}: missing field {e}", file=sys.stderr)
+                return 2
+            verdict = row.get("cot_correct")
+            any_cot |= verdict is not None
+            # one verdict (bool / "yes" / "no") or a list of judge verdicts, majority-voted;
+            # an unjudged sample is not CoT-correct
+            cot = verdict is not None and majority(verdict if isinstance(verdict, list) else [verdict])
+            correct = score(gold, completion) >= 0.5
+            problems.setdefault(pid, []).append((correct, correct and cot))
+    if not problems:
+        print(f"{args.samples}: no samples", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    n = np.array([len(s) for s in problems.values()])
+    c = np.array([sum(a for a, _ in s) for s in problems.values()])
+    d = np.array([sum(b for _, b in s) for s in problems.values()])
+    ks = [1 << i for i in range(int(n.min()).bit_length()) if 1 << i <= n.min()]
+    if ks[-1] != n.min():
+        ks.append(int(n.min()))  # the largest k every problem supports
+    passk = [float(pass_at_k(n, c, k).mean()) for k in ks]
+    cotk = [float(pass_at_k(n, d, k).mean()) for k in ks] if any_cot else None
+    print(description)
+    print(f"{len(problems)} problems, {int(n.sum())} samples (n per problem: {n.min()}..{n.max()}); "
+          f"mean over problems")
+    print(f"{'k':>5} {'pass@k':>8} {'CoT-pass@k':>11}")
+    for i, k in enumerate(ks):
+        print(f"{k:>5} {passk[i]:>8.4f} {f'{cotk[i]:.4f}' if cotk else 'n/a':>11}")
+    if args.plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed; skipping --plot (pip install matplotlib)")
+            return 0
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(ks, passk, "o-", label="pass@k")
+        if cotk:
+            ax.plot(ks, cotk, "s-", label="CoT-pass@k")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylim(0, 1.02)
+        ax.legend()
+        ax.set_title(Path(args.samples).name)
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,9 +161,14 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")
     b.add_argument("family", help="e.g. scans")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark (--quick, --device, ...)")
+    e = sub.add_parser("eval", help="verify sampled completions and print pass@k and CoT-pass@k")
+    e.add_argument("samples", help="JSONL rows {problem_id, gold, completion, optional cot_correct}")
+    e.add_argument("--plot", metavar="OUT.png", help="draw both curves (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info(args)
+    if args.command == "eval":
+        return eval_samples(args)
     return bench(args)
 
 

@@ -1,0 +1,82 @@
+"""pass@k and CoT-pass@k (DESIGN 3.5).
+
+pass@k = 1 - C(n-c, k) / C(n, k): the chance that k of n samples drawn without
+replacement contain at least one of the c correct ones. The ratio is computed as the
+product prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al., 2021): binomials of n in the
+thousands overflow floats, the product of c factors in (0, 1] does not. It is 1 when
+n - c < k (every draw of k holds a correct sample).
+
+CoT-pass@k is the same formula with d = samples whose final answer *and* chain of
+thought are judged correct, so cot_pass_at_k(n, d, k) <= pass_at_k(n, c, k) when d <= c.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+
+def _as_int_array(name: str, x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ValueError(f"{name} must hold whole numbers, got {x!r}")
+    return a.astype(np.int64)
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k, broadcast over n, c, k (numpy rules); scalars give a float.
+
+    Raises ValueError unless k >= 1 and 0 <= c <= n; and when k > n, because pass@k is
+    undefined with fewer than k samples (naming the offending k).
+    """
+    n, c, k = (_as_int_array(name, v) for name, v in (("n", n), ("c", c), ("k", k)))
+    n, c, k = np.broadcast_arrays(n, c, k)
+    if np.any(k < 1):
+        raise ValueError(f"k must be >= 1, got k={k[k < 1].min()}")
+    if np.any(c < 0) or np.any(c > n):
+        raise ValueError("c must satisfy 0 <= c <= n")
+    if np.any(k > n):
+        bad = np.argwhere(k > n)[0]
+        raise ValueError(f"k={k[tuple(bad)]} exceeds the number of samples n={n[tuple(bad)]}; "
+                         "pass@k needs k <= n")
+    # factor j is 1 - k/(n-j) for j < c; padded with 1 beyond each element's own c
+    ratio = np.ones(n.shape, dtype=np.float64)
+    trivial = n - c < k  # a factor would be <= 0; the answer is exactly 1
+    live = ~trivial
+    for j in range(int(c.max(initial=0))):
+        use = live & (j < c)
+        ratio[use] *= 1.0 - k[use] / (n[use] - j)
+    out = np.where(trivial, 1.0, 1.0 - ratio)
+    return float(out) if out.ndim == 0 else out
+
+
+def cot_pass_at_k(n, d, k):
+    """CoT-pass@k: pass@k where a sample counts only if its answer and chain of thought are
+    both judged correct (d of n)."""
+    return pass_at_k(n, d, k)
+
+
+def _verdict(v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("yes", "no"):
+        return v.strip().lower() == "yes"
+    raise ValueError(f"a judge verdict must be a bool or 'yes'/'no', got {v!r}")
+
+
+def majority(verdicts: Iterable) -> bool:
+    """True iff strictly more than half of the verdicts say yes; a tie (or no verdict)
+    is not correct, so an undecided judge never inflates CoT-pass@k."""
+    votes = [_verdict(v) for v in verdicts]
+    return 2 * sum(votes) > len(votes)
+
+
+def judge_chains(chains: Sequence, judge: Callable[[object], object], m: int = 3) -> list[bool]:
+    """Verify each chain m times with ``judge(chain)`` (bool or "yes"/"no"; a sampled LLM
+    judge can disagree with itself, hence the repeats) and keep the majority."""
+    if not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive int, got {m!r}")
+    return [majority(judge(chain) for _ in range(m)) for chain in chains]

@@ -1,0 +1,135 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrl.metrics import cot_pass_at_k, judge_chains, majority, pass_at_k
+
+
+def exact(n, c, k):
+    return 1.0 if n - c < k else 1 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@st.composite
+def nck(draw, max_n=200):
+    n = draw(st.integers(1, max_n))
+    return n, draw(st.integers(0, n)), draw(st.integers(1, n))
+
+
+def test_equals_combinatorial_formula_exhaustively():
+    for n in range(1, 25):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(exact(n, c, k), abs=1e-12), (n, c, k)
+
+
+@given(nck())
+def test_k1_is_c_over_n(args):
+    n, c, _ = args
+    assert pass_at_k(n, c, 1) == pytest.approx(c / n, abs=1e-12)
+
+
+@given(nck())
+def test_one_when_fewer_wrong_than_k(args):
+    n, c, k = args
+    if n - c < k:
+        assert pass_at_k(n, c, k) == 1.0
+
+
+@given(nck())
+def test_monotone_in_k_and_c(args):
+    n, c, k = args
+    p = pass_at_k(n, c, k)
+    if k < n:
+        assert pass_at_k(n, c, k + 1) >= p - 1e-12
+    if c < n:
+        assert pass_at_k(n, c + 1, k) >= p - 1e-12
+
+
+@settings(max_examples=50)
+@given(nck(max_n=5000))
+def test_finite_in_unit_interval_for_large_n(args):
+    n, c, k = args
+    p = pass_at_k(n, c, k)
+    assert isinstance(p, float) and math.isfinite(p) and 0.0 <= p <= 1.0
+
+
+def test_large_n_matches_exact_fraction():
+    # math.comb stays exact where float binomials overflow
+    for n, c, k in [(3000, 7, 100), (4000, 1, 1000), (5000, 2500, 3)]:
+        ref = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(ref, rel=1e-9)
+
+
+@given(nck(), st.integers(0, 200))
+def test_cot_never_above_pass(args, d):
+    n, c, k = args
+    d = min(d, c)
+    assert cot_pass_at_k(n, d, k) <= pass_at_k(n, c, k) + 1e-12
+
+
+def test_vectorised_shapes_and_values():
+    n = np.array([8, 8, 16, 5])
+    c = np.array([0, 3, 16, 2])
+    out = pass_at_k(n, c, 2)
+    assert out.shape == (4,)
+    np.testing.assert_allclose(out, [exact(*a, 2) for a in zip(n, c)])
+    ks = np.array([1, 2, 4])[:, None]  # problems x k grid by broadcasting
+    grid = pass_at_k(n, c, ks)
+    assert grid.shape == (3, 4)
+    for i, k in enumerate([1, 2, 4]):
+        np.testing.assert_allclose(grid[i], [exact(a, b, k) for a, b in zip(n, c)])
+    assert isinstance(pass_at_k(8, 3, 2), float)
+    assert isinstance(pass_at_k(np.int64(8), 3.0, 2), float)
+
+
+@pytest.mark.parametrize("n,c,k,match", [
+    (8, 3, 0, "k must be >= 1"),
+    (8, 9, 1, "c must"),
+    (8, -1, 1, "c must"),
+    (4, 1, 5, "k=5"),
+    (8, 2.5, 1, "whole numbers"),
+    (np.array([8, 2]), np.array([1, 1]), 4, "k=4"),
+])
+def test_bad_arguments(n, c, k, match):
+    with pytest.raises(ValueError, match=match):
+        pass_at_k(n, c, k)
+
+
+def test_bool_counts_rejected():
+    with pytest.raises(TypeError):
+        pass_at_k(8, True, 1)
+
+
+@pytest.mark.parametrize("verdicts,expected", [
+    ([True, True, False], True),
+    (["yes", "no", "no"], False),
+    (["YES ", "yes"], True),
+    ([True, False], False),  # tie: not correct
+    (["yes", "no", "yes", "no"], False),
+    ([], False),
+])
+def test_majority_and_tie_rule(verdicts, expected):
+    assert majority(verdicts) is expected
+
+
+def test_majority_rejects_unknown_verdict():
+    with pytest.raises(ValueError, match="maybe"):
+        majority(["yes", "maybe"])
+
+
+def test_judge_chains_calls_judge_m_times_per_chain():
+    calls = []
+    script = {"good": ["yes", "yes", "no"], "bad": [False, True, False], "tie": [True, False]}
+
+    def judge(chain):
+        calls.append(chain)
+        return script[chain][calls.count(chain) - 1]
+
+    assert judge_chains(["good", "bad"], judge, m=3) == [True, False]
+    assert calls.count("good") == 3 and calls.count("bad") == 3
+    assert judge_chains(["tie"], judge, m=2) == [False]
+    with pytest.raises(ValueError, match="m must"):
+        judge_chains(["good"], judge, m=0)

@@ -1,0 +1,95 @@
+import pytest
+
+from fastrl.rewards.classification import accuracy_reward, format_reward, normalize, reward
+
+LABELS = ["cat", "dog", "golden retriever"]
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("<think>fur, whiskers</think><answer>cat</answer>", 1.0),
+    ("  <think>\nfur\n</think>\n\n<answer> cat </answer>\n", 1.0),
+    ("<think></think><answer>cat</answer>", 1.0),
+    ("<answer>cat</answer>", 0.0),  # missing think
+    ("<think>fur</think>", 0.0),  # missing answer
+    ("<think>fur</think>cat", 0.0),
+    ("<think>fur<answer>cat</answer>", 0.0),  # unclosed think
+    ("<answer>cat</answer><think>fur</think>", 0.0),  # wrong order
+    ("Sure! <think>fur</think><answer>cat</answer>", 0.0),  # text before
+    ("<think>fur</think><answer>cat</answer> I hope that helps", 0.0),  # text after
+    ("<think>fur</think> so <answer>cat</answer>", 0.0),  # text between
+    ("<think>a<think>b</think></think><answer>cat</answer>", 0.0),  # nested think
+    ("<think>a</think><answer><answer>cat</answer></answer>", 0.0),  # nested answer
+    ("<think>a</think><think>b</think><answer>cat</answer>", 0.0),  # two thinks
+    ("<think>a</think><answer>cat</answer><answer>dog</answer>", 0.0),  # two answers
+    ("cat", 0.0),
+])
+def test_format_reward(completion, expected):
+    assert format_reward(completion) == expected
+
+
+@pytest.mark.parametrize("answer,gold,expected", [
+    ("cat", "cat", 1.0),
+    ("Cat", "cat", 1.0),
+    ("  CAT\n", "cat", 1.0),
+    ("cat.", "cat", 1.0),
+    ('"cat"!', "cat", 1.0),
+    ("(cat)", "cat", 1.0),
+    ("\\text{cat}", "cat", 1.0),
+    ("$\\mathrm{Cat}$", "cat", 1.0),
+    ("\\boxed{\\text{dog}}", "dog", 1.0),
+    ("golden   Retriever", "golden retriever", 1.0),
+    ("golden\nretriever.", "Golden Retriever", 1.0),
+    ("dog", "cat", 0.0),  # wrong class
+    ("not cat", "cat", 0.0),
+    ("cat or dog", "cat", 0.0),
+    ("cat, dog", "cat", 0.0),
+    ("cat dog", "cat", 0.0),
+    ("it is a cat", "cat", 0.0),  # must name the class, not mention it
+    ("retriever", "golden retriever", 0.0),
+    ("cats", "cat", 0.0),
+    ("", "cat", 0.0),
+    ("bird", "cat", 0.0),  # outside the label set
+])
+def test_accuracy_in_answer_tags(answer, gold, expected):
+    completion = f"<think>looking</think><answer>{answer}</answer>"
+    assert accuracy_reward(completion, gold, LABELS) == expected
+
+
+def test_accuracy_without_tags_uses_whole_completion():
+    assert accuracy_reward(" Cat. ", "cat", LABELS) == 1.0
+    assert accuracy_reward("I think cat", "cat", LABELS) == 0.0
+
+
+def test_accuracy_ambiguous_answer_blocks():
+    assert accuracy_reward("<answer>dog</answer><answer>cat</answer>", "cat", LABELS) == 0.0
+    assert accuracy_reward("<answer>cat", "cat", LABELS) == 0.0
+    # the think block may mention other classes; only the answer counts
+    assert accuracy_reward("<think>dog? no.</think><answer>cat</answer>", "cat", LABELS) == 1.0
+
+
+def test_reward_variants():
+    good = "<think>whiskers</think><answer>cat</answer>"
+    assert reward(good, "cat", LABELS) == 2.0
+    assert reward(good, "dog", LABELS) == 1.0
+    assert reward("<answer>cat</answer>", "cat", LABELS) == 1.0  # accuracy only, bad format
+    assert reward(good, "cat", LABELS, thinking=False) == 1.0
+    assert reward("cat", "cat", LABELS, thinking=False) == 1.0
+    assert reward("not cat", "cat", LABELS, thinking=False) == 0.0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="not in the label set"):
+        accuracy_reward("cat", "bird", LABELS)
+    with pytest.raises(ValueError, match="empty"):
+        accuracy_reward("cat", "cat", [])
+    with pytest.raises(TypeError, match="not a single str"):
+        accuracy_reward("cat", "cat", "cat")
+    with pytest.raises(ValueError, match="same after normalisation"):
+        accuracy_reward("cat", "cat", ["cat", "Cat."])
+    with pytest.raises(TypeError, match="completion"):
+        format_reward(None)
+
+
+def test_gold_is_normalised_too():
+    assert accuracy_reward("<answer>cat</answer>", "\\text{Cat}", LABELS) == 1.0
+    assert normalize("  \\text{\\mathrm{Big  Cat}} ;") == "big cat"

@@ -1,0 +1,81 @@
+import importlib.util
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastrl.cli import _last_boxed, main
+from fastrl.metrics import majority, pass_at_k
+
+SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "eval_samples.jsonl"
+# written by hand from the file: correct answers and answer+CoT-correct samples per problem;
+# the completions box either the gold verbatim or a plainly wrong value, so any verifier agrees
+C = {"gsm-0017": 6, "math-0203": 3, "aime-1999-07": 1, "amc-0311": 0}
+D = {"gsm-0017": 5, "math-0203": 2, "aime-1999-07": 0, "amc-0311": 0}
+
+
+def parse_table(out):
+    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+|n/a)\s*$", out, re.M)
+    return {int(k): (float(p), None if q == "n/a" else float(q)) for k, p, q in rows}
+
+
+def test_example_file_counts():
+    rows = [json.loads(line) for line in SAMPLES.read_text().splitlines() if line.strip()]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["problem_id"]].append(r)
+    assert set(groups) == set(C) and all(len(g) == 8 for g in groups.values())
+    for pid, g in groups.items():
+        ok = [_last_boxed(r["completion"]) == r["gold"] for r in g]
+        cot = [r["cot_correct"] if isinstance(r["cot_correct"], bool) else majority(r["cot_correct"])
+               for r in g]
+        assert sum(ok) == C[pid] and sum(a and b for a, b in zip(ok, cot)) == D[pid]
+
+
+def test_eval_prints_pass_at_k_table(capsys):
+    assert main(["eval", str(SAMPLES)]) == 0
+    out = capsys.readouterr().out
+    assert "verifier" in out.splitlines()[0]
+    table = parse_table(out)
+    assert sorted(table) == [1, 2, 4, 8]
+    n = np.full(4, 8)
+    c, d = np.array(list(C.values())), np.array(list(D.values()))
+    for k, (p, q) in table.items():
+        assert p == pytest.approx(pass_at_k(n, c, k).mean(), abs=6e-5)
+        assert q == pytest.approx(pass_at_k(n, d, k).mean(), abs=6e-5)
+
+
+def test_eval_without_cot_verdicts(tmp_path, capsys):
+    f = tmp_path / "s.jsonl"
+    f.write_text("\n".join(json.dumps({"problem_id": i // 3, "gold": "7", "completion": f"\\boxed{{{7 if i % 3 else 8}}}"})
+                           for i in range(6)) + "\n")
+    assert main(["eval", str(f)]) == 0
+    table = parse_table(capsys.readouterr().out)
+    assert sorted(table) == [1, 2, 3]  # powers of two up to n, then n itself
+    assert table[1] == (pytest.approx(2 / 3, abs=6e-5), None)
+    assert table[3][0] == 1.0
+
+
+def test_eval_plot(tmp_path, capsys):
+    if importlib.util.find_spec("matplotlib") is None:
+        assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "p.png")]) == 0
+        assert "matplotlib is not installed" in capsys.readouterr().out
+        pytest.skip("matplotlib not installed")
+    out = tmp_path / "p.png"
+    assert main(["eval", str(SAMPLES), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastrl.rewards.math", None)  # as if math.py were absent
+    assert main(["eval", str(SAMPLES)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("FALLBACK verifier")
+    assert parse_table(out)[1][0] == pytest.approx(10 / 32, abs=6e-5)
+    assert _last_boxed("x \\boxed{1} then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert _last_boxed("no box") is None
