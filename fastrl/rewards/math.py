@@ -1,0 +1,847 @@
+"""Rule-based math answer verifier (DESIGN 3.5): extraction, sympy equivalence, hard time limit.
+
+Public API (DESIGN 3.6): ``extract_answer``, ``verify``, ``score``, ``verify_batch``, ``explain``.
+
+How a verdict is reached (``_check`` runs in a worker process):
+
+1. Hacking screen on the raw answer: empty, no letter or digit, prompt injection /
+   self-grading words the gold lacks, unevaluated restatements (``\\int``, ``\\sum``,
+   ``\\lim`` ... the gold lacks) and equations whose left side is not a plain label
+   ("7=3", "5+2=3") all reject.
+2. Normalisation: ``$``, ``\\boxed``, ``\\left/\\right``, spacing commands, ``\\text``/``\\mathrm``
+   units, currency, ordinal suffixes, degrees, thousands separators; "x = 3" -> "3",
+   "f(z) = 2z" -> "2z" with its variable renamed to the gold's.
+3. Structure: answers split at top-level commas (and "or"/"and").  The element count
+   must equal the gold's, so listing extra candidates ("3 or 4" for 3, "A, B, C, D"
+   for C) rejects.  ``\\{..\\}`` sets and bare lists compare unordered (multiset
+   matching); ``(a, b, c)`` tuples and matrices compare in order; two-element
+   bracketed pairs compare as intervals with their open/closed ends respected;
+   ``\\cup`` unions compare as unordered lists of intervals; inequalities on one
+   variable become intervals.
+4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
+   of arbitrary text).  Numbers compare at 30 digits.  Expressions compare by a
+   numeric check at random points, and by ``simplify(gold - answer) == 0`` when the
+   numeric check cannot decide.  Equations compare as "same solution set": the two
+   ``lhs - rhs`` differ by a nonzero constant factor.  A percentage may be read as
+   itself or divided by 100 ("25%" matches 25 and 0.25); degrees as themselves or in
+   radians ("30^\\circ" matches 30 and pi/6); a ratio of two numbers "5:8" as 5/8;
+   a plain number followed by words ("7 stuffed goats") as the number, unless the
+   words hedge or negate ("not", "or", ...).
+
+Rounding rule: a decimal literal matches an exact (or longer) value when it has at
+least 4 significant digits and equals that value rounded to the decimal's number of
+decimal places.  It holds in both directions: answer "85.71" for gold 600/7 and gold
+"180.67" for answer 542/3 are accepted; "0.33" for 1/3 and "3.14" for pi are rejected
+(too few significant digits), as is "85.72" for 600/7 (wrong rounding).
+
+Time limit: every check runs in a pool of worker processes.  A check that exceeds
+its limit is a rejection: the hung worker is killed and replaced, and the caller
+returns within the limit plus process start-up.  ``verify_batch`` keeps the pool
+warm across calls.  The only work done on the caller's thread is string handling
+(the fast path for strings equal after normalisation and the hacking screen), which
+is linear in the input size.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import random
+import re
+import threading
+import time
+from multiprocessing.connection import wait as _mp_wait
+
+__all__ = ["extract_answer", "verify", "score", "verify_batch", "explain", "DEFAULT_TIMEOUT"]
+
+DEFAULT_TIMEOUT = float(os.environ.get("FASTRL_VERIFY_TIMEOUT", "5.0"))
+_MAX_LEN = 2000  # longer "answers" are not answers; also bounds the work per check
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _braced(s: str, i: int):
+    """Content of the {...} group starting at s[i] == '{' and the index after it."""
+    depth = 0
+    for j in range(i, len(s)):
+        if s[j] == "{":
+            depth += 1
+        elif s[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return s[i + 1 : j], j + 1
+    return None, len(s)
+
+
+def _boxed_all(s: str) -> list[str]:
+    out = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*", s):
+        i = m.end()
+        if i < len(s) and s[i] == "{":
+            content, _ = _braced(s, i)
+            if content is not None:
+                out.append(content)
+        else:  # "\boxed 5"
+            tok = re.match(r"[^\s$]+", s[i:])
+            out.append(tok.group(0) if tok else "")
+    return out
+
+
+def extract_answer(completion: str) -> str | None:
+    """The final answer of a completion, or None.
+
+    Last ``\\boxed{}`` when all boxed answers agree (several different: None, so a
+    model cannot hedge by boxing several values); else the last "the answer is ..."
+    or "Answer: ..."; else a final bare expression (the last ``$...$`` of the last
+    line, or a short last line, or the last number).
+    """
+    if not completion or not completion.strip():
+        return None
+    boxed = _boxed_all(completion)
+    if boxed:
+        keys = {_canon(b) for b in boxed}
+        return boxed[-1].strip() if len(keys) == 1 else None
+    m = list(re.finditer(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*(.+)", completion, re.I))
+    if not m:
+        m = list(re.finditer(r"^\s*\**answer\**\s*[:：]\s*(.+)$", completion, re.I | re.M))
+    if m:
+        ans = m[-1].group(1).strip()
+        ans = re.sub(r"\s*\.?\s*$", "", ans) if not re.search(r"\d\.$", ans) else ans[:-1]
+        return _strip_math_delims(ans) or None
+    lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
+    last = lines[-1]
+    dollars = re.findall(r"\$\$?([^$]+)\$\$?", last)
+    if dollars:
+        return dollars[-1].strip()
+    if len(last) <= 40 and not re.search(r"[a-zA-Z]{4,}\s+[a-zA-Z]{2,}", last):
+        return _strip_math_delims(last.rstrip(".")) or None
+    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", last)
+    return nums[-1] if nums else None
+
+
+def _strip_math_delims(s: str) -> str:
+    s = s.strip()
+    s = re.sub(r"^\$+|\$+$", "", s)
+    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s)
+    return s.strip()
+
+
+# ------------------------------------------------------------------------- normalisation
+
+_INJECTION = re.compile(
+    r"ignore|instruction|previous|grader|grading|reward|verifier|is correct|correct answer|"
+    r"mark(?:ed)? (?:as|it)|full (?:marks|credit)|score|assistant|system prompt|\bpass\b",
+    re.I,
+)
+_UNEVALUATED = re.compile(r"\\frac\s*\{\s*(?:d|\\mathrm\{d\})\^?\S*\s*\}\s*\{\s*(?:d|\\mathrm\{d\})\s*[a-z]|\\int|\\sum|\\prod|\\lim|\\oint|\\partial|\bd/d|\\binom|\\choose|\\mathrm\{d\}|Integral|Sum\(|Limit")
+_UNITS = (
+    r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*\w+|cm|mm|km|kg|mg|"
+    r"meters?|metres?|feet|foot|ft|inches|inch|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|"
+    r"days?|weeks?|months?|years?|degrees?|deg|liters?|litres?|ml|pounds?|lbs?|ounces?|oz|people|students|"
+    r"ways|cookies|apples|marbles|points|times|percent|grams?|kilograms?|yuan|euros?)"
+)
+
+
+def _canon(s: str) -> str:
+    """Cheap textual normal form (used for the fast path and boxed-agreement)."""
+    s = _strip_math_delims(s or "")
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
+    s = re.sub(r"\\[,;:! ]|~|\\quad|\\qquad", " ", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\s+", "", s)
+    return s.rstrip(".")
+
+
+def _normalise(s: str) -> str:
+    s = _strip_math_delims(s)
+    b = _boxed_all(s)
+    if b:
+        s = b[-1]
+    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
+    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
+    s = re.sub(r"(?<!\\)\\[,;:! ]|~|\\quad|\\qquad", " ", s)  # spacing (not the "\\" row break)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
+    for u, l in (("∪", "\\cup"), ("≠", "\\neq"), ("×", "\\times"), ("÷", "\\div"), ("∈", "\\in")):
+        s = s.replace(u, l)
+    s = s.replace("\\le ", "\\leq ").replace("\\ge ", "\\geq ")
+    s = re.sub(r"\\(?:leqslant|le)(?![a-zA-Z])", "\\\\leq", s)
+    s = re.sub(r"\\(?:geqslant|ge)(?![a-zA-Z])", "\\\\geq", s)
+    s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("−", "-").replace("π", "\\pi").replace("∞", "\\infty")
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "°", s)  # degrees: a marker, see _scalar_equal
+    s = s.replace("\\%", "%")
+    s = s.replace("\\$", "").replace("$", "")  # currency
+    # one-letter units only when written as text ("5\,\mathrm{m}"): a bare "2m" is 2*m
+    s = re.sub(r"(?<=\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z]\s*\}\s*$", "", s)
+    # \text{...}/\mathrm{...}: units vanish, words stay as plain text
+    s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname|mbox|textit|mathit)\s*\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"(\d)\s*\^?\{?(?:st|nd|rd|th)\}?(?![a-zA-Z])", r"\1", s)  # ordinals: 3rd, 12^{th}
+    # qualifiers after the answer: "f(x) = 1 for all x", "\approx 1.36"
+    s = re.sub(r"(?<=\S)\s+(?:for\s+all|for\s+every|for\s+any|for\s+some|where|when)\b.*$", "", s, flags=re.S)
+    s = re.sub(r"(?<=\S)\s*\\approx.*$", "", s, flags=re.S)
+    s = re.sub(r"^\s*[a-zA-Z]\s*\\in\s*", "", s)  # "x \in [-2, 7]"
+    # set-builder {x | ineq} / {x \mid ineq}: the inequality (then an interval)
+    s = re.sub(r"^\\\{\s*[a-zA-Z]\s*(?:\||\\mid)\s*(.*)\\\}$", r"\1", s.strip())
+    s = re.sub(r"(?:(?<=\d)\s*|(?<=\})\s+)" + _UNITS + r"(?:\^?\{?[23]\}?)?\s*$", "", s, flags=re.I)  # trailing units
+    s = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])", lambda m: m.group(1).replace(",", ""), s) \
+        if re.fullmatch(r"\s*-?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*%?\s*", s) else s  # 1,000,000
+    s = re.sub(r"(?<=\d)\\\s*(?=\d{3})", "", s)  # 1\,000 (thin-space separators)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"^\([a-zA-Z](?:\s*,\s*[a-zA-Z])+\)\s*=\s*(?=\()", "", s)  # "(x, y) = (1, 2)"
+    s = re.sub(r"\.\s*([\])])$", r"\1", s)  # a sentence period before the closing bracket: "(a, b.]"
+    # circled choice numbers (①②③, common in multiple-choice keys) are a list of numbers
+    if re.fullmatch(r"[\u2460-\u2473](?:\s*[,、]?\s*[\u2460-\u2473])*", s):
+        s = ", ".join(str(ord(c) - 0x2460 + 1) for c in s if "\u2460" <= c <= "\u2473")
+    s = re.sub(r"^(?:infinitely\s+many|infinite(?:ly)?)(?:\s+[a-z]+)?$", "\\\\infty", s, flags=re.I)
+    # mixed numbers: "3\frac{1}{2}" and "3 1/2" mean 3 + 1/2 (a digit before \frac is never a product)
+    s = re.sub(r"^(-?)(\d+)\s*\\frac\{?(\d+)\}?\{?(\d+)\}?$", r"\1(\2+\3/\4)", s)
+    s = re.sub(r"^(-?)(\d+) (\d+)/(\d+)$", r"\1(\2+\3/\4)", s)
+    return s
+
+
+# ------------------------------------------------------------------------- structure
+
+
+def _split_top(s: str, seps=(",", ";")) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if depth == 0 and c in seps:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def _candidates(s: str) -> list[str]:
+    """Top-level alternatives/elements: "3 or 4", "3 and 4", "3, 4"."""
+    s = re.sub(r"\s+(?:or|and)\s+", ",", s)
+    s = re.sub(r"\\(?:text\{\s*(?:or|and)\s*\}|lor|vee)", ",", s)
+    if "\\cup" in s:
+        return [p.strip() for p in s.split("\\cup")]
+    parts = [p for p in _split_top(s) if p != ""]
+    out = []
+    for p in parts:  # "\pm 2" -> 2, -2; "(\pm 1, \pm 2)" -> the four sign combinations
+        if p.startswith("(") and p.endswith(")") and 1 <= p.count("\\pm") <= 4 and len(_split_top(p[1:-1])) > 1:
+            combos = [""]
+            for piece in re.split(r"(\\pm)", p):
+                combos = [c + (piece if piece != "\\pm" else sg) for c in combos for sg in (("+", "-") if piece == "\\pm" else ("",))]
+            out += combos
+        elif p.count("\\pm") == 1:
+            out += [p.replace("\\pm", "+"), p.replace("\\pm", "-")]
+        else:
+            out.append(p)
+    return out
+
+
+def _strip_label(s: str):
+    """'x = 3' -> ('3', None); 'f(z) = 2z' -> ('2z', 'z'); otherwise (s, None)."""
+    # "x = y = 3", "m_{\max} = 3", "\alpha = 3", "Maximum = 2", "Paolo: 18" (word labels), "(x, y) = (1, 2)"
+    s = re.sub(r"^\s*\([a-zA-Z](?:\s*,\s*[a-zA-Z])+\)\s*=\s*(?=\()", "", s)
+    m = re.fullmatch(r"\s*[A-Za-z]{3,}(?: [A-Za-z]+)*\s*[:=]\s*(.+)", s)  # a word of 3+ letters
+    if m and "=" not in m.group(1) and not re.search(r"\d", s.split(":")[0].split("=")[0]):
+        return m.group(1).strip(), None
+    m = re.fullmatch(r"\s*((?:(?:[a-zA-Z](?:_\{[^{}]*\}|_\w)?|\\[a-zA-Z]+)\s*=\s*)+)(.+)", s)
+    if m and "=" not in m.group(2):
+        return m.group(2).strip(), None
+    m = re.fullmatch(r"\s*[a-zA-Z]\s*\(\s*(\w+)\s*\)\s*=\s*(.+)", s)  # f(x) = ..., T(10) = 2
+    if m and "=" not in m.group(2):
+        return m.group(2).strip(), (m.group(1) if m.group(1).isalpha() else None)
+    return s, None
+
+
+def _matrix_to_tuple(s: str) -> str:
+    m = re.fullmatch(r"\\begin\{[pbvB]?matrix\}(.*)\\end\{[pbvB]?matrix\}", s.strip(), re.S)
+    if not m:
+        return s
+    rows = [r.strip() for r in m.group(1).split("\\\\") if r.strip()]
+    cells = [[c.strip() for c in r.split("&")] for r in rows]
+    if all(len(r) == 1 for r in cells):  # column vector == tuple
+        return "(" + ", ".join(r[0] for r in cells) + ")"
+    return "(" + ", ".join("(" + ", ".join(r) + ")" for r in cells) + ")"
+
+
+_INEQ = re.compile(r"(<=|>=|<|>|\\leq|\\geq|\\lt|\\gt)")
+
+
+def _ineq_to_interval(s: str) -> str:
+    """'x > 3' -> '(3, \\infty)'; '-1 \\leq x < 2' -> '[-1, 2)'; otherwise s unchanged."""
+    parts = _INEQ.split(s)
+    if len(parts) not in (3, 5):
+        return s
+    toks = [p.strip() for p in parts]
+    op = lambda o: {"\\leq": "<=", "\\geq": ">=", "\\lt": "<", "\\gt": ">"}.get(o, o)
+    is_var = lambda t: re.fullmatch(r"[a-zA-Z]|\\[a-zA-Z]+", t) is not None and t not in ("\\infty", "\\pi")
+    if len(toks) == 3:
+        a, o, b = toks[0], op(toks[1]), toks[2]
+        if is_var(b) and not is_var(a):  # 3 < x -> x > 3
+            a, b, o = b, a, {"<": ">", ">": "<", "<=": ">=", ">=": "<="}[o]
+        if not is_var(a):
+            return s
+        if o in (">", ">="):
+            return ("(" if o == ">" else "[") + b + ", \\infty)"
+        return "(-\\infty, " + b + (")" if o == "<" else "]")
+    lo, o1, v, o2, hi = toks[0], op(toks[1]), toks[2], op(toks[3]), toks[4]
+    if not is_var(v):
+        return s
+    if o1 in (">", ">=") and o2 in (">", ">="):
+        lo, hi, o1, o2 = hi, lo, {">": "<", ">=": "<="}[o2], {">": "<", ">=": "<="}[o1]
+    if o1 not in ("<", "<=") or o2 not in ("<", "<="):
+        return s
+    return ("(" if o1 == "<" else "[") + lo + ", " + hi + (")" if o2 == "<" else "]")
+
+
+# ---------------------------------------------------------------------- LaTeX -> sympy
+
+_FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos",
+          "arctan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "ceiling", "floor"}
+_GREEK = {"alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "phi", "omega", "sigma", "tau", "rho"}
+_CONST = {"pi", "E", "I", "oo"}
+
+
+def _latex_to_py(s: str) -> str | None:
+    """Translate a LaTeX scalar into a restricted Python/sympy expression string, or None."""
+    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\div", "/").replace("\\ast", "*")
+    s = re.sub(r"\\infty|\\infin", " oo ", s)
+    s = re.sub(r"\\(sin|cos|tan)\s*\^\s*\{\s*-1\s*\}", r"\\arc\1", s)  # \tan^{-1} = \arctan
+    s = re.sub(r"\\lceil", " ceiling(", s).replace("\\rceil", ")")
+    s = re.sub(r"\\lfloor", " floor(", s).replace("\\rfloor", ")")
+    s = re.sub(r"\\pi(?![a-zA-Z])", " pi ", s)
+    s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh)(?![a-zA-Z])", r" \1", s)
+    for g in _GREEK:
+        s = re.sub(r"\\" + g + r"(?![a-zA-Z])", " " + g + " ", s)
+    # \frac{a}{b}, \frac12, \sqrt[n]{a}, \sqrt{a}, \sqrt2
+    for _ in range(50):
+        m = re.search(r"\\frac|\\sqrt", s)
+        if not m:
+            break
+        i = m.end()
+        while i < len(s) and s[i] == " ":
+            i += 1
+        args = []
+        root = None
+        if m.group(0) == "\\sqrt" and i < len(s) and s[i] == "[":
+            j = s.find("]", i)
+            if j < 0:
+                return None
+            root, i = s[i + 1 : j], j + 1
+        for _k in range(2 if m.group(0) == "\\frac" else 1):
+            while i < len(s) and s[i] == " ":
+                i += 1
+            if i < len(s) and s[i] == "{":
+                a, i = _braced(s, i)
+                if a is None:
+                    return None
+            elif i < len(s):
+                a, i = s[i], i + 1
+            else:
+                return None
+            args.append(a)
+        if m.group(0) == "\\frac":
+            rep = "((" + args[0] + ")/(" + args[1] + "))"
+        elif root is not None:
+            rep = "((" + args[0] + ")**(1/(" + root + ")))"
+        else:
+            rep = "sqrt(" + args[0] + ")"
+        s = s[: m.start()] + rep + s[i:]
+    if "\\" in s:
+        return None  # an unknown command: not something we evaluate
+    s = s.replace("{", "(").replace("}", ")").replace("^", "**")
+    s = re.sub(r"(\d)\s*[eE]\s*([+-]?\d+)(?![\d.])", r"\1*10**(\2)", s)  # 1.5e3
+    s = re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", s)
+    s = re.sub(r"\bln\b", "log", s)
+    s = s.replace("|", " ") if s.count("|") else s
+    if re.search(r"[^A-Za-z0-9_+\-*/(). !]", s) or "__" in s:
+        return None
+    s = s.replace("!", " ")  # factorial handled below
+
+    def ident(m):  # whitelist identifiers; split unknown words ("xy" -> x*y)
+        w = m.group(0)
+        if w in _FUNCS or w in _GREEK or w in _CONST or re.fullmatch(r"[a-zA-Z](_\w+)?", w):
+            return w
+        if w == "e":
+            return "E"
+        if len(w) <= 3 and w.isalpha():
+            return "*".join("E" if c == "e" else c for c in w)
+        raise ValueError(w)
+
+    try:
+        s = re.sub(r"[A-Za-z_]\w*", ident, s)
+    except ValueError:
+        return None
+    s = re.sub(r"(?<![A-Za-z_])e(?![A-Za-z_])", "E", s)
+    return s
+
+
+def _sympify(s: str):
+    import sympy
+    from sympy.parsing.sympy_parser import (
+        implicit_multiplication_application, parse_expr, standard_transformations)
+
+    py = _latex_to_py(s)
+    if py is None or not py.strip():
+        return None
+    local = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_]\w*", py) if n not in _FUNCS and n not in _CONST}
+    local.update(E=sympy.E, pi=sympy.pi, I=sympy.I, oo=sympy.oo, ln=sympy.log, Abs=sympy.Abs)
+    for g in _GREEK:
+        local.setdefault(g, sympy.Symbol(g))
+    try:
+        e = parse_expr(py, local_dict=local, global_dict={"__builtins__": {}, **{k: getattr(sympy, k) for k in
+                       ("Integer", "Float", "Rational", "Symbol", "sqrt", "log", "exp", "sin", "cos", "tan", "cot",
+                        "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "ceiling", "floor")},
+                       "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan},
+                       transformations=standard_transformations + (implicit_multiplication_application,),
+                       evaluate=True)
+    except Exception:
+        return None
+    return e if isinstance(e, sympy.Basic) else None
+
+
+# ------------------------------------------------------------------------- comparison
+
+def _decimal_places(lit: str):
+    """(decimal places, significant digits) of a plain decimal literal, else None."""
+    lit = lit.strip().lstrip("+")
+    if not re.fullmatch(r"-?(\d+\.\d*|\.\d+)", lit):
+        return None
+    digits = lit.lstrip("-").replace(".", "").lstrip("0")
+    return len(lit.split(".")[1]), len(digits)
+
+
+def _round_match(lit: str, exact) -> bool:
+    """The rounding rule (module docstring): lit has >= 4 significant digits and equals exact rounded."""
+    import sympy
+
+    dp = _decimal_places(lit)
+    if dp is None or dp[1] < 4:
+        return False
+    places = dp[0]
+    val = sympy.Rational(lit.strip())
+    x = sympy.N(exact, 40)
+    if not x.is_real:
+        return False
+    scaled = sympy.Rational(str(x)) * 10 ** places
+    lo = sympy.floor(scaled)
+    # accept the round-half-up value and, at an exact tie, either neighbour
+    cand = {lo, lo + 1} if scaled - lo == sympy.Rational(1, 2) else {sympy.floor(scaled + sympy.Rational(1, 2))}
+    return any(val * 10 ** places == c for c in cand)
+
+
+def _num_equal(a, b) -> bool:
+    import sympy
+
+    try:
+        if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+            return a == b  # oo - oo is nan and |oo| scales any tolerance: compare exactly
+        d = sympy.N(a - b, 30)
+        if d.free_symbols:
+            return False
+        if d == 0:
+            return True
+        scale = max(1, abs(complex(sympy.N(a, 30))), abs(complex(sympy.N(b, 30))))
+        return abs(complex(d)) <= 1e-12 * scale
+    except Exception:
+        return False
+
+
+def _expr_equal(a, b, rng: random.Random) -> bool:
+    """Numeric check at random points; simplify(a-b) when the points do not decide."""
+    import sympy
+
+    syms = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not syms:
+        return _num_equal(a, b)
+    fa, fb = sympy.lambdify(syms, a, "mpmath"), sympy.lambdify(syms, b, "mpmath")
+    agree = tried = 0
+    for _ in range(12):
+        pt = [rng.uniform(0.5, 2.5) * rng.choice((1, 1, -1)) for _ in syms]
+        try:
+            va, vb = complex(fa(*pt)), complex(fb(*pt))
+        except Exception:
+            continue
+        tried += 1
+        if abs(va - vb) > 1e-9 * max(1, abs(va), abs(vb)):
+            return False
+        agree += 1
+        if agree >= 6:
+            return True
+    try:
+        return sympy.simplify(a - b) == 0
+    except Exception:
+        return False
+
+
+def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]:
+    import sympy
+
+    if g.lower() == a.lower():
+        return True, "same text"
+    # a plain number followed by words is a number with a unit ("7 stuffed goats")
+    neg = r"\b(?:not|no|never|or|and|except|nor)\b"
+    # (a word of 3+ letters that is no function or Greek letter: "2 x" stays 2*x, "2 sin x" stays)
+    def unit_tail(x):
+        m = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
+        if m and not re.search(neg, x) and m.group(2) not in _FUNCS | _GREEK:
+            return m.group(1)
+        return x
+    g, a = unit_tail(g), unit_tail(a)
+    # degrees: 30° may be compared with 30 or with pi/6
+    gdeg, adeg = g.endswith("°"), a.endswith("°")
+    g, a = g.rstrip("°").strip(), a.rstrip("°").strip()
+    # ratio a:b of two numbers is the quotient a/b
+    g, a = [re.sub(r"^([^:]+):([^:]+)$", r"(\1)/(\2)", x) if re.fullmatch(r"[-\d.\s]+:[-\d.\s/()]+", x) else x for x in (g, a)]
+    gpct, apct = g.endswith("%"), a.endswith("%")
+    ge, ae = _sympify(g.rstrip("%")), _sympify(a.rstrip("%"))
+    if ge is None or ae is None:
+        # text answers ("no solution", letters) compare as normalised text
+        ok = re.sub(r"[\s()]", "", g.lower()) == re.sub(r"[\s()]", "", a.lower())
+        return ok, ("same text" if ok else f"cannot parse {'gold' if ge is None else 'answer'}; texts differ")
+    if avar and gvar and avar != gvar:  # f(z)=2z vs f(x)=2x
+        ae = ae.subs(sympy.Symbol(avar), sympy.Symbol(gvar))
+    # an integer parameter's name is arbitrary: "k pi" vs "n pi" (only these conventional names)
+    params = {"k", "n", "m", "t", "j"}
+    gs, as_ = ge.free_symbols, ae.free_symbols
+    if len(gs) == 1 and len(as_) == 1 and gs != as_ and {str(x) for x in gs | as_} <= params:
+        ae = ae.subs(next(iter(as_)), next(iter(gs)))
+    # percentages: "50%" may mean 50 or 0.5
+    gvals = [ge] + ([ge / 100] if gpct else []) + ([ge * sympy.pi / 180] if gdeg else [])
+    avals = [ae] + ([ae / 100] if apct else []) + ([ae * sympy.pi / 180] if adeg else [])
+    for gv in gvals:
+        for av in avals:
+            if gv.free_symbols or av.free_symbols:
+                if _expr_equal(gv, av, rng):
+                    return True, "expressions agree"
+                continue
+            if _num_equal(gv, av):
+                return True, "values equal"
+            if (av == ae and _round_match(a.rstrip("%"), gv)) or (gv == ge and _round_match(g.rstrip("%"), av)):
+                return True, "equal after rounding (>= 4 significant digits)"
+    return False, f"{ge} != {ae}"
+
+
+def _is_interval(s: str) -> bool:
+    return len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and len(_split_top(s[1:-1])) == 2
+
+
+def _element_equal(g: str, a: str, rng) -> tuple[bool, str]:
+    g, a = _matrix_to_tuple(g), _matrix_to_tuple(a)
+    g, a = _ineq_to_interval(g), _ineq_to_interval(a)
+    g2, gvar = _strip_label(g)
+    a2, avar = _strip_label(a)
+    if "=" in g and "=" in a and not (gvar and avar):
+        g2, a2 = g, a  # both equations ("y = 2x+1" vs "2x - y + 1 = 0"): compare solution sets
+    # equations (not a plain label): same solution set
+    if "=" in g2 and "=" not in a2 and g2.count("=") == 1:
+        # gold "x y = 6", answer "6/x": the answer is the solved-for variable, when the gold
+        # has exactly one symbol the answer lacks and solving for it gives one solution
+        import sympy
+        gl, gr = g2.split("=")
+        ge, ae = _sympify(f"({gl})-({gr})"), _sympify(a2)
+        if ge is not None and ae is not None and ge != 0:
+            missing = ge.free_symbols - ae.free_symbols
+            if len(missing) == 1:
+                sols = sympy.solve(ge, next(iter(missing)))
+                if len(sols) == 1 and _expr_equal(sols[0], ae, rng):
+                    return True, "the answer solves the gold equation for its variable"
+        return False, "equation vs non-equation"
+    if "=" in g2 or "=" in a2:
+        if not ("=" in g2 and "=" in a2) or g2.count("=") != 1 or a2.count("=") != 1:
+            return False, "equation vs non-equation"
+        gl, gr = g2.split("=")
+        al, ar = a2.split("=")
+        ge, ae = _sympify(f"({gl})-({gr})"), _sympify(f"({al})-({ar})")
+        if ge is None or ae is None or ae == 0 or ge == 0:
+            return False, "cannot parse equation"
+        import sympy
+        ratio = sympy.simplify(ge / ae)
+        if ratio.free_symbols or ratio == 0:
+            return _expr_equal(ge, ae, rng) or _expr_equal(ge, -ae, rng), "equations compared"
+        return True, "equations have the same solution set"
+    g, a = g2, a2
+    # a one-element set {1} is its element
+    g, a = [x[2:-2].strip() if re.fullmatch(r"\\\{[^,{}]*\\\}", x) else x for x in (g, a)]
+    # inequality chains with the same operators ("a > b > c"): compare piecewise, in order
+    gp, ap = _INEQ.split(g), _INEQ.split(a)
+    if len(gp) >= 3 and len(gp) == len(ap) and not _is_interval(g) and not _is_interval(a):
+        norm = lambda o: {"\\leq": "<=", "\\geq": ">=", "\\lt": "<", "\\gt": ">"}.get(o, o)
+        if [norm(o) for o in gp[1::2]] != [norm(o) for o in ap[1::2]]:
+            return False, "inequality chains differ"
+        return _seq_equal(gp[0::2], ap[0::2], rng, ordered=True)
+    if _is_interval(g) or _is_interval(a):
+        if not (_is_interval(g) and _is_interval(a)):
+            return False, "interval vs non-interval"
+        if g[0] != a[0] or g[-1] != a[-1]:
+            return False, "interval ends differ (open/closed)"
+        return _seq_equal(_split_top(g[1:-1]), _split_top(a[1:-1]), rng, ordered=True)
+    for o, c, ordered in (("\\{", "\\}", False), ("(", ")", True), ("[", "]", True)):
+        gi, ai = g.startswith(o) and g.endswith(c), a.startswith(o) and a.endswith(c)
+        if gi and ai and (len(_split_top(g[len(o):-len(c)])) > 1 or len(_split_top(a[len(o):-len(c)])) > 1):
+            return _seq_equal(_split_top(g[len(o):-len(c)]), _split_top(a[len(o):-len(c)]), rng, ordered)
+    return _scalar_equal(g, a, rng, gvar, avar)
+
+
+def _seq_equal(gs, as_, rng, ordered) -> tuple[bool, str]:
+    if len(gs) != len(as_):
+        return False, f"{len(as_)} elements where the gold has {len(gs)}"
+    if ordered:
+        for x, y in zip(gs, as_):
+            ok, why = _element_equal(x, y, rng)
+            if not ok:
+                return False, f"element {y!r} vs {x!r}: {why}"
+        return True, "all elements equal in order"
+    left = list(as_)
+    for x in gs:  # greedy multiset matching
+        for k, y in enumerate(left):
+            if _element_equal(x, y, rng)[0]:
+                del left[k]
+                break
+        else:
+            return False, f"gold element {x!r} has no match"
+    return True, "same elements (unordered)"
+
+
+def _screen(gold: str, answer: str) -> str | None:
+    """Cheap hacking screen on the caller's side; a reason string rejects."""
+    if answer is None or not str(answer).strip():
+        return "empty answer"
+    if len(answer) > _MAX_LEN:
+        return "answer too long"
+    if len({_canon(b) for b in _boxed_all(answer)}) > 1:
+        return "several different boxed answers"
+    body = _normalise(answer)
+    if not re.search(r"[A-Za-z0-9]", body) or body in ("", "{}"):
+        return "no content"
+    if _INJECTION.search(answer) and not _INJECTION.search(gold):
+        return "prompt injection / self-grading text"
+    if _UNEVALUATED.search(answer) and not _UNEVALUATED.search(gold):
+        return "unevaluated restatement"
+    return None
+
+
+def _unwrap_set(s: str) -> str:
+    """A listed set \\{a, b\\} is an unordered list, like the bare list "a, b"."""
+    if s.startswith("\\{") and s.endswith("\\}") and "|" not in s and "\\mid" not in s:
+        inner = s[2:-2]
+        depth = 0  # only when the outer braces enclose everything
+        for k in range(len(inner) - 1):
+            if inner[k : k + 2] == "\\{":
+                depth += 1
+            elif inner[k : k + 2] == "\\}":
+                depth -= 1
+                if depth < 0:
+                    return s
+        return inner.strip()
+    return s
+
+
+def _check(gold: str, answer: str) -> tuple[bool, str]:
+    """The full check (runs in a worker)."""
+    why = _screen(gold, answer)
+    if why:
+        return False, why
+    g, a = _normalise(gold), _normalise(answer)
+    if g == a:
+        return True, "identical after normalisation"
+    rng = random.Random(0)  # deterministic verdicts
+    # whole-answer structures first (a single tuple/interval/set/matrix/equation)
+    g, a = _unwrap_set(g), _unwrap_set(a)
+    gc, ac = _candidates(g), _candidates(a)
+    # a single tuple against a bare list of the same length: compare in order
+    for x, y in ((gc, ac), (ac, gc)):
+        if len(x) > 1 and len(y) == 1 and y[0][:1] == "(" and y[0][-1:] == ")" and len(_split_top(y[0][1:-1])) == len(x):
+            return _seq_equal(gc if x is gc else _split_top(gc[0][1:-1]), ac if x is ac else _split_top(ac[0][1:-1]),
+                              rng, ordered=True)
+    if len(gc) == 1 and len(ac) > 1:
+        # "x = 1, 2" style lists vs a one-element gold: more candidates than the gold
+        return False, f"{len(ac)} candidates where the gold has 1"
+    if len(gc) != len(ac):
+        return False, f"{len(ac)} candidates where the gold has {len(gc)}"
+    if len(gc) == 1:
+        return _element_equal(gc[0], ac[0], rng)
+    # several: a bare list compares unordered
+    return _seq_equal(gc, ac, rng, ordered=False)
+
+
+# ------------------------------------------------------------------------- worker pool
+
+
+def _worker_main(conn):
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        gold, answer = msg
+        try:
+            res = _check(gold, answer)
+        except Exception as exc:  # a crash is a rejection, never an error for the trainer
+            res = (False, f"error: {type(exc).__name__}")
+        try:
+            conn.send(res)
+        except (EOFError, OSError):
+            return
+
+
+class _Worker:
+    def __init__(self, ctx):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def kill(self):
+        try:
+            self.proc.kill()
+            self.proc.join(1)
+        except Exception:
+            pass
+        self.conn.close()
+
+
+class _Pool:
+    """Worker processes; a task past its deadline gets its worker killed and replaced."""
+
+    def __init__(self):
+        # fork: workers start in milliseconds and inherit the imported sympy; they run
+        # only pure-Python code, so the usual fork-with-threads hazards do not apply.
+        method = os.environ.get("FASTRL_VERIFY_START_METHOD", "fork" if os.name == "posix" else "spawn")
+        self.ctx = mp.get_context(method)
+        self.idle: list[_Worker] = []
+        self.lock = threading.Lock()
+
+    def _get(self) -> _Worker:
+        with self.lock:
+            while self.idle:
+                w = self.idle.pop()
+                if w.proc.is_alive():
+                    return w
+                w.kill()
+        return _Worker(self.ctx)
+
+    def _put(self, w: _Worker):
+        with self.lock:
+            self.idle.append(w)
+
+    def run(self, pairs, timeout: float, workers: int) -> list[tuple[bool, str]]:
+        results: list = [None] * len(pairs)
+        todo = list(range(len(pairs)))[::-1]
+        busy: dict = {}  # conn -> (worker, index, deadline)
+        try:
+            while todo or busy:
+                while todo and len(busy) < workers:
+                    k = todo.pop()
+                    w = self._get()
+                    try:
+                        w.conn.send(pairs[k])
+                    except (OSError, EOFError):
+                        w.kill()
+                        todo.append(k)
+                        continue
+                    busy[w.conn] = (w, k, time.monotonic() + timeout)
+                now = time.monotonic()
+                first = min(d for _, _, d in busy.values())
+                for conn in _mp_wait(list(busy), timeout=max(0.0, first - now)):
+                    w, k, _ = busy.pop(conn)
+                    try:
+                        results[k] = conn.recv()
+                        self._put(w)
+                    except (EOFError, OSError):  # the worker died (e.g. out of memory)
+                        results[k] = (False, "worker died")
+                        w.kill()
+                now = time.monotonic()
+                for conn, (w, k, d) in list(busy.items()):
+                    if now >= d:
+                        del busy[conn]
+                        results[k] = (False, f"timeout after {timeout:g}s")
+                        w.kill()  # a hung check never blocks the caller
+        finally:
+            for w, _, _ in busy.values():
+                w.kill()
+        return results
+
+    def close(self):
+        with self.lock:
+            for w in self.idle:
+                try:
+                    w.conn.send(None)
+                except Exception:
+                    pass
+                w.kill()
+            self.idle = []
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _Pool:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            # imported before forking so workers start warm, and so a fork taken while
+            # another thread holds the import lock cannot leave a child stuck importing
+            import sympy  # noqa: F401
+            import sympy.parsing.sympy_parser  # noqa: F401
+
+            _POOL = _Pool()
+            atexit.register(_POOL.close)
+        return _POOL
+
+
+def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    out: list = [None] * len(golds)
+    pending = []
+    for k, (g, a) in enumerate(zip(golds, answers)):
+        g, a = "" if g is None else str(g), "" if a is None else str(a)
+        why = _screen(g, a)
+        if why:
+            out[k] = (False, why)
+        elif _normalise(g) == _normalise(a):  # fast path: no sympy, no worker
+            out[k] = (True, "identical after normalisation")
+        else:
+            pending.append((k, g, a))
+    if pending:
+        n = workers or min(len(pending), os.cpu_count() or 1)
+        res = _pool().run([(g, a) for _, g, a in pending], timeout, max(1, n))
+        for (k, _, _), r in zip(pending, res):
+            out[k] = r
+    return out
+
+
+# ------------------------------------------------------------------------- public API
+
+
+def verify(gold: str, answer: str, *, timeout: float | None = None) -> bool:
+    """True iff the bare answer is equivalent to the gold (within ``timeout`` seconds)."""
+    return bool(_run([gold], [answer], 1, timeout)[0][0])
+
+
+def explain(gold: str, answer: str, *, timeout: float | None = None) -> str:
+    """The verdict and the reason for it, e.g. "rejected: 2 candidates where the gold has 1"."""
+    ok, why = _run([gold], [answer], 1, timeout)[0]
+    return ("accepted: " if ok else "rejected: ") + why
+
+
+def score(gold: str, completion: str, *, timeout: float | None = None) -> float:
+    """1.0 iff the completion's extracted answer verifies against gold, else 0.0."""
+    ans = extract_answer(completion)
+    return 0.0 if ans is None else float(verify(gold, ans, timeout=timeout))
+
+
+def verify_batch(golds, answers, workers: int | None = None, *, timeout: float | None = None) -> list[bool]:
+    """``[verify(g, a) for g, a in zip(golds, answers)]`` in parallel on the warm pool."""
+    golds, answers = list(golds), list(answers)
+    if len(golds) != len(answers):
+        raise ValueError(f"{len(golds)} golds but {len(answers)} answers")
+    return [bool(r[0]) for r in _run(golds, answers, workers, timeout)]
