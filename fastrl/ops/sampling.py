@@ -7,7 +7,7 @@ z + Gumbel(u), u = f(seed, offset, token), so a decoding loop passes its step as
 ``offset`` and equal (seed, offset) give equal tokens. Backends: ``triton``
 (kernels/sampling.py: one launch, plain sampling reads each row once, the cutoffs
 are found by bisection on the float bits, no sort), ``torch`` (the CPU path:
-cutoffs from torch.topk with a growing k, inverse-CDF draw) and ``reference``
+candidates from torch.topk, with a growing k for top-p alone, inverse-CDF draw) and ``reference``
 (sort-based cutoffs, Gumbel-max). Each uses its own counter-based generator: their
 tokens differ for a seed, their distributions do not. Triton hands float64 logits
 to the torch path.
@@ -40,40 +40,53 @@ def _triton_sample(logits, *args):
     return sampling.sample(logits, *args)
 
 
+def _with_ties(z, cutoff, values, index):
+    """The top-k (values, index) widened to every token >= cutoff (ties at a cutoff are kept)."""
+    need = int((z >= cutoff).sum(-1).max())
+    return z.topk(need, -1) if need > values.shape[1] else (values, index)
+
+
 def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
-    """The CPU path: cutoffs from torch.topk with a growing k (top-p keeps few tokens of
-    a real vocabulary, so no full sort), then inverse-CDF sampling with one
-    counter-based uniform per row: an exact draw from the same distribution as Gumbel-max."""
-    z = logits.to(reference.output_dtype(logits)) / temperature
+    """The CPU path: with a filter, only the top tokens are candidates (torch.topk, for
+    top-p alone with a growing k: no full sort); the draw is by inverse CDF over the
+    candidates with one counter-based uniform per row, an exact draw from the same
+    distribution as Gumbel-max."""
+    z = logits.to(reference.output_dtype(logits))
+    if temperature != 1.0:
+        z = z / temperature
     v = z.shape[1]
     m = z.amax(-1, keepdim=True)
-    weights = torch.exp(z - m)
-    total = weights.sum(-1, keepdim=True)
-    cutoff = torch.full_like(m, float("-inf"))
+    lse = torch.logsumexp(z, -1, keepdim=True)
+    values, index, cutoff = z, None, torch.full_like(m, float("-inf"))
     if top_k > 0:
-        cutoff = z.topk(top_k, -1).values[:, -1:]
+        values, index = z.topk(top_k, -1)  # descending
+        cutoff = values[:, -1:]
+        values, index = _with_ties(z, cutoff, values, index)
     if top_p < 1.0:
-        target = top_p * torch.where(z >= cutoff, weights, 0.0).sum(-1, keepdim=True)
-        k = min(v, 256 if top_k == 0 else top_k)
-        while True:
-            values = z.topk(k, -1).values  # descending
-            mass = torch.where(values >= cutoff, torch.exp(values - m), 0.0).cumsum(-1)
-            if k == v or bool((mass[:, -1:] >= target).all()):
-                break
-            k = min(v, k * 8)
-        first = (mass < target).sum(-1, keepdim=True).clamp(max=k - 1)  # first position reaching top_p
+        pool = torch.where(values >= cutoff, torch.exp(values - m), 0.0).sum(-1, keepdim=True)
+        target = top_p * (pool if top_k > 0 else torch.exp(lse - m))
+        if top_k == 0:
+            k = min(v, 256)
+            while True:
+                values, index = z.topk(k, -1)
+                if k == v or bool((torch.exp(values - m).sum(-1, keepdim=True) >= target).all()):
+                    break
+                k = min(v, k * 8)
+        mass = torch.where(values >= cutoff, torch.exp(values - m), 0.0).cumsum(-1)
+        first = (mass < target).sum(-1, keepdim=True).clamp(max=values.shape[1] - 1)  # first reaching top_p
         cutoff = torch.maximum(cutoff, values.gather(-1, first))
-    kept = torch.where(z >= cutoff, weights, 0.0)
+        values, index = _with_ties(z, cutoff, values, index)
+    kept = torch.where(values >= cutoff, torch.exp(values - m), 0.0)
     cdf = kept.to(torch.float64).cumsum(-1)
     u = reference.counter_uniform(seeds, offset, 1)
-    tokens = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=v - 1)
+    position = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=values.shape[1] - 1)
+    tokens = position if index is None else index.gather(-1, position)
     z_token = z.gather(-1, tokens)[:, 0]
-    log_total = (m + total.log())[:, 0]
     return (
         tokens[:, 0],
         z_token - (m + cdf[:, -1:].log().to(z.dtype))[:, 0],
-        z_token - log_total,
-        z.mean(-1) - log_total,
+        z_token - lse[:, 0],
+        z.mean(-1) - lse[:, 0],
     )
 
 
