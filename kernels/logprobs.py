@@ -21,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fastrl.ops.logprobs import empty_stats
+from fastrl.ops.reference import output_dtype
+
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -28,10 +31,6 @@ def _interpreted() -> bool:
 
 def _acc_dtype(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
-
-
-def _out_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -155,13 +154,6 @@ def _logits_grad_kernel(
         tl.store(grad_ptr + row * stride_grad_n + cols, g.to(grad_ptr.dtype.element_ty), mask=col_ok)
 
 
-def _empty_stats(n: int, like: torch.Tensor, entropy: bool, mean_logp: bool):
-    def out(wanted):
-        return torch.empty(n if wanted else 0, dtype=_out_dtype(like), device=like.device)
-
-    return out(True), out(entropy), out(mean_logp), out(True)
-
-
 def _linear_config(dtype: torch.dtype) -> dict:
     """Tile sizes and launch options for the fused kernel (tl.dot needs tiles of at least 16)."""
     if _interpreted():  # small tiles, so that small test shapes still span several of them
@@ -175,7 +167,7 @@ def _linear_config(dtype: torch.dtype) -> dict:
 
 def _inverse_temperature(temperature: float, x: torch.Tensor) -> torch.Tensor:
     """1/temperature as a one-element tensor: a scalar argument would reach the kernel as float32."""
-    return torch.full((1,), 1.0 / temperature, dtype=_out_dtype(x), device=x.device)
+    return torch.full((1,), 1.0 / temperature, dtype=output_dtype(x), device=x.device)
 
 
 def _row_block(V: int) -> int:
@@ -186,7 +178,7 @@ def linear_token_stats(hidden, weight, labels, bias, temperature, ignore_index, 
     """(logprob, entropy, mean_logp, lse) per row of hidden[N, H] against weight[V, H]."""
     n, h = hidden.shape
     v = weight.shape[0]
-    outputs = _empty_stats(n, hidden, entropy, mean_logp)
+    outputs = empty_stats(hidden, n, entropy, mean_logp)
     if n == 0:
         return outputs
     logprob, ent, mean, lse = outputs
@@ -212,7 +204,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def logits_token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward=False):
     """(logprob, entropy, mean_logp, lse) per row of logits[N, V]."""
     n, v = logits.shape
-    outputs = _empty_stats(n, logits, entropy, mean_logp)
+    outputs = empty_stats(logits, n, entropy, mean_logp)
     if n == 0:
         return outputs
     logprob, ent, mean, lse = outputs

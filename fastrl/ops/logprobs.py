@@ -38,7 +38,7 @@ class TokenStats(NamedTuple):
 
 # ---- torch backend: chunks of tokens, so at most one chunk of logits exists at a time ----
 
-def _empty_stats(x, n: int, entropy: bool, mean_logp: bool):
+def empty_stats(x, n: int, entropy: bool, mean_logp: bool):
     """Outputs (logprob, entropy, mean_logp, lse) for n rows of ``x``; unrequested ones empty."""
     return tuple(reference.empty_output(x, (n if wanted else 0,)) for wanted in (True, entropy, mean_logp, True))
 
@@ -84,7 +84,7 @@ def _chunked_token_stats(x, vocab, logits_of, labels, temperature, ignore_index,
     """``stats`` over chunks of rows; ``logits_of(rows)`` gives a chunk's logits in a fresh
     buffer, which ``stats`` may overwrite."""
     n = labels.shape[0]
-    outputs = _empty_stats(x, n, entropy, mean_logp)
+    outputs = empty_stats(x, n, entropy, mean_logp)
     for rows in _chunks(n, vocab, reference.output_dtype(x), x.device):
         chunk = stats(logits_of(rows), labels[rows], temperature, ignore_index, entropy, mean_logp)
         for out, part in zip(outputs, chunk):
@@ -168,16 +168,23 @@ def _linear_backward_chunked(
     return grad_hidden, grad_weight, grad_bias
 
 
-def _kernels():
-    from fastrl.kernels import logprobs
+def _kernel(name):
+    """kernels/logprobs.<name>, imported on first use so that fastrl works without Triton."""
+    def run(*args):
+        from fastrl.kernels import logprobs
 
-    return logprobs
+        return getattr(logprobs, name)(*args)
 
+    return run
+
+
+_triton_logits_token_stats = _kernel("logits_token_stats")
+_triton_logits_grad = _kernel("logits_grad")
 
 # The Triton forward of linear_logprobs: "chunked" (cuBLAS matmul per chunk of tokens,
 # then the one-pass row kernel) or "fused" (matmul and online log-sum-exp in one Triton
-# kernel). On an H200 (bf16, N=32768, H=3584, V=151936) chunked took 57.6 ms and fused
-# 101.7 ms (benchmarks/results/NVIDIA-H200/bench_logprobs.json): chunked is the default.
+# kernel). On an H200 (bf16, N=32768, H=3584, V=151936) chunked took 58.9 ms and fused
+# 105.0 ms (benchmarks/results/NVIDIA-H200/bench_logprobs.json): chunked is the default.
 TRITON_LINEAR_FORWARD = os.environ.get("FASTRL_LINEAR_FORWARD", "chunked")
 
 
@@ -185,17 +192,9 @@ def _triton_linear_token_stats(hidden, weight, labels, bias, *options):
     if TRITON_LINEAR_FORWARD == "chunked":
         return _chunked_token_stats(
             hidden, weight.shape[0], lambda rows: F.linear(hidden[rows], weight, bias), labels, *options,
-            stats=_kernels().logits_token_stats,
+            stats=_triton_logits_token_stats,
         )
-    return _kernels().linear_token_stats(hidden, weight, labels, bias, *options)
-
-
-def _triton_logits_token_stats(*args):
-    return _kernels().logits_token_stats(*args)
-
-
-def _triton_logits_grad(*args):
-    return _kernels().logits_grad(*args)
+    return _kernel("linear_token_stats")(hidden, weight, labels, bias, *options)
 
 
 def _reference_logits_grad(grad_logprob, grad_entropy, logits, labels, lse, entropy, temperature, ignore_index, out):
@@ -209,7 +208,7 @@ def _reference_logits_grad(grad_logprob, grad_entropy, logits, labels, lse, entr
 
 
 def _fake_stats(x, entropy, mean_logp):
-    return _empty_stats(x, x.shape[0], entropy, mean_logp)
+    return empty_stats(x, x.shape[0], entropy, mean_logp)
 
 
 define(
@@ -282,7 +281,7 @@ _logits_grad_op(
 # ---- autograd ----
 
 
-def _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy):
+def _output_grads(grad_logprob, grad_entropy, lse, entropy):
     grad_logprob = torch.zeros_like(lse) if grad_logprob is None else grad_logprob
     if grad_entropy is None or not entropy.numel():
         grad_entropy = lse.new_empty(0)
@@ -296,7 +295,7 @@ def _setup_linear(ctx, inputs, output):
 
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
-    grad_logprob, grad_entropy = _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy)
+    grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
         grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
         ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1],
@@ -317,7 +316,7 @@ def _setup_logits(ctx, inputs, output):
 
 def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     logits, labels, lse, entropy = ctx.saved_tensors
-    grad_logprob, grad_entropy = _output_grads(ctx, grad_logprob, grad_entropy, lse, entropy)
+    grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)
     if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
         torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
