@@ -10,11 +10,15 @@ $(BIN)/fastrl: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q --no-build-isolation -e ".[test,anchors]"
+	$(BIN)/pip install -q --no-build-isolation -e ".[train,test,anchors]"
 	touch $@
 
-.PHONY: install test bench cuda-build
+.PHONY: install train test bench cuda-build
 install: $(BIN)/fastrl
+
+# the README's main command: GRPO on the built-in task with a tiny model, on the CPU
+train: $(BIN)/fastrl
+	$(BIN)/fastrl train --plot --overwrite --output-dir runs/default
 
 test: $(BIN)/fastrl
 	FASTRL_REQUIRE_ANCHORS=1 $(INTERPRET) $(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""The ``fastrl`` command: ``info``, ``bench`` and ``eval`` (train comes with its issue)."""
+"""The ``fastrl`` command: ``train``, ``eval``, ``bench`` and ``info``."""
 from __future__ import annotations
 
 import argparse
@@ -154,9 +154,64 @@ def eval_samples(args) -> int:
     return 0
 
 
+def train(args) -> int:
+    from fastrl.trainer.config import ConfigError, TrainConfig, describe
+
+    if args.help_config:
+        print(describe())
+        return 0
+    overrides = list(args.set or [])
+    for flag, key in (("algo", "algo.name"), ("steps", "run.steps"), ("output_dir", "run.output_dir"),
+                      ("seed", "run.seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.plot:
+        overrides.append("run.plot=true")
+    try:
+        config = TrainConfig.load(args.config, overrides)
+    except (ConfigError, OSError) as e:
+        print(f"fastrl train: {e}", file=sys.stderr)
+        return 2
+    from fastrl.trainer.train import train as run
+
+    try:
+        result = run(config, resume=args.resume, overwrite=args.overwrite)
+    except ConfigError as e:
+        print(f"fastrl train: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if result.metrics:
+        first, last = result.reward_gain()
+        fifth = max(1, len(result.metrics) // 5)
+        print(f"reward: {first:.3f} (mean of the first {fifth} steps) -> {last:.3f} (last {fifth}), "
+              f"{last - first:+.3f}")
+        print(f"log: {result.log}")
+        if result.plot:
+            print(f"plot: {result.plot}")
+        print(f"final policy: {result.final_model}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="RL post-training; with no arguments, the built-in task on a tiny model",
+                       description="Train a policy. With no arguments: GRPO on the built-in arithmetic task with a "
+                                   "tiny model built here, on the CPU, in a few minutes. Under torchrun "
+                                   "--nproc_per_node N the same command trains on N processes (run.distributed: "
+                                   "ddp or fsdp2).")
+    t.add_argument("--config", metavar="RUN.yaml", help="a YAML file of sections (see --help-config)")
+    t.add_argument("--algo", help="credit assignment: grpo, dr_grpo, rloo, gae, pure, riskpo, rover")
+    t.add_argument("--steps", type=int, help="training steps (run.steps)")
+    t.add_argument("--output-dir", help="where the log, checkpoints, plot and final policy go (run.output_dir)")
+    t.add_argument("--seed", type=int, help="run.seed")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.output_dir")
+    t.add_argument("--overwrite", action="store_true", help="start again even if run.output_dir holds a run")
+    t.add_argument("--plot", action="store_true", help="write PNG curves of the metrics at the end")
+    t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")
     b.add_argument("family", help="e.g. scans")
@@ -169,6 +224,8 @@ def main(argv=None) -> int:
         return info(args)
     if args.command == "eval":
         return eval_samples(args)
+    if args.command == "train":
+        return train(args)
     return bench(args)
 
 

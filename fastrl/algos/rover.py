@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
+from fastrl.algos._tokens import next_valid
 from fastrl.ops import _checks, group_advantages
 from fastrl.ops.logprobs import TokenStats
 
@@ -68,14 +68,7 @@ def rover_targets(logp: torch.Tensor, old_logp: torch.Tensor, mean_logp: torch.T
 
     q = rho * (masked(logp) - masked(old_logp))
     with torch.no_grad():
-        # Index of the first valid token strictly after t (T where none): a reverse
-        # running minimum over valid positions, so holes in the mask are skipped.
-        T = valid.shape[1]
-        pos = torch.arange(T, device=valid.device).expand_as(valid)
-        first_at_or_after = torch.where(valid, pos, T).flip(-1).cummin(-1).values.flip(-1)
-        after = F.pad(first_at_or_after[:, 1:], (0, 1), value=T)
-        delta = F.pad(masked(mean_logp) - masked(old_mean_logp), (0, 1))  # column T reads 0
-        look_ahead = delta.gather(-1, after)
+        look_ahead = next_valid(masked(mean_logp) - masked(old_mean_logp), valid)
         target = masked(advantages.to(dtype)[:, None] + rho * kappa * look_ahead)
     return RoverTargets(q, target)
 

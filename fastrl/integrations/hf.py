@@ -107,7 +107,8 @@ def response_logprobs(
     entropy: bool = False,
     mean_logp: bool = False,
     position_ids: torch.Tensor | None = None,
-) -> TokenStats:
+    return_hidden: bool = False,
+) -> TokenStats | tuple[TokenStats, torch.Tensor]:
     """Log-probabilities of the response tokens under a Hugging Face causal LM.
 
     input_ids, attention_mask, response_mask: [B, L]; a mask is bool or numeric, nonzero
@@ -120,6 +121,8 @@ def response_logprobs(
     Returns TokenStats(logprob, entropy, mean_logp) of [B, L] tensors, float32 (float64
     for a float64 model), 0 wherever response_mask is 0; entropy and mean_logp are None
     unless asked for. logprob and entropy are differentiable in the model's parameters.
+    ``return_hidden``: also return the body's last hidden states [B, L, H] (e.g. for a
+    value head), as a pair (stats, hidden).
     Selecting the response rows syncs with the host once (a data-dependent count); the
     value checks on the masks run on CPU, and on CUDA only with FASTRL_CHECK=1.
     """
@@ -160,4 +163,5 @@ def response_logprobs(
         values = values.to(input_ids.device)
         return F.pad(values.new_zeros(predicts.shape).masked_scatter(predicts, values), (1, 0))
 
-    return TokenStats(*(unpack(values) for values in stats))
+    stats = TokenStats(*(unpack(values) for values in stats))
+    return (stats, hidden) if return_hidden else stats

@@ -1,0 +1,126 @@
+"""PPO's clipped policy loss, its aggregations, the k3 KL penalty and the clipped value
+loss (DESIGN 3.4).
+
+Token values are [B, T] with a response mask (bool or numeric, nonzero valid). The
+``denominator`` of ``aggregate`` lets a caller normalise by a count taken over more than
+the rows at hand (a whole mini-batch split into micro-batches, or all processes), so
+that the sum of the parts equals the loss of the whole.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from fastrl.ops import _checks
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+class PolicyLoss(NamedTuple):
+    """Per token [B, T] (0 where the mask is 0): the loss and whether clipping bound it."""
+
+    loss: torch.Tensor
+    clipped: torch.Tensor
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: Optional[float] = None) -> PolicyLoss:
+    """PPO-clip per token: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), r = exp(logp -
+    old_logp); with ``dual_clip`` c, a negative advantage's loss is capped at -c A (the
+    dual-clip PPO of Ye et al., as verl)."""
+    _checks.floating("logp", logp, ndim=2)
+    for name, x in (("old_logp", old_logp), ("advantages", advantages)):
+        _checks.floating(name, x, ndim=2)
+        _checks.same_shape(name, x, "logp", logp)
+    _checks.mask("mask", mask, "logp", logp)
+    if not 0 <= clip_low < 1 or not clip_high > 0:
+        raise ValueError(f"clip_low must be in [0, 1) and clip_high > 0, got {clip_low}, {clip_high}")
+    if dual_clip is not None and not dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 or None, got {dual_clip}")
+    valid = mask != 0
+    # masked positions may hold -inf padding: keep them out of exp
+    diff = torch.where(valid, logp - old_logp.detach(), torch.zeros((), dtype=logp.dtype, device=logp.device))
+    ratio = diff.exp()
+    adv = advantages.detach().to(ratio.dtype)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if dual_clip is not None:
+        cap = -adv * dual_clip
+        capped = (adv < 0) & (loss > cap)
+        loss = torch.where(capped, cap, loss)
+        was_clipped = was_clipped | capped
+    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    return PolicyLoss(torch.where(valid, loss, zero), was_clipped & valid)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref_logp
+    - logp, d clamped to [-20, 20] so that a far-off token cannot overflow; 0 off the mask."""
+    _checks.floating("logp", logp, ndim=2)
+    _checks.floating("ref_logp", ref_logp, ndim=2)
+    _checks.same_shape("ref_logp", ref_logp, "logp", logp)
+    _checks.mask("mask", mask, "logp", logp)
+    valid = mask != 0
+    d = torch.where(valid, ref_logp.detach() - logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+    d = d.clamp(-20, 20)
+    return torch.where(valid, d.exp() - d - 1, torch.zeros((), dtype=d.dtype, device=d.device))
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: Optional[float] = 0.2) -> torch.Tensor:
+    """0.5 max((v - R)^2, (old_v + clip(v - old_v, -clip, clip) - R)^2) per token (PPO's
+    clipped value loss; unclipped when clip is None), 0 off the mask."""
+    _checks.floating("values", values, ndim=2)
+    for name, x in (("old_values", old_values), ("returns", returns)):
+        _checks.floating(name, x, ndim=2)
+        _checks.same_shape(name, x, "values", values)
+    _checks.mask("mask", mask, "values", values)
+    returns, old_values = returns.detach(), old_values.detach()
+    loss = (values - returns) ** 2
+    if clip is not None:
+        v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+        loss = torch.maximum(loss, (v_clipped - returns) ** 2)
+    return torch.where(mask != 0, 0.5 * loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+
+
+def aggregation_units(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """What ``aggregate`` divides by when no denominator is given: the number of valid
+    tokens (token_mean) or of rows with a valid token (the sequence means). A 0-d tensor."""
+    _checks.choice("aggregation", aggregation, AGGREGATIONS)
+    valid = mask != 0
+    return valid.sum() if aggregation == "token_mean" else valid.any(-1).sum()
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "token_mean",
+              max_length: Optional[int] = None, denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A scalar from token values [B, T] (DESIGN 3.4):
+
+    - token_mean (DAPO): sum over valid tokens / their number;
+    - seq_mean_token_mean (GRPO): mean over rows of each row's token mean;
+    - seq_mean_token_sum_norm (Dr.GRPO): mean over rows of each row's token sum / max_length
+      (a constant: the generation budget; default T).
+
+    Rows without a valid token do not count. ``denominator`` replaces the count of tokens
+    (or rows) — see ``aggregation_units``; an empty batch gives 0, never NaN.
+    """
+    _checks.floating("values", values, ndim=2)
+    _checks.mask("mask", mask, "values", values)
+    _checks.choice("aggregation", aggregation, AGGREGATIONS)
+    valid = mask != 0
+    values = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    if aggregation == "token_mean":
+        total = values.sum()
+    elif aggregation == "seq_mean_token_mean":
+        total = (values.sum(-1) / valid.sum(-1).clamp_min(1)).sum()
+    else:
+        if max_length is None:
+            max_length = values.shape[1]
+        if not max_length > 0:
+            raise ValueError(f"max_length must be > 0, got {max_length}")
+        total = values.sum() / max_length
+    if denominator is None:
+        denominator = aggregation_units(mask, aggregation)
+    return total / torch.as_tensor(denominator, device=total.device).clamp_min(1).to(total.dtype)

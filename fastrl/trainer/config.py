@@ -1,0 +1,422 @@
+"""The configuration of ``fastrl train``: typed sections, every key documented, checked
+before any model is loaded.
+
+A YAML (or JSON) file holds the sections below as mappings, e.g.::
+
+    algo: {name: grpo, clip_high: 0.28}
+    data: {prompts_per_step: 16}
+
+A key that is not listed here, a value of the wrong type or out of range raises
+``ConfigError`` naming the key (``algo.clip_high``). ``TrainConfig.from_dict`` builds a
+config from nested mappings; ``overrides`` (``key.sub=value`` strings, values parsed as
+YAML) apply on top, as ``fastrl train --set``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None
+    """A local Hugging Face causal LM (a folder with config.json). None: the built-in
+    tiny Llama of the built-in task (``fastrl.trainer.task``)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder; None: ``path`` (or the built-in task's tokenizer)."""
+    tiny_hidden_size: int = 64
+    """Width of the built-in tiny model (only when path is None)."""
+    tiny_layers: int = 2
+    """Layers of the built-in tiny model (only when path is None)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """Dtype of the weights. With float32 weights on a GPU, ``autocast_bf16`` decides."""
+    autocast_bf16: bool = True
+    """bf16 autocast for the forward passes on a GPU (ignored on CPU)."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """auto: flash_attention_2 where flash_attn is importable and a GPU is used, else sdpa."""
+    lora_rank: int = 0
+    """LoRA rank through peft; 0 trains all weights."""
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    reference: Optional[str] = None
+    """Frozen reference model for the k3 KL penalty: "initial" (a copy of the starting
+    policy) or a local path. Needed when algo.kl_coef > 0."""
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "task"
+    """"task": the built-in task (``fastrl.trainer.task``); a ``.jsonl`` file; or a folder written by
+    ``datasets.Dataset.save_to_disk``."""
+    prompts_per_step: int = 16
+    """Prompts per training step, over all processes (a multiple of the process count)."""
+    operands: int = 3
+    """Built-in task: digits per problem (2 to 8)."""
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    labels_key: str = "labels"
+    """Classification rewards: the row's list of class names."""
+    chat_template: bool = False
+    """Wrap each prompt as a user message with the tokenizer's chat template."""
+    max_prompt_tokens: int = 1024
+    """Longer prompts are cut from the left."""
+    shuffle: bool = True
+    """File datasets: a new permutation every epoch, seeded by run.seed and the epoch."""
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    """Responses sampled per prompt (G)."""
+    max_new_tokens: int = 4
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    dynamic_sampling: bool = False
+    """DAPO: groups whose rewards are all equal take no part in the update (they are masked
+    out of the loss rather than replaced by new samples)."""
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "task"
+    """"task" (the built-in task's verifier), "math" (fastrl.rewards.math.score against the
+    answer), "classification" (CLS-RL accuracy + format), "classification_no_think",
+    "format" (the <think>/<answer> format alone), or "module:function" called as
+    function(prompt, response, row) -> float, row being the data record."""
+    process: Optional[str] = None
+    """PURE's step scores: "task" (the built-in task's), a local Hugging Face
+    token-classification model (the PRM: score = p(label 1) - p(label 0) at each step's
+    last token), or "module:function" called as function(prompt, steps, row) -> list of
+    floats, one per step. Needed by algo.name = pure; with the built-in task it defaults
+    to "task"."""
+    correct_threshold: float = 0.5
+    """A response counts as correct (accuracy) when its outcome reward is at least this."""
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    """Credit assignment: grpo, dr_grpo, rloo, gae, pure, riskpo or rover."""
+    epochs: int = 1
+    """PPO epochs over each batch."""
+    mini_batches: int = 1
+    """Optimizer steps per epoch (the batch is split into this many mini-batches)."""
+    grad_accum: int = 1
+    """Micro-batches per mini-batch (gradient accumulation)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    """PPO ratio clip range [1 - clip_low, 1 + clip_high] (DAPO's clip-higher: 0.28)."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant c > 1: for negative advantages the loss is at most -c * A."""
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """How token losses become the loss (DESIGN 3.4)."""
+    kl_coef: float = 0.0
+    """k3 KL penalty to model.reference (0: none)."""
+    kl_in: Literal["loss", "reward"] = "loss"
+    """loss: coef * k3 in the loss (GRPO); reward: -coef * k3 per token in the reward (PPO)."""
+    entropy_coef: float = 0.0
+    eps: float = 1e-6
+    gamma: float = 1.0
+    lam: float = 1.0
+    """gae: discount and GAE lambda."""
+    value_coef: float = 0.5
+    value_clip: Optional[float] = 0.2
+    """gae: clipped value loss range (None: unclipped)."""
+    pure_min_form: Literal["soft", "strict"] = "soft"
+    pure_temperature: float = 0.1
+    pure_baseline: Literal["token", "step", "none"] = "token"
+    pure_verifiable_coef: float = 1.0
+    """Weight of the leave-one-out centred verifiable reward added at the final token (0: PRM only)."""
+    pure_zero_reward_tokens: bool = True
+    """Advantage 0 at the reward-carrying tokens (step ends and final token), as PURE."""
+    riskpo_bundle_size: int = 5
+    riskpo_alpha: float = 0.2
+    riskpo_beta: float = 0.8
+    riskpo_omega: float = 1.5
+    riskpo_natural_baseline: bool = True
+    riskpo_credit: Literal["std", "sum_mean"] = "std"
+    rover_rho: float = 1.0
+    rover_kappa: float = 1.0
+    rover_centred: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    """Linear warm-up over this many optimizer steps."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    """cosine: the final learning rate as a fraction of lr."""
+    max_grad_norm: Optional[float] = 1.0
+
+
+@dataclass
+class RunConfig:
+    steps: int = 600
+    seed: int = 0
+    output_dir: str = "runs/fastrl"
+    device: str = "auto"
+    """auto: cuda (this process's local rank) when available, else cpu."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
+    keep_checkpoints: int = 2
+    plot: bool = False
+    """Write PNG curves of the metrics log at the end (needs matplotlib)."""
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "fastrl"
+    progress: bool = True
+    distributed: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun: DDP (a full copy per process) or FSDP2 (parameters sharded)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict, overrides: list[str] = ()) -> "TrainConfig":
+        values = _merge_overrides(values or {}, overrides)
+        config = _build(cls, values, "")
+        config.validate()
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> "TrainConfig":
+        values = {}
+        if path is not None:
+            import yaml
+
+            text = Path(path).read_text()
+            values = yaml.safe_load(text) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(values).__name__}")
+        return cls.from_dict(values, overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self):
+        m, d, r, rw, a, o, run = self.model, self.data, self.rollout, self.reward, self.algo, self.optim, self.run
+        _at_least("model.tiny_hidden_size", m.tiny_hidden_size, 4)
+        if m.tiny_hidden_size % 4:
+            raise ConfigError(f"model.tiny_hidden_size must be a multiple of 4 (4 heads), got {m.tiny_hidden_size}")
+        _at_least("model.tiny_layers", m.tiny_layers, 1)
+        _at_least("model.lora_rank", m.lora_rank, 0)
+        _positive("model.lora_alpha", m.lora_alpha)
+        _in_unit("model.lora_dropout", m.lora_dropout, closed=False)
+        for key in ("path", "tokenizer"):
+            value = getattr(m, key)
+            if value is not None and not Path(value).exists():
+                raise ConfigError(f"model.{key}: {value!r} does not exist (a local folder is expected; nothing is "
+                                  "downloaded)")
+        if m.reference not in (None, "initial") and not Path(m.reference).exists():
+            raise ConfigError(f"model.reference must be 'initial' or an existing local folder, got {m.reference!r}")
+        if d.source != "task":
+            if not Path(d.source).exists():
+                raise ConfigError(f"data.source: {d.source!r} does not exist (use 'task', a .jsonl file or a "
+                                  "datasets folder)")
+            if Path(d.source).is_file() and not d.source.endswith(".jsonl"):
+                raise ConfigError(f"data.source: a file must be .jsonl, got {d.source!r}")
+        _at_least("data.prompts_per_step", d.prompts_per_step, 1)
+        if not 2 <= d.operands <= 8:
+            raise ConfigError(f"data.operands must be in 2..8, got {d.operands}")
+        _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 1)
+        _at_least("rollout.group_size", r.group_size, 1)
+        _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
+        _positive("rollout.temperature", r.temperature)
+        if r.top_k is not None:
+            _at_least("rollout.top_k", r.top_k, 1)
+        if r.top_p is not None and not 0 < r.top_p <= 1:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+        kinds = ("task", "math", "classification", "classification_no_think", "format")
+        if rw.kind not in kinds and ":" not in rw.kind:
+            raise ConfigError(f"reward.kind must be one of {', '.join(kinds)} or 'module:function', got {rw.kind!r}")
+        if rw.kind == "task" and d.source != "task":
+            raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs data.source 'task', got "
+                              f"{d.source!r}")
+        if rw.process is not None and rw.process != "task" and ":" not in rw.process \
+                and not Path(rw.process).exists():
+            raise ConfigError(f"reward.process must be 'task', an existing PRM folder or 'module:function', "
+                              f"got {rw.process!r}")
+        if rw.process == "task" and d.source != "task":
+            raise ConfigError("reward.process 'task' needs data.source 'task'")
+        if a.name not in ALGOS:
+            raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got {a.name!r}")
+        if a.name == "pure" and rw.process is None and d.source == "task":
+            rw.process = "task"  # the built-in task brings its own step scores
+        if a.name == "pure" and rw.process is None:
+            raise ConfigError("algo.name pure needs step scores: set reward.process ('task' for the built-in task, "
+                              "a PRM folder, or 'module:function')")
+        for key in ("epochs", "mini_batches", "grad_accum"):
+            _at_least(f"algo.{key}", getattr(a, key), 1)
+        _in_unit("algo.clip_low", a.clip_low, closed=False)
+        _positive("algo.clip_high", a.clip_high)
+        if a.dual_clip is not None and a.dual_clip <= 1:
+            raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {a.dual_clip}")
+        _at_least("algo.kl_coef", a.kl_coef, 0)
+        if a.kl_coef > 0 and m.reference is None:
+            raise ConfigError("algo.kl_coef > 0 needs model.reference ('initial' or a folder)")
+        _at_least("algo.entropy_coef", a.entropy_coef, 0)
+        _positive("algo.eps", a.eps)
+        _in_unit("algo.gamma", a.gamma)
+        _in_unit("algo.lam", a.lam)
+        _at_least("algo.value_coef", a.value_coef, 0)
+        if a.value_clip is not None:
+            _positive("algo.value_clip", a.value_clip)
+        _positive("algo.pure_temperature", a.pure_temperature)
+        _at_least("algo.pure_verifiable_coef", a.pure_verifiable_coef, 0)
+        _at_least("algo.riskpo_bundle_size", a.riskpo_bundle_size, 1)
+        if not 0 < a.riskpo_alpha < a.riskpo_beta < 1:
+            raise ConfigError(f"algo.riskpo_alpha and riskpo_beta must satisfy 0 < alpha < beta < 1, "
+                              f"got {a.riskpo_alpha}, {a.riskpo_beta}")
+        _at_least("algo.riskpo_omega", a.riskpo_omega, 0)
+        _positive("algo.rover_rho", a.rover_rho)
+        _positive("optim.lr", o.lr)
+        _at_least("optim.weight_decay", o.weight_decay, 0)
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        _at_least("optim.warmup_steps", o.warmup_steps, 0)
+        _in_unit("optim.min_lr_ratio", o.min_lr_ratio)
+        if o.max_grad_norm is not None:
+            _positive("optim.max_grad_norm", o.max_grad_norm)
+        _at_least("run.steps", run.steps, 1)
+        _at_least("run.seed", run.seed, 0)
+        _at_least("run.checkpoint_every", run.checkpoint_every, 0)
+        _at_least("run.keep_checkpoints", run.keep_checkpoints, 1)
+        if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
+            raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
+
+
+def _at_least(key, value, low):
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def _positive(key, value):
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _in_unit(key, value, closed=True):
+    if not (0 <= value <= 1 if closed else 0 <= value < 1):
+        raise ConfigError(f"{key} must be in [0, 1{']' if closed else ')'}, got {value}")
+
+
+def _merge_overrides(values: dict, overrides) -> dict:
+    import copy
+
+    import yaml
+
+    values = copy.deepcopy(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"an override must read section.key=value, got {item!r}")
+        section, name = key.split(".", 1)
+        target = values.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section} must be a mapping, got {type(target).__name__}")
+        target[name] = yaml.safe_load(raw) if raw.strip() else None
+    return values
+
+
+def _build(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; the keys of {prefix.rstrip('.') or 'the config'} "
+                          f"are: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, key + ".")
+        else:
+            kwargs[name] = _coerce(key, hint, value)
+    return cls(**kwargs)
+
+
+def _coerce(key, hint, value):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"no rule for {hint} ({key})")  # a config field of a type this module does not handle
+
+
+def describe() -> str:
+    """Every key with its default and documentation, for ``fastrl train --help-config``."""
+    import ast
+    import inspect
+
+    lines = []
+    tree = ast.parse(inspect.getsource(inspect.getmodule(TrainConfig)))
+    docs = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for i, stmt in enumerate(body):
+                if isinstance(stmt, ast.AnnAssign) and i + 1 < len(body) and isinstance(body[i + 1], ast.Expr) \
+                        and isinstance(getattr(body[i + 1], "value", None), ast.Constant):
+                    docs[(node.name, stmt.target.id)] = " ".join(body[i + 1].value.value.split())
+    for section in dataclasses.fields(TrainConfig):
+        cls = typing.get_type_hints(TrainConfig)[section.name]
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            doc = docs.get((cls.__name__, f.name), "")
+            lines.append(f"  {f.name}: {default!r}" + (f"  # {doc}" if doc else ""))
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Prompts for training: the built-in task, a JSONL file or a ``datasets`` folder.
+
+``Prompts.batch(step)`` is a function of the step alone (and the run's seed): a resumed
+run sees exactly the prompts an uninterrupted one would, in the same order.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from fastrl.trainer import task
+from fastrl.trainer.config import ConfigError, DataConfig
+
+
+class Prompts:
+    def __init__(self, cfg: DataConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.rows = None if cfg.source == "task" else _load(cfg)
+
+    def batch(self, step: int) -> list[dict]:
+        """The prompts_per_step records of training step ``step`` (0-based), each with at
+        least "prompt"; the built-in task adds "answer" and "steps"."""
+        n = self.cfg.prompts_per_step
+        if self.rows is None:
+            return [{"prompt": p.prompt, "answer": p.answer, "steps": p.steps}
+                    for p in task.problems(self.seed, step, n, self.cfg.operands)]
+        size = len(self.rows)
+        out = []
+        for i in range(step * n, (step + 1) * n):
+            epoch, j = divmod(i, size)
+            out.append(self.rows[self._order(epoch)[j]])
+        return out
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        if self.cfg.shuffle:
+            random.Random(f"fastrl-data:{self.seed}:{epoch}").shuffle(order)
+        return order
+
+
+def _load(cfg: DataConfig) -> list[dict]:
+    path = Path(cfg.source)
+    if path.is_file():
+        rows = []
+        with path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"{path}:{lineno}: not JSON ({e})") from None
+    else:
+        import datasets
+
+        rows = list(datasets.load_from_disk(str(path)))
+    if not rows:
+        raise ConfigError(f"data.source {path} holds no records")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get(cfg.prompt_key), str):
+            raise ConfigError(f"data.source {path}: record {i} has no string field {cfg.prompt_key!r} "
+                              "(data.prompt_key)")
+        if cfg.prompt_key != "prompt":
+            row["prompt"] = row[cfg.prompt_key]
+    return rows

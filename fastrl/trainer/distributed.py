@@ -1,0 +1,81 @@
+"""torch.distributed for the trainer: process setup under torchrun and the reductions
+that credit assignment and the loss need across processes."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from fastrl.algos.credit import Reduce
+
+
+def launched() -> bool:
+    """True under torchrun (or any launcher setting WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str) -> tuple["Processes", torch.device]:
+    """Join the process group when launched (gloo on CPU, nccl on CUDA) and pick this
+    process's device: device "auto" is cuda:<local rank> where CUDA exists, else cpu."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if launched() and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(), device
+
+
+class Processes(Reduce):
+    """Rank, world size and the reductions; with one process every reduction is the identity."""
+
+    def __init__(self):
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return x
+        n = x.shape[0] // self.world
+        return x[self.rank * n:(self.rank + 1) * n]
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum over processes of a tensor (a new tensor; x is unchanged)."""
+        x = x.clone()
+        if self.world > 1:
+            dist.all_reduce(x)
+        return x
+
+    def whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return super().whiten(x, mask)
+        valid = mask != 0
+        n = self.sum(valid.sum().to(torch.float64))
+        mean = self.sum(torch.where(valid, x, 0).sum().to(torch.float64)) / n.clamp_min(1)
+        var = self.sum(torch.where(valid, (x - mean) ** 2, 0).sum().to(torch.float64)) / (n - 1).clamp_min(1)
+        return torch.where(valid, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0)
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.on:
+            dist.destroy_process_group()

@@ -1,0 +1,113 @@
+"""Rewards for the trainer: outcome rewards per response and PURE's step scores, from
+the verifiers, the built-in task, a process reward model or a user function."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from fastrl.trainer import task
+from fastrl.trainer.config import ConfigError, TrainConfig
+
+
+def _user_function(spec: str, key: str) -> Callable:
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{key}: cannot load {spec!r} ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"{key}: {spec!r} is not callable")
+    return fn
+
+
+def outcome_reward(config: TrainConfig) -> Callable[[dict, str], float]:
+    """reward(row, response) -> float for config.reward.kind."""
+    kind, data = config.reward.kind, config.data
+
+    def gold(row):
+        if data.answer_key not in row:
+            raise KeyError(f"record has no field {data.answer_key!r} (data.answer_key) for reward.kind {kind!r}")
+        return str(row[data.answer_key])
+
+    if kind == "task":
+        return lambda row, response: task.outcome_reward(response, row["answer"])
+    if kind == "math":
+        from fastrl.rewards.math import score
+
+        return lambda row, response: score(gold(row), response)
+    if kind in ("classification", "classification_no_think"):
+        from fastrl.rewards.classification import reward
+
+        def classify(row, response):
+            if data.labels_key not in row:
+                raise KeyError(f"record has no field {data.labels_key!r} (data.labels_key)")
+            return reward(response, gold(row), row[data.labels_key], thinking=kind == "classification")
+        return classify
+    if kind == "format":
+        from fastrl.rewards.classification import format_reward
+
+        return lambda row, response: format_reward(response)
+    fn = _user_function(kind, "reward.kind")
+    return lambda row, response: float(fn(row["prompt"], response, row))
+
+
+class ProcessReward:
+    """Step scores for PURE: ``scores(rows, prompt_ids, prompt_mask, response_ids,
+    response_mask, step_mask, step_texts)`` -> [B, R] float32, the score of each step at its last token."""
+
+    def __init__(self, config: TrainConfig, tokenizer, device):
+        spec = config.reward.process
+        self.tokenizer, self.device, self.model, self.fn = tokenizer, device, None, None
+        if spec == "task":
+            self.fn = lambda prompt, steps, row: task.step_scores(steps, row["steps"])
+        elif ":" in spec:
+            self.fn = _user_function(spec, "reward.process")
+        else:
+            from transformers import AutoModelForTokenClassification
+
+            self.model = AutoModelForTokenClassification.from_pretrained(spec).to(device).eval()
+            if self.model.config.num_labels < 2:
+                raise ConfigError(f"reward.process: the PRM at {spec} has {self.model.config.num_labels} label(s); "
+                                  "p(label 1) - p(label 0) needs 2")
+            newline = tokenizer.encode("\n", add_special_tokens=False)
+            if len(newline) != 1:
+                raise ConfigError("reward.process: the tokenizer must encode '\\n' as one token (each step "
+                                  f"separator becomes one newline token for the PRM), got {newline}")
+            self.newline = newline[0]
+
+    @torch.no_grad()
+    def scores(self, rows, prompt_ids, prompt_mask, response_ids, response_mask, step_mask, step_texts) -> torch.Tensor:
+        out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
+        if self.fn is not None:
+            for b, (row, steps) in enumerate(zip(rows, step_texts)):
+                values = list(map(float, self.fn(row["prompt"], steps, row)))
+                if len(values) != len(steps):
+                    raise ValueError(f"reward.process returned {len(values)} scores for {len(steps)} steps")
+                out[b, step_mask[b]] = torch.tensor(values, dtype=torch.float32, device=out.device)
+            return out
+        # the PRM reads the prompt then the response, each step's separator replaced by one
+        # newline token, so positions stay aligned with the policy's
+        last = step_mask & (step_mask.flip(-1).cumsum(-1).flip(-1) > 1)  # step ends but the final one
+        ids = torch.cat([prompt_ids, torch.where(last, self.newline, response_ids)], 1)
+        mask = torch.cat([prompt_mask, (response_mask != 0).long()], 1)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+        p = logits[:, prompt_ids.shape[1]:].softmax(-1)
+        return torch.where(step_mask, (p[..., 1] - p[..., 0]).to(out.device), out)
+
+
+def step_texts(tokenizer, response_ids: torch.Tensor, step_mask: torch.Tensor, valid: torch.Tensor) -> list[list[str]]:
+    """Each row's steps as text (special tokens and the blank-line separators dropped)."""
+    rows = []
+    for ids, ends, ok in zip(response_ids.tolist(), step_mask.tolist(), valid.tolist()):
+        steps, current = [], []
+        for token, end, keep in zip(ids, ends, ok):
+            if not keep:
+                break
+            current.append(token)
+            if end:
+                steps.append(tokenizer.decode(current, skip_special_tokens=True).strip("\n"))
+                current = []
+        rows.append(steps)
+    return rows

@@ -1,0 +1,662 @@
+"""``fastrl train``: rollout -> reward -> credit -> loss -> update, for Hugging Face causal
+LMs, on one process or many (torchrun: DDP or FSDP2).
+
+Each step takes ``data.prompts_per_step`` prompts (shared out over the processes),
+samples ``rollout.group_size`` responses per prompt with ``fastrl.trainer.rollout``,
+scores them, computes the old policy's log-probabilities with a training-side forward
+(``linear_logprobs``: no [tokens x vocabulary] logits), assigns credit by name
+(``fastrl.algos.credit``) and runs ``algo.epochs`` PPO epochs over ``algo.mini_batches``
+mini-batches. Every sample's seed is a function of (run.seed, step, prompt, sample):
+results do not depend on the process count, and a resumed run replays the same data.
+
+Losses are normalised by counts over all processes (tokens or sequences of the
+mini-batch), so a run on N processes computes the gradient of the single-process loss.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import resource
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fastrl.algos import credit as credit_lib
+from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
+from fastrl.algos.pure import step_ends
+from fastrl.algos.rover import rover_targets
+from fastrl.integrations.hf import response_logprobs
+from fastrl.ops.logprobs import TokenStats
+from fastrl.trainer import checkpoint, distributed, scoring, task
+from fastrl.trainer.config import ConfigError, TrainConfig
+from fastrl.trainer.data import Prompts
+from fastrl.trainer.rollout import rollout
+
+OUTCOME_KL = ("grpo", "dr_grpo", "rloo", "riskpo")
+
+
+class Policy(nn.Module):
+    """The trained module: a causal LM (possibly a PEFT model) and, for gae, a value head on
+    its last hidden states. Its forward gives the response tokens' statistics through
+    ``response_logprobs``, so DDP and FSDP2 wrap this module and see every forward."""
+
+    def __init__(self, model: nn.Module, value_head: Optional[nn.Linear] = None):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+
+    def causal_lm(self) -> nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, attention_mask, response_mask, temperature, entropy=False, mean_logp=False):
+        if self.value_head is None:
+            return response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
+                                     entropy, mean_logp), None
+        stats, hidden = response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
+                                          entropy, mean_logp, return_hidden=True)
+        # V(s) at token t is read from the state that predicts t
+        values = self.value_head(hidden[:, :-1].to(self.value_head.weight.dtype)).squeeze(-1)
+        values = values.to(stats.logprob.dtype)  # float32, float64 for a float64 model
+        return stats, torch.where(response_mask != 0, F.pad(values, (1, 0)), 0)
+
+
+@dataclass
+class Batch:
+    """One step's rollout on this process, scored and credited: [B, L] tensors in the layout
+    of ``Rollout.sequences()`` ([B] for scores, correct, lengths, keep)."""
+
+    step: int
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    loss_mask: torch.Tensor  # response_mask without the groups dynamic sampling dropped
+    old: TokenStats
+    old_values: Optional[torch.Tensor]
+    ref_logp: Optional[torch.Tensor]
+    credit: credit_lib.Credit
+    scores: torch.Tensor
+    correct: torch.Tensor
+    lengths: torch.Tensor
+    keep: torch.Tensor
+    kl_old: Optional[torch.Tensor]
+    collect_time: float
+
+
+@dataclass
+class TrainResult:
+    metrics: list[dict]
+    output_dir: Path
+    log: Path
+    plot: Optional[Path]
+    final_model: Path
+
+    def reward_gain(self) -> tuple[float, float]:
+        """Mean reward over the first and the last fifth of the run's steps."""
+        rewards = [m["reward_mean"] for m in self.metrics]
+        fifth = max(1, len(rewards) // 5)
+        return float(np.mean(rewards[:fifth])), float(np.mean(rewards[-fifth:]))
+
+
+def sample_seed(run_seed: int, step: int, prompt: int, sample: int) -> int:
+    digest = hashlib.blake2b(f"{run_seed}:{step}:{prompt}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**62 - 1)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+        self.cfg = config
+        self.proc, self.device = distributed.setup(config.run.device)
+        self.out = Path(config.run.output_dir)
+        self.log_path = self.out / "metrics.jsonl"
+        self.ckpt_dir = self.out / "checkpoints"
+        self._check_layout()
+        if not resume and not overwrite and checkpoint.latest(self.ckpt_dir) is not None:
+            raise ConfigError(f"{self.out} already holds a run (checkpoints in {self.ckpt_dir}): pass --resume to "
+                              "continue it, --overwrite to start again, or another run.output_dir")
+        self.resume = resume
+        random.seed(config.run.seed)
+        np.random.seed(config.run.seed)
+        torch.manual_seed(config.run.seed)  # equal on every process: seeds never depend on the rank
+
+        self.tokenizer, model = self._load_model()
+        self.reference = None
+        if config.model.reference is not None:
+            self.reference = (copy.deepcopy(model) if config.model.reference == "initial"
+                              else self._from_pretrained(config.model.reference)).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        if config.model.lora_rank:
+            model = self._lora(model)
+        value_head = None
+        if config.algo.name == "gae":
+            # the model's dtype: FSDP2 shards one dtype per parameter group
+            value_head = nn.Linear(model.config.get_text_config().hidden_size, 1,
+                                   dtype=next(model.parameters()).dtype)
+            nn.init.zeros_(value_head.weight)
+            nn.init.zeros_(value_head.bias)
+        self.policy = Policy(model, value_head).to(self.device)
+        self.module = self._wrap(self.policy)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        total = config.run.steps * config.algo.epochs * config.algo.mini_batches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: _lr_factor(i, total, o))
+        self.prompts = Prompts(config.data, config.run.seed)
+        self.reward = scoring.outcome_reward(config)
+        self.process = scoring.ProcessReward(config, self.tokenizer, self.device) if config.algo.name == "pure" else None
+        self.token_texts = ([self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+                            if config.algo.name == "pure" else None)
+        eos = self.tokenizer.eos_token_id
+        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos = sorted({eos, *(extra if isinstance(extra, list) else [extra] if extra is not None else [])} - {None})
+        if not self.eos:
+            raise ConfigError("the tokenizer has no eos_token_id: responses could never end")
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        self.step = 0
+        self._stop = False
+
+    # ---- setup ---------------------------------------------------------------------
+
+    def _check_layout(self):
+        cfg, world = self.cfg, self.proc.world
+        if cfg.data.prompts_per_step % world:
+            raise ConfigError(f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be a multiple of the "
+                              f"number of processes ({world})")
+        rows = cfg.data.prompts_per_step // world * cfg.rollout.group_size
+        per_mini = rows // cfg.algo.mini_batches
+        if per_mini < cfg.algo.grad_accum:
+            raise ConfigError(f"each process has {rows} responses per step: {cfg.algo.mini_batches} mini-batches of "
+                              f"{cfg.algo.grad_accum} micro-batches (algo.mini_batches, algo.grad_accum) leave "
+                              "some empty")
+        if cfg.algo.kl_coef > 0 and cfg.algo.kl_in == "reward" and cfg.algo.name not in OUTCOME_KL + ("gae",):
+            raise ConfigError(f"algo.kl_in 'reward' works with {', '.join(OUTCOME_KL)} and gae; for "
+                              f"{cfg.algo.name} put the KL in the loss")
+
+    def _attention(self) -> str:
+        wanted = self.cfg.model.attn_implementation
+        if wanted != "auto":
+            return wanted
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2" if self.device.type == "cuda" else "sdpa"
+        except ImportError:
+            return "sdpa"
+
+    def _from_pretrained(self, path):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.cfg.model.dtype),
+                                                    attn_implementation=self._attention())
+
+    def _load_model(self):
+        m = self.cfg.model
+        if m.path is None:
+            tokenizer = task.tokenizer()
+            model = task.tiny_model(len(tokenizer), m.tiny_hidden_size, m.tiny_layers, self.cfg.run.seed)
+            model.set_attn_implementation(self._attention())
+            model = model.to(getattr(torch, m.dtype))
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.path)
+            model = self._from_pretrained(m.path)
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return tokenizer, model
+
+    def _lora(self, model):
+        try:
+            import peft
+        except ImportError:
+            raise ConfigError("model.lora_rank > 0 needs peft (pip install peft)") from None
+        m = self.cfg.model
+        lora = peft.LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                               target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
+        return peft.get_peft_model(model, lora)
+
+    def _wrap(self, policy):
+        if self.proc.world == 1:
+            return policy
+        if self.cfg.run.distributed == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(policy, device_ids=[self.device] if self.device.type == "cuda" else None)
+        from torch.distributed.fsdp import fully_shard
+
+        # one parameter group: the body and the head are used outside their own forwards
+        # (response_logprobs calls the body, then the head's weight), so the root's hooks
+        # gather everything at the Policy's forward and reduce-scatter after its backward
+        return fully_shard(policy)
+
+    # ---- one step ------------------------------------------------------------------
+
+    @contextmanager
+    def _full_weights(self):
+        """Generation runs the model outside the Policy's forward: under FSDP2 gather the
+        parameters for it."""
+        fsdp = self.proc.world > 1 and self.cfg.run.distributed == "fsdp2"
+        if fsdp:
+            self.module.unshard()
+        try:
+            yield
+        finally:
+            if fsdp:
+                self.module.reshard()
+
+    def _autocast(self):
+        m = self.cfg.model
+        if self.device.type == "cuda" and m.autocast_bf16 and m.dtype == "float32":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _no_sync(self, skip: bool):
+        if not skip or self.proc.world == 1:
+            return nullcontext()
+        if self.cfg.run.distributed == "ddp":
+            return self.module.no_sync()
+
+        @contextmanager
+        def fsdp_no_sync():
+            self.module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.module.set_requires_gradient_sync(True)
+        return fsdp_no_sync()
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.cfg.data.chat_template:
+            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                     tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            ids = self.tokenizer.encode(prompt)
+        return list(ids)[-self.cfg.data.max_prompt_tokens:]
+
+    def collect(self, step: int) -> "Batch":
+        """Rollout, rewards, the old policy's statistics and credit for training step ``step``."""
+        cfg, proc, G = self.cfg, self.proc, self.cfg.rollout.group_size
+        start = time.perf_counter()
+        records = self.prompts.batch(step)
+        n = len(records) // proc.world
+        first = proc.rank * n
+        mine = records[first:first + n]
+        rows = [r for r in mine for _ in range(G)]
+        prompts = [ids for ids in map(self._encode, (r["prompt"] for r in mine)) for _ in range(G)]
+        group_ids = torch.arange(first, first + n, device=self.device).repeat_interleave(G)
+        seeds = torch.tensor([sample_seed(cfg.run.seed, step, first + i, j) for i in range(n) for j in range(G)])
+
+        lm = self.policy.causal_lm()
+        lm.eval()
+        with self._full_weights(), self._autocast():
+            ro = rollout(lm, prompts, cfg.rollout.max_new_tokens, self.eos, self.pad,
+                         temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
+                         seeds=seeds, progress=False)
+        lm.train()
+        input_ids, attention_mask, response_mask = ro.sequences()
+        lengths = ro.response_mask.sum(1)
+        texts = self.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths.tolist())],
+                                            skip_special_tokens=True)
+        # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
+        dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
+        scores = torch.tensor([float(self.reward(r, t)) for r, t in zip(rows, texts)], device=self.device, dtype=dtype)
+        correct = (scores >= cfg.reward.correct_threshold).float()
+
+        T = cfg.rollout.temperature
+        with torch.no_grad(), self._autocast():
+            old, old_values = self.module(input_ids, attention_mask, response_mask, T, entropy=True,
+                                          mean_logp=cfg.algo.name == "rover")
+            ref_logp = None
+            if self.reference is not None:
+                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T).logprob
+
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if cfg.rollout.dynamic_sampling:
+            lo = scores.new_zeros(len(records)).scatter_reduce(0, group_ids, scores, "amin", include_self=False)
+            hi = scores.new_zeros(len(records)).scatter_reduce(0, group_ids, scores, "amax", include_self=False)
+            keep = (hi > lo)[group_ids]
+        loss_mask = response_mask * keep[:, None]
+
+        kl_old = kl_k3(old.logprob, ref_logp, loss_mask) if ref_logp is not None else None
+        credit_scores, token_rewards = scores, None
+        if kl_old is not None and cfg.algo.kl_in == "reward":
+            if cfg.algo.name == "gae":
+                token_rewards = -cfg.algo.kl_coef * kl_old
+            else:
+                credit_scores = scores - cfg.algo.kl_coef * kl_old.sum(-1)
+        inputs = credit_lib.CreditInputs(credit_scores, group_ids, loss_mask, token_rewards, old_values)
+        if self.process is not None:
+            P = ro.prompt_ids.shape[1]
+            steps = step_ends(ro.response_ids, ro.response_mask, self.token_texts)
+            texts_by_step = scoring.step_texts(self.tokenizer, ro.response_ids, steps, ro.response_mask != 0)
+            step_scores = self.process.scores(rows, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
+                                              steps, texts_by_step)
+            inputs.step_scores, inputs.step_mask = F.pad(step_scores, (P, 0)), F.pad(steps, (P, 0))
+            inputs.solved = correct
+        credit = credit_lib.assign(cfg.algo.name, inputs, cfg.algo, proc)
+        return Batch(step, input_ids, attention_mask, response_mask, loss_mask, old, old_values, ref_logp, credit,
+                     scores, correct, lengths, keep, kl_old, time.perf_counter() - start)
+
+    def run_step(self, step: int) -> dict:
+        """One training step; returns its metrics (means over all processes)."""
+        proc = self.proc
+        start = time.perf_counter()
+        batch = self.collect(step)
+        sums = self.update(batch)
+        elapsed = time.perf_counter() - start
+
+        valid = batch.loss_mask != 0
+        response = batch.response_mask != 0
+        adv = batch.credit.advantages[valid]
+        zero = torch.zeros((), device=self.device)
+        stats = proc.sum(torch.stack([
+            torch.tensor(float(len(batch.scores)), device=self.device), batch.scores.sum(), (batch.scores ** 2).sum(),
+            batch.correct.sum(), batch.lengths.float().sum(), batch.keep.float().sum(), valid.sum().float(),
+            adv.sum(), (adv ** 2).sum(), batch.old.entropy[response].sum(), response.sum().float(),
+            batch.kl_old.sum() if batch.kl_old is not None else zero, batch.attention_mask.sum().float(),
+        ]).double().cpu())
+        rows, s1, s2, acc, length, kept, tok, a1, a2, ent, resp_tok, kl, all_tokens = stats.tolist()
+        mean, a_mean = s1 / rows, a1 / max(tok, 1)
+        metrics = {
+            "step": step + 1,
+            "reward_mean": mean,
+            "reward_std": math.sqrt(max(s2 / rows - mean ** 2, 0.0) * rows / max(rows - 1, 1)),
+            "accuracy": acc / rows,
+            "response_length": length / rows,
+            "kept_fraction": kept / rows,
+            "entropy": ent / max(resp_tok, 1),
+            "advantage_mean": a_mean,
+            "advantage_std": math.sqrt(max(a2 / max(tok, 1) - a_mean ** 2, 0.0)),
+            **sums,
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_time": elapsed,
+            "rollout_time": batch.collect_time,
+            "tokens_per_s": all_tokens / elapsed,
+            "peak_memory_mb": _peak_memory_mb(self.device),
+        }
+        if batch.kl_old is not None:
+            metrics["kl"] = kl / max(tok, 1)
+        return metrics
+
+    def update(self, batch: "Batch") -> dict:
+        """algo.epochs passes of PPO (or ROVER) over the batch's mini-batches; returns the
+        mean loss, gradient norm and clip fraction."""
+        cfg, a, proc = self.cfg, self.cfg.algo, self.proc
+        step, input_ids, attention_mask, loss_mask = batch.step, batch.input_ids, batch.attention_mask, batch.loss_mask
+        old, old_values, ref_logp, credit = batch.old, batch.old_values, batch.ref_logp, batch.credit
+        B = input_ids.shape[0]
+        rover = a.name == "rover"
+        valid = loss_mask != 0
+        row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)  # ROVER's A (constant per row)
+        totals = dict(loss=0.0, clipped=0.0, tokens=0.0, grad_norm=0.0, updates=0)
+        G = cfg.rollout.group_size
+        first = proc.rank * (B // G)
+        for epoch in range(a.epochs):
+            minis = [torch.arange(B)]
+            if a.mini_batches > 1:
+                # each mini-batch takes a share of every group, drawn per (step, epoch, prompt): the
+                # same mini-batches whatever the process count
+                chunks = [torch.tensor_split(i * G + torch.randperm(G, generator=torch.Generator().manual_seed(
+                    sample_seed(cfg.run.seed, step, first + i, -1 - epoch))), a.mini_batches) for i in range(B // G)]
+                minis = [torch.cat(parts) for parts in zip(*chunks)]
+            for mini in minis:
+                mini = mini.to(self.device)
+                units = proc.sum(aggregation_units(loss_mask[mini], a.aggregation).double())
+                token_units = proc.sum(valid[mini].sum().double())
+                micros = torch.tensor_split(mini, a.grad_accum)
+                for i, idx in enumerate(micros):
+                    with self._no_sync(i < len(micros) - 1), self._autocast():
+                        mask = loss_mask[idx]
+                        stats, values = self.module(input_ids[idx], attention_mask[idx], mask, cfg.rollout.temperature,
+                                                    entropy=a.entropy_coef > 0, mean_logp=rover)
+                        if rover:
+                            q, target = rover_targets(stats.logprob, old.logprob[idx], stats.mean_logp,
+                                                      old.mean_logp[idx], row_adv[idx], mask, a.rover_rho,
+                                                      a.rover_kappa)
+                            loss = aggregate((q - target) ** 2, mask, "token_mean", denominator=token_units)
+                        else:
+                            pl = policy_loss(stats.logprob, old.logprob[idx], credit.advantages[idx], mask,
+                                             a.clip_low, a.clip_high, a.dual_clip)
+                            loss = aggregate(pl.loss, mask, a.aggregation, cfg.rollout.max_new_tokens, units)
+                            totals["clipped"] += float(pl.clipped.sum())
+                        if ref_logp is not None and a.kl_in == "loss":
+                            kl = kl_k3(stats.logprob, ref_logp[idx], mask)
+                            loss = loss + a.kl_coef * aggregate(kl, mask, a.aggregation,
+                                                                cfg.rollout.max_new_tokens, units)
+                        if a.entropy_coef > 0:
+                            loss = loss - a.entropy_coef * aggregate(stats.entropy, mask, a.aggregation,
+                                                                     cfg.rollout.max_new_tokens, units)
+                        if values is not None:
+                            vl = value_loss(values, old_values[idx], credit.returns[idx], mask, a.value_clip)
+                            loss = loss + a.value_coef * aggregate(vl, mask, "token_mean", denominator=token_units)
+                        # DDP and FSDP average gradients over processes; the loss is already a
+                        # share of the global mean
+                        (loss * proc.world).backward()
+                    totals["loss"] += float(loss.detach())
+                    totals["tokens"] += float(mask.ne(0).sum())
+                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf"))
+                totals["grad_norm"] += float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                totals["updates"] += 1
+        s = proc.sum(torch.tensor([totals["loss"], totals["clipped"], totals["tokens"]], dtype=torch.float64))
+        updates = totals["updates"]
+        out = {"loss": s[0].item() / updates, "grad_norm": totals["grad_norm"] / updates}
+        if not rover:
+            out["clip_fraction"] = s[1].item() / max(s[2].item(), 1)
+        return out
+
+    # ---- the run -------------------------------------------------------------------
+
+    def _resume(self):
+        path = checkpoint.latest(self.ckpt_dir)
+        if path is None:
+            self._say(f"--resume: no checkpoint under {self.ckpt_dir}; starting from step 0")
+            return
+        record = checkpoint.load(path, self.module, self.optimizer, self.scheduler)
+        changed = _config_changes(record["config"], self.cfg.to_dict())
+        if changed:
+            self._say("--resume: the config differs from the checkpoint's in " + ", ".join(changed))
+        self.step = record["step"]
+        if self.proc.main and self.log_path.exists():
+            # drop the log of steps after the checkpoint: they are run again
+            kept = [line for line in self.log_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            self.log_path.write_text("".join(line + "\n" for line in kept))
+        self._say(f"resumed from {path} at step {self.step}")
+
+    def _say(self, text):
+        if self.proc.main:
+            tqdm.write(text)
+
+    def _save(self):
+        checkpoint.save(self.ckpt_dir, self.step, self.module, self.optimizer, self.scheduler, self.cfg.to_dict(),
+                        self.proc, self.cfg.run.keep_checkpoints)
+
+    def train(self) -> TrainResult:
+        cfg, proc = self.cfg, self.proc
+        if proc.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        proc.barrier()
+        if self.resume:
+            self._resume()
+        elif proc.main and self.log_path.exists():
+            self.log_path.unlink()
+        lm = self.policy.causal_lm()
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        self._say(f"fastrl train: {cfg.algo.name} on {'the built-in task' if cfg.data.source == 'task' else cfg.data.source}"
+                  f", model {cfg.model.path or 'built-in tiny Llama'} ({n_params / 1e6:.2f}M parameters), "
+                  f"attention {getattr(lm.config, '_attn_implementation', '?')}, {proc.world} process(es) on "
+                  f"{self.device}{', ' + cfg.run.distributed if proc.world > 1 else ''}; "
+                  f"{cfg.run.steps} steps of {cfg.data.prompts_per_step} prompts x {cfg.rollout.group_size}")
+        writers = _writers(cfg, self.out) if proc.main else []
+        previous = signal.getsignal(signal.SIGINT)
+        interrupted = False
+
+        def on_interrupt(signum, frame):
+            self._stop = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
+            self._say("interrupted: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_interrupt)
+        bar = tqdm(total=cfg.run.steps, initial=self.step, desc="train", unit="step",
+                   disable=not (cfg.run.progress and proc.main))
+        try:
+            with self.log_path.open("a") if proc.main else nullcontext() as log:
+                while self.step < cfg.run.steps:
+                    metrics = self.run_step(self.step)
+                    self.step += 1
+                    if proc.main:
+                        log.write(json.dumps(metrics) + "\n")
+                        log.flush()
+                        for w in writers:
+                            w(metrics)
+                    bar.update()
+                    bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+                    every = cfg.run.checkpoint_every
+                    if self._stop or (every and self.step % every == 0 and self.step < cfg.run.steps):
+                        self._save()
+                    if self._stop:
+                        interrupted = True
+                        break
+        finally:
+            bar.close()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            self._say(f"stopped at step {self.step}; continue with: fastrl train ... --resume "
+                      f"(run.output_dir {self.out})")
+            raise KeyboardInterrupt
+        self._save()
+        final = self._save_final()
+        metrics = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()] \
+            if proc.main else []
+        plot = None
+        if proc.main and cfg.run.plot:
+            plot = plot_metrics(self.log_path, self.out / "metrics.png")
+        return TrainResult(metrics, self.out, self.log_path, plot, final)
+
+    def _save_final(self) -> Path:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        path = self.out / "final"
+        state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.proc.main:
+            prefix = "model."
+            model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            model = self.policy.model
+            if hasattr(model, "get_base_model"):  # PEFT: the adapter alone, as peft saves it
+                model.save_pretrained(path)
+            else:
+                model.save_pretrained(path, state_dict=model_state)
+            self.tokenizer.save_pretrained(path)
+            if self.policy.value_head is not None:
+                torch.save({k[len("value_head."):]: v for k, v in state.items() if k.startswith("value_head.")},
+                           path / "value_head.pt")
+        self.proc.barrier()
+        return path
+
+
+def _lr_factor(i: int, total: int, o) -> float:
+    if o.warmup_steps and i < o.warmup_steps:
+        return (i + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (i - o.warmup_steps) / max(1, total - o.warmup_steps))
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _config_changes(saved: dict, now: dict, prefix="") -> list[str]:
+    changes = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return changes
+
+
+def _writers(cfg: TrainConfig, out: Path) -> list:
+    writers = []
+    if cfg.run.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("run.tensorboard needs tensorboard (pip install tensorboard)") from None
+        tb = SummaryWriter(str(out / "tensorboard"))
+        writers.append(lambda m: [tb.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"])
+    if cfg.run.wandb:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("run.wandb needs wandb (pip install wandb)") from None
+        run = wandb.init(project=cfg.run.wandb_project, config=cfg.to_dict(), dir=str(out))
+        writers.append(lambda m: run.log(m, step=m["step"]))
+    return writers
+
+
+PLOTTED = ("reward_mean", "accuracy", "response_length", "entropy", "kl", "clip_fraction", "loss", "grad_norm",
+           "advantage_std", "tokens_per_s")
+
+
+def plot_metrics(log: Path, png: Path) -> Optional[Path]:
+    """PNG curves of a metrics log against the step; None (with a note) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    keys = [k for k in PLOTTED if any(k in r for r in rows)]
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4 * cols, 2.6 * math.ceil(len(keys) / cols)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        xs = [r["step"] for r in rows if key in r]
+        ys = [r[key] for r in rows if key in r]
+        ax.plot(xs, ys, lw=0.8, alpha=0.5)
+        if len(ys) >= 10:  # a running mean over 10 steps on top of the raw curve
+            smooth = np.convolve(ys, np.ones(10) / 10, mode="valid")
+            ax.plot(xs[9:], smooth, lw=1.5)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run ``config`` to its last step (the Python API of ``fastrl train``)."""
+    trainer = Trainer(config, resume=resume, overwrite=overwrite)
+    try:
+        return trainer.train()
+    finally:
+        trainer.proc.close()

@@ -1,0 +1,55 @@
+"""The credit registry composes the ops: each entry against the op it stands for."""
+import pytest
+import torch
+
+from fastrl.algos.credit import CREDIT, CreditInputs, assign
+from fastrl.ops import broadcast_to_tokens, gae, group_advantages, risk_advantages
+from fastrl.trainer.config import AlgoConfig
+
+
+def inputs(rng, B=12, T=6):
+    mask = torch.rand(B, T, generator=rng) > 0.2
+    mask[:, 0] = True
+    return CreditInputs(scores=torch.randint(0, 2, (B,), generator=rng).float(),
+                        group_ids=torch.arange(B) // 4, mask=mask,
+                        values=torch.randn(B, T, generator=rng))
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_outcome_methods(rng, name):
+    x = inputs(rng)
+    adv, returns = assign(name, x, AlgoConfig())
+    assert returns is None
+    torch.testing.assert_close(adv, broadcast_to_tokens(group_advantages(x.scores, x.group_ids, name), x.mask))
+
+
+def test_rover_advantage_is_grpo_or_centred(rng):
+    x = inputs(rng)
+    torch.testing.assert_close(assign("rover", x, AlgoConfig()).advantages, assign("grpo", x, AlgoConfig()).advantages)
+    centred = AlgoConfig(rover_centred=True)
+    torch.testing.assert_close(assign("rover", x, centred).advantages, assign("dr_grpo", x, AlgoConfig()).advantages)
+
+
+def test_riskpo(rng):
+    x = inputs(rng)
+    cfg = AlgoConfig(riskpo_bundle_size=2)
+    expected = risk_advantages(x.scores, x.group_ids, bundle_size=2)
+    torch.testing.assert_close(assign("riskpo", x, cfg).advantages, broadcast_to_tokens(expected, x.mask))
+
+
+def test_gae_rewards_the_last_token_and_whitens(rng):
+    x = inputs(rng)
+    cfg = AlgoConfig(gamma=0.9, lam=0.8)
+    last = torch.zeros_like(x.values)
+    for b in range(x.mask.shape[0]):
+        last[b, x.mask[b].nonzero().max()] = x.scores[b]
+    adv, ret = gae(last, x.values, x.mask, 0.9, 0.8, whiten=True)
+    got = assign("gae", x, cfg)
+    torch.testing.assert_close(got.advantages, adv)
+    torch.testing.assert_close(got.returns, ret)
+
+
+def test_unknown_name():
+    assert set(CREDIT) == {"grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover"}
+    with pytest.raises(ValueError, match="unknown credit assignment 'ppo'"):
+        assign("ppo", None, AlgoConfig())

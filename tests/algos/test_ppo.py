@@ -1,0 +1,121 @@
+"""PPO loss, aggregations, k3 KL and value loss against direct per-element loops."""
+import math
+
+import pytest
+import torch
+
+from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
+
+
+def batch(rng, B=5, T=7, dtype=torch.float64):
+    logp = -torch.rand(B, T, generator=rng, dtype=dtype) * 3
+    old = logp + 0.4 * torch.randn(B, T, generator=rng, dtype=dtype)
+    adv = torch.randn(B, T, generator=rng, dtype=dtype)
+    mask = torch.rand(B, T, generator=rng) > 0.3
+    mask[0] = False  # a row without tokens
+    mask[1, 3] = False  # a hole
+    return logp, old, adv, mask
+
+
+def loop_policy_loss(logp, old, adv, mask, lo, hi, dual):
+    out = torch.zeros_like(logp)
+    clipped = torch.zeros_like(mask)
+    for b in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if not mask[b, t]:
+                continue
+            r = math.exp(logp[b, t] - old[b, t])
+            a = float(adv[b, t])
+            l1, l2 = -a * r, -a * min(max(r, 1 - lo), 1 + hi)
+            loss = max(l1, l2)
+            c = l2 > l1
+            if dual is not None and a < 0 and loss > -dual * a:
+                loss, c = -dual * a, True
+            out[b, t], clipped[b, t] = loss, c
+    return out, clipped
+
+
+@pytest.mark.parametrize("dual", [None, 1.5])
+@pytest.mark.parametrize("clip", [(0.2, 0.2), (0.2, 0.28), (0.0, 0.5)])
+def test_policy_loss_matches_loop(rng, dual, clip):
+    logp, old, adv, mask = batch(rng)
+    expected, clipped = loop_policy_loss(logp, old, adv, mask, *clip, dual)
+    got = policy_loss(logp, old, adv, mask, *clip, dual_clip=dual)
+    torch.testing.assert_close(got.loss, expected)
+    assert torch.equal(got.clipped, clipped)
+    if dual is not None:
+        assert bool(clipped.any())
+
+
+def test_policy_loss_gradient_at_ratio_one_is_reinforce(rng):
+    logp, _, adv, mask = batch(rng)
+    logp.requires_grad_(True)
+    policy_loss(logp, logp.detach(), adv, mask).loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.where(mask, -adv, 0))
+
+
+def test_policy_loss_ignores_masked_infinities(rng):
+    logp, old, adv, mask = batch(rng)
+    logp = logp.masked_fill(~mask, -float("inf"))
+    assert torch.isfinite(policy_loss(logp, old, adv, mask).loss).all()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_aggregate_matches_loop(rng, aggregation):
+    values, _, _, mask = batch(rng)
+    rows = [(values[b][mask[b]]) for b in range(values.shape[0]) if mask[b].any()]
+    if aggregation == "token_mean":
+        expected = torch.cat(rows).mean()
+    elif aggregation == "seq_mean_token_mean":
+        expected = torch.stack([r.mean() for r in rows]).mean()
+    else:
+        expected = torch.stack([r.sum() / 11 for r in rows]).mean()
+    torch.testing.assert_close(aggregate(values, mask, aggregation, max_length=11), expected)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_aggregate_parts_sum_to_whole(rng, aggregation):
+    values, _, _, mask = batch(rng, B=8)
+    whole = aggregate(values, mask, aggregation, max_length=9)
+    units = aggregation_units(mask, aggregation)
+    parts = sum(aggregate(values[i], mask[i], aggregation, max_length=9, denominator=units)
+                for i in torch.tensor_split(torch.arange(8), 3))
+    torch.testing.assert_close(parts, whole)
+
+
+def test_aggregate_empty_is_zero():
+    assert float(aggregate(torch.ones(2, 3), torch.zeros(2, 3))) == 0.0
+
+
+def test_kl_k3(rng):
+    logp, ref, _, mask = batch(rng)
+    d = ref - logp
+    torch.testing.assert_close(kl_k3(logp, ref, mask), torch.where(mask, d.exp() - d - 1, 0))
+    assert (kl_k3(logp, ref, mask) >= 0).all()
+    assert float(kl_k3(logp, logp, mask).abs().max()) == 0.0
+
+
+def test_value_loss(rng):
+    v, old, ret, mask = batch(rng)
+    expected = torch.zeros_like(v)
+    for b in range(v.shape[0]):
+        for t in range(v.shape[1]):
+            if mask[b, t]:
+                vc = old[b, t] + min(max(v[b, t] - old[b, t], -0.2), 0.2)
+                expected[b, t] = 0.5 * max((v[b, t] - ret[b, t]) ** 2, (vc - ret[b, t]) ** 2)
+    torch.testing.assert_close(value_loss(v, old, ret, mask, 0.2), expected)
+    torch.testing.assert_close(value_loss(v, old, ret, mask, None), torch.where(mask, 0.5 * (v - ret) ** 2, 0))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, m: policy_loss(x, x, x, m, clip_low=1.0), "clip_low"),
+    (lambda x, m: policy_loss(x, x, x, m, dual_clip=1.0), "dual_clip"),
+    (lambda x, m: policy_loss(x, x[:, :2], x, m), "old_logp"),
+    (lambda x, m: aggregate(x, m, "mean"), "aggregation"),
+    (lambda x, m: aggregate(x, m[:1], "token_mean"), "mask"),
+    (lambda x, m: kl_k3(x, x.long(), m), "ref_logp"),
+])
+def test_bad_inputs(call, match):
+    x = torch.zeros(2, 3)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(x, torch.ones(2, 3))
