@@ -174,12 +174,14 @@ class Trainer:
         if cfg.data.prompts_per_step % world:
             raise ConfigError(f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be a multiple of the "
                               f"number of processes ({world})")
-        rows = cfg.data.prompts_per_step // world * cfg.rollout.group_size
-        per_mini = rows // cfg.algo.mini_batches
-        if per_mini < cfg.algo.grad_accum:
-            raise ConfigError(f"each process has {rows} responses per step: {cfg.algo.mini_batches} mini-batches of "
-                              f"{cfg.algo.grad_accum} micro-batches (algo.mini_batches, algo.grad_accum) leave "
-                              "some empty")
+        a, G = cfg.algo, cfg.rollout.group_size
+        if a.mini_batches > G:
+            raise ConfigError(f"algo.mini_batches ({a.mini_batches}) must be at most rollout.group_size ({G}): "
+                              "each mini-batch takes a share of every group")
+        smallest = cfg.data.prompts_per_step // world * (G // a.mini_batches)
+        if smallest < a.grad_accum:
+            raise ConfigError(f"each process's smallest mini-batch has {smallest} responses, fewer than "
+                              f"algo.grad_accum ({a.grad_accum}) micro-batches")
         if cfg.algo.kl_coef > 0 and cfg.algo.kl_in == "reward" and cfg.algo.name not in OUTCOME_KL + ("gae",):
             raise ConfigError(f"algo.kl_in 'reward' works with {', '.join(OUTCOME_KL)} and gae; for "
                               f"{cfg.algo.name} put the KL in the loss")
@@ -528,7 +530,7 @@ class Trainer:
                         for w in writers:
                             w(metrics)
                     bar.update()
-                    bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}")
+                    bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
                     every = cfg.run.checkpoint_every
                     if self._stop or (every and self.step % every == 0 and self.step < cfg.run.steps):
                         self._save()

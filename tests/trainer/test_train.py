@@ -164,8 +164,10 @@ def test_bad_configs(overrides, match):
 
 
 def test_bad_layout_is_refused_before_training(tmp_path):
-    with pytest.raises(ConfigError, match="mini-batches"):
-        Trainer(config(tmp_path, "algo.mini_batches=64", "algo.grad_accum=2"))
+    with pytest.raises(ConfigError, match="share of every group"):
+        Trainer(config(tmp_path, "algo.mini_batches=16"))
+    with pytest.raises(ConfigError, match="fewer than algo.grad_accum"):
+        Trainer(config(tmp_path, "algo.mini_batches=8", "algo.grad_accum=9"))
     with pytest.raises(ConfigError, match="kl_in 'reward'"):
         Trainer(config(tmp_path, "algo.name=rover", "model.reference=initial", "algo.kl_coef=0.1",
                        "algo.kl_in=reward"))
@@ -178,3 +180,66 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown key 'algo.clip'" in capsys.readouterr().err
     assert main(["train", "--help-config"]) == 0
     assert "clip_high" in capsys.readouterr().out
+
+
+def test_datasets_folder_and_tensorboard(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("tensorboard")
+    datasets.Dataset.from_list([{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(4) for b in range(4)]
+                               ).save_to_disk(str(tmp_path / "ds"))
+    result = train(config(tmp_path, f"data.source={tmp_path / 'ds'}", "reward.kind=test_train:outcome",
+                          "run.tensorboard=true", "data.prompts_per_step=4"))
+    assert len(result.metrics) == 3
+    assert list((result.output_dir / "tensorboard").glob("events.*"))
+
+
+def test_file_prompts_cycle_in_a_new_order_each_epoch(tmp_path):
+    from fastrl.trainer.data import Prompts
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": str(i)}) + "\n" for i in range(6)))
+    cfg = config(tmp_path, f"data.source={data}", "reward.kind=test_train:outcome", "data.prompts_per_step=4").data
+    prompts = Prompts(cfg, seed=0)
+    seen = [r["prompt"] for step in range(3) for r in prompts.batch(step)]
+    assert sorted(seen[:6]) == sorted(seen[6:12]) == [str(i) for i in range(6)]
+    assert seen[:6] != seen[6:12]
+    assert [r["prompt"] for r in Prompts(cfg, seed=0).batch(2)] == seen[8:]
+
+
+def test_dynamic_sampling_drops_groups_with_equal_rewards(tmp_path):
+    trainer = Trainer(config(tmp_path, "rollout.dynamic_sampling=true"))
+    batch = trainer.collect(0)
+    groups = batch.scores.view(8, 8)
+    varied = groups.max(1).values > groups.min(1).values
+    assert 0 < int(varied.sum()) < 8
+    assert torch.equal(batch.keep.view(8, 8), varied[:, None].expand(8, 8))
+    assert torch.equal(batch.loss_mask != 0, (batch.response_mask != 0) & batch.keep[:, None])
+
+
+def test_reward_kinds(tmp_path):
+    from fastrl.trainer.scoring import outcome_reward
+
+    row = {"prompt": "?", "answer": "cat", "labels": ["cat", "dog"]}
+    good = "<think>whiskers</think><answer>cat</answer>"
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    cfg = config(tmp_path, f"data.source={data}", "reward.kind=classification")
+    assert outcome_reward(cfg)(row, good) == 2.0
+    cfg.reward.kind = "classification_no_think"
+    assert outcome_reward(cfg)(row, "cat") == 1.0
+    cfg.reward.kind = "format"
+    assert outcome_reward(cfg)(row, good) == 1.0 and outcome_reward(cfg)(row, "cat") == 0.0
+    cfg.reward.kind = "math"
+    assert outcome_reward(cfg)({"answer": "1/2"}, "so \\boxed{0.5}") == 1.0
+
+
+def test_learning_rate_schedule():
+    from fastrl.trainer.config import OptimConfig
+    from fastrl.trainer.train import _lr_factor
+
+    o = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    factors = [_lr_factor(i, 20, o) for i in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == pytest.approx(1.0) and factors[20] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert _lr_factor(7, 20, OptimConfig()) == 1.0
