@@ -237,10 +237,22 @@ class Trainer:
             return DistributedDataParallel(policy, device_ids=[self.device] if self.device.type == "cuda" else None)
         from torch.distributed.fsdp import fully_shard
 
-        # one parameter group: the body and the head are used outside their own forwards
-        # (response_logprobs calls the body, then the head's weight), so the root's hooks
-        # gather everything at the Policy's forward and reduce-scatter after its backward
-        return fully_shard(policy)
+        # each transformer block its own group (gathered in turn during the body's forward and
+        # backward); the rest (embeddings, final norm, head, value head) in the root group,
+        # gathered at the Policy's forward, since response_logprobs reads the head's weight
+        # outside the head's own forward
+        blocks = set(getattr(policy.causal_lm(), "_no_split_modules", None) or ())
+        for module in policy.causal_lm().modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        root = fully_shard(policy)
+        # FSDP2 sets itself up at the root's first forward; generation calls the blocks
+        # before any, so run one (two tokens, nothing to score) first
+        with torch.no_grad():
+            ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
+            root(ids, torch.ones_like(ids), torch.zeros_like(ids), 1.0)
+        root.reshard()  # the root keeps its gathered weights after a forward: the optimizer takes the shards
+        return root
 
     # ---- one step ------------------------------------------------------------------
 

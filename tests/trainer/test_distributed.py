@@ -59,3 +59,12 @@ def test_two_processes_equal_one(tmp_path, mode, overrides):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+
+
+def test_fsdp2_checkpoint_resumes_on_two_processes(tmp_path):
+    single, single_metrics = run(tmp_path / "one", "fsdp2", ["run.steps=3"], 1)
+    run(tmp_path / "two", "fsdp2", ["run.steps=2"], 2)
+    multi, multi_metrics = run(tmp_path / "two", "fsdp2", ["run.steps=3", "--resume"], 2)
+    for name in single:
+        torch.testing.assert_close(multi[name], single[name], rtol=1e-9, atol=1e-9, msg=name)
+    assert [m["reward_mean"] for m in multi_metrics] == [m["reward_mean"] for m in single_metrics]
