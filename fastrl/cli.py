@@ -1,4 +1,4 @@
-"""The ``fastrl`` command: ``train``, ``eval``, ``bench`` and ``info``."""
+"""The ``fastrl`` command: ``train``, ``experiment``, ``eval``, ``bench`` and ``info``."""
 from __future__ import annotations
 
 import argparse
@@ -194,6 +194,24 @@ def train(args) -> int:
     return 0
 
 
+def experiment(args) -> int:
+    from pathlib import Path
+
+    from fastrl.experiments import pure
+
+    if args.name != "pure":
+        print(f"fastrl experiment {args.name}: not built yet (the RiskPO/ROVER comparison is open work)",
+              file=sys.stderr)
+        return 2
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=seeds)
+    out = Path(args.output_dir or f"runs/experiments/pure_{args.setting}{'_smoke' if args.smoke else ''}")
+    summary = pure.run(args.setting, out, plan)
+    print(pure.report(summary))
+    print(f"\nsummary: {out / 'summary.json'}\nplot: {out / f'pure_{args.setting}.png'}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +230,12 @@ def main(argv=None) -> int:
     t.add_argument("--overwrite", action="store_true", help="start again even if run.output_dir holds a run")
     t.add_argument("--plot", action="store_true", help="write PNG curves of the metrics at the end")
     t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    x = sub.add_parser("experiment", help="reproduce a paper's headline effect at toy scale on the CPU")
+    x.add_argument("name", choices=["pure", "riskpo", "rover"])
+    x.add_argument("--setting", choices=["A", "B"], default="A", help="pure: A (r_triv 1.0) or B (r_triv 0.8)")
+    x.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
+    x.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")
     b.add_argument("family", help="e.g. scans")
@@ -226,6 +250,8 @@ def main(argv=None) -> int:
         return eval_samples(args)
     if args.command == "train":
         return train(args)
+    if args.command == "experiment":
+        return experiment(args)
     return bench(args)
 
 

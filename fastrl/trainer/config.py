@@ -135,7 +135,9 @@ class AlgoConfig:
     value_coef: float = 0.5
     value_clip: Optional[float] = 0.2
     """gae: clipped value loss range (None: unclipped)."""
-    pure_min_form: Literal["soft", "strict"] = "soft"
+    pure_min_form: Literal["soft", "strict", "sum"] = "soft"
+    """PURE's credit: soft (the authors' code), strict (the paper's min), or sum (the
+    canonical sum-form, for comparison)."""
     pure_temperature: float = 0.1
     pure_baseline: Literal["token", "step", "none"] = "token"
     pure_verifiable_coef: float = 1.0

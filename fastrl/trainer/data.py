@@ -9,22 +9,21 @@ import json
 import random
 from pathlib import Path
 
-from fastrl.trainer import task
 from fastrl.trainer.config import ConfigError, DataConfig
 
 
 class Prompts:
-    def __init__(self, cfg: DataConfig, seed: int):
-        self.cfg, self.seed = cfg, seed
+    def __init__(self, cfg: DataConfig, seed: int, task=None):
+        """task: the task object serving data.source "task" (``fastrl.trainer.task.MaxTask``)."""
+        self.cfg, self.seed, self.task = cfg, seed, task
         self.rows = None if cfg.source == "task" else _load(cfg)
 
     def batch(self, step: int) -> list[dict]:
         """The prompts_per_step records of training step ``step`` (0-based), each with at
-        least "prompt"; the built-in task adds "answer" and "steps"."""
+        least "prompt" (a task adds what its rewards read)."""
         n = self.cfg.prompts_per_step
         if self.rows is None:
-            return [{"prompt": p.prompt, "answer": p.answer, "steps": p.steps}
-                    for p in task.problems(self.seed, step, n, self.cfg.operands)]
+            return self.task.problems(self.seed, step, n)
         size = len(self.rows)
         out = []
         for i in range(step * n, (step + 1) * n):

@@ -7,7 +7,6 @@ from typing import Callable
 
 import torch
 
-from fastrl.trainer import task
 from fastrl.trainer.config import ConfigError, TrainConfig
 
 
@@ -22,8 +21,8 @@ def _user_function(spec: str, key: str) -> Callable:
     return fn
 
 
-def outcome_reward(config: TrainConfig) -> Callable[[dict, str], float]:
-    """reward(row, response) -> float for config.reward.kind."""
+def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:
+    """reward(row, response) -> float for config.reward.kind ("task": task.outcome_reward)."""
     kind, data = config.reward.kind, config.data
 
     def gold(row):
@@ -32,7 +31,7 @@ def outcome_reward(config: TrainConfig) -> Callable[[dict, str], float]:
         return str(row[data.answer_key])
 
     if kind == "task":
-        return lambda row, response: task.outcome_reward(response, row["answer"])
+        return task.outcome_reward
     if kind == "math":
         from fastrl.rewards.math import score
 
@@ -57,11 +56,11 @@ class ProcessReward:
     """Step scores for PURE: ``scores(rows, prompt_ids, prompt_mask, response_ids,
     response_mask, step_mask, step_texts)`` -> [B, R] float32, the score of each step at its last token."""
 
-    def __init__(self, config: TrainConfig, tokenizer, device):
+    def __init__(self, config: TrainConfig, tokenizer, device, task=None):
         spec = config.reward.process
         self.tokenizer, self.device, self.model, self.fn = tokenizer, device, None, None
         if spec == "task":
-            self.fn = lambda prompt, steps, row: task.step_scores(steps, row["steps"])
+            self.fn = lambda prompt, steps, row: task.step_scores(row, steps)
         elif ":" in spec:
             self.fn = _user_function(spec, "reward.process")
         else:

@@ -20,67 +20,72 @@ steps: an addition table is a harder thing to find from a 10% reward than a comp
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 SEPARATOR = "\n\n"
 PAD, EOS = "<pad>", "<eos>"
 SYMBOLS = [PAD, EOS, *"0123456789", ",", "=", SEPARATOR, "\n"]  # "\n": a PRM's step separator
 
 
-def tokenizer():
-    """A ``PreTrainedTokenizerFast`` over SYMBOLS, one token per character (the step
-    separator is one token); it saves and loads like any Hugging Face tokenizer."""
+def char_tokenizer(symbols: list[str]):
+    """A ``PreTrainedTokenizerFast`` over ``symbols`` (symbols[0] the padding, symbols[1] the
+    EOS), one token per character except the blank line, which is one token; it saves and
+    loads like any Hugging Face tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}, unk_token=PAD))
+    core = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=symbols[0]))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n\n|[^\n]|\n"), behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left")
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=symbols[0], eos_token=symbols[1],
+                                   padding_side="left")
 
 
 def tiny_model(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised Llama of about 100k parameters (hidden 64, 2 layers)."""
+    """A randomly initialised Llama of about 100k parameters (hidden 64, 2 layers), token 0
+    the padding and 1 the EOS (as ``char_tokenizer``)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=256, pad_token_id=SYMBOLS.index(PAD),
-                         eos_token_id=SYMBOLS.index(EOS), bos_token_id=None, tie_word_embeddings=True)
+                         max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
 
 
-@dataclass(frozen=True)
-class Problem:
-    prompt: str
-    answer: str
-    steps: tuple[str, ...]  # the running maxima, the last one is the answer
+class MaxTask:
+    """The built-in task (module docstring). A task for ``fastrl train`` offers its
+    tokenizer, the prompts of each step (records with at least "prompt"), an outcome
+    reward and step scores for PURE; ``Trainer(config, task=...)`` takes any such object."""
 
+    name = "max"
 
-def problem(rng: random.Random, operands: int = 3) -> Problem:
-    digits = [rng.randrange(10) for _ in range(operands)]
-    steps = tuple(str(max(digits[:i + 1])) for i in range(1, operands))
-    return Problem(",".join(map(str, digits)) + "=", steps[-1], steps)
+    def __init__(self, operands: int = 3):
+        self.operands = operands
 
+    def tokenizer(self):
+        return char_tokenizer(SYMBOLS)
 
-def problems(seed: int, step: int, count: int, operands: int = 3) -> list[Problem]:
-    """The prompts of training step ``step``: a function of (seed, step) alone, so a resumed
-    run sees the data an uninterrupted one would."""
-    rng = random.Random(f"fastrl-task:{seed}:{step}")
-    return [problem(rng, operands) for _ in range(count)]
+    def problems(self, seed: int, step: int, count: int) -> list[dict]:
+        """The prompts of training step ``step``: a function of (seed, step) alone, so a
+        resumed run sees the data an uninterrupted one would."""
+        rng = random.Random(f"fastrl-task:{seed}:{step}")
+        out = []
+        for _ in range(count):
+            digits = [rng.randrange(10) for _ in range(self.operands)]
+            steps = [str(max(digits[:i + 1])) for i in range(1, self.operands)]
+            out.append({"prompt": ",".join(map(str, digits)) + "=", "answer": steps[-1], "steps": steps})
+        return out
 
+    def outcome_reward(self, row: dict, response: str) -> float:
+        digits = [c for c in response if c.isdigit()]
+        return float(bool(digits) and digits[-1] == row["answer"])
 
-def outcome_reward(response: str, answer: str) -> float:
-    digits = [c for c in response if c.isdigit()]
-    return float(bool(digits) and digits[-1] == answer)
-
-
-def step_scores(steps: list[str], expected: tuple[str, ...]) -> list[float]:
-    """One score per step of a response (its text between blank lines): +1 where step i is
-    exactly the i-th running maximum, 0 for an empty step (e.g. EOS alone after a blank
-    line), -1 otherwise."""
-    return [0.0 if not s.strip() else 1.0 if i < len(expected) and s.strip() == expected[i] else -1.0
-            for i, s in enumerate(steps)]
+    def step_scores(self, row: dict, steps: list[str]) -> list[float]:
+        """One score per step of a response (its text between blank lines): +1 where step i
+        is exactly the i-th running maximum, 0 for an empty step (e.g. EOS alone after a
+        blank line), -1 otherwise."""
+        expected = row["steps"]
+        return [0.0 if not s.strip() else 1.0 if i < len(expected) and s.strip() == expected[i] else -1.0
+                for i, s in enumerate(steps)]

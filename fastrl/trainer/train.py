@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
 from fastrl.integrations.hf import response_logprobs
 from fastrl.ops.logprobs import TokenStats
-from fastrl.trainer import checkpoint, distributed, scoring, task
+from fastrl.trainer import checkpoint, distributed, scoring
+from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
 from fastrl.trainer.rollout import rollout
@@ -93,6 +94,9 @@ class Batch:
     keep: torch.Tensor
     kl_old: Optional[torch.Tensor]
     collect_time: float
+    rows: list[dict]  # the data record each response answers
+    texts: list[str]  # the responses, special tokens dropped
+    ended: torch.Tensor  # [B] bool: the response ended with EOS (else at rollout.max_new_tokens)
 
 
 @dataclass
@@ -116,8 +120,14 @@ def sample_seed(run_seed: int, step: int, prompt: int, sample: int) -> int:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, task=None,
+                 on_step: Optional[Callable[["Trainer", dict, "Batch"], dict]] = None):
+        """task: the task serving data.source / reward.kind / reward.process "task" (default:
+        the built-in ``MaxTask``); on_step(trainer, metrics, batch) -> more metrics for the
+        log, called after each step on every process (experiments add their own)."""
         self.cfg = config
+        self.task = task if task is not None else task_lib.MaxTask(config.data.operands)
+        self.on_step = on_step
         self.proc, self.device = distributed.setup(config.run.device)
         self.out = Path(config.run.output_dir)
         self.log_path = self.out / "metrics.jsonl"
@@ -153,9 +163,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         total = config.run.steps * config.algo.epochs * config.algo.mini_batches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: _lr_factor(i, total, o))
-        self.prompts = Prompts(config.data, config.run.seed)
-        self.reward = scoring.outcome_reward(config)
-        self.process = scoring.ProcessReward(config, self.tokenizer, self.device) if config.algo.name == "pure" else None
+        self.prompts = Prompts(config.data, config.run.seed, self.task)
+        self.reward = scoring.outcome_reward(config, self.task)
+        self.process = (scoring.ProcessReward(config, self.tokenizer, self.device, self.task)
+                        if config.algo.name == "pure" else None)
         self.token_texts = ([self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
                             if config.algo.name == "pure" else None)
         eos = self.tokenizer.eos_token_id
@@ -205,8 +216,8 @@ class Trainer:
     def _load_model(self):
         m = self.cfg.model
         if m.path is None:
-            tokenizer = task.tokenizer()
-            model = task.tiny_model(len(tokenizer), m.tiny_hidden_size, m.tiny_layers, self.cfg.run.seed)
+            tokenizer = self.task.tokenizer()
+            model = task_lib.tiny_model(len(tokenizer), m.tiny_hidden_size, m.tiny_layers, self.cfg.run.seed)
             model.set_attn_implementation(self._attention())
             model = model.to(getattr(torch, m.dtype))
         else:
@@ -361,7 +372,7 @@ class Trainer:
             inputs.solved = correct
         credit = credit_lib.assign(cfg.algo.name, inputs, cfg.algo, proc)
         return Batch(step, input_ids, attention_mask, response_mask, loss_mask, old, old_values, ref_logp, credit,
-                     scores, correct, lengths, keep, kl_old, time.perf_counter() - start)
+                     scores, correct, lengths, keep, kl_old, time.perf_counter() - start, rows, texts, ro.ended)
 
     def run_step(self, step: int) -> dict:
         """One training step; returns its metrics (means over all processes)."""
@@ -402,6 +413,8 @@ class Trainer:
         }
         if batch.kl_old is not None:
             metrics["kl"] = kl / max(tok, 1)
+        if self.on_step is not None:
+            metrics.update(self.on_step(self, metrics, batch))
         return metrics
 
     def update(self, batch: "Batch") -> dict:
@@ -512,7 +525,7 @@ class Trainer:
             self.log_path.unlink()
         lm = self.policy.causal_lm()
         n_params = sum(p.numel() for p in self.policy.parameters())
-        self._say(f"fastrl train: {cfg.algo.name} on {'the built-in task' if cfg.data.source == 'task' else cfg.data.source}"
+        self._say(f"fastrl train: {cfg.algo.name} on {'task ' + self.task.name if cfg.data.source == 'task' else cfg.data.source}"
                   f", model {cfg.model.path or 'built-in tiny Llama'} ({n_params / 1e6:.2f}M parameters), "
                   f"attention {getattr(lm.config, '_attn_implementation', '?')}, {proc.world} process(es) on "
                   f"{self.device}{', ' + cfg.run.distributed if proc.world > 1 else ''}; "
@@ -667,9 +680,10 @@ def plot_metrics(log: Path, png: Path) -> Optional[Path]:
     return png
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Run ``config`` to its last step (the Python API of ``fastrl train``)."""
-    trainer = Trainer(config, resume=resume, overwrite=overwrite)
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, task=None, on_step=None) -> TrainResult:
+    """Run ``config`` to its last step (the Python API of ``fastrl train``; task and on_step
+    as ``Trainer``)."""
+    trainer = Trainer(config, resume=resume, overwrite=overwrite, task=task, on_step=on_step)
     try:
         return trainer.train()
     finally:

@@ -53,3 +53,18 @@ def test_unknown_name():
     assert set(CREDIT) == {"grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover"}
     with pytest.raises(ValueError, match="unknown credit assignment 'ppo'"):
         assign("ppo", None, AlgoConfig())
+
+
+@pytest.mark.parametrize("correct", range(9))
+def test_riskpo_per_group_advantage_is_never_positive_with_binary_rewards(correct):
+    """Groups of 8 with 0/1 rewards (bundle_size 1, credit std): every advantage is <= 0;
+    0 everywhere when 0, 1 or 8 answers are right; -24 for the one failure among 7
+    successes. What RiskPO's natural baseline does, not a bug (DESIGN 3.2)."""
+    x = CreditInputs(scores=torch.tensor([1.0] * correct + [0.0] * (8 - correct)),
+                     group_ids=torch.zeros(8, dtype=torch.long), mask=torch.ones(8, 1))
+    adv = assign("riskpo", x, AlgoConfig(riskpo_bundle_size=1)).advantages[:, 0]
+    assert (adv <= 0).all()
+    if correct in (0, 1, 8):
+        assert (adv == 0).all()
+    if correct == 7:
+        torch.testing.assert_close(adv, torch.tensor([0.0] * 7 + [-24.0]), atol=1e-3, rtol=0)

@@ -225,3 +225,17 @@ def test_bad_inputs(rng):
             rover_loss(**good, **{name: value})
     with pytest.raises(TypeError, match="centred must be a bool"):
         rover_advantages(adv, torch.zeros(5, dtype=torch.long), centred="yes")
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.5])
+def test_at_the_rollout_policy_the_gradient_is_reinforce(rng, rho):
+    """At theta = theta_old, Q = 0 and y = A, so d loss / d logp = -2 rho A / N: plain
+    REINFORCE; ROVER differs from a policy gradient only once the policy moves."""
+    B, T = 6, 9
+    logp = (-torch.rand(B, T, generator=rng, dtype=torch.float64) * 3).requires_grad_(True)
+    mean = -torch.rand(B, T, generator=rng, dtype=torch.float64) * 5
+    mask = torch.rand(B, T, generator=rng) > 0.3
+    adv = torch.randn(B, generator=rng, dtype=torch.float64)
+    rover_loss(logp, logp.detach(), mean, mean, adv, mask, rho=rho, kappa=0.7).backward()
+    expected = torch.where(mask, -2 * rho * adv[:, None] / mask.sum(), 0)
+    torch.testing.assert_close(logp.grad, expected)

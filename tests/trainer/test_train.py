@@ -35,7 +35,7 @@ def test_each_algorithm_lowers_its_loss_on_a_fixed_batch(tmp_path, algo):
 
 def test_pure_with_a_process_reward_model(tmp_path):
     # a random token-classification Llama on the task's vocabulary stands in for a PRM
-    tok = task.tokenizer()
+    tok = task.MaxTask().tokenizer()
     prm = transformers.LlamaForTokenClassification(transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_labels=2, pad_token_id=0))

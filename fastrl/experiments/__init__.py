@@ -1,0 +1,1 @@
+"""Toy-scale reproductions of the papers' headline effects (``fastrl experiment``)."""

@@ -1,0 +1,343 @@
+"""PURE at toy scale: sum-form credit for a process reward is hacked, min-form is not
+(``fastrl experiment pure --setting A|B``).
+
+Task: left-to-right arithmetic mod 10 on four digits joined by + or -, ``3+5-2+9``. The
+response writes one step per line, ``x o y=z``, then ``Az`` and EOS:
+``3+5=8\\n\\n8-2=6\\n\\n6+9=5\\n\\nA5``; at most 40 response tokens, 17 symbols.
+
+Process reward (programmatic, and hackable as PRMs are): +1 for a correct step that makes
+progress (the correct answer included), ``r_triv`` for a valid restatement ``=z`` that
+makes none, -1 for an arithmetic error, a malformed step, a wrong or premature answer; an
+unfinished last step (the response was cut) and a missing answer score 0.
+
+Policy: a small Llama (hidden 96, 3 layers, about 280k parameters) warmed up by
+supervised learning on correct solutions in which a restatement follows a step with
+probability 0.15, until its sampled accuracy reaches 0.5. Then RL through
+``fastrl.trainer`` (16 prompts x 8 samples, Adam 5e-4, clip 1, temperature 1, no KL, one
+on-policy update per batch) with five credit assignments: the PRM's sum-form, PURE's
+soft and strict min-form (token-mode leave-one-out baseline), the verifiable reward
+alone (RLOO) and soft min-form + 0.1 x verifiable reward.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastrl.trainer import task as task_lib
+
+SYMBOLS = [task_lib.PAD, task_lib.EOS, *"0123456789", "+", "-", "=", "A", task_lib.SEPARATOR]
+STEP = re.compile(r"^(\d)([+-])(\d)=(\d)$")
+RESTATE = re.compile(r"^=(\d)$")
+ANSWER = re.compile(r"^A(\d)$")
+# what an unfinished step can look like when the length limit cuts it
+PARTIAL = re.compile(r"^(|\d|\d[+-]|\d[+-]\d|\d[+-]\d=|=|A)$")
+
+
+def solve(digits: list[int], ops: list[str]) -> list[int]:
+    value, out = digits[0], []
+    for op, d in zip(ops, digits[1:]):
+        value = (value + d if op == "+" else value - d) % 10
+        out.append(value)
+    return out
+
+
+class ArithTask:
+    """The experiment's task for ``fastrl.trainer`` (see ``fastrl.trainer.task.MaxTask``)."""
+
+    name = "arith"
+
+    def __init__(self, r_triv: float = 1.0, operands: int = 4):
+        self.r_triv, self.operands = r_triv, operands
+
+    def tokenizer(self):
+        return task_lib.char_tokenizer(SYMBOLS)
+
+    def problem(self, rng: random.Random) -> dict:
+        digits = [rng.randrange(10) for _ in range(self.operands)]
+        ops = [rng.choice("+-") for _ in range(self.operands - 1)]
+        prompt = str(digits[0]) + "".join(o + str(d) for o, d in zip(ops, digits[1:]))
+        return {"prompt": prompt, "digits": digits, "ops": ops, "answer": str(solve(digits, ops)[-1])}
+
+    def problems(self, seed: int, step: int, count: int) -> list[dict]:
+        rng = random.Random(f"fastrl-arith:{seed}:{step}")
+        return [self.problem(rng) for _ in range(count)]
+
+    def solution(self, row: dict, rng: random.Random, restate: float = 0.15) -> str:
+        steps, value = [], row["digits"][0]
+        for op, d, z in zip(row["ops"], row["digits"][1:], solve(row["digits"], row["ops"])):
+            steps.append(f"{value}{op}{d}={z}")
+            if rng.random() < restate:
+                steps.append(f"={z}")
+            value = z
+        return task_lib.SEPARATOR.join(steps + [f"A{row['answer']}"])
+
+    def outcome_reward(self, row: dict, response: str) -> float:
+        return float(response.split(task_lib.SEPARATOR)[-1] == f"A{row['answer']}")
+
+    def grade(self, row: dict, steps: list[str]) -> list[tuple[str, float]]:
+        """(kind, score) per step: kind is progress, restate, error, answer, wrong_answer or
+        unfinished."""
+        values = solve(row["digits"], row["ops"])
+        value, done, out = row["digits"][0], 0, []
+        for i, s in enumerate(steps):
+            last = i == len(steps) - 1
+            m = STEP.match(s)
+            if m and done < len(values) and int(m[1]) == value and m[2] == row["ops"][done] \
+                    and int(m[3]) == row["digits"][done + 1] and int(m[4]) == values[done]:
+                value, done = values[done], done + 1
+                out.append(("progress", 1.0))
+            elif RESTATE.match(s) and int(s[1]) == value:
+                out.append(("restate", self.r_triv))
+            elif ANSWER.match(s):
+                right = done == len(values) and int(s[1]) == value
+                out.append(("answer", 1.0) if right else ("wrong_answer", -1.0))
+            elif last and PARTIAL.match(s):
+                out.append(("unfinished", 0.0))
+            else:
+                out.append(("error", -1.0))
+        return out
+
+    def step_scores(self, row: dict, steps: list[str]) -> list[float]:
+        return [score for _, score in self.grade(row, steps)]
+
+
+VARIANTS = {
+    "sum": {"algo.name": "pure", "algo.pure_min_form": "sum", "algo.pure_verifiable_coef": 0.0},
+    "soft_min": {"algo.name": "pure", "algo.pure_min_form": "soft", "algo.pure_verifiable_coef": 0.0},
+    "strict_min": {"algo.name": "pure", "algo.pure_min_form": "strict", "algo.pure_verifiable_coef": 0.0},
+    "verifiable": {"algo.name": "rloo"},
+    "soft_min+0.1vr": {"algo.name": "pure", "algo.pure_min_form": "soft", "algo.pure_verifiable_coef": 0.1},
+}
+SETTINGS = {"A": {"r_triv": 1.0, "steps": 120}, "B": {"r_triv": 0.8, "steps": 150}}
+
+
+@dataclass
+class Plan:
+    setting: str
+    seeds: tuple[int, ...] = (0, 1)
+    rl_steps: int = 0  # 0: the setting's
+    eval_problems: int = 512
+    warmup_max_steps: int = 3000
+    smoke: bool = False
+
+    @classmethod
+    def smoke_plan(cls, setting: str) -> "Plan":
+        return cls(setting, seeds=(0,), rl_steps=3, eval_problems=32, warmup_max_steps=20, smoke=True)
+
+
+def _batch_ids(task, tokenizer, rows, rng):
+    """Prompt + solution + EOS, and the response mask, for supervised warm-up."""
+    seqs, masks = [], []
+    for row in rows:
+        prompt = tokenizer.encode(row["prompt"])
+        answer = tokenizer.encode(task.solution(row, rng)) + [tokenizer.eos_token_id]
+        seqs.append(prompt + answer)
+        masks.append([0] * len(prompt) + [1] * len(answer))
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    return ids, (ids != tokenizer.pad_token_id) | (mask != 0), mask
+
+
+@torch.no_grad()
+def accuracy(model, tokenizer, task, rows, greedy=False, max_new_tokens=40, seed=0) -> dict:
+    """Sampled (temperature 1) or greedy accuracy, with steps per response, on rows."""
+    from fastrl.trainer.rollout import rollout
+
+    model.eval()
+    ro = rollout(model, [tokenizer.encode(r["prompt"]) for r in rows], max_new_tokens, tokenizer.eos_token_id,
+                 tokenizer.pad_token_id, top_k=1 if greedy else None,
+                 seeds=torch.tensor([seed * 100003 + i for i in range(len(rows))]), progress=False)
+    model.train()
+    texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(ro.response_ids.tolist(), ro.response_mask.sum(1).tolist())],
+                                   skip_special_tokens=True)
+    return {"accuracy": float(np.mean([task.outcome_reward(r, t) for r, t in zip(rows, texts)])),
+            **response_stats(task, rows, texts, ro.ended)}
+
+
+def response_stats(task, rows, texts, ended) -> dict:
+    graded = [task.grade(r, t.split(task_lib.SEPARATOR)) for r, t in zip(rows, texts)]
+    steps = [sum(k in ("progress", "restate", "error") for k, _ in g) for g in graded]
+    scores = [[s for _, s in g] or [0.0] for g in graded]
+    return {"steps_per_response": float(np.mean(steps)),
+            "no_progress_steps": float(np.mean([sum(k == "restate" for k, _ in g) for g in graded])),
+            "cut_at_limit": float(1 - ended.float().mean()),
+            "prm_sum": float(np.mean([sum(s) for s in scores])),
+            "prm_min": float(np.mean([min(s) for s in scores]))}
+
+
+def warm_up(task, seed: int, out: Path, plan: Plan, log) -> Path:
+    """Supervised warm-up on correct solutions until sampled accuracy reaches 0.5; the
+    model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load)."""
+    from fastrl.integrations.hf import response_logprobs
+
+    tokenizer = task.tokenizer()
+    model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = random.Random(f"warmup:{seed}")
+    check = task.problems(seed + 1000, 0, 256 if not plan.smoke else 16)
+    acc, step = 0.0, 0
+    while step < plan.warmup_max_steps:
+        rows = [task.problem(rng) for _ in range(64)]
+        ids, attention, mask = _batch_ids(task, tokenizer, rows, rng)
+        stats = response_logprobs(model, ids, attention, mask)
+        loss = -(stats.logprob.sum() / mask.sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 50 == 0 or step == plan.warmup_max_steps:
+            acc = accuracy(model, tokenizer, task, check, seed=step)["accuracy"]
+            log(f"  warm-up seed {seed} step {step}: loss {loss.item():.3f}, sampled accuracy {acc:.3f}")
+            if acc >= 0.5:
+                break
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:
+    """Every variant on every seed; writes summary.json and PNGs under output_dir and
+    returns the summary (criteria included)."""
+    from fastrl.trainer.config import TrainConfig
+    from fastrl.trainer.train import train
+
+    plan = plan or Plan(setting)
+    spec = SETTINGS[setting]
+    steps = plan.rl_steps or spec["steps"]
+    task = ArithTask(r_triv=spec["r_triv"])
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation = task.problems(12345, 0, plan.eval_problems)
+    summary = {"setting": setting, "r_triv": spec["r_triv"], "rl_steps": steps, "seeds": list(plan.seeds),
+               "smoke": plan.smoke, "runs": {}}
+    started = time.perf_counter()
+    for seed in plan.seeds:
+        warm = warm_up(task, seed, out / f"seed{seed}" / "warm", plan, log)
+        tokenizer = task.tokenizer()
+        for name, overrides in VARIANTS.items():
+            def on_step(trainer, metrics, batch):
+                return response_stats(task, batch.rows, batch.texts, batch.ended.cpu())
+
+            values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 16},
+                      "rollout": {"group_size": 8, "max_new_tokens": 40, "temperature": 1.0},
+                      "reward": {"process": "task"}, "optim": {"lr": 5e-4, "max_grad_norm": 1.0},
+                      "run": {"steps": steps, "seed": seed, "output_dir": str(out / f"seed{seed}" / name),
+                              "progress": False, "checkpoint_every": 0}}
+            config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+            from transformers import AutoModelForCausalLM
+
+            start_model = AutoModelForCausalLM.from_pretrained(warm)
+            start = {"sampled": accuracy(start_model, tokenizer, task, evaluation, seed=1),
+                     "greedy": accuracy(start_model, tokenizer, task, evaluation, greedy=True)}
+            result = train(config, overwrite=True, task=task, on_step=on_step)
+            final = AutoModelForCausalLM.from_pretrained(result.final_model)
+            end = {"sampled": accuracy(final, tokenizer, task, evaluation, seed=2),
+                   "greedy": accuracy(final, tokenizer, task, evaluation, greedy=True)}
+            curve = [{k: m[k] for k in ("step", "accuracy", "steps_per_response", "no_progress_steps",
+                                         "cut_at_limit", "prm_sum", "prm_min")} for m in result.metrics]
+            summary["runs"][f"{name}/seed{seed}"] = {"variant": name, "seed": seed, "start": start, "end": end,
+                                                    "curve": curve}
+            log(f"  {name:<15} seed {seed}: sampled accuracy {start['sampled']['accuracy']:.3f} -> "
+                f"{end['sampled']['accuracy']:.3f}, greedy {start['greedy']['accuracy']:.3f} -> "
+                f"{end['greedy']['accuracy']:.3f}, steps/response {end['sampled']['steps_per_response']:.1f}")
+    summary["seconds"] = time.perf_counter() - started
+    summary["criteria"] = criteria(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(summary, out)
+    return summary
+
+
+def smoothed(values, window=10):
+    return [float(np.mean(values[max(0, i - window + 1):i + 1])) for i in range(len(values))]
+
+
+def criteria(summary: dict) -> list[dict]:
+    """The issue's criteria, each with what was measured and whether it held."""
+    runs = summary["runs"]
+    seeds = summary["seeds"]
+    rows = []
+
+    def end(name, seed, key="accuracy"):
+        return runs[f"{name}/seed{seed}"]["end"]["sampled"][key]
+
+    def start(name, seed):
+        return runs[f"{name}/seed{seed}"]["start"]["sampled"]["accuracy"]
+
+    if summary["setting"] == "A":
+        for seed in seeds:
+            curve = runs[f"sum/seed{seed}"]["curve"]
+            acc = smoothed([c["accuracy"] for c in curve])
+            by_100 = min(acc[:100]) if acc else float("nan")
+            spr = curve[min(99, len(curve) - 1)]["steps_per_response"] if curve else float("nan")
+            rows.append({"criterion": f"sum-form accuracy < 0.1 by step 100 with >= 10 steps/response (seed {seed})",
+                         "measured": f"lowest smoothed accuracy {by_100:.3f}, {spr:.1f} steps/response at step "
+                                     f"{min(100, len(curve))}",
+                         "held": bool(by_100 < 0.1 and spr >= 10)})
+            for name in ("soft_min", "strict_min"):
+                s, e, vr = start(name, seed), end(name, seed), end("verifiable", seed)
+                spr = end(name, seed, "steps_per_response")
+                rows.append({"criterion": f"{name}: end >= start + 0.1, within 0.05 of verifiable, <= 6 "
+                                          f"steps/response (seed {seed})",
+                             "measured": f"{s:.3f} -> {e:.3f} (verifiable {vr:.3f}), {spr:.1f} steps/response",
+                             "held": bool(e >= s + 0.1 and abs(e - vr) <= 0.05 and spr <= 6)})
+    else:
+        for seed in seeds:
+            e = end("strict_min", seed)
+            rows.append({"criterion": f"strict_min ends >= 0.7 (seed {seed})", "measured": f"{e:.3f}",
+                         "held": bool(e >= 0.7)})
+            rows.append({"criterion": f"soft_min, reported as measured (seed {seed})",
+                         "measured": f"{start('soft_min', seed):.3f} -> {end('soft_min', seed):.3f}", "held": None})
+    return rows
+
+
+def plot(summary: dict, out: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    keys = ("accuracy", "steps_per_response", "no_progress_steps", "cut_at_limit", "prm_sum", "prm_min")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, key in zip(axes.flat, keys):
+        for run_name, run in summary["runs"].items():
+            xs = [c["step"] for c in run["curve"]]
+            ax.plot(xs, smoothed([c[key] for c in run["curve"]]), color=colors[run["variant"]],
+                    ls="-" if run["seed"] == summary["seeds"][0] else "--", lw=1.2,
+                    label=run["variant"] if run["seed"] == summary["seeds"][0] else None)
+        ax.set_title(key + " (10-step mean)", fontsize=9)
+        ax.set_xlabel("RL step", fontsize=8)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"PURE toy experiment, setting {summary['setting']} (r_triv = {summary['r_triv']}); "
+                 "solid/dashed: seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / f"pure_{summary['setting']}.png", dpi=100)
+    plt.close(fig)
+
+
+def report(summary: dict) -> str:
+    lines = [f"PURE experiment, setting {summary['setting']} (r_triv {summary['r_triv']}, {summary['rl_steps']} RL "
+             f"steps, seeds {summary['seeds']}{', SMOKE' if summary['smoke'] else ''}): "
+             f"{summary['seconds']:.0f} s", "",
+             f"{'variant':<16}{'seed':>5}  {'sampled start -> end':>22}  {'greedy start -> end':>21}  "
+             f"{'steps/resp':>10}  {'cut':>5}"]
+    for run in summary["runs"].values():
+        s, e = run["start"], run["end"]
+        lines.append(f"{run['variant']:<16}{run['seed']:>5}  {s['sampled']['accuracy']:>10.3f} -> "
+                     f"{e['sampled']['accuracy']:<8.3f}  {s['greedy']['accuracy']:>9.3f} -> "
+                     f"{e['greedy']['accuracy']:<8.3f}  {e['sampled']['steps_per_response']:>10.1f}  "
+                     f"{e['sampled']['cut_at_limit']:>5.2f}")
+    lines.append("")
+    for c in summary["criteria"]:
+        verdict = {True: "HELD", False: "NOT HELD", None: "reported"}[c["held"]]
+        lines.append(f"[{verdict}] {c['criterion']}: {c['measured']}")
+    return "\n".join(lines)

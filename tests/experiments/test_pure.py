@@ -1,0 +1,59 @@
+"""The PURE experiment's task and process reward, and its smoke run through the CLI."""
+import json
+import random
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from fastrl.cli import main  # noqa: E402
+from fastrl.experiments.pure import ArithTask, solve  # noqa: E402
+
+ROW = {"prompt": "3+5-2+9", "digits": [3, 5, 2, 9], "ops": ["+", "-", "+"], "answer": "5"}
+
+
+def test_solve_is_left_to_right_mod_10():
+    assert solve([3, 5, 2, 9], ["+", "-", "+"]) == [8, 6, 5]
+    assert solve([0, 7], ["-"]) == [3]
+
+
+@pytest.mark.parametrize("steps, expected", [
+    (["3+5=8", "8-2=6", "6+9=5", "A5"], [1, 1, 1, 1]),
+    (["3+5=8", "=8", "=8", "8-2=6", "6+9=5", "A5"], [1, 0.8, 0.8, 1, 1, 1]),  # restatements: r_triv
+    (["3+5=9", "9-2=7"], [-1, -1]),  # an arithmetic error; the next step is off the true path
+    (["3+5=8", "A8"], [1, -1]),  # a premature answer
+    (["3+5=8", "8-2=6", "6+9=5", "A4"], [1, 1, 1, -1]),  # a wrong answer
+    (["3+5=8", "=7"], [1, -1]),  # a false restatement
+    (["3+5=8", "8-2=6", "6+"], [1, 1, 0]),  # cut by the length limit: not penalised
+    (["3+5=8", "8*2"], [1, -1]),  # malformed
+    (["3+5=8", "8-2=6"], [1, 1]),  # a missing answer costs nothing
+])
+def test_process_reward(steps, expected):
+    assert ArithTask(r_triv=0.8).step_scores(ROW, steps) == expected
+
+
+def test_outcome_reward_reads_the_final_answer():
+    task = ArithTask()
+    assert task.outcome_reward(ROW, "3+5=8\n\n8-2=6\n\n6+9=5\n\nA5") == 1.0
+    assert task.outcome_reward(ROW, "A5\n\n3+5=8") == 0.0
+    assert task.outcome_reward(ROW, "3+5=8\n\n8-2=6\n\n6+9=5\n\nA6") == 0.0
+
+
+def test_warm_up_solutions_are_correct_and_score_well():
+    task, rng = ArithTask(r_triv=0.8), random.Random(0)
+    for row in task.problems(0, 0, 50):
+        text = task.solution(row, rng)
+        assert task.outcome_reward(row, text) == 1.0
+        assert all(s in (1.0, 0.8) for s in task.step_scores(row, text.split("\n\n")))
+    assert all(len(task.tokenizer().encode(task.solution(r, rng))) < 40 for r in task.problems(1, 0, 50))
+
+
+@pytest.mark.parametrize("setting", ["A", "B"])
+def test_smoke_run(tmp_path, capsys, setting):
+    assert main(["experiment", "pure", "--setting", setting, "--smoke", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["runs"]) == 5 and summary["smoke"]
+    assert all(len(run["curve"]) == 3 for run in summary["runs"].values())
+    assert (tmp_path / f"pure_{setting}.png").exists()
+    assert "HELD" in printed or "reported" in printed
