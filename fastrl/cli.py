@@ -197,18 +197,26 @@ def train(args) -> int:
 def experiment(args) -> int:
     from pathlib import Path
 
-    from fastrl.experiments import pure
+    from fastrl.experiments import countdown, pure
 
-    if args.name != "pure":
-        print(f"fastrl experiment {args.name}: not built yet (the RiskPO/ROVER comparison is open work)",
-              file=sys.stderr)
+    settings = {"pure": ("A", "B"), "riskpo": ("A",), "rover": ("A", "D")}[args.name]
+    if args.setting not in settings:
+        print(f"fastrl experiment {args.name}: --setting must be one of {', '.join(settings)}", file=sys.stderr)
         return 2
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=seeds)
-    out = Path(args.output_dir or f"runs/experiments/pure_{args.setting}{'_smoke' if args.smoke else ''}")
-    summary = pure.run(args.setting, out, plan)
-    print(pure.report(summary))
-    print(f"\nsummary: {out / 'summary.json'}\nplot: {out / f'pure_{args.setting}.png'}")
+    out = Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
+    if args.name == "pure":
+        seeds = tuple(int(s) for s in (args.seeds or "0,1").split(","))
+        plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=seeds)
+        summary = pure.run(args.setting, out, plan)
+        print(pure.report(summary))
+    else:
+        plan = countdown.Plan.smoke_plan() if args.smoke else countdown.Plan()
+        if args.seeds and not args.smoke:
+            plan.settings[args.setting] = {**plan.settings[args.setting],
+                                           "seeds": tuple(int(s) for s in args.seeds.split(","))}
+        summary = countdown.run(args.name, args.setting, out, plan)
+        print(countdown.report(summary))
+    print(f"\nsummary: {out / 'summary.json'}; plots: {', '.join(str(p) for p in sorted(out.glob('*.png')))}")
     return 0
 
 
@@ -232,8 +240,9 @@ def main(argv=None) -> int:
     t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     x = sub.add_parser("experiment", help="reproduce a paper's headline effect at toy scale on the CPU")
     x.add_argument("name", choices=["pure", "riskpo", "rover"])
-    x.add_argument("--setting", choices=["A", "B"], default="A", help="pure: A (r_triv 1.0) or B (r_triv 0.8)")
-    x.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    x.add_argument("--setting", choices=["A", "B", "D"], default="A",
+                   help="pure: A (r_triv 1.0) or B (r_triv 0.8); riskpo: A; rover: A or D (8 epochs per batch)")
+    x.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
     x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
     x.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")

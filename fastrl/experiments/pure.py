@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastrl.experiments.common import sample, smoothed
+from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.trainer import task as task_lib
 
 SYMBOLS = [task_lib.PAD, task_lib.EOS, *"0123456789", "+", "-", "=", "A", task_lib.SEPARATOR]
@@ -138,34 +140,11 @@ class Plan:
         return cls(setting, seeds=(0,), rl_steps=3, eval_problems=32, warmup_max_steps=20, smoke=True)
 
 
-def _batch_ids(task, tokenizer, rows, rng):
-    """Prompt + solution + EOS, and the response mask, for supervised warm-up."""
-    seqs, masks = [], []
-    for row in rows:
-        prompt = tokenizer.encode(row["prompt"])
-        answer = tokenizer.encode(task.solution(row, rng)) + [tokenizer.eos_token_id]
-        seqs.append(prompt + answer)
-        masks.append([0] * len(prompt) + [1] * len(answer))
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
-    return ids, (ids != tokenizer.pad_token_id) | (mask != 0), mask
-
-
-@torch.no_grad()
 def accuracy(model, tokenizer, task, rows, greedy=False, max_new_tokens=40, seed=0) -> dict:
-    """Sampled (temperature 1) or greedy accuracy, with steps per response, on rows."""
-    from fastrl.trainer.rollout import rollout
-
-    model.eval()
-    ro = rollout(model, [tokenizer.encode(r["prompt"]) for r in rows], max_new_tokens, tokenizer.eos_token_id,
-                 tokenizer.pad_token_id, top_k=1 if greedy else None,
-                 seeds=torch.tensor([seed * 100003 + i for i in range(len(rows))]), progress=False)
-    model.train()
-    texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(ro.response_ids.tolist(), ro.response_mask.sum(1).tolist())],
-                                   skip_special_tokens=True)
+    """Sampled (temperature 1) or greedy accuracy, with the response statistics, on rows."""
+    texts, ended, _ = sample(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, greedy, seed)
     return {"accuracy": float(np.mean([task.outcome_reward(r, t) for r, t in zip(rows, texts)])),
-            **response_stats(task, rows, texts, ro.ended)}
+            **response_stats(task, rows, texts, ended)}
 
 
 def response_stats(task, rows, texts, ended) -> dict:
@@ -182,28 +161,16 @@ def response_stats(task, rows, texts, ended) -> dict:
 def warm_up(task, seed: int, out: Path, plan: Plan, log) -> Path:
     """Supervised warm-up on correct solutions until sampled accuracy reaches 0.5; the
     model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load)."""
-    from fastrl.integrations.hf import response_logprobs
-
     tokenizer = task.tokenizer()
     model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = random.Random(f"warmup:{seed}")
     check = task.problems(seed + 1000, 0, 256 if not plan.smoke else 16)
-    acc, step = 0.0, 0
-    while step < plan.warmup_max_steps:
-        rows = [task.problem(rng) for _ in range(64)]
-        ids, attention, mask = _batch_ids(task, tokenizer, rows, rng)
-        stats = response_logprobs(model, ids, attention, mask)
-        loss = -(stats.logprob.sum() / mask.sum())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % 50 == 0 or step == plan.warmup_max_steps:
-            acc = accuracy(model, tokenizer, task, check, seed=step)["accuracy"]
-            log(f"  warm-up seed {seed} step {step}: loss {loss.item():.3f}, sampled accuracy {acc:.3f}")
-            if acc >= 0.5:
-                break
+
+    def done(step, loss):
+        acc = accuracy(model, tokenizer, task, check, seed=step)["accuracy"]
+        log(f"  warm-up seed {seed} step {step}: loss {loss:.3f}, sampled accuracy {acc:.3f}")
+        return acc >= 0.5
+
+    warm_up_steps(model, tokenizer, task, random.Random(f"warmup:{seed}"), 64, 1e-3, plan.warmup_max_steps, 50, done)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -259,10 +226,6 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot(summary, out)
     return summary
-
-
-def smoothed(values, window=10):
-    return [float(np.mean(values[max(0, i - window + 1):i + 1])) for i in range(len(values))]
 
 
 def criteria(summary: dict) -> list[dict]:

@@ -1,0 +1,71 @@
+"""What the experiments share: supervised warm-up on a task's correct solutions, sampling
+responses for evaluation, running means."""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def solution_batch(task, tokenizer, rows, rng: random.Random):
+    """(input_ids, attention_mask, response_mask) for prompt + a correct solution + EOS."""
+    seqs, masks = [], []
+    for row in rows:
+        prompt = tokenizer.encode(row["prompt"])
+        answer = tokenizer.encode(task.solution(row, rng)) + [tokenizer.eos_token_id]
+        seqs.append(prompt + answer)
+        masks.append([0] * len(prompt) + [1] * len(answer))
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    return ids, (ids != tokenizer.pad_token_id) | (mask != 0), mask
+
+
+def warm_up(model, tokenizer, task, rng: random.Random, batch: int, lr: float, max_steps: int,
+            check_every: int, done: Callable[[int, float], bool]) -> int:
+    """Teacher-forced training on correct solutions (the response tokens' mean negative
+    log-likelihood through ``response_logprobs``, Adam) until ``done(step, loss)``, asked
+    every ``check_every`` steps, says so or max_steps pass. Returns the steps run."""
+    from fastrl.integrations.hf import response_logprobs
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(1, max_steps + 1):
+        ids, attention, mask = solution_batch(task, tokenizer, [task.problem(rng) for _ in range(batch)], rng)
+        loss = -(response_logprobs(model, ids, attention, mask).logprob.sum() / mask.sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step % check_every == 0 or step == max_steps) and done(step, loss.item()):
+            return step
+    return max_steps
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bool = False, seed: int = 0,
+           batch: int = 1024) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Responses (special tokens dropped), whether each ended with EOS, and each one's
+    summed negative log-probability under the policy (temperature 1) with its token count
+    ([B, 2]: an entropy estimate), sampled at temperature 1 (or greedily) through
+    ``fastrl.trainer.rollout``, ``batch`` at a time."""
+    from fastrl.trainer.rollout import rollout
+
+    model.eval()
+    texts, ended, surprise = [], [], []
+    for start in range(0, len(prompts), batch):
+        part = prompts[start:start + batch]
+        ro = rollout(model, [tokenizer.encode(p) for p in part], max_new_tokens, tokenizer.eos_token_id,
+                     tokenizer.pad_token_id, top_k=1 if greedy else None, progress=False,
+                     seeds=torch.tensor([seed * 100003 + start + i for i in range(len(part))]))
+        lengths = ro.response_mask.sum(1).tolist()
+        texts += tokenizer.batch_decode([ids[:n] for ids, n in zip(ro.response_ids.tolist(), lengths)],
+                                        skip_special_tokens=True)
+        ended.append(ro.ended.cpu())
+        surprise.append(torch.stack([-ro.policy_logprob.sum(1), ro.response_mask.sum(1).float()], 1).cpu())
+    model.train()
+    return texts, torch.cat(ended), torch.cat(surprise)
+
+
+def smoothed(values, window=10):
+    return [float(np.mean(values[max(0, i - window + 1):i + 1])) for i in range(len(values))]

@@ -1,0 +1,51 @@
+"""The countdown-4 task of the RiskPO/ROVER experiment and its smoke runs through the CLI."""
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from fastrl.cli import main  # noqa: E402
+from fastrl.experiments.countdown import CountdownTask, all_problems, canonical  # noqa: E402
+
+
+def test_problem_set():
+    problems = all_problems()
+    assert len(problems) == 3729  # every solvable (4 distinct numbers from 1-9, target 0-99) pair
+    for p in problems[::97]:
+        assert all(eval(s) == p["target"] for s in p["solutions"])
+        assert all(sorted(int(c) for c in s[::2]) == p["numbers"] for s in p["solutions"])
+    task = CountdownTask()
+    assert len(task.test) == 300 and len(task.train) == 3429
+    assert not {t["prompt"] for t in task.test} & {t["prompt"] for t in task.train}
+
+
+def test_reward_and_form():
+    task = CountdownTask()
+    row = {"numbers": [3, 5, 7, 9], "target": 52}
+    assert task.outcome_reward(row, "9*7-5-3") == 0.0  # 55: well-formed, wrong
+    assert task.outcome_reward(row, "7*9-3-5") == 0.0
+    assert task.outcome_reward(row, "9*5+7") == 0.0  # a number missing
+    row = {"numbers": [3, 5, 7, 9], "target": 55}
+    assert task.outcome_reward(row, "9*7-5-3") == 1.0
+    assert task.outcome_reward(row, "9*7-5-3+") == 0.0
+    assert task.well_formed(row, "3+5+7+9") and not task.well_formed(row, "3+3+7+9")
+
+
+def test_canonical_merges_rearrangements_only():
+    assert canonical("9*7-5-3") == canonical("7*9-3-5") == canonical("-5+9*7-3")
+    assert canonical("9*7-5-3") != canonical("9*7-3*5")
+    assert canonical("3*5+7+9") != canonical("3+5*7+9")
+
+
+@pytest.mark.parametrize("name, setting", [("riskpo", "A"), ("rover", "A"), ("rover", "D")])
+def test_smoke_run(tmp_path, capsys, name, setting):
+    out = tmp_path / f"{name}_{setting}"
+    assert main(["experiment", name, "--setting", setting, "--smoke", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    methods = {"riskpo": 3, "rover": 2}[name]
+    assert len(summary["runs"]) == methods
+    assert (out / f"{name}_{setting}.png").exists()
+    assert "sanity" in printed or setting == "D"
+    assert main(["experiment", name, "--setting", "B", "--smoke", "--output-dir", str(out)]) == 2
