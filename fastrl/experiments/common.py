@@ -69,3 +69,9 @@ def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, greedy: bo
 
 def smoothed(values, window=10):
     return [float(np.mean(values[max(0, i - window + 1):i + 1])) for i in range(len(values))]
+
+
+def verdicts(criteria: list[dict]) -> list[str]:
+    """One line per criterion: [HELD], [NOT HELD] or [reported], what it asks, what was measured."""
+    names = {True: "HELD", False: "NOT HELD", None: "reported"}
+    return [f"[{names[c['held']]}] {c['criterion']}: {c['measured']}" for c in criteria]

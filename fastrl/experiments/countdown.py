@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastrl.experiments.common import sample, warm_up
+from fastrl.experiments.common import sample, verdicts, warm_up
 from fastrl.metrics import pass_at_k
 from fastrl.trainer import task as task_lib
 
@@ -291,8 +291,4 @@ def report(summary: dict) -> str:
         lines.append(f"{r['setting']:<8}{r['method']:<16}{r['seed']:>5}  {s['pass@k'][1]:>6.3f} -> {e['pass@k'][1]:<5.3f}  "
                      f"{_top(s):>6.3f} -> {_top(e):<5.3f}  {s['entropy']:>6.3f} -> {e['entropy']:<5.3f}  "
                      f"{s['distinct_correct']:>5.2f} -> {e['distinct_correct']:<4.2f}  {e['well_formed']:>11.3f}")
-    lines.append("")
-    for c in summary["criteria"]:
-        verdict = {True: "HELD", False: "NOT HELD", None: "reported"}[c["held"]]
-        lines.append(f"[{verdict}] {c['criterion']}: {c['measured']}")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + verdicts(summary["criteria"]))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastrl.experiments.common import sample, smoothed
+from fastrl.experiments.common import sample, smoothed, verdicts
 from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.trainer import task as task_lib
 
@@ -305,8 +305,4 @@ def report(summary: dict) -> str:
                      f"{e['sampled']['accuracy']:<8.3f}  {s['greedy']['accuracy']:>9.3f} -> "
                      f"{e['greedy']['accuracy']:<8.3f}  {e['sampled']['steps_per_response']:>10.1f}  "
                      f"{e['sampled']['cut_at_limit']:>5.2f}")
-    lines.append("")
-    for c in summary["criteria"]:
-        verdict = {True: "HELD", False: "NOT HELD", None: "reported"}[c["held"]]
-        lines.append(f"[{verdict}] {c['criterion']}: {c['measured']}")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + verdicts(summary["criteria"]))
