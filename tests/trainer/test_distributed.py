@@ -3,7 +3,7 @@ on the same data. Each algorithm family that reduces across processes is covered
 statistics (grpo), bundles spanning processes (riskpo), whitening over all tokens (gae)."""
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,19 +19,19 @@ SCRIPT = Path(__file__).with_name("distributed_run.py")
 TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb"}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(out, mode, overrides, processes):
     cmd = [sys.executable, str(SCRIPT), str(out), mode, *overrides]
     if processes > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               f"--master_port={free_port()}", *cmd[1:]]
+        # --standalone: a rendezvous on a free local port, chosen by torchrun itself
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *cmd[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if done.returncode != 0 and processes > 1 and not re.search(r"\[rank\d+\]: Traceback", done.stdout + done.stderr):
+        # a launch that died without a Python error in a worker (a rendezvous or gloo
+        # connection failure on a busy machine) is tried once more; a worker error is not
+        print("torchrun failed without a worker traceback; retrying once:\n" + done.stderr[-2000:])
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from transformers import AutoModelForCausalLM
 
