@@ -131,12 +131,10 @@ def eval_samples(args) -> int:
     for i, k in enumerate(ks):
         print(f"{k:>5} {passk[i]:>8.4f} {f'{cotk[i]:.4f}' if cotk else 'n/a':>11}")
     if args.plot:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed; skipping --plot (pip install matplotlib)")
+        from fastrl.plotting import pyplot
+
+        plt = pyplot("skipping --plot")
+        if plt is None:
             return 0
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(ks, passk, "o-", label="pass@k")

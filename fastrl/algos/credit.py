@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from fastrl.algos._tokens import last_valid
 from fastrl.algos.pure import Credit, masked_whiten, pure_advantages
 from fastrl.ops import broadcast_to_tokens, gae, group_advantages, risk_advantages
 
@@ -74,8 +75,6 @@ def _rover(x: CreditInputs, cfg, reduce: Reduce) -> Credit:
 
 
 def _gae(x: CreditInputs, cfg, reduce: Reduce) -> Credit:
-    from fastrl.algos._tokens import last_valid
-
     valid = x.mask != 0
     rewards = torch.where(last_valid(valid), x.scores[:, None].to(x.values.dtype), 0)
     if x.token_rewards is not None:

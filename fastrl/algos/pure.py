@@ -60,10 +60,11 @@ def step_ends(ids: torch.Tensor, mask: torch.Tensor, token_texts: Sequence[str])
 
 def loo_mean(values: torch.Tensor, group_ids: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per row, the others' sum of values over the others' sum of weights (default 1 each):
-    the leave-one-out mean of its group; 0 for a singleton (or zero weight)."""
+    the leave-one-out mean of its group; 0 for a singleton (or zero weight). group_ids in
+    [0, B), as for every fastrl op."""
     if weights is None:
         weights = torch.ones_like(values)
-    n = int(group_ids.max()) + 1 if group_ids.numel() else 0
+    n = group_ids.numel()
     total = values.new_zeros(n).index_add_(0, group_ids, values)[group_ids] - values
     weight = weights.new_zeros(n).index_add_(0, group_ids, weights)[group_ids] - weights
     return torch.where(weight > 0, total / weight.clamp_min(1e-12), torch.zeros_like(values))

@@ -35,6 +35,7 @@ import torch
 
 from fastrl.experiments.common import sample, verdicts, warm_up
 from fastrl.metrics import pass_at_k
+from fastrl.plotting import pyplot
 from fastrl.trainer import task as task_lib
 
 SYMBOLS = [task_lib.PAD, task_lib.EOS, *"0123456789", "+", "-", "*", ",", "="]
@@ -246,11 +247,8 @@ def criteria(summary: dict) -> list[dict]:
 
 
 def plot(summary: dict, out: Path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     for setting, spec in summary["settings"].items():
         fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fastrl.experiments.common import sample, smoothed, verdicts
+from fastrl.plotting import pyplot
 from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.trainer import task as task_lib
 
@@ -179,8 +180,13 @@ def warm_up(task, seed: int, out: Path, plan: Plan, log) -> Path:
 def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:
     """Every variant on every seed; writes summary.json and PNGs under output_dir and
     returns the summary (criteria included)."""
+    from transformers import AutoModelForCausalLM
+
     from fastrl.trainer.config import TrainConfig
     from fastrl.trainer.train import train
+
+    def on_step(trainer, metrics, batch):
+        return response_stats(task, batch.rows, batch.texts, batch.ended.cpu())
 
     plan = plan or Plan(setting)
     spec = SETTINGS[setting]
@@ -196,17 +202,12 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
         warm = warm_up(task, seed, out / f"seed{seed}" / "warm", plan, log)
         tokenizer = task.tokenizer()
         for name, overrides in VARIANTS.items():
-            def on_step(trainer, metrics, batch):
-                return response_stats(task, batch.rows, batch.texts, batch.ended.cpu())
-
             values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 16},
                       "rollout": {"group_size": 8, "max_new_tokens": 40, "temperature": 1.0},
                       "reward": {"process": "task"}, "optim": {"lr": plan.lr, "max_grad_norm": 1.0},
                       "run": {"steps": steps, "seed": seed, "output_dir": str(out / f"seed{seed}" / name),
                               "progress": False, "checkpoint_every": 0}}
             config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-            from transformers import AutoModelForCausalLM
-
             start_model = AutoModelForCausalLM.from_pretrained(warm)
             start = {"sampled": accuracy(start_model, tokenizer, task, evaluation, seed=1),
                      "greedy": accuracy(start_model, tokenizer, task, evaluation, greedy=True)}
@@ -268,11 +269,8 @@ def criteria(summary: dict) -> list[dict]:
 
 
 def plot(summary: dict, out: Path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     keys = ("accuracy", "steps_per_response", "no_progress_steps", "cut_at_limit", "prm_sum", "prm_min")
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))

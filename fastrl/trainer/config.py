@@ -278,7 +278,13 @@ class TrainConfig:
         _positive("algo.clip_high", a.clip_high)
         if a.dual_clip is not None and a.dual_clip <= 1:
             raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {a.dual_clip}")
+        if a.mini_batches > r.group_size:
+            raise ConfigError(f"algo.mini_batches ({a.mini_batches}) must be at most rollout.group_size "
+                              f"({r.group_size}): each mini-batch takes a share of every group")
         _at_least("algo.kl_coef", a.kl_coef, 0)
+        if a.kl_coef > 0 and a.kl_in == "reward" and a.name in ("pure", "rover"):
+            raise ConfigError(f"algo.kl_in 'reward' works with grpo, dr_grpo, rloo, riskpo and gae; for {a.name} "
+                              "put the KL in the loss")
         if a.kl_coef > 0 and m.reference is None:
             raise ConfigError("algo.kl_coef > 0 needs model.reference ('initial' or a folder)")
         _at_least("algo.entropy_coef", a.entropy_coef, 0)

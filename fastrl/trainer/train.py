@@ -21,7 +21,7 @@ import math
 import random
 import resource
 import signal
-import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -40,13 +40,13 @@ from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
 from fastrl.integrations.hf import response_logprobs
 from fastrl.ops.logprobs import TokenStats
+from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
 from fastrl.trainer.rollout import rollout
 
-OUTCOME_KL = ("grpo", "dr_grpo", "rloo", "riskpo")
 
 
 class Policy(nn.Module):
@@ -63,11 +63,10 @@ class Policy(nn.Module):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def forward(self, input_ids, attention_mask, response_mask, temperature, entropy=False, mean_logp=False):
-        if self.value_head is None:
-            return response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
-                                     entropy, mean_logp), None
         stats, hidden = response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
                                           entropy, mean_logp, return_hidden=True)
+        if self.value_head is None:
+            return stats, None
         # V(s) at token t is read from the state that predicts t
         values = self.value_head(hidden[:, :-1].to(self.value_head.weight.dtype)).squeeze(-1)
         values = values.to(stats.logprob.dtype)  # float32, float64 for a float64 model
@@ -186,16 +185,10 @@ class Trainer:
             raise ConfigError(f"data.prompts_per_step ({cfg.data.prompts_per_step}) must be a multiple of the "
                               f"number of processes ({world})")
         a, G = cfg.algo, cfg.rollout.group_size
-        if a.mini_batches > G:
-            raise ConfigError(f"algo.mini_batches ({a.mini_batches}) must be at most rollout.group_size ({G}): "
-                              "each mini-batch takes a share of every group")
         smallest = cfg.data.prompts_per_step // world * (G // a.mini_batches)
         if smallest < a.grad_accum:
             raise ConfigError(f"each process's smallest mini-batch has {smallest} responses, fewer than "
                               f"algo.grad_accum ({a.grad_accum}) micro-batches")
-        if cfg.algo.kl_coef > 0 and cfg.algo.kl_in == "reward" and cfg.algo.name not in OUTCOME_KL + ("gae",):
-            raise ConfigError(f"algo.kl_in 'reward' works with {', '.join(OUTCOME_KL)} and gae; for "
-                              f"{cfg.algo.name} put the KL in the loss")
 
     def _attention(self) -> str:
         wanted = self.cfg.model.attn_implementation
@@ -426,7 +419,8 @@ class Trainer:
         B = input_ids.shape[0]
         rover = a.name == "rover"
         valid = loss_mask != 0
-        row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)  # ROVER's A (constant per row)
+        if rover:  # ROVER's A, constant along each row
+            row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)
         totals = dict(loss=0.0, clipped=0.0, tokens=0.0, grad_norm=0.0, updates=0)
         G = cfg.rollout.group_size
         first = proc.rank * (B // G)
@@ -539,7 +533,6 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
             self._say("interrupted: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
 
-        import threading
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
         bar = tqdm(total=cfg.run.steps, initial=self.step, desc="train", unit="step",
@@ -651,12 +644,8 @@ PLOTTED = ("reward_mean", "accuracy", "response_length", "entropy", "kl", "clip_
 
 def plot_metrics(log: Path, png: Path) -> Optional[Path]:
     """PNG curves of a metrics log against the step; None (with a note) without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed; no plot (pip install matplotlib)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
     keys = [k for k in PLOTTED if any(k in r for r in rows)]
