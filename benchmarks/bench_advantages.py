@@ -97,12 +97,7 @@ def cases(shapes, device):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = harness.parse_args(__doc__.splitlines()[0], argv)
-    if args.quick:
-        shapes = QUICK
-    elif args.device.type == "cuda":
-        shapes = GPU
-    else:
-        shapes = [(B, G, T) for B in BATCHES for G in GROUP_SIZES for T in LENGTHS]
+    shapes = harness.shapes(args, QUICK, [(B, G, T) for B in BATCHES for G in GROUP_SIZES for T in LENGTHS], GPU)
     if core_algos is None:
         print("verl is not importable: its rows are left out (pip install verl==0.9.1)")
     return harness.run("advantages", cases(shapes, args.device), args, __file__, argv)

@@ -389,24 +389,15 @@ def add_options(parser):
     parser.add_argument("--providers", default=None,
                         help="comma-separated providers to run (default: all that import)")
     parser.add_argument("--_skip", default=None, help="(internal) providers found failing by the parent")
-    parser.set_defaults(warmup=None)  # filled in by main
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options)
+    # on the CPU a call takes seconds, and setup already ran each provider once
+    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options, repeat={"cpu": 3}, warmup={"cpu": 1})
     device = args.device
-    if args.warmup is None:
-        args.warmup = 1 if device.type == "cpu" else 2  # on the CPU, setup already ran each provider once
-    if not any(a == "--repeat" or a.startswith("--repeat=") for a in argv):
-        args.repeat = 3 if args.quick or device.type == "cpu" else 10  # a CPU call takes seconds
     dtype = DTYPES[args.dtype or ("fp32" if device.type == "cpu" else "bf16")]
-    if args.shape:
-        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
-    elif args.quick:
-        shapes = QUICK_SHAPES
-    else:
-        shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    shapes = harness.shapes(args, QUICK_SHAPES, CPU_SHAPES, GPU_SHAPES)
 
     if args._skip is not None:  # a memory probe: the parent already checked the providers
         skip = [s for s in args._skip.split(",") if s]

@@ -305,26 +305,17 @@ def add_options(parser):
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
-    parser.set_defaults(warmup=None)  # filled in by main
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options)
+    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options, repeat={"cpu": 5},
+                              warmup={"cpu": 1, "cuda": 3})
     device = args.device
-    if args.warmup is None:
-        args.warmup = 1 if device.type == "cpu" else 3
-    if not any(a == "--repeat" or a.startswith("--repeat=") for a in argv):
-        args.repeat = 3 if args.quick else (5 if device.type == "cpu" else 10)
     if args.compile_budget is None:
         args.compile_budget = 60.0 if device.type == "cpu" else 30.0
     dtype = DTYPES[args.dtype or ("fp32" if device.type == "cpu" else "bf16")]
-    if args.shape:
-        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape]
-    elif args.quick:
-        shapes = QUICK_SHAPES
-    else:
-        shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    shapes = harness.shapes(args, QUICK_SHAPES, CPU_SHAPES, GPU_SHAPES)
     filters = list(FILTERS) if args.filters is None else [f.strip() for f in args.filters.split(",") if f.strip()]
     unknown = [f for f in filters if f not in FILTERS]
     if unknown:

@@ -204,10 +204,7 @@ def cases(shapes, device) -> list[harness.Case]:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = harness.parse_args(__doc__.splitlines()[0], argv)
-    if args.quick:
-        shapes = QUICK_SHAPES
-    else:
-        shapes = GPU_SHAPES if args.device.type == "cuda" else SHAPES
+    shapes = harness.shapes(args, QUICK_SHAPES, SHAPES, GPU_SHAPES)
     return harness.run("scans", cases(shapes, args.device), args, __file__, argv)
 
 

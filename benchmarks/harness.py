@@ -175,12 +175,15 @@ def versions() -> dict:
     return found
 
 
-def parse_args(description: str, argv=None, extra: Optional[Callable] = None):
+def parse_args(description: str, argv=None, extra: Optional[Callable] = None, repeat: Optional[dict] = None,
+               warmup: Optional[dict] = None):
+    """The common options (plus ``extra(parser)``'s). repeat / warmup: the defaults per
+    device type (default 10 and 2 runs; --quick repeats 3 times)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats (smoke test)")
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 10, quick 3)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default by device, quick 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per case (default by device)")
     parser.add_argument("--memory", action="store_true",
                         help="on the CPU also measure peak RSS growth (a subprocess per case; slow)")
     parser.add_argument("--only", default=None, help="regex on 'op/provider' to run a subset")
@@ -191,12 +194,22 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None):
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
-    if args.repeat is None:
-        args.repeat = 3 if args.quick else 10
     args.device = torch.device(args.device)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
+    if args.warmup is None:
+        args.warmup = {"cpu": 2, "cuda": 2, **(warmup or {})}[args.device.type]
     if args.device.type == "cpu" and not args.malloc_default and args._probe is None:
         no_trim_malloc()
     return args
+
+
+def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
+    """The shapes to run: --shape's (comma-separated integers, where the script has it),
+    else the --quick ladder, else the device's."""
+    if getattr(args, "shape", None):
+        return [tuple(int(v) for v in s.split(",")) for s in args.shape]
+    return quick if args.quick else cuda if args.device.type == "cuda" else cpu
 
 
 NO_TRIM = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
