@@ -1,9 +1,11 @@
 """What the experiments share: supervised warm-up on a task's correct solutions, sampling
-responses for evaluation, running means."""
+responses for evaluation, running jobs in worker processes, running means."""
 from __future__ import annotations
 
+import math
+import os
 import random
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,19 +26,25 @@ def solution_batch(task, tokenizer, rows, rng: random.Random):
 
 
 def warm_up(model, tokenizer, task, rng: random.Random, batch: int, lr: float, max_steps: int,
-            check_every: int, done: Callable[[int, float], bool]) -> int:
+            check_every: int, done: Callable[[int, float], bool], cosine: bool = False) -> int:
     """Teacher-forced training on correct solutions (the response tokens' mean negative
-    log-likelihood through ``response_logprobs``, Adam) until ``done(step, loss)``, asked
-    every ``check_every`` steps, says so or max_steps pass. Returns the steps run."""
+    log-likelihood through ``response_logprobs``, Adam at ``lr``, or with ``cosine`` a
+    100-step linear ramp to ``lr`` then a cosine decay to 0 at max_steps) until
+    ``done(step, loss)``, asked every ``check_every`` steps, says so or max_steps pass.
+    Returns the steps run."""
     from fastrl.integrations.hf import response_logprobs
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    ramp = min(100, max_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / ramp) * 0.5 * (1 + math.cos(math.pi * s / max_steps)) if cosine else 1.0)
     for step in range(1, max_steps + 1):
         ids, attention, mask = solution_batch(task, tokenizer, [task.problem(rng) for _ in range(batch)], rng)
         loss = -(response_logprobs(model, ids, attention, mask).logprob.sum() / mask.sum())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         if (step % check_every == 0 or step == max_steps) and done(step, loss.item()):
             return step
     return max_steps
@@ -75,3 +83,38 @@ def verdicts(criteria: list[dict]) -> list[str]:
     """One line per criterion: [HELD], [NOT HELD] or [reported], what it asks, what was measured."""
     names = {True: "HELD", False: "NOT HELD", None: "reported"}
     return [f"[{names[c['held']]}] {c['criterion']}: {c['measured']}" for c in criteria]
+
+
+class Workers:
+    """Jobs ``fn(*args)`` in worker processes of one thread each (by default one per core),
+    so what a job computes does not depend on how many cores the machine has. ``fn`` must
+    be a module-level function: workers are spawned, not forked (torch's threads do not
+    survive a fork). Use as a context manager; ``finished()`` yields (fn, args, result)
+    as jobs finish, jobs submitted meanwhile included."""
+
+    def __init__(self, workers: int | None = None):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(workers or len(os.sched_getaffinity(0)),
+                                        mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=torch.set_num_threads, initargs=(1,))
+        self.pending = {}
+
+    def submit(self, fn: Callable, *args):
+        self.pending[self.pool.submit(fn, *args)] = (fn, args)
+
+    def finished(self) -> Iterator[tuple[Callable, tuple, object]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while self.pending:
+            done, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                fn, args = self.pending.pop(future)
+                yield fn, args, future.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(cancel_futures=True)

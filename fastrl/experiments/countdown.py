@@ -9,7 +9,7 @@ they differ only by rearranging terms and factors (merged through a canonical fo
 sorted signed products, what sympy's ordering of Add and Mul gives).
 
 Policy: a Llama of 2 layers, width 64 (about 85k parameters), warmed up by supervised
-learning on random correct solutions (1,500 steps of 128). Then, with the same seeds and
+learning on random correct solutions (1,500 steps of 128, Adam 3e-3 with a cosine decay). Then, with the same seeds and
 budget, through ``fastrl.trainer``: GRPO, RiskPO per group (bundle_size 1) and with
 bundles of 5 (``riskpo``), ROVER (``rover``). Setting A: 300 steps of 60 prompts x 8, 2
 epochs over 4 mini-batches, Adam 1e-4. Setting D (``rover``): 8 epochs over each batch,
@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fastrl.experiments.common import sample, verdicts, warm_up
+from fastrl.experiments.common import Workers, sample, verdicts, warm_up
 from fastrl.metrics import pass_at_k
 from fastrl.plotting import pyplot
 from fastrl.trainer import task as task_lib
@@ -138,73 +137,94 @@ def evaluate(model, tokenizer, task: CountdownTask, rows: list[dict], n: int, se
             "well_formed": float(formed)}
 
 
-def warm_model(task, seed: int, out: Path, plan: Plan, log) -> Path:
-    if (out / "config.json").exists():  # shared by the settings of one command
-        return out
+def warm_model(task, seed: int, out: Path, plan: Plan, rows: list[dict]) -> tuple[Path, dict, str]:
+    """The seed's warmed-up model (made, or reused from ``out`` when the recipe there is
+    this one: the commands share it), its evaluation and a log line."""
+    from transformers import AutoModelForCausalLM
+
     tokenizer = task.tokenizer()
-    model = task_lib.tiny_model(len(tokenizer), hidden_size=64, num_layers=2, seed=seed)
-    start = time.perf_counter()
-    warm_up(model, tokenizer, task, random.Random(f"countdown-warmup:{seed}"), 128, 1e-3, plan.warmup_steps,
-            plan.warmup_steps, lambda step, loss: True)
-    log(f"  warm-up seed {seed}: {plan.warmup_steps} steps in {time.perf_counter() - start:.0f} s")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    recipe = {"seed": seed, "steps": plan.warmup_steps, "batch": 128, "lr": 3e-3, "schedule": "cosine"}
+    marker = out / "warmup.json"
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        line = f"  warm-up seed {seed}: reused {out}"
+    else:
+        model = task_lib.tiny_model(len(tokenizer), hidden_size=64, num_layers=2, seed=seed)
+        started = time.perf_counter()
+        warm_up(model, tokenizer, task, random.Random(f"countdown-warmup:{seed}"), recipe["batch"], recipe["lr"],
+                plan.warmup_steps, plan.warmup_steps, lambda step, loss: True, cosine=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        marker.write_text(json.dumps(recipe))
+        line = f"  warm-up seed {seed}: {plan.warmup_steps} steps in {time.perf_counter() - started:.0f} s"
+    start = evaluate(AutoModelForCausalLM.from_pretrained(out), tokenizer, task, rows, plan.samples, 7)
+    return out, start, line
+
+
+def train_method(task, setting: str, method: str, seed: int, warm: Path, out: Path, plan: Plan,
+                 rows: list[dict]) -> tuple[list[dict], float]:
+    """One method's run from the seed's warm model: the evaluations along it (the last at
+    the end) and its seconds."""
+    from fastrl.trainer.config import TrainConfig
+    from fastrl.trainer.train import train
+
+    spec, tokenizer, along = plan.settings[setting], task.tokenizer(), []
+
+    def on_step(trainer, metrics, batch):
+        if metrics["step"] % plan.eval_every == 0 or metrics["step"] == spec["steps"]:
+            along.append({"step": metrics["step"], **evaluate(trainer.policy.causal_lm(), tokenizer, task, rows,
+                                                               plan.samples, 7)})
+        return {}
+
+    values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 60},
+              "rollout": {"group_size": 8, "max_new_tokens": 8},
+              "algo": {"epochs": spec["epochs"], "mini_batches": 4},
+              "optim": {"lr": 1e-4, "max_grad_norm": 1.0},
+              "run": {"steps": spec["steps"], "seed": seed, "progress": False, "checkpoint_every": 0,
+                      "output_dir": str(out)}}
+    config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in METHODS[method].items()])
+    started = time.perf_counter()
+    train(config, overwrite=True, task=task, on_step=on_step)
+    return along, time.perf_counter() - started
 
 
 def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = None, log=print,
         warm_dir: str | Path | None = None) -> dict:
-    """One command's setting: its methods on its seeds; writes summary.json and a PNG.
-    The warmed-up models go to ``warm_dir`` (default: a ``countdown_warm`` folder next to
-    output_dir), where the other commands find them (delete it to warm up again)."""
-    from transformers import AutoModelForCausalLM
-
-    from fastrl.trainer.config import TrainConfig
-    from fastrl.trainer.train import train
-
+    """One command's setting: its methods on its seeds, in worker processes (one per
+    core); writes summary.json and a PNG. The warmed-up models go to ``warm_dir``
+    (default: a ``countdown_warm`` folder next to output_dir), where the other commands
+    find them (delete it to warm up again)."""
     plan = plan or Plan()
+    if (name, setting) not in EXPERIMENTS:
+        raise ValueError(f"{name} has settings {[s for n, s in EXPERIMENTS if n == name]}, not {setting!r}")
     task = CountdownTask()
     rows = task.test[:plan.held_out]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     warm_root = Path(warm_dir) if warm_dir else out.parent / f"countdown_warm{'_smoke' if plan.smoke else ''}"
-    tokenizer = task.tokenizer()
-    if (name, setting) not in EXPERIMENTS:
-        raise ValueError(f"{name} has settings {[s for n, s in EXPERIMENTS if n == name]}, not {setting!r}")
-    summary = {"experiment": name, "smoke": plan.smoke, "runs": {}, "settings": {}}
+    spec, methods = plan.settings[setting], EXPERIMENTS[name, setting]
+    summary = {"experiment": name, "smoke": plan.smoke, "runs": {},
+               "settings": {setting: {**spec, "seeds": list(spec["seeds"]), "methods": list(methods)}}}
     started = time.perf_counter()
-    for setting, methods in [(setting, EXPERIMENTS[name, setting])]:
-        spec = plan.settings[setting]
-        summary["settings"][setting] = {**spec, "seeds": list(spec["seeds"]), "methods": list(methods)}
+    start, runs = {}, {}
+    with Workers() as workers:  # a seed's runs start as soon as its warm-up is done
         for seed in spec["seeds"]:
-            warm = warm_model(task, seed, warm_root / f"seed{seed}", plan, log)
-            start = evaluate(AutoModelForCausalLM.from_pretrained(warm), tokenizer, task, rows, plan.samples, 7)
-            for method in methods:
-                along = []
-
-                def on_step(trainer, metrics, batch):
-                    if metrics["step"] % plan.eval_every == 0 or metrics["step"] == spec["steps"]:
-                        along.append({"step": metrics["step"], **evaluate(trainer.policy.causal_lm(), tokenizer, task,
-                                                                           rows, plan.samples, 7)})
-                    return {}
-
-                values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 60},
-                          "rollout": {"group_size": 8, "max_new_tokens": 8},
-                          "algo": {"epochs": spec["epochs"], "mini_batches": 4},
-                          "optim": {"lr": 1e-4, "max_grad_norm": 1.0},
-                          "run": {"steps": spec["steps"], "seed": seed, "progress": False, "checkpoint_every": 0,
-                                  "output_dir": str(out / setting / f"{method}_seed{seed}")}}
-                config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in METHODS[method].items()])
-                t0 = time.perf_counter()
-                train(config, overwrite=True, task=task, on_step=on_step)
-                end = along[-1]
-                summary["runs"][f"{setting}/{method}/seed{seed}"] = {
-                    "setting": setting, "method": method, "seed": seed, "start": start, "end": end, "along": along}
-                log(f"  {setting} {method:<15} seed {seed}: pass@1 {start['pass@k'][1]:.3f} -> {end['pass@k'][1]:.3f}, "
-                    f"pass@32 {start['pass@k'][max(start['pass@k'])]:.3f} -> {end['pass@k'][max(end['pass@k'])]:.3f}, "
-                    f"entropy {start['entropy']:.3f} -> {end['entropy']:.3f}, distinct {start['distinct_correct']:.2f} "
-                    f"-> {end['distinct_correct']:.2f}, well-formed {end['well_formed']:.3f} "
-                    f"({time.perf_counter() - t0:.0f} s)")
+            workers.submit(warm_model, task, seed, warm_root / f"seed{seed}", plan, rows)
+        for fn, args, result in workers.finished():
+            if fn is warm_model:
+                seed, (warm, start[seed], line) = args[1], result
+                log(line)
+                for method in methods:
+                    workers.submit(train_method, task, setting, method, seed, warm, out / setting / f"{method}_seed{seed}",
+                                   plan, rows)
+                continue
+            (_, _, method, seed, *_), (along, seconds) = args, result
+            s, e = start[seed], along[-1]
+            runs[method, seed] = {"setting": setting, "method": method, "seed": seed, "start": s, "end": e, "along": along}
+            log(f"  {setting} {method:<15} seed {seed}: pass@1 {s['pass@k'][1]:.3f} -> {e['pass@k'][1]:.3f}, "
+                f"pass@32 {_top(s):.3f} -> {_top(e):.3f}, entropy {s['entropy']:.3f} -> {e['entropy']:.3f}, "
+                f"distinct {s['distinct_correct']:.2f} -> {e['distinct_correct']:.2f}, well-formed "
+                f"{e['well_formed']:.3f} ({seconds:.0f} s)")
+    summary["runs"] = {f"{setting}/{method}/seed{seed}": runs[method, seed] for seed in spec["seeds"] for method in methods}
     summary["seconds"] = time.perf_counter() - started
     summary["criteria"] = criteria(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -12,16 +12,18 @@ unfinished last step (the response was cut) and a missing answer score 0.
 
 Policy: a small Llama (hidden 96, 3 layers, about 280k parameters) warmed up by
 supervised learning on correct solutions in which a restatement follows a step with
-probability 0.15, until its sampled accuracy reaches 0.5. Then RL through
-``fastrl.trainer`` (16 prompts x 8 samples, Adam 2e-4, clip 1, temperature 1, no KL, one
-on-policy update per batch) with five credit assignments: the PRM's sum-form, PURE's
-soft and strict min-form (token-mode leave-one-out baseline), the verifiable reward
-alone (RLOO) and soft min-form + 0.1 x verifiable reward.
+probability 0.15 (any step, a restatement too, so restatements sometimes come two in a
+row), until its sampled accuracy reaches 0.5. Then RL through ``fastrl.trainer`` (16
+prompts x 8 samples, Adam 2e-4, clip 1, temperature 1, no KL, one on-policy update per
+batch) with five credit assignments: the PRM's sum-form, PURE's soft and strict
+min-form (token-mode leave-one-out baseline), the verifiable reward alone (RLOO) and
+soft min-form + 0.1 x verifiable reward.
 
-The learning rate deviates from the prototype's 5e-4 (a recurrent net): with this Llama,
-5e-4 made even the verifiable-reward baseline collapse on seed 1 (batch accuracy 0.60
--> 0.27 within 10 steps, and again with a 20-step warm-up of the rate), so no variant
-could be judged; at 2e-4 that baseline is stable (batch accuracy 0.60 -> 0.76 by step 111).
+Two choices differ from the prototype. The learning rate: at its 5e-4 (for a recurrent net)
+the verifiable-reward baseline gained nothing on seed 1 (sampled accuracy 0.79 -> 0.79) and
+the sum form was not hacked on seed 0, so 2e-4. The warm-up's restatements: when they
+only followed progress steps, the warm model never restated twice in a row and the sum
+form's hack (chains of restatements) was found on one seed of two within 120 steps.
 """
 from __future__ import annotations
 
@@ -33,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fastrl.experiments.common import sample, smoothed, verdicts
+from fastrl.experiments.common import Workers, sample, smoothed, verdicts
 from fastrl.plotting import pyplot
 from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.trainer import task as task_lib
@@ -81,7 +82,7 @@ class ArithTask:
         steps, value = [], row["digits"][0]
         for op, d, z in zip(row["ops"], row["digits"][1:], solve(row["digits"], row["ops"])):
             steps.append(f"{value}{op}{d}={z}")
-            if rng.random() < restate:
+            while rng.random() < restate:  # after every step, a restatement's too
                 steps.append(f"={z}")
             value = z
         return task_lib.SEPARATOR.join(steps + [f"A{row['answer']}"])
@@ -159,27 +160,32 @@ def response_stats(task, rows, texts, ended) -> dict:
             "prm_min": float(np.mean([min(s) for s in scores]))}
 
 
-def warm_up(task, seed: int, out: Path, plan: Plan, log) -> Path:
+def warm_up(task, seed: int, out: Path, plan: Plan, evaluation: list[dict]) -> tuple[Path, dict, list[str]]:
     """Supervised warm-up on correct solutions until sampled accuracy reaches 0.5; the
-    model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load)."""
+    model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load).
+    Returns it, its sampled and greedy accuracy on ``evaluation`` and the log lines."""
     tokenizer = task.tokenizer()
     model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
     check = task.problems(seed + 1000, 0, 256 if not plan.smoke else 16)
+    lines = []
 
     def done(step, loss):
         acc = accuracy(model, tokenizer, task, check, seed=step)["accuracy"]
-        log(f"  warm-up seed {seed} step {step}: loss {loss:.3f}, sampled accuracy {acc:.3f}")
+        lines.append(f"  warm-up seed {seed} step {step}: loss {loss:.3f}, sampled accuracy {acc:.3f}")
         return acc >= 0.5
 
     warm_up_steps(model, tokenizer, task, random.Random(f"warmup:{seed}"), 64, 1e-3, plan.warmup_max_steps, 50, done)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return out
+    start = {"sampled": accuracy(model, tokenizer, task, evaluation, seed=1),
+             "greedy": accuracy(model, tokenizer, task, evaluation, greedy=True)}
+    return out, start, lines
 
 
-def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:
-    """Every variant on every seed; writes summary.json and PNGs under output_dir and
-    returns the summary (criteria included)."""
+def train_variant(task, name: str, seed: int, warm: Path, out: Path, plan: Plan, steps: int,
+                  evaluation: list[dict]) -> tuple[list[dict], dict]:
+    """One variant's RL run from the seed's warm model: its per-step curve and its end
+    accuracy (sampled and greedy) on ``evaluation``."""
     from transformers import AutoModelForCausalLM
 
     from fastrl.trainer.config import TrainConfig
@@ -188,6 +194,23 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     def on_step(trainer, metrics, batch):
         return response_stats(task, batch.rows, batch.texts, batch.ended.cpu())
 
+    values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 16},
+              "rollout": {"group_size": 8, "max_new_tokens": 40, "temperature": 1.0},
+              "reward": {"process": "task"}, "optim": {"lr": plan.lr, "max_grad_norm": 1.0},
+              "run": {"steps": steps, "seed": seed, "output_dir": str(out), "progress": False, "checkpoint_every": 0}}
+    config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in VARIANTS[name].items()])
+    result = train(config, overwrite=True, task=task, on_step=on_step)
+    final, tokenizer = AutoModelForCausalLM.from_pretrained(result.final_model), task.tokenizer()
+    end = {"sampled": accuracy(final, tokenizer, task, evaluation, seed=2),
+           "greedy": accuracy(final, tokenizer, task, evaluation, greedy=True)}
+    curve = [{k: m[k] for k in ("step", "accuracy", "steps_per_response", "no_progress_steps",
+                                 "cut_at_limit", "prm_sum", "prm_min")} for m in result.metrics]
+    return curve, end
+
+
+def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:
+    """Every variant on every seed, in worker processes (one per core); writes
+    summary.json and PNGs under output_dir and returns the summary (criteria included)."""
     plan = plan or Plan(setting)
     spec = SETTINGS[setting]
     steps = plan.rl_steps or spec["steps"]
@@ -198,30 +221,25 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     summary = {"setting": setting, "r_triv": spec["r_triv"], "rl_steps": steps, "lr": plan.lr, "seeds": list(plan.seeds),
                "smoke": plan.smoke, "runs": {}}
     started = time.perf_counter()
-    for seed in plan.seeds:
-        warm = warm_up(task, seed, out / f"seed{seed}" / "warm", plan, log)
-        tokenizer = task.tokenizer()
-        for name, overrides in VARIANTS.items():
-            values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 16},
-                      "rollout": {"group_size": 8, "max_new_tokens": 40, "temperature": 1.0},
-                      "reward": {"process": "task"}, "optim": {"lr": plan.lr, "max_grad_norm": 1.0},
-                      "run": {"steps": steps, "seed": seed, "output_dir": str(out / f"seed{seed}" / name),
-                              "progress": False, "checkpoint_every": 0}}
-            config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-            start_model = AutoModelForCausalLM.from_pretrained(warm)
-            start = {"sampled": accuracy(start_model, tokenizer, task, evaluation, seed=1),
-                     "greedy": accuracy(start_model, tokenizer, task, evaluation, greedy=True)}
-            result = train(config, overwrite=True, task=task, on_step=on_step)
-            final = AutoModelForCausalLM.from_pretrained(result.final_model)
-            end = {"sampled": accuracy(final, tokenizer, task, evaluation, seed=2),
-                   "greedy": accuracy(final, tokenizer, task, evaluation, greedy=True)}
-            curve = [{k: m[k] for k in ("step", "accuracy", "steps_per_response", "no_progress_steps",
-                                         "cut_at_limit", "prm_sum", "prm_min")} for m in result.metrics]
-            summary["runs"][f"{name}/seed{seed}"] = {"variant": name, "seed": seed, "start": start, "end": end,
-                                                    "curve": curve}
-            log(f"  {name:<15} seed {seed}: sampled accuracy {start['sampled']['accuracy']:.3f} -> "
-                f"{end['sampled']['accuracy']:.3f}, greedy {start['greedy']['accuracy']:.3f} -> "
+    start, runs = {}, {}
+    with Workers() as workers:  # a seed's runs start as soon as its warm-up is done
+        for seed in plan.seeds:
+            workers.submit(warm_up, task, seed, out / f"seed{seed}" / "warm", plan, evaluation)
+        for fn, args, result in workers.finished():
+            if fn is warm_up:
+                seed, (warm, start[seed], lines) = args[1], result
+                for line in lines:
+                    log(line)
+                for name in VARIANTS:
+                    workers.submit(train_variant, task, name, seed, warm, out / f"seed{seed}" / name, plan, steps,
+                                   evaluation)
+                continue
+            (_, name, seed, *_), (curve, end) = args, result
+            runs[name, seed] = {"variant": name, "seed": seed, "start": start[seed], "end": end, "curve": curve}
+            log(f"  {name:<15} seed {seed}: sampled accuracy {start[seed]['sampled']['accuracy']:.3f} -> "
+                f"{end['sampled']['accuracy']:.3f}, greedy {start[seed]['greedy']['accuracy']:.3f} -> "
                 f"{end['greedy']['accuracy']:.3f}, steps/response {end['sampled']['steps_per_response']:.1f}")
+    summary["runs"] = {f"{name}/seed{seed}": runs[name, seed] for seed in plan.seeds for name in VARIANTS}
     summary["seconds"] = time.perf_counter() - started
     summary["criteria"] = criteria(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

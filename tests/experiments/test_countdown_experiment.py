@@ -49,3 +49,4 @@ def test_smoke_run(tmp_path, capsys, name, setting):
     assert (out / f"{name}_{setting}.png").exists()
     assert "sanity" in printed or setting == "D"
     assert main(["experiment", name, "--setting", "B", "--smoke", "--output-dir", str(out)]) == 2
+

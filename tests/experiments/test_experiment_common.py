@@ -1,0 +1,25 @@
+"""What the experiments share: worker processes, running means, verdict lines."""
+import os
+
+import torch
+
+from fastrl.experiments.common import Workers, smoothed, verdicts
+
+
+def test_workers_run_jobs_in_one_thread_processes_and_take_follow_ups():
+    seen = []
+    with Workers(workers=2) as workers:
+        workers.submit(torch.get_num_threads)
+        for fn, args, result in workers.finished():
+            seen.append((fn, args, result))
+            if fn is torch.get_num_threads:
+                workers.submit(os.getpid)
+    assert [(fn, args) for fn, args, _ in seen] == [(torch.get_num_threads, ()), (os.getpid, ())]
+    assert seen[0][2] == 1 and seen[1][2] != os.getpid()
+
+
+def test_smoothed_and_verdicts():
+    assert smoothed([0, 10, 20], window=2) == [0.0, 5.0, 15.0]
+    lines = verdicts([{"criterion": "a", "measured": "1", "held": True}, {"criterion": "b", "measured": "2", "held": False},
+                      {"criterion": "c", "measured": "3", "held": None}])
+    assert lines == ["[HELD] a: 1", "[NOT HELD] b: 2", "[reported] c: 3"]
