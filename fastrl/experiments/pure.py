@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from fastrl.experiments.common import Workers, sample, smoothed, verdicts
-from fastrl.plotting import pyplot
 from fastrl.experiments.common import warm_up as warm_up_steps
+from fastrl.plotting import pyplot
 from fastrl.trainer import task as task_lib
 
 SYMBOLS = [task_lib.PAD, task_lib.EOS, *"0123456789", "+", "-", "=", "A", task_lib.SEPARATOR]

@@ -384,7 +384,7 @@ class Trainer:
             batch.correct.sum(), batch.lengths.float().sum(), batch.keep.float().sum(), valid.sum().float(),
             adv.sum(), (adv ** 2).sum(), batch.old.entropy[response].sum(), response.sum().float(),
             batch.kl_old.sum() if batch.kl_old is not None else zero, batch.attention_mask.sum().float(),
-        ]).double().cpu())
+        ]).double()).cpu()  # reduced on the device: nccl reduces no CPU tensors
         rows, s1, s2, acc, length, kept, tok, a1, a2, ent, resp_tok, kl, all_tokens = stats.tolist()
         mean, a_mean = s1 / rows, a1 / max(tok, 1)
         metrics = {
@@ -421,7 +421,9 @@ class Trainer:
         valid = loss_mask != 0
         if rover:  # ROVER's A, constant along each row
             row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)
-        totals = dict(loss=0.0, clipped=0.0, tokens=0.0, grad_norm=0.0, updates=0)
+        # loss, clipped tokens, tokens, gradient norm: summed on the device, read once at the end
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        updates = 0
         G = cfg.rollout.group_size
         first = proc.rank * (B // G)
         for epoch in range(a.epochs):
@@ -451,7 +453,7 @@ class Trainer:
                             pl = policy_loss(stats.logprob, old.logprob[idx], credit.advantages[idx], mask,
                                              a.clip_low, a.clip_high, a.dual_clip)
                             loss = aggregate(pl.loss, mask, a.aggregation, cfg.rollout.max_new_tokens, units)
-                            totals["clipped"] += float(pl.clipped.sum())
+                            sums[1] += pl.clipped.sum()
                         if ref_logp is not None and a.kl_in == "loss":
                             kl = kl_k3(stats.logprob, ref_logp[idx], mask)
                             loss = loss + a.kl_coef * aggregate(kl, mask, a.aggregation,
@@ -465,19 +467,18 @@ class Trainer:
                         # DDP and FSDP average gradients over processes; the loss is already a
                         # share of the global mean
                         (loss * proc.world).backward()
-                    totals["loss"] += float(loss.detach())
-                    totals["tokens"] += float(mask.ne(0).sum())
+                    sums[0] += loss.detach()
+                    sums[2] += mask.ne(0).sum()
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf"))
-                totals["grad_norm"] += float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                sums[3] += norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                totals["updates"] += 1
-        s = proc.sum(torch.tensor([totals["loss"], totals["clipped"], totals["tokens"]], dtype=torch.float64))
-        updates = totals["updates"]
-        out = {"loss": s[0].item() / updates, "grad_norm": totals["grad_norm"] / updates}
+                updates += 1
+        loss, clipped, tokens, grad_norm = torch.cat([proc.sum(sums[:3]), sums[3:]]).tolist()
+        out = {"loss": loss / updates, "grad_norm": grad_norm / updates}
         if not rover:
-            out["clip_fraction"] = s[1].item() / max(s[2].item(), 1)
+            out["clip_fraction"] = clipped / max(tokens, 1)
         return out
 
     # ---- the run -------------------------------------------------------------------
