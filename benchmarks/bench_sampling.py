@@ -25,7 +25,11 @@ Providers:
   skipped (their rows say so);
 - topk_multinomial (top_k+top_p): torch.topk(k), top-p on the k sorted values,
   softmax + multinomial over k, gather the index: the usual fast path when a
-  small top-k is set (ties at the k-th value are not kept).
+  small top-k is set (ties at the k-th value are not kept);
+- fastrl_triton[...] (with --configs, CUDA, at B=256 V=151936): the Triton
+  kernel at other tile sizes, warps, search arities and programs per row, to
+  choose the defaults; a trailing t: the benchmark-only tile draw (one noise per
+  tile instead of per token), to show what per-token noise costs.
 Logits (default): Zipf-like, 1.3 x i.i.d. standard Gumbel noise per token, so
 the weights exp(z) have a Pareto tail and the ranked probabilities fall off like
 Zipf's law (exponent ~1.3), as language-model next-token distributions do;
@@ -42,6 +46,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -187,9 +192,49 @@ def providers(device, backend):
     ]
 
 
+CONFIG = re.compile(r"^(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(t?)$")
+
+
+def config_providers(configs):
+    """The Triton kernel at other settings, 'BLOCKxWARPS[sSPLIT][cCHUNKS][t]': tokens per
+    tile, warps, thresholds per search pass, programs per row, and t for the benchmark-only
+    tile draw (kernels/sampling.py). Plain sampling; top-p too where SPLIT is given."""
+    from fastrl.kernels import sampling
+
+    table = []
+    for config in configs.split(","):
+        match = CONFIG.match(config)
+        if not match:
+            raise SystemExit(f"--configs: {config!r} is not BLOCKxWARPS[sSPLIT][cCHUNKS][t]")
+        block_v, num_warps, split, chunks, tile = match.groups()
+        knobs = dict(block_v=int(block_v), num_warps=int(num_warps), split=int(split or 4),
+                     chunks=int(chunks) if chunks else None, tile_draw=bool(tile))
+        table.append((f"fastrl_triton[{config}]", ("plain", "top_p") if split else ("plain",),
+                      lambda x, k, p, seeds, knobs=knobs: sampling.sample(x, 1.0, k or 0, p or 1.0, seeds, 0, **knobs),
+                      "kernels.sampling.sample, " + ", ".join(f"{k}={v}" for k, v in knobs.items())))
+    return table
+
+
+def print_compiled_kernels():
+    """Registers and spills of each compiled variant of the sampler (best effort: Triton internals)."""
+    from fastrl.kernels import sampling
+
+    try:
+        compiled = [k for cache in sampling._sample_kernel.device_caches.values() for k in cache[0].values()]
+        print("\ncompiled sampler variants (registers per thread, spills, shared memory bytes):")
+        for kernel in compiled:
+            constants = {k: v for k, v in getattr(kernel.src, "constants", {}).items() if isinstance(k, str)}
+            print(f"  {kernel.n_regs:4d} regs {kernel.n_spills:4d} spills {kernel.metadata.shared:7d} B  "
+                  f"warps {kernel.metadata.num_warps}  {constants}")
+    except Exception as exc:  # not worth failing a benchmark over
+        print(f"(compiled kernel details unavailable: {type(exc).__name__}: {exc})")
+
+
 def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     backend = ops.backend_for("sample", device.type)
     table = providers(device, backend)
+    if args.configs and device.type == "cuda":
+        table += [(name, runs_on, fn, note, ACCEPTANCE_GPU) for name, runs_on, fn, note in config_providers(args.configs)]
     if args.providers:
         wanted = set(args.providers.split(","))
         table = [p for p in table if p[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
@@ -199,8 +244,8 @@ def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     for B, V in shapes:
         for filter_name in filters:
             top_k, top_p = FILTERS[filter_name]
-            for name, runs_on, fn, note in table:
-                if filter_name not in runs_on:
+            for name, runs_on, fn, note, *only in table:
+                if filter_name not in runs_on or (only and (B, V) != only[0]):
                     continue
                 case = harness.Case(
                     "sample", {"B": B, "V": V, "dtype": dtype_name(dtype), "filter": filter_name}, name, None, note,
@@ -303,6 +348,9 @@ def add_options(parser):
     parser.add_argument("--logit-scale", type=float, default=None,
                         help=f"default {', '.join(f'{k} {v}' for k, v in LOGIT_SCALES.items())}")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--configs", default=None,
+                        help="CUDA: also time the Triton kernel at these BLOCKxWARPS[sSPLIT][cCHUNKS][t] "
+                             "configs (e.g. 4096x8s4,2048x4c8,4096x8t) at B=256 V=151936")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
 
@@ -343,6 +391,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = harness.run("sampling", all_cases, args, __file__, argv)
     summarize(rows, device)
+    if device.type == "cuda":
+        print_compiled_kernels()
     if compiled.fns:
         print(f"\ntorch.compile: {compiled.spent_s:.1f} s spent compiling (budget {compiled.budget_s:.0f} s)")
     print(f"benchmark wall time {time.perf_counter() - t0:.0f} s")

@@ -1,38 +1,65 @@
 #!/usr/bin/env bash
 # The GPU check, for a lent GPU machine (torch with CUDA, nvcc, Triton, ninja;
-# nothing can be downloaded there): build the CUDA extension, run every test
-# (the CUDA and bf16 Triton ones run only here), run the benchmarks and print a
-# table. Results: benchmarks/results/<gpu>/*.json, also copied to $OUT if set.
-# Sized to finish in about 7 minutes on an H100/H200.
+# nothing can be downloaded there): build, run the tests that need a GPU (the
+# CUDA and bf16 Triton ones; the CPU ones run in CI), run the benchmarks and
+# print their tables. Results: benchmarks/results/<gpu>/*.json, also copied to
+# $OUT if set.
+#
+#   benchmarks/gpu_check.sh [all|sampling|rest]
+#
+# sampling (about 4 minutes on an H200): install without the CUDA extension,
+# the sampler / rollout tests, bench_sampling with a sweep of kernel configs;
+# rest (about 5 minutes): build the CUDA extension, every other CUDA test, the
+# other benchmarks; all: both, in that order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+STAGE=${1:-all}
+LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
+SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
+SWEEP=4096x8c1,4096x8c2,4096x8c4,4096x8c8,2048x4c4,2048x4c8,2048x4c16,1024x4c8,1024x4c16,1024x4c32,1024x2c16,2048x8c8,4096x8c4t,2048x4c8t,1024x4c16t,8192x8s4,8192x8s8,16384x16s8
 status=0
 t0=$(date +%s)
 stamp() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
-
-stamp "build"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-if ! $PY -m pip install --no-build-isolation --no-deps -e . > /tmp/fastrl_build.log 2>&1; then
-  tail -n 60 /tmp/fastrl_build.log; echo "BUILD FAILED"; exit 1
-fi
-$PY -m fastrl.cli info
-
-stamp "tests"
-# The tests that need a GPU (CUDA kernels, Triton natively, bf16/fp16); the CPU ones run in CI.
-# No -x: one GPU run should show every failure.
 xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-log=${OUT:-/tmp}/gpu_tests.log  # the whole log, tracebacks included, comes back with $OUT
-timeout ${TEST_TIMEOUT:-200} $PY -m pytest -q -p no:cacheprovider --tb=short $xdist -k "cuda" tests > "$log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$log" | tail -n 60
 
-stamp "benchmarks"
-# fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
-$PY benchmarks/bench_logprobs.py --device cuda --repeat 5 || status=1
-$PY benchmarks/bench_sampling.py --device cuda --repeat 5 || status=1
-$PY benchmarks/bench_scans.py --device cuda --repeat 5 || status=1
-$PY benchmarks/bench_advantages.py --device cuda --repeat 5 || status=1
+install() {  # $1: 1 to skip the CUDA extension
+  if ! FASTRL_SKIP_EXT=$1 $PY -m pip install --no-build-isolation --no-deps -e . > "$LOGS/build.log" 2>&1; then
+    tail -n 60 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
+  fi
+}
+
+gpu_tests() {  # $1: log name, $2: timeout, the rest: pytest arguments (no -x: show every failure)
+  local log="$LOGS/$1" limit=$2
+  shift 2
+  timeout "$limit" $PY -m pytest -q -p no:cacheprovider --tb=short $xdist -k cuda "$@" > "$log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$log" | tail -n 40
+}
+
+stamp "stage $STAGE"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
+  stamp "install (no CUDA extension)"
+  install 1
+  stamp "sampler tests"
+  gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
+  stamp "bench_sampling"
+  timeout 240 $PY benchmarks/bench_sampling.py --device cuda --configs "$SWEEP" || status=1
+fi
+if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
+  stamp "build with the CUDA extension"
+  install 0
+  $PY -m fastrl.cli info
+  stamp "other GPU tests"
+  ignore=$(for t in $SAMPLER_TESTS; do printf -- "--ignore=%s " "$t"; done)
+  gpu_tests gpu_tests.log 200 $ignore tests
+  stamp "benchmarks"
+  # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
+  $PY benchmarks/bench_logprobs.py --device cuda --repeat 5 || status=1
+  $PY benchmarks/bench_scans.py --device cuda --repeat 5 || status=1
+  $PY benchmarks/bench_advantages.py --device cuda --repeat 5 || status=1
+fi
 
 results=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))")
 if [ -n "${OUT:-}" ] && [ -d "$results" ]; then cp "$results"/*.json "$OUT"/ 2>/dev/null || true; fi

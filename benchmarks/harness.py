@@ -2,7 +2,10 @@
 
 A benchmark is a list of ``Case``s: one op at one shape by one provider (the
 fastrl op, or what a user would otherwise run). Time is the median of repeated
-runs after warm-up (CUDA events on a GPU). Peak memory: on a GPU,
+runs after warm-up. On a GPU: CUDA events around the call, with the L2 cache
+flushed before each run (the inputs come from memory, as a fresh batch's would)
+and the GPU held busy while the host queues the call, so the time is the GPU's
+and not the host's launch overhead (as triton.testing.do_bench measures). Peak memory: on a GPU,
 torch.cuda.max_memory_allocated beyond what was allocated before the call; on
 the CPU (with ``--memory``), growth of the peak resident set in a fresh
 subprocess per case (VmHWM, reset after the case's setup; ru_maxrss where /proc
@@ -68,14 +71,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2
+QUEUE_AHEAD_CYCLES = 2_000_000  # about 1 ms of GPU time to queue the call behind
+
+
 def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int) -> list[float]:
     for _ in range(warmup):
         call()
     _sync(device)
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
     times = []
     for _ in range(repeat):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            flush.zero_()
+            torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
             start.record()
             call()
             end.record()

@@ -3,12 +3,19 @@
 Plain sampling reads the row once: the online log-sum-exp, the mean and the
 Gumbel-max draw share the pass. With top-k or top-p each cutoff is the largest
 row value v with count(z >= v) >= k, resp. mass(z >= v) >= top_p of the top-k
-mass, found by bisection on the order-preserving integer image of the float32
-bits (32 passes over the row, no sort); every token tied at a cutoff is kept.
-Noise: tl.rand (Philox) keyed by seed and offset, counter = token.
+mass, found by a SPLIT-ary search on the order-preserving integer image of the
+float32 bits (SPLIT thresholds per pass over the row, about 14 passes for
+SPLIT=4; no sort); every token tied at a cutoff is kept.
+
+Arithmetic is in base 2 (z = logit * log2(e) / temperature), so each token costs
+one exp2 for the log-sum-exp and two log2 for its Gumbel noise. Noise: Philox
+(4x32, 10 rounds, keyed by seed and offset); token t takes output t % 4 of the
+counter t // 4, so one Philox call serves four tokens and the noise of a token
+does not depend on the tile size. Full tiles load without a mask.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,6 +23,8 @@ import triton
 import triton.language as tl
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads offsets over the Philox key
+LN2 = 0.6931471805599453
+LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -25,118 +34,282 @@ def _key(bits):
 
 
 @triton.jit
-def _tile(logits_ptr, row, v0, V, inv_temperature, BLOCK_V: tl.constexpr):
-    cols = v0 + tl.arange(0, BLOCK_V)
-    ok = cols < V
-    x = tl.load(logits_ptr + row + cols, mask=ok, other=float("-inf")).to(tl.float32)
-    return cols, ok, tl.where(ok, x * inv_temperature, float("-inf"))
+def _to_float(key):
+    return _key(key.to(tl.int32)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _bisect(logits_ptr, row, V, inv_temperature, lo, hi, floor, target, m, COUNT: tl.constexpr,
-            BLOCK_V: tl.constexpr):
-    """The largest key in [lo, hi) whose float t has count (COUNT) or exp-mass of
-    {z >= max(t, floor)} >= target; lo must qualify."""
-    for _ in range(33):
-        mid = lo + (hi - lo) // 2
-        t = _key(mid.to(tl.int32)).to(tl.float32, bitcast=True)
-        total = tl.zeros([], tl.float32)
+def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr, MASKED: tl.constexpr):
+    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf), and the padding mask."""
+    cols = v0 + 4 * tl.arange(0, Q)[:, None] + tl.arange(0, 4)[None, :]
+    if MASKED:
+        ok = cols < V
+        x = tl.load(logits_ptr + row + cols, mask=ok, other=float("-inf"))
+    else:
+        ok = cols >= 0
+        x = tl.load(logits_ptr + row + cols)
+    return cols, ok, x.to(tl.float32) * scale
+
+
+@triton.jit
+def _gumbel(key, v0, Q: tl.constexpr):
+    """Gumbel noise / ln 2 (less a constant) of tokens v0 + 4 i + j, v0 a multiple of 4."""
+    r0, r1, r2, r3 = tl.randint4x(key, v0 // 4 + tl.arange(0, Q))
+    lane = tl.arange(0, 4)[None, :]
+    bits = tl.where(lane == 0, r0[:, None],
+                    tl.where(lane == 1, r1[:, None], tl.where(lane == 2, r2[:, None], r3[:, None])))
+    return -tl.log2(-tl.log2(tl.uint_to_uniform_float(bits)))
+
+
+@triton.jit
+def _pick(g, cols, best, best_tok):
+    """The running Gumbel-max: the tile's winner replaces the best on a strictly larger value (ties: lowest token)."""
+    tile_best = tl.max(tl.max(g, 1), 0)
+    tile_tok = tl.min(tl.min(tl.where(g == tile_best, cols, 2147483647), 1), 0)
+    better = tile_best > best
+    return tl.where(better, tile_best, best), tl.where(better, tile_tok, best_tok)
+
+
+@triton.jit
+def _tile_pick(w, m_ref, key, v0, best, best_tok, Q: tl.constexpr):
+    """TILE_DRAW: the tile's Gumbel-max score from its mass (one noise per tile, keyed by
+    its first token); a tile that takes the lead draws its token by inverse CDF over w."""
+    r0, r1, _, _ = tl.randint4x(key ^ 0x5DEECE66D, v0 + tl.zeros([], tl.int32))
+    mass = tl.sum(tl.sum(w, 1), 0)
+    score = m_ref + tl.log2(mass) - tl.log2(-tl.log2(tl.uint_to_uniform_float(r0)))
+    if score > best:
+        flat = tl.reshape(w, [4 * Q])  # token order v0 + 4 i + j
+        index = tl.arange(0, 4 * Q)
+        below = tl.sum((tl.cumsum(flat, 0) <= tl.uint_to_uniform_float(r1) * mass).to(tl.int32), 0)
+        last = tl.max(tl.where(flat > 0, index, 0), 0)  # rounding may leave the target past the end
+        best = score
+        best_tok = v0 + tl.minimum(below, last)
+    return best, best_tok
+
+
+@triton.jit
+def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok,
+                Q: tl.constexpr, MASKED: tl.constexpr, FILTER: tl.constexpr, TILE_DRAW: tl.constexpr):
+    """Max, sum of exp2, sum and (FILTER) min of z; without a filter, the draw too."""
+    cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
+    m_new = tl.maximum(m, tl.max(tl.max(z, 1), 0))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row starting with -inf tokens
+    w = tl.exp2(z - m_ref)
+    s = s * tl.exp2(m - m_ref) + tl.sum(tl.sum(w, 1), 0)
+    if MASKED:
+        zsum += tl.sum(tl.sum(tl.where(ok, z, 0.0), 1), 0)
+    else:
+        zsum += tl.sum(tl.sum(z, 1), 0)
+    if FILTER:
+        zmin = tl.minimum(zmin, tl.min(tl.min(tl.where(ok, z, float("inf")), 1), 0))
+    elif TILE_DRAW:
+        best, best_tok = _tile_pick(w, m_ref, key, v0, best, best_tok, Q)
+    else:
+        best, best_tok = _pick(z + _gumbel(key, v0, Q), cols, best, best_tok)
+    return m_new, s, zsum, zmin, best, best_tok
+
+
+@triton.jit
+def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_tok,
+               Q: tl.constexpr, MASKED: tl.constexpr, TILE_DRAW: tl.constexpr):
+    """Gumbel-max over the kept tokens (z >= cutoff), and their mass."""
+    cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
+    inside = z >= cutoff
+    w = tl.where(inside, tl.exp2(z - m), 0.0)
+    s_kept += tl.sum(tl.sum(w, 1), 0)
+    if TILE_DRAW:
+        best, best_tok = _tile_pick(w, m, key, v0, best, best_tok, Q)
+    else:
+        best, best_tok = _pick(tl.where(inside, z + _gumbel(key, v0, Q), float("-inf")), cols, best, best_tok)
+    return s_kept, best, best_tok
+
+
+@triton.jit
+def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.constexpr,
+            BLOCK_V: tl.constexpr, SPLIT: tl.constexpr):
+    """The largest key in [lo, hi) whose float t has count (COUNT) or exp2-mass of
+    {z >= max(t, floor)} >= target; lo must qualify. Each pass over the row tries SPLIT
+    thresholds and keeps the sub-interval between the last that qualifies and the next."""
+    j = tl.arange(0, SPLIT)
+    while hi - lo > 1:
+        keys = lo + ((hi - lo) * (j + 1)) // (SPLIT + 1)  # increasing, in (lo, hi) once hi - lo > SPLIT
+        t = _to_float(keys)
+        totals = tl.zeros([SPLIT], tl.float32)
         for v0 in range(0, V, BLOCK_V):
-            cols, ok, z = _tile(logits_ptr, row, v0, V, inv_temperature, BLOCK_V)
-            inside = (z >= t) & (z >= floor)
+            cols = v0 + tl.arange(0, BLOCK_V)
+            z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+            z = tl.where(z >= floor, z, float("-inf"))
+            inside = z[None, :] >= t[:, None]
             if COUNT:
-                total += tl.sum(inside.to(tl.float32))
+                totals += tl.sum(inside.to(tl.float32), 1)
             else:
-                total += tl.sum(tl.where(inside, tl.exp(z - m), 0.0))
-        good = total >= target
-        lo = tl.where(good, mid, lo)
-        hi = tl.where(good, hi, mid)
-    return _key(lo.to(tl.int32)).to(tl.float32, bitcast=True)
+                totals += tl.sum(tl.where(inside, tl.exp2(z - m)[None, :], 0.0), 1)
+        qualifying = tl.sum((totals >= target).to(tl.int32), 0)  # a prefix of the thresholds
+        lo = tl.where(qualifying > 0, tl.sum(tl.where(j == qualifying - 1, keys, 0), 0), lo)
+        hi = tl.where(qualifying < SPLIT, tl.sum(tl.where(j == qualifying, keys, 0), 0), hi)
+    return _to_float(lo)
 
 
 @triton.jit
+def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
+    """The row's max, sum of exp2, sum and Gumbel-max token from its chunks' partials;
+    the row's counter goes back to 0 for the next call."""
+    index = tl.arange(0, MAX_CHUNKS)
+    valid = index < chunks
+    slots = partial_ptr + (b * chunks + index) * 5
+    ms = tl.load(slots, mask=valid, other=float("-inf"), cache_modifier=".cg")
+    ss = tl.load(slots + 1, mask=valid, other=0.0, cache_modifier=".cg")
+    zsums = tl.load(slots + 2, mask=valid, other=0.0, cache_modifier=".cg")
+    bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
+    toks = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
+    m = tl.max(ms, 0)
+    m_ref = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(ss * tl.exp2(ms - m_ref), 0)
+    top = tl.max(bests, 0)
+    winner = tl.min(tl.where(bests == top, index, MAX_CHUNKS), 0)  # ties: the lowest chunk, so the lowest token
+    tl.store(count_ptr + b, 0)
+    return m, s, tl.sum(zsums, 0), tl.sum(tl.where(index == winner, toks, 0), 0)
+
+
+@triton.jit
+def _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
+            mean_ptr):
+    z_tok = tl.load(logits_ptr + row + best_tok).to(tl.float32) * scale
+    tl.store(tokens_ptr + b, best_tok.to(tl.int64))
+    tl.store(logprob_ptr + b, (z_tok - lse_kept) * 0.6931471805599453)
+    tl.store(policy_ptr + b, (z_tok - lse) * 0.6931471805599453)
+    tl.store(mean_ptr + b, (zsum / V - lse) * 0.6931471805599453)
+
+
+@triton.jit(do_not_specialize=["shift", "chunk", "chunks"])
 def _sample_kernel(
-    logits_ptr, stride_b, keys_ptr, scale_ptr, top_k, top_p,
-    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, V,
+    logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
+    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
+    SPLIT: tl.constexpr, TILE_DRAW: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr,
 ):
+    """Program (b, c) reads tokens [c * chunk, (c + 1) * chunk) of row b (SPLIT_ROW: plain
+    sampling only; the last of a row's programs to finish combines their partials)."""
+    Q: tl.constexpr = BLOCK_V // 4
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
-    key = tl.load(keys_ptr + b)
-    inv_temperature = tl.load(scale_ptr)
-    # pass 1: max, sum of exp, sum, min; and the draw itself when nothing is filtered
+    key = tl.load(seeds_ptr + b) + shift
+    start = tl.program_id(1) * chunk
+    stop = tl.minimum(start + chunk, V)
+    full = stop - (stop - start) % BLOCK_V  # chunk is a multiple of BLOCK_V: only the row's end is ragged
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.zeros([], tl.float32)
     zsum = tl.zeros([], tl.float32)
     zmin = tl.full([], float("inf"), tl.float32)
     best = tl.full([], float("-inf"), tl.float32)
     best_tok = tl.zeros([], tl.int32)
-    for v0 in range(0, V, BLOCK_V):
-        cols, ok, z = _tile(logits_ptr, row, v0, V, inv_temperature, BLOCK_V)
-        m_new = tl.maximum(m, tl.max(z, 0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), 0)
-        m = m_new
-        zsum += tl.sum(tl.where(ok, z, 0.0), 0)
-        zmin = tl.minimum(zmin, tl.min(tl.where(ok, z, float("inf")), 0))
-        if not FILTER:
-            g = z - tl.log(-tl.log(tl.rand(key, cols)))
-            tile_best = tl.max(g, 0)
-            tile_tok = tl.argmax(g, 0) + v0
-            best_tok = tl.where(tile_best > best, tile_tok, best_tok)
-            best = tl.maximum(best, tile_best)
-    lse = m + tl.log(s)
-    if FILTER:
-        lo = _key(zmin.to(tl.int32, bitcast=True)).to(tl.int64)
-        hi = _key(m.to(tl.int32, bitcast=True)).to(tl.int64) + 1
-        cutoff = zmin
-        if TOP_K:
-            cutoff = _bisect(logits_ptr, row, V, inv_temperature, lo, hi, zmin, top_k * 1.0, m,
-                             True, BLOCK_V)
-        if TOP_P:
-            kept = tl.zeros([], tl.float32)
-            for v0 in range(0, V, BLOCK_V):
-                cols, ok, z = _tile(logits_ptr, row, v0, V, inv_temperature, BLOCK_V)
-                kept += tl.sum(tl.where(z >= cutoff, tl.exp(z - m), 0.0))
-            lo = _key(cutoff.to(tl.int32, bitcast=True)).to(tl.int64)
-            cutoff = _bisect(logits_ptr, row, V, inv_temperature, lo, hi, cutoff, top_p * kept, m,
-                             False, BLOCK_V)
-        # the draw over the kept tokens, and their mass
-        s_kept = tl.zeros([], tl.float32)
-        for v0 in range(0, V, BLOCK_V):
-            cols, ok, z = _tile(logits_ptr, row, v0, V, inv_temperature, BLOCK_V)
-            inside = z >= cutoff
-            s_kept += tl.sum(tl.where(inside, tl.exp(z - m), 0.0))
-            g = tl.where(inside, z - tl.log(-tl.log(tl.rand(key, cols))), float("-inf"))
-            tile_best = tl.max(g, 0)
-            tile_tok = tl.argmax(g, 0) + v0
-            best_tok = tl.where(tile_best > best, tile_tok, best_tok)
-            best = tl.maximum(best, tile_best)
-        lse_kept = m + tl.log(s_kept)
+    for v0 in range(start, full, BLOCK_V):
+        m, s, zsum, zmin, best, best_tok = _first_pass(
+            logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok, Q, False, FILTER, TILE_DRAW)
+    if full < stop:
+        m, s, zsum, zmin, best, best_tok = _first_pass(
+            logits_ptr, row, full, V, scale, key, m, s, zsum, zmin, best, best_tok, Q, True, FILTER, TILE_DRAW)
+    if SPLIT_ROW:
+        slot = partial_ptr + (b * chunks + tl.program_id(1)) * 5
+        tl.store(slot, m)
+        tl.store(slot + 1, s)
+        tl.store(slot + 2, zsum)
+        tl.store(slot + 3, best)
+        tl.store(slot + 4, best_tok.to(tl.float32, bitcast=True))
+        tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
+        if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
+            tl.debug_barrier()
+            m, s, zsum, best_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
+            lse = m + tl.log2(s)
+            _finish(logits_ptr, row, b, scale, lse, lse, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
+                    mean_ptr)
     else:
-        lse_kept = lse
-    z_tok = tl.load(logits_ptr + row + best_tok).to(tl.float32) * inv_temperature
-    tl.store(tokens_ptr + b, best_tok.to(tl.int64))
-    tl.store(logprob_ptr + b, z_tok - lse_kept)
-    tl.store(policy_ptr + b, z_tok - lse)
-    tl.store(mean_ptr + b, zsum / V - lse)
+        lse = m + tl.log2(s)
+        if FILTER:
+            lo = _key(zmin.to(tl.int32, bitcast=True)).to(tl.int64)
+            hi = _key(m.to(tl.int32, bitcast=True)).to(tl.int64) + 1
+            cutoff = zmin
+            kept = s
+            if TOP_K:
+                cutoff = _search(logits_ptr, row, V, scale, lo, hi, zmin, top_k * 1.0, m, True, BLOCK_V, SPLIT)
+            if TOP_P:
+                if TOP_K:
+                    kept = tl.zeros([], tl.float32)
+                    for v0 in range(0, V, BLOCK_V):
+                        cols = v0 + tl.arange(0, BLOCK_V)
+                        z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+                        z = z * scale
+                        kept += tl.sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
+                lo = _key(cutoff.to(tl.int32, bitcast=True)).to(tl.int64)
+                cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
+            s_kept = tl.zeros([], tl.float32)
+            for v0 in range(0, full, BLOCK_V):
+                s_kept, best, best_tok = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
+                                                    best_tok, Q, False, TILE_DRAW)
+            if full < V:
+                s_kept, best, best_tok = _draw_pass(logits_ptr, row, full, V, scale, key, m, cutoff, s_kept, best,
+                                                    best_tok, Q, True, TILE_DRAW)
+            lse_kept = m + tl.log2(s_kept)
+        else:
+            lse_kept = lse
+        _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
+                mean_ptr)
 
 
-def sample(logits, temperature, top_k, top_p, seeds, offset):
-    """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32)."""
+MAX_CHUNKS = 64
+PROGRAMS_PER_SM = 4  # plain sampling splits rows until about this many programs per SM
+_COUNTERS: dict = {}  # (device, stream) -> int32 per row, left at 0 by every call
+
+
+def _counters(device, rows):
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    counters = _COUNTERS.get((device, stream))
+    if counters is None or counters.numel() < rows:
+        counters = _COUNTERS[(device, stream)] = torch.zeros(max(rows, 1024), dtype=torch.int32, device=device)
+    return counters
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4,
+           chunks=None, tile_draw=False):
+    """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
+
+    Tuning knobs (the tokens drawn do not depend on them): block_v (tokens per tile, a
+    power of 2 >= 4), num_warps, split (thresholds per search pass, a power of 2) and
+    chunks (programs per row for plain sampling, at most 64; default: enough for about
+    PROGRAMS_PER_SM programs per SM). tile_draw (benchmark only): the same distribution
+    from one noise per tile (a Gumbel-max over the tiles' masses, then inverse CDF inside
+    the winning tile) instead of one per token; its tokens depend on block_v, and DESIGN
+    3.3 asks for per-token noise, so the op does not use it."""
     b, v = logits.shape
+    device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
-    tokens = torch.empty(b, dtype=torch.int64, device=logits.device)
-    logprob, policy, mean = (torch.empty(b, dtype=torch.float32, device=logits.device) for _ in range(3))
+    tokens = torch.empty(b, dtype=torch.int64, device=device)
+    logprob, policy, mean = (torch.empty(b, dtype=torch.float32, device=device) for _ in range(3))
     if b == 0:
         return tokens, logprob, policy, mean
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the addition below wraps
-    _sample_kernel[(b,)](
-        logits, logits.stride(0), seeds + shift,
-        torch.full((1,), 1.0 / temperature, dtype=torch.float32, device=logits.device),
-        top_k, top_p, tokens, logprob, policy, mean, v,
-        FILTER=top_k > 0 or top_p < 1.0, TOP_K=top_k > 0, TOP_P=top_p < 1.0,
-        BLOCK_V=64 if interpreted else min(4096, triton.next_power_of_2(v)),
-        num_warps=1 if interpreted else 8,
+    if block_v is None:
+        block_v = 64 if interpreted else min(4096, max(16, triton.next_power_of_2(v)))
+    filtered = top_k > 0 or top_p < 1.0
+    tiles = triton.cdiv(v, block_v)
+    if filtered:
+        chunks = 1
+    elif chunks is None:
+        chunks = 1 if interpreted else triton.cdiv(PROGRAMS_PER_SM * _multiprocessors(device), b)
+    chunk = triton.cdiv(tiles, max(1, min(chunks, tiles, MAX_CHUNKS))) * block_v
+    chunks = triton.cdiv(v, chunk)  # no empty chunk
+    partials = torch.empty(b * chunks * 5 if chunks > 1 else 1, dtype=torch.float32, device=device)
+    shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
+    _sample_kernel[(b, chunks)](
+        logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
+        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk, chunks,
+        FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
+        TILE_DRAW=tile_draw, SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS,
+        num_warps=num_warps or (1 if interpreted else 8),
     )
     return tokens, logprob, policy, mean

@@ -202,3 +202,54 @@ def test_logits_shape_and_dtype():
         ops.sample(torch.zeros(10))
     with pytest.raises(TypeError, match="logits must be float16"):
         ops.sample(torch.zeros(2, 10, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(top_k=7), dict(top_p=0.8), dict(top_k=40, top_p=0.95)])
+def test_triton_tokens_do_not_depend_on_the_tiling(options, device, rng):
+    """The noise is keyed by token, so tile size, search arity and rows split over
+    programs (plain sampling) change no token; a first tile of -inf tokens, a chunk of
+    them and a ragged last tile are covered."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    rows, v = 6, 203
+    logits = torch.randn(rows, v, generator=rng) * 3
+    logits[:, :32] = float("-inf")
+    logits[:, 40] = logits[:, 90]  # a tie
+    logits = logits.to(device)
+    seeds = torch.arange(rows, device=device) * 31 + 5
+    k = options.get("top_k", 0)
+    p = options.get("top_p", 1.0)
+    runs = [sampling.sample(logits, 1.0, k, p, seeds, 9, block_v=bv, split=split, chunks=chunks)
+            for bv, split, chunks in [(16, 1, 1), (64, 4, 1), (256, 2, None), (16, 4, 5), (32, 4, 64)]]
+    assert all(not counters.any() for counters in sampling._COUNTERS.values())  # left ready for the next call
+    for out in runs[1:]:
+        assert torch.equal(out[0], runs[0][0])
+        for got, want in zip(out[1:], runs[0][1:]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tokens, logprob, policy_logprob, _ = (x.cpu() for x in runs[0])
+    assert (tokens >= 32).all()
+    for b in range(rows):
+        filtered = kept_probabilities(logits[b].cpu(), 1.0, options.get("top_k"), options.get("top_p"))
+        assert filtered[tokens[b]] > 0
+        torch.testing.assert_close(logprob[b].double(), filtered[tokens[b]].log(), rtol=1e-5, atol=1e-5)
+    policy = torch.log_softmax(logits.cpu().double(), -1)
+    torch.testing.assert_close(policy_logprob.double(), policy.gather(-1, tokens[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(top_p=0.7)])
+def test_triton_tile_draw_frequencies(options, device):
+    """The kernel's benchmark-only tile draw (one noise per tile, inverse CDF inside) draws
+    from the same distribution; tiles of 4 tokens make the 12 tokens span three."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    n = 500 if device.type == "cpu" else 20000  # the interpreter runs ~50 ms a row here
+    logits = LOGITS.expand(n, -1).contiguous().to(device)
+    tokens = sampling.sample(logits, 1.0, 0, options.get("top_p", 1.0), torch.arange(n, device=device), 0,
+                             block_v=4, tile_draw=True)[0]
+    probabilities = kept_probabilities(LOGITS, 1.0, None, options.get("top_p"))
+    stat, cells = chi_square(tokens, probabilities)
+    assert stat < THRESHOLD, (stat, cells)
