@@ -40,8 +40,9 @@ def _to_float(key):
 
 @triton.jit
 def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr, MASKED: tl.constexpr):
-    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf), and the padding mask."""
-    cols = v0 + 4 * tl.arange(0, Q)[:, None] + tl.arange(0, 4)[None, :]
+    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf), and the padding mask.
+    v0 is a multiple of the tile: said, so that the loads are vectorised."""
+    cols = tl.multiple_of(v0, 4 * Q) + 4 * tl.arange(0, Q)[:, None] + tl.arange(0, 4)[None, :]
     if MASKED:
         ok = cols < V
         x = tl.load(logits_ptr + row + cols, mask=ok, other=float("-inf"))
@@ -52,75 +53,114 @@ def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _gumbel(key, v0, Q: tl.constexpr):
-    """Gumbel noise / ln 2 (less a constant) of tokens v0 + 4 i + j, v0 a multiple of 4."""
+def _log2(x, FAST: tl.constexpr):
+    """log2 by the SFU (lg2.approx, relative error ~2^-22) where compiled: tl.log2 is a
+    precise software log2, over ten instructions each."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _exponential(bits, FAST: tl.constexpr):
+    """E = -ln U, U = (bits + 1/2) / 2^32, also precise where U is near 1 (E small: the
+    Gumbel noise -ln E large): there it works from 1 - U, exact in the integers."""
+    r = bits.to(tl.int32, bitcast=True)
+    upper = r < 0  # U >= 1/2
+    h = (tl.where(upper, ~r, r).to(tl.float32) + 0.5) * 2.3283064365386963e-10  # U, or 1 - U where upper
+    e = -_log2(tl.where(upper, 1.0 - h, h), FAST) * 0.6931471805599453
+    series = h * (1.0 + h * (0.5 + h * (0.3333333333333333 + h * 0.25)))  # -ln(1 - h), error < h^5 / 5
+    return tl.where(upper & (h < 0.03125), series, e)
+
+
+@triton.jit
+def _gumbel(key, v0, Q: tl.constexpr, FAST: tl.constexpr):
+    """Gumbel noise / ln 2 of tokens v0 + 4 i + j, v0 a multiple of 4."""
     r0, r1, r2, r3 = tl.randint4x(key, v0 // 4 + tl.arange(0, Q))
     lane = tl.arange(0, 4)[None, :]
     bits = tl.where(lane == 0, r0[:, None],
                     tl.where(lane == 1, r1[:, None], tl.where(lane == 2, r2[:, None], r3[:, None])))
-    return -tl.log2(-tl.log2(tl.uint_to_uniform_float(bits)))
+    return -_log2(_exponential(bits, FAST), FAST)
 
 
 @triton.jit
 def _pick(g, cols, best, best_tok):
-    """The running Gumbel-max: the tile's winner replaces the best on a strictly larger value (ties: lowest token)."""
-    tile_best = tl.max(tl.max(g, 1), 0)
-    tile_tok = tl.min(tl.min(tl.where(g == tile_best, cols, 2147483647), 1), 0)
-    better = tile_best > best
-    return tl.where(better, tile_best, best), tl.where(better, tile_tok, best_tok)
+    """The running Gumbel-max of each row of four tokens: replaced on a strictly larger value
+    (ties: the lowest token)."""
+    four_best = tl.max(g, 1)
+    four_tok = tl.min(tl.where(g == four_best[:, None], cols, 2147483647), 1)
+    better = four_best > best
+    return tl.where(better, four_best, best), tl.where(better, four_tok, best_tok)
 
 
 @triton.jit
-def _tile_pick(w, m_ref, key, v0, best, best_tok, Q: tl.constexpr):
-    """TILE_DRAW: the tile's Gumbel-max score from its mass (one noise per tile, keyed by
-    its first token); a tile that takes the lead draws its token by inverse CDF over w."""
+def _tile_pick(w, ref, key, v0, best, best_tok, Q: tl.constexpr, FAST: tl.constexpr):
+    """TILE_DRAW: the tile's Gumbel-max score from its mass (w = exp2(z - ref); one noise per
+    tile, keyed by its first token); a tile that takes the lead draws its token by inverse
+    CDF over w. The lead is held in every element of best / best_tok."""
     r0, r1, _, _ = tl.randint4x(key ^ 0x5DEECE66D, v0 + tl.zeros([], tl.int32))
     mass = tl.sum(tl.sum(w, 1), 0)
-    score = m_ref + tl.log2(mass) - tl.log2(-tl.log2(tl.uint_to_uniform_float(r0)))
-    if score > best:
+    score = ref + _log2(mass, FAST) - _log2(_exponential(r0, FAST), FAST)
+    if score > tl.max(best, 0):
         flat = tl.reshape(w, [4 * Q])  # token order v0 + 4 i + j
         index = tl.arange(0, 4 * Q)
         below = tl.sum((tl.cumsum(flat, 0) <= tl.uint_to_uniform_float(r1) * mass).to(tl.int32), 0)
         last = tl.max(tl.where(flat > 0, index, 0), 0)  # rounding may leave the target past the end
-        best = score
-        best_tok = v0 + tl.minimum(below, last)
+        best = tl.zeros_like(best) + score
+        best_tok = tl.zeros_like(best_tok) + v0 + tl.minimum(below, last)
     return best, best_tok
 
 
 @triton.jit
-def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok,
-                Q: tl.constexpr, MASKED: tl.constexpr, FILTER: tl.constexpr, TILE_DRAW: tl.constexpr):
-    """Max, sum of exp2, sum and (FILTER) min of z; without a filter, the draw too."""
+def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok, Q: tl.constexpr,
+                MASKED: tl.constexpr, FILTER: tl.constexpr, TILE_DRAW: tl.constexpr, FAST: tl.constexpr):
+    """Per row of four tokens of the tile (in one thread's registers: no exchange between
+    threads until the end): max, sum of exp2, sum and (FILTER) min of z; without a
+    filter, the Gumbel-max draw too."""
     cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
-    m_new = tl.maximum(m, tl.max(tl.max(z, 1), 0))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row starting with -inf tokens
-    w = tl.exp2(z - m_ref)
-    s = s * tl.exp2(m - m_ref) + tl.sum(tl.sum(w, 1), 0)
+    m_new = tl.maximum(m, tl.max(z, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows of -inf tokens so far
+    s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(z - m_ref[:, None]), 1)
     if MASKED:
-        zsum += tl.sum(tl.sum(tl.where(ok, z, 0.0), 1), 0)
+        zsum += tl.sum(tl.where(ok, z, 0.0), 1)
     else:
-        zsum += tl.sum(tl.sum(z, 1), 0)
+        zsum += tl.sum(z, 1)
     if FILTER:
-        zmin = tl.minimum(zmin, tl.min(tl.min(tl.where(ok, z, float("inf")), 1), 0))
+        zmin = tl.minimum(zmin, tl.min(tl.where(ok, z, float("inf")), 1))
     elif TILE_DRAW:
-        best, best_tok = _tile_pick(w, m_ref, key, v0, best, best_tok, Q)
+        tile_max = tl.max(m_new, 0)
+        ref = tl.where(tile_max == float("-inf"), 0.0, tile_max)
+        best, best_tok = _tile_pick(tl.exp2(z - ref), ref, key, v0, best, best_tok, Q, FAST)
     else:
-        best, best_tok = _pick(z + _gumbel(key, v0, Q), cols, best, best_tok)
+        best, best_tok = _pick(z + _gumbel(key, v0, Q, FAST), cols, best, best_tok)
     return m_new, s, zsum, zmin, best, best_tok
 
 
 @triton.jit
+def _row_stats(m, s, zsum, zmin, best, best_tok):
+    """The per-four accumulators reduced to the row's (chunk's) scalars."""
+    m_row = tl.max(m, 0)
+    ref = tl.where(m_row == float("-inf"), 0.0, m_row)
+    top = tl.max(best, 0)
+    token = tl.min(tl.where(best == top, best_tok, 2147483647), 0)
+    return m_row, tl.sum(s * tl.exp2(m - ref), 0), tl.sum(zsum, 0), tl.min(zmin, 0), top, token
+
+
+@triton.jit
 def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_tok,
-               Q: tl.constexpr, MASKED: tl.constexpr, TILE_DRAW: tl.constexpr):
-    """Gumbel-max over the kept tokens (z >= cutoff), and their mass."""
+               Q: tl.constexpr, MASKED: tl.constexpr, TILE_DRAW: tl.constexpr, FAST: tl.constexpr):
+    """Gumbel-max over the kept tokens (z >= cutoff), and their mass (per row of four)."""
     cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
     inside = z >= cutoff
     w = tl.where(inside, tl.exp2(z - m), 0.0)
-    s_kept += tl.sum(tl.sum(w, 1), 0)
+    s_kept += tl.sum(w, 1)
     if TILE_DRAW:
-        best, best_tok = _tile_pick(w, m, key, v0, best, best_tok, Q)
+        best, best_tok = _tile_pick(w, m, key, v0, best, best_tok, Q, FAST)
     else:
-        best, best_tok = _pick(tl.where(inside, z + _gumbel(key, v0, Q), float("-inf")), cols, best, best_tok)
+        best, best_tok = _pick(tl.where(inside, z + _gumbel(key, v0, Q, FAST), float("-inf")), cols, best,
+                               best_tok)
     return s_kept, best, best_tok
 
 
@@ -181,34 +221,36 @@ def _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_
     tl.store(mean_ptr + b, (zsum / V - lse) * 0.6931471805599453)
 
 
-@triton.jit(do_not_specialize=["shift", "chunk", "chunks"])
+@triton.jit(do_not_specialize=["shift", "chunk_tiles", "chunks"])
 def _sample_kernel(
     logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
-    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk, chunks,
+    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk_tiles, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, TILE_DRAW: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr,
+    FAST: tl.constexpr,
 ):
-    """Program (b, c) reads tokens [c * chunk, (c + 1) * chunk) of row b (SPLIT_ROW: plain
-    sampling only; the last of a row's programs to finish combines their partials)."""
+    """Program (b, c) reads tiles [c * chunk_tiles, (c + 1) * chunk_tiles) of row b (SPLIT_ROW:
+    plain sampling only; the last of a row's programs to finish combines their partials)."""
     Q: tl.constexpr = BLOCK_V // 4
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
     key = tl.load(seeds_ptr + b) + shift
-    start = tl.program_id(1) * chunk
-    stop = tl.minimum(start + chunk, V)
-    full = stop - (stop - start) % BLOCK_V  # chunk is a multiple of BLOCK_V: only the row's end is ragged
-    m = tl.full([], float("-inf"), tl.float32)
-    s = tl.zeros([], tl.float32)
-    zsum = tl.zeros([], tl.float32)
-    zmin = tl.full([], float("inf"), tl.float32)
-    best = tl.full([], float("-inf"), tl.float32)
-    best_tok = tl.zeros([], tl.int32)
+    start = tl.program_id(1) * chunk_tiles * BLOCK_V  # a multiple of BLOCK_V, as the compiler sees
+    stop = tl.minimum(start + chunk_tiles * BLOCK_V, V)
+    full = stop - (stop - start) % BLOCK_V  # only the row's end is ragged
+    m = tl.full([Q], float("-inf"), tl.float32)
+    s = tl.zeros([Q], tl.float32)
+    zsum = tl.zeros([Q], tl.float32)
+    zmin = tl.full([Q], float("inf"), tl.float32)
+    best = tl.full([Q], float("-inf"), tl.float32)
+    best_tok = tl.zeros([Q], tl.int32)
     for v0 in range(start, full, BLOCK_V):
-        m, s, zsum, zmin, best, best_tok = _first_pass(
-            logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok, Q, False, FILTER, TILE_DRAW)
+        m, s, zsum, zmin, best, best_tok = _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best,
+                                                       best_tok, Q, False, FILTER, TILE_DRAW, FAST)
     if full < stop:
-        m, s, zsum, zmin, best, best_tok = _first_pass(
-            logits_ptr, row, full, V, scale, key, m, s, zsum, zmin, best, best_tok, Q, True, FILTER, TILE_DRAW)
+        m, s, zsum, zmin, best, best_tok = _first_pass(logits_ptr, row, full, V, scale, key, m, s, zsum, zmin, best,
+                                                       best_tok, Q, True, FILTER, TILE_DRAW, FAST)
+    m, s, zsum, zmin, best, best_tok = _row_stats(m, s, zsum, zmin, best, best_tok)
     if SPLIT_ROW:
         slot = partial_ptr + (b * chunks + tl.program_id(1)) * 5
         tl.store(slot, m)
@@ -242,14 +284,18 @@ def _sample_kernel(
                         kept += tl.sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
                 lo = _key(cutoff.to(tl.int32, bitcast=True)).to(tl.int64)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
-            s_kept = tl.zeros([], tl.float32)
+            s_kept = tl.zeros([Q], tl.float32)
+            best = tl.full([Q], float("-inf"), tl.float32)
+            best_tok = tl.zeros([Q], tl.int32)
             for v0 in range(0, full, BLOCK_V):
                 s_kept, best, best_tok = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
-                                                    best_tok, Q, False, TILE_DRAW)
+                                                    best_tok, Q, False, TILE_DRAW, FAST)
             if full < V:
                 s_kept, best, best_tok = _draw_pass(logits_ptr, row, full, V, scale, key, m, cutoff, s_kept, best,
-                                                    best_tok, Q, True, TILE_DRAW)
-            lse_kept = m + tl.log2(s_kept)
+                                                    best_tok, Q, True, TILE_DRAW, FAST)
+            top = tl.max(best, 0)
+            best_tok = tl.min(tl.where(best == top, best_tok, 2147483647), 0)
+            lse_kept = m + tl.log2(tl.sum(s_kept, 0))
         else:
             lse_kept = lse
         _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
@@ -301,15 +347,15 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         chunks = 1
     elif chunks is None:
         chunks = 1 if interpreted else triton.cdiv(PROGRAMS_PER_SM * _multiprocessors(device), b)
-    chunk = triton.cdiv(tiles, max(1, min(chunks, tiles, MAX_CHUNKS))) * block_v
-    chunks = triton.cdiv(v, chunk)  # no empty chunk
+    chunk_tiles = triton.cdiv(tiles, max(1, min(chunks, tiles, MAX_CHUNKS)))
+    chunks = triton.cdiv(tiles, chunk_tiles)  # no empty chunk
     partials = torch.empty(b * chunks * 5 if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
     _sample_kernel[(b, chunks)](
         logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
-        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk, chunks,
+        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk_tiles, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
-        TILE_DRAW=tile_draw, SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS,
+        TILE_DRAW=tile_draw, SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, FAST=not interpreted,
         num_warps=num_warps or (1 if interpreted else 8),
     )
     return tokens, logprob, policy, mean
