@@ -1,0 +1,88 @@
+"""Static cost of the Triton sampler, without a GPU: compile kernels/sampling.py for
+sm_90a (Triton's own ptxas and cuobjdump), then per config print the registers per
+thread, the global load widths and the instructions of the main loop per token.
+
+What a GPU run cannot show cheaply, and the budget it is measured against: reading
+B=256 x V=151936 bf16 at 80% of an H200's copy rate leaves about 20 instructions per
+token at its issue rate (4 per clock per SM). Uses Triton internals (ASTSource,
+GPUTarget): written against Triton 3.9.
+
+    python benchmarks/sampling_sass.py [--config 4096x8] [--config 1024x4t] ...
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+import triton.compiler as tc
+from triton.backends.compiler import GPUTarget
+
+from fastrl.kernels import sampling
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+TYPES = {"logits_ptr": "*bf16", "stride_b": "i32", "seeds_ptr": "*i64", "shift": "i64", "scale": "fp32",
+         "top_k": "i32", "top_p": "fp32", "tokens_ptr": "*i64", "logprob_ptr": "*fp32", "policy_ptr": "*fp32",
+         "mean_ptr": "*fp32", "partial_ptr": "*fp32", "count_ptr": "*i32", "V": "i32", "chunk_tiles": "i32",
+         "chunks": "i32"}
+ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "policy_ptr", "mean_ptr",
+           "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
+
+
+def compile_sass(block_v, num_warps, filtered=False, tile_draw=False, split_row=True):
+    fn = sampling._sample_kernel
+    constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4, TILE_DRAW=tile_draw,
+                     SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS, FAST=True)
+    names = fn.arg_names
+    source = tc.ASTSource(
+        fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
+        constexprs={(names.index(k),): v for k, v in constants.items()},
+        attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in ALIGNED})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.o")
+        ptx.write_text(kernel.asm["ptx"])
+        info = subprocess.run([BIN / "ptxas-blackwell", "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                              capture_output=True, text=True, check=True).stderr
+        sass = subprocess.run([BIN / "cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    registers = int(re.search(r"Used (\d+) registers", info).group(1))
+    loads = collections.Counter(re.findall(r"ld\.global[.\w]*", kernel.asm["ptx"]))
+    return registers, loads, sass
+
+
+def main_loop(sass):
+    """The longest backward branch's body: (instruction count, Counter of opcodes)."""
+    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
+    loops = [(int(m.group(1), 16), a) for line, a in zip(lines, address)
+             if (m := re.search(r"BRA (0x[0-9a-f]+)", line)) and int(m.group(1), 16) < a]
+    start, end = max(loops, key=lambda span: span[1] - span[0])
+    opcodes = collections.Counter()
+    for line, a in zip(lines, address):
+        if start <= a <= end:
+            text = re.sub(r"^@!?U?P[T0-9]+\s+", "", re.sub(r"^\s+/\*[0-9a-f]{4}\*/\s+", "", line))
+            opcodes[text.split()[0].split(".")[0]] += 1
+    return sum(opcodes.values()), opcodes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", default=None,
+                        help="BLOCKxWARPS, t: the tile draw, f: top-p (default 4096x8, 1024x4, 4096x8f)")
+    args = parser.parse_args()
+    for config in args.config or ["4096x8", "1024x4", "4096x8f"]:
+        block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
+        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, tile_draw="t" in config)
+        count, opcodes = main_loop(sass)
+        per_thread = block_v // (32 * num_warps)
+        print(f"{config}: {registers} registers; loads {dict(loads)}; main loop {count} instructions, "
+              f"{count / per_thread:.1f} per token ({per_thread} tokens per thread per tile)")
+        print("  " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(12)))
+
+
+if __name__ == "__main__":
+    main()
