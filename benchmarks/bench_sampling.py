@@ -7,7 +7,7 @@ One draw per row of logits[B, V], temperature 1, with the filters (the
 - top_k+top_p: top-k 50, then top-p 0.9 (Hugging Face's order).
 Providers:
 - fastrl_<backend>: fastrl.ops.sample(logits, top_k, top_p, seeds, offset)
-  (a one-launch Triton kernel on CUDA: threshold search by bisection, no sort;
+  (a one-launch Triton kernel on CUDA: threshold search on the float bits, no sort;
   PyTorch on the CPU). It also returns the token's log-probability under the
   filtered and the unfiltered distribution and the row's mean log-softmax;
   the baselines below return the token only;
