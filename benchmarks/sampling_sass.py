@@ -1,6 +1,7 @@
 """Static cost of the Triton sampler, without a GPU: compile kernels/sampling.py for
 sm_90a (Triton's own ptxas and cuobjdump), then per config print the registers per
-thread, the global load widths and the instructions of the main loop per token.
+thread, the global load widths and, per loop, its instructions per token and whether
+threads exchange data inside it (shuffles, barriers).
 
 What a GPU run cannot show cheaply, and the budget it is measured against: reading
 B=256 x V=151936 bf16 at 80% of an H200's copy rate leaves about 20 instructions per
@@ -54,19 +55,23 @@ def compile_sass(block_v, num_warps, filtered=False, tile_draw=False, split_row=
     return registers, loads, sass
 
 
-def main_loop(sass):
-    """The longest backward branch's body: (instruction count, Counter of opcodes)."""
+def loops(sass):
+    """Each loop (a backward branch) as (start, end, Counter of opcodes in its body), and
+    whether it is innermost (holds no other loop)."""
     lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
     address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
-    loops = [(int(m.group(1), 16), a) for line, a in zip(lines, address)
+    spans = [(int(m.group(1), 16), a) for line, a in zip(lines, address)
              if (m := re.search(r"BRA (0x[0-9a-f]+)", line)) and int(m.group(1), 16) < a]
-    start, end = max(loops, key=lambda span: span[1] - span[0])
-    opcodes = collections.Counter()
-    for line, a in zip(lines, address):
-        if start <= a <= end:
-            text = re.sub(r"^@!?U?P[T0-9]+\s+", "", re.sub(r"^\s+/\*[0-9a-f]{4}\*/\s+", "", line))
-            opcodes[text.split()[0].split(".")[0]] += 1
-    return sum(opcodes.values()), opcodes
+    found = []
+    for start, end in spans:
+        opcodes = collections.Counter()
+        for line, a in zip(lines, address):
+            if start <= a <= end:
+                text = re.sub(r"^@!?U?P[T0-9]+\s+", "", re.sub(r"^\s+/\*[0-9a-f]{4}\*/\s+", "", line))
+                opcodes[text.split()[0].split(".")[0]] += 1
+        innermost = not any(start <= s0 and e0 <= end and (s0, e0) != (start, end) for s0, e0 in spans)
+        found.append((start, end, opcodes, innermost))
+    return found
 
 
 def main():
@@ -77,11 +82,14 @@ def main():
     for config in args.config or ["4096x8", "1024x4", "4096x8f"]:
         block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
         registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, tile_draw="t" in config)
-        count, opcodes = main_loop(sass)
         per_thread = block_v // (32 * num_warps)
-        print(f"{config}: {registers} registers; loads {dict(loads)}; main loop {count} instructions, "
-              f"{count / per_thread:.1f} per token ({per_thread} tokens per thread per tile)")
-        print("  " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(12)))
+        print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
+              f"{per_thread} tokens per thread per tile")
+        for start, end, opcodes, innermost in sorted(loops(sass)):
+            count = sum(opcodes.values())
+            print(f"  loop {start:#06x}-{end:#06x}{' (innermost)' if innermost else ''}: {count} instructions, "
+                  f"{count / per_thread:.1f} per token; SHFL {opcodes['SHFL']}, BAR {opcodes['BAR']}, "
+                  f"MUFU {opcodes['MUFU']}; " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(8)))
 
 
 if __name__ == "__main__":

@@ -174,17 +174,17 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
     while hi - lo > 1:
         keys = lo + ((hi - lo) * (j + 1)) // (SPLIT + 1)  # increasing, in (lo, hi) once hi - lo > SPLIT
         t = _to_float(keys)
-        totals = tl.zeros([SPLIT], tl.float32)
+        totals = tl.zeros([SPLIT, BLOCK_V], tl.float32)  # per thread: summed across threads once a pass
         for v0 in range(0, V, BLOCK_V):
-            cols = v0 + tl.arange(0, BLOCK_V)
+            cols = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]: broadcast over the thresholds in place
             z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
             z = tl.where(z >= floor, z, float("-inf"))
-            inside = z[None, :] >= t[:, None]
+            inside = z >= t[:, None]
             if COUNT:
-                totals += tl.sum(inside.to(tl.float32), 1)
+                totals += inside.to(tl.float32)
             else:
-                totals += tl.sum(tl.where(inside, tl.exp2(z - m)[None, :], 0.0), 1)
-        qualifying = tl.sum((totals >= target).to(tl.int32), 0)  # a prefix of the thresholds
+                totals += tl.where(inside, tl.exp2(z - m), 0.0)
+        qualifying = tl.sum((tl.sum(totals, 1) >= target).to(tl.int32), 0)  # a prefix of the thresholds
         lo = tl.where(qualifying > 0, tl.sum(tl.where(j == qualifying - 1, keys, 0), 0), lo)
         hi = tl.where(qualifying < SPLIT, tl.sum(tl.where(j == qualifying, keys, 0), 0), hi)
     return _to_float(lo)
@@ -276,12 +276,13 @@ def _sample_kernel(
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, zmin, top_k * 1.0, m, True, BLOCK_V, SPLIT)
             if TOP_P:
                 if TOP_K:
-                    kept = tl.zeros([], tl.float32)
+                    kept_per_thread = tl.zeros([BLOCK_V], tl.float32)
                     for v0 in range(0, V, BLOCK_V):
                         cols = v0 + tl.arange(0, BLOCK_V)
                         z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
                         z = z * scale
-                        kept += tl.sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
+                        kept_per_thread += tl.where(z >= cutoff, tl.exp2(z - m), 0.0)
+                    kept = tl.sum(kept_per_thread, 0)
                 lo = _key(cutoff.to(tl.int32, bitcast=True)).to(tl.int64)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
             s_kept = tl.zeros([Q], tl.float32)
