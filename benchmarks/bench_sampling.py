@@ -215,21 +215,6 @@ def config_providers(configs):
     return table
 
 
-def print_compiled_kernels():
-    """Registers and spills of each compiled variant of the sampler (best effort: Triton internals)."""
-    from fastrl.kernels import sampling
-
-    try:
-        compiled = [k for cache in sampling._sample_kernel.device_caches.values() for k in cache[0].values()]
-        print("\ncompiled sampler variants (registers per thread, spills, shared memory bytes):")
-        for kernel in compiled:
-            constants = {k: v for k, v in getattr(kernel.src, "constants", {}).items() if isinstance(k, str)}
-            print(f"  {kernel.n_regs:4d} regs {kernel.n_spills:4d} spills {kernel.metadata.shared:7d} B  "
-                  f"warps {kernel.metadata.num_warps}  {constants}")
-    except Exception as exc:  # not worth failing a benchmark over
-        print(f"(compiled kernel details unavailable: {type(exc).__name__}: {exc})")
-
-
 def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     backend = ops.backend_for("sample", device.type)
     table = providers(device, backend)
@@ -391,8 +376,6 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = harness.run("sampling", all_cases, args, __file__, argv)
     summarize(rows, device)
-    if device.type == "cuda":
-        print_compiled_kernels()
     if compiled.fns:
         print(f"\ntorch.compile: {compiled.spent_s:.1f} s spent compiling (budget {compiled.budget_s:.0f} s)")
     print(f"benchmark wall time {time.perf_counter() - t0:.0f} s")

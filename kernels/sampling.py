@@ -23,8 +23,9 @@ import triton
 import triton.language as tl
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads offsets over the Philox key
-LN2 = 0.6931471805599453
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
+INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 
 
 @triton.jit
@@ -34,8 +35,26 @@ def _key(bits):
 
 
 @triton.jit
+def _to_key(x):
+    return _key(x.to(tl.int32, bitcast=True)).to(tl.int64)
+
+
+@triton.jit
 def _to_float(key):
     return _key(key.to(tl.int32)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _reference(m):
+    """A running max as the exp2 reference: 0 while everything so far is -inf."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _best_token(best, best_tok):
+    """The largest Gumbel value of the accumulators and its token (ties: the lowest)."""
+    top = tl.max(best, 0)
+    return top, tl.min(tl.where(best == top, best_tok, INT_MAX), 0)
 
 
 @triton.jit
@@ -50,6 +69,13 @@ def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr, MASKED: tl.constexpr):
         ok = cols >= 0
         x = tl.load(logits_ptr + row + cols)
     return cols, ok, x.to(tl.float32) * scale
+
+
+@triton.jit
+def _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V: tl.constexpr):
+    """Tokens v0 .. v0 + BLOCK_V - 1 as [1, BLOCK_V] (to broadcast over thresholds in place), z = logit * scale."""
+    cols = v0 + tl.arange(0, BLOCK_V)[None, :]
+    return tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
 
 
 @triton.jit
@@ -70,7 +96,7 @@ def _exponential(bits, FAST: tl.constexpr):
     r = bits.to(tl.int32, bitcast=True)
     upper = r < 0  # U >= 1/2
     h = (tl.where(upper, ~r, r).to(tl.float32) + 0.5) * 2.3283064365386963e-10  # U, or 1 - U where upper
-    e = -_log2(tl.where(upper, 1.0 - h, h), FAST) * 0.6931471805599453
+    e = -_log2(tl.where(upper, 1.0 - h, h), FAST) * LN2
     series = h * (1.0 + h * (0.5 + h * (0.3333333333333333 + h * 0.25)))  # -ln(1 - h), error < h^5 / 5
     return tl.where(upper & (h < 0.03125), series, e)
 
@@ -90,7 +116,7 @@ def _pick(g, cols, best, best_tok):
     """The running Gumbel-max of each row of four tokens: replaced on a strictly larger value
     (ties: the lowest token)."""
     four_best = tl.max(g, 1)
-    four_tok = tl.min(tl.where(g == four_best[:, None], cols, 2147483647), 1)
+    four_tok = tl.min(tl.where(g == four_best[:, None], cols, INT_MAX), 1)
     better = four_best > best
     return tl.where(better, four_best, best), tl.where(better, four_tok, best_tok)
 
@@ -121,17 +147,16 @@ def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best
     filter, the Gumbel-max draw too."""
     cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
     m_new = tl.maximum(m, tl.max(z, 1))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows of -inf tokens so far
+    m_ref = _reference(m_new)
     s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(z - m_ref[:, None]), 1)
     if MASKED:
         zsum += tl.sum(tl.where(ok, z, 0.0), 1)
     else:
         zsum += tl.sum(z, 1)
     if FILTER:
-        zmin = tl.minimum(zmin, tl.min(tl.where(ok, z, float("inf")), 1))
+        zmin = tl.minimum(zmin, tl.min(tl.where(ok, z, float("inf")) if MASKED else z, 1))
     elif TILE_DRAW:
-        tile_max = tl.max(m_new, 0)
-        ref = tl.where(tile_max == float("-inf"), 0.0, tile_max)
+        ref = _reference(tl.max(m_new, 0))
         best, best_tok = _tile_pick(tl.exp2(z - ref), ref, key, v0, best, best_tok, Q, FAST)
     else:
         best, best_tok = _pick(z + _gumbel(key, v0, Q, FAST), cols, best, best_tok)
@@ -142,10 +167,8 @@ def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best
 def _row_stats(m, s, zsum, zmin, best, best_tok):
     """The per-four accumulators reduced to the row's (chunk's) scalars."""
     m_row = tl.max(m, 0)
-    ref = tl.where(m_row == float("-inf"), 0.0, m_row)
-    top = tl.max(best, 0)
-    token = tl.min(tl.where(best == top, best_tok, 2147483647), 0)
-    return m_row, tl.sum(s * tl.exp2(m - ref), 0), tl.sum(zsum, 0), tl.min(zmin, 0), top, token
+    top, token = _best_token(best, best_tok)
+    return m_row, tl.sum(s * tl.exp2(m - _reference(m_row)), 0), tl.sum(zsum, 0), tl.min(zmin, 0), top, token
 
 
 @triton.jit
@@ -176,8 +199,7 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
         t = _to_float(keys)
         totals = tl.zeros([SPLIT, BLOCK_V], tl.float32)  # per thread: summed across threads once a pass
         for v0 in range(0, V, BLOCK_V):
-            cols = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]: broadcast over the thresholds in place
-            z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+            z = _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V)
             z = tl.where(z >= floor, z, float("-inf"))
             inside = z >= t[:, None]
             if COUNT:
@@ -203,12 +225,9 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
     bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
     toks = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
     m = tl.max(ms, 0)
-    m_ref = tl.where(m == float("-inf"), 0.0, m)
-    s = tl.sum(ss * tl.exp2(ms - m_ref), 0)
-    top = tl.max(bests, 0)
-    winner = tl.min(tl.where(bests == top, index, MAX_CHUNKS), 0)  # ties: the lowest chunk, so the lowest token
+    _, token = _best_token(bests, toks)
     tl.store(count_ptr + b, 0)
-    return m, s, tl.sum(zsums, 0), tl.sum(tl.where(index == winner, toks, 0), 0)
+    return m, tl.sum(ss * tl.exp2(ms - _reference(m)), 0), tl.sum(zsums, 0), token
 
 
 @triton.jit
@@ -216,9 +235,9 @@ def _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_
             mean_ptr):
     z_tok = tl.load(logits_ptr + row + best_tok).to(tl.float32) * scale
     tl.store(tokens_ptr + b, best_tok.to(tl.int64))
-    tl.store(logprob_ptr + b, (z_tok - lse_kept) * 0.6931471805599453)
-    tl.store(policy_ptr + b, (z_tok - lse) * 0.6931471805599453)
-    tl.store(mean_ptr + b, (zsum / V - lse) * 0.6931471805599453)
+    tl.store(logprob_ptr + b, (z_tok - lse_kept) * LN2)
+    tl.store(policy_ptr + b, (z_tok - lse) * LN2)
+    tl.store(mean_ptr + b, (zsum / V - lse) * LN2)
 
 
 @triton.jit(do_not_specialize=["shift", "chunk_tiles", "chunks"])
@@ -268,22 +287,20 @@ def _sample_kernel(
     else:
         lse = m + tl.log2(s)
         if FILTER:
-            lo = _key(zmin.to(tl.int32, bitcast=True)).to(tl.int64)
-            hi = _key(m.to(tl.int32, bitcast=True)).to(tl.int64) + 1
+            lo = _to_key(zmin)
+            hi = _to_key(m) + 1
             cutoff = zmin
             kept = s
             if TOP_K:
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, zmin, top_k * 1.0, m, True, BLOCK_V, SPLIT)
             if TOP_P:
                 if TOP_K:
-                    kept_per_thread = tl.zeros([BLOCK_V], tl.float32)
+                    kept_per_thread = tl.zeros([1, BLOCK_V], tl.float32)
                     for v0 in range(0, V, BLOCK_V):
-                        cols = v0 + tl.arange(0, BLOCK_V)
-                        z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-                        z = z * scale
+                        z = _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V)
                         kept_per_thread += tl.where(z >= cutoff, tl.exp2(z - m), 0.0)
-                    kept = tl.sum(kept_per_thread, 0)
-                lo = _key(cutoff.to(tl.int32, bitcast=True)).to(tl.int64)
+                    kept = tl.sum(tl.sum(kept_per_thread, 1), 0)
+                lo = _to_key(cutoff)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
             s_kept = tl.zeros([Q], tl.float32)
             best = tl.full([Q], float("-inf"), tl.float32)
@@ -294,8 +311,7 @@ def _sample_kernel(
             if full < V:
                 s_kept, best, best_tok = _draw_pass(logits_ptr, row, full, V, scale, key, m, cutoff, s_kept, best,
                                                     best_tok, Q, True, TILE_DRAW, FAST)
-            top = tl.max(best, 0)
-            best_tok = tl.min(tl.where(best == top, best_tok, 2147483647), 0)
+            _, best_tok = _best_token(best, best_tok)
             lse_kept = m + tl.log2(tl.sum(s_kept, 0))
         else:
             lse_kept = lse
