@@ -13,15 +13,17 @@ unfinished last step (the response was cut) and a missing answer score 0.
 Policy: a small Llama (hidden 96, 3 layers, about 280k parameters) warmed up by
 supervised learning on correct solutions in which a restatement follows a step with
 probability 0.15 (any step, a restatement too, so restatements sometimes come two in a
-row), until its sampled accuracy reaches 0.5. Then RL through ``fastrl.trainer`` (16
-prompts x 8 samples, Adam 2e-4, clip 1, temperature 1, no KL, one on-policy update per
-batch) with five credit assignments: the PRM's sum-form, PURE's soft and strict
-min-form (token-mode leave-one-out baseline), the verifiable reward alone (RLOO) and
-soft min-form + 0.1 x verifiable reward.
+row), until its sampled accuracy, checked every 10 steps, reaches 0.5. Then RL through
+``fastrl.trainer`` (16 prompts x 8 samples, Adam 2e-4, clip 1, temperature 1, no KL, one
+on-policy update per batch) with five credit assignments: the PRM's sum-form, PURE's soft
+and strict min-form (token-mode leave-one-out baseline), the verifiable reward alone
+(RLOO) and soft min-form + 0.1 x verifiable reward.
 
-Two choices differ from the prototype. The learning rate: at its 5e-4 (for a recurrent net)
-the verifiable-reward baseline gained nothing on seed 1 (sampled accuracy 0.79 -> 0.79) and
-the sum form was not hacked on seed 0, so 2e-4. The warm-up's restatements: when they
+Choices that differ from the prototype or were measured (README, "Experiments"). The
+learning rate: at its 5e-4 (for a recurrent net) the verifiable-reward baseline gained
+almost nothing on seed 0 (0.47 -> 0.49) and the sum form was hacked in neither seed; at
+3e-4 in one of two; at 2e-4 in both (by step 120). The warm-up's check interval: every
+50 steps overshot 0.5 (warm models at 0.58-0.79). The warm-up's restatements: when they
 only followed progress steps, the warm model never restated twice in a row and the sum
 form's hack (chains of restatements) was found on one seed of two within 120 steps.
 """
@@ -134,6 +136,7 @@ class Plan:
     rl_steps: int = 0  # 0: the setting's
     eval_problems: int = 512
     warmup_max_steps: int = 3000
+    warmup_check_every: int = 10  # the warm-up stops when sampled accuracy reaches 0.5, not far past it
     lr: float = 2e-4
     smoke: bool = False
 
@@ -174,7 +177,8 @@ def warm_up(task, seed: int, out: Path, plan: Plan, evaluation: list[dict]) -> t
         lines.append(f"  warm-up seed {seed} step {step}: loss {loss:.3f}, sampled accuracy {acc:.3f}")
         return acc >= 0.5
 
-    warm_up_steps(model, tokenizer, task, random.Random(f"warmup:{seed}"), 64, 1e-3, plan.warmup_max_steps, 50, done)
+    warm_up_steps(model, tokenizer, task, random.Random(f"warmup:{seed}"), 64, 1e-3, plan.warmup_max_steps,
+                  plan.warmup_check_every, done)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     start = {"sampled": accuracy(model, tokenizer, task, evaluation, seed=1),
