@@ -165,7 +165,7 @@ def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best
 
 @triton.jit
 def _row_stats(m, s, zsum, zmin, best, best_tok):
-    """The per-four accumulators reduced to the row's (chunk's) scalars."""
+    """The per-four accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars."""
     m_row = tl.max(m, 0)
     top, token = _best_token(best, best_tok)
     return m_row, tl.sum(s * tl.exp2(m - _reference(m_row)), 0), tl.sum(zsum, 0), tl.min(zmin, 0), top, token
@@ -224,10 +224,9 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
     zsums = tl.load(slots + 2, mask=valid, other=0.0, cache_modifier=".cg")
     bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
     toks = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
-    m = tl.max(ms, 0)
-    _, token = _best_token(bests, toks)
     tl.store(count_ptr + b, 0)
-    return m, tl.sum(ss * tl.exp2(ms - _reference(m)), 0), tl.sum(zsums, 0), token
+    m, s, zsum, _, _, token = _row_stats(ms, ss, zsums, ms, bests, toks)  # no min of z for plain sampling
+    return m, s, zsum, token
 
 
 @triton.jit
