@@ -205,12 +205,16 @@ def experiment(args) -> int:
         why = "must be > 0" if args.name == "pure" else "is for pure only (riskpo and rover follow the issue's recipe)"
         print(f"fastrl experiment {args.name}: --lr {why}, got {args.lr}", file=sys.stderr)
         return 2
+    if args.policy is not None and args.name != "pure":
+        print(f"fastrl experiment {args.name}: --policy is for pure only", file=sys.stderr)
+        return 2
     out = Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
     if args.name == "pure":
         seeds = tuple(int(s) for s in (args.seeds or "0,1").split(","))
         plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=seeds)
         if args.lr is not None:
             plan.lr = args.lr
+        plan.policy = args.policy or plan.policy
         summary = pure.run(args.setting, out, plan)
         print(pure.report(summary))
     else:
@@ -249,6 +253,8 @@ def main(argv=None) -> int:
     x.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
     x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
     x.add_argument("--lr", type=float, help="pure: the RL learning rate (default 2e-4)")
+    x.add_argument("--policy", choices=["llama", "gru"],
+                   help="pure: the policy, a 280k-parameter Llama (default) or a 250k-parameter GRU as the prototype's")
     x.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")

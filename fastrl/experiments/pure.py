@@ -10,7 +10,8 @@ progress (the correct answer included), ``r_triv`` for a valid restatement ``=z`
 makes none, -1 for an arithmetic error, a malformed step, a wrong or premature answer; an
 unfinished last step (the response was cut) and a missing answer score 0.
 
-Policy: a small Llama (hidden 96, 3 layers, about 280k parameters) warmed up by
+Policy: a small Llama (hidden 96, 3 layers, about 280k parameters; ``policy="gru"``: a
+GRU of hidden 144, 2 layers, about 250k, the prototype's kind of policy) warmed up by
 supervised learning on correct solutions in which a restatement follows a step with
 probability 0.15 (any step, a restatement too, so restatements sometimes come two in a
 row), until its sampled accuracy, checked every 10 steps, reaches 0.5. Then RL through
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrl.experiments import recurrent  # noqa: F401 (registers the GRU policy with AutoModelForCausalLM)
 from fastrl.experiments.common import Workers, sample, smoothed, verdicts
 from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.plotting import pyplot
@@ -138,6 +140,7 @@ class Plan:
     warmup_max_steps: int = 3000
     warmup_check_every: int = 10  # the warm-up stops when sampled accuracy reaches 0.5, not far past it
     lr: float = 2e-4
+    policy: str = "llama"  # or "gru": the prototype's kind of policy (fastrl.experiments.recurrent)
     smoke: bool = False
 
     @classmethod
@@ -168,7 +171,10 @@ def warm_up(task, seed: int, out: Path, plan: Plan, evaluation: list[dict]) -> t
     model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load).
     Returns it, its sampled and greedy accuracy on ``evaluation`` and the log lines."""
     tokenizer = task.tokenizer()
-    model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
+    if plan.policy == "gru":
+        model = recurrent.tiny_gru(len(tokenizer), hidden_size=144, num_layers=2, seed=seed)
+    else:
+        model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
     check = task.problems(seed + 1000, 0, 256 if not plan.smoke else 16)
     lines = []
 
@@ -222,8 +228,8 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluation = task.problems(12345, 0, plan.eval_problems)
-    summary = {"setting": setting, "r_triv": spec["r_triv"], "rl_steps": steps, "lr": plan.lr, "seeds": list(plan.seeds),
-               "smoke": plan.smoke, "runs": {}}
+    summary = {"setting": setting, "r_triv": spec["r_triv"], "rl_steps": steps, "lr": plan.lr, "policy": plan.policy,
+               "seeds": list(plan.seeds), "smoke": plan.smoke, "runs": {}}
     started = time.perf_counter()
     start, runs = {}, {}
     with Workers() as workers:  # a seed's runs start as soon as its warm-up is done
@@ -315,7 +321,8 @@ def plot(summary: dict, out: Path):
 
 def report(summary: dict) -> str:
     lines = [f"PURE experiment, setting {summary['setting']} (r_triv {summary['r_triv']}, {summary['rl_steps']} RL "
-             f"steps, lr {summary['lr']:g}, seeds {summary['seeds']}{', SMOKE' if summary['smoke'] else ''}): "
+             f"steps, lr {summary['lr']:g}, {summary.get('policy', 'llama')} policy, seeds {summary['seeds']}"
+             f"{', SMOKE' if summary['smoke'] else ''}): "
              f"{summary['seconds']:.0f} s", "",
              f"{'variant':<16}{'seed':>5}  {'sampled start -> end':>22}  {'greedy start -> end':>21}  "
              f"{'steps/resp':>10}  {'cut':>5}"]

@@ -48,19 +48,23 @@ def test_warm_up_solutions_are_correct_and_score_well():
     assert all(len(task.tokenizer().encode(task.solution(r, rng))) < 40 for r in task.problems(1, 0, 50))
 
 
-@pytest.mark.parametrize("setting,lr", [("A", ["--lr", "3e-4"]), ("B", [])])
-def test_smoke_run(tmp_path, capsys, setting, lr):
-    assert main(["experiment", "pure", "--setting", setting, "--smoke", "--output-dir", str(tmp_path), *lr]) == 0
+@pytest.mark.parametrize("setting,lr,policy", [("A", ["--lr", "3e-4"], "llama"), ("B", [], "gru")])
+def test_smoke_run(tmp_path, capsys, setting, lr, policy):
+    assert main(["experiment", "pure", "--setting", setting, "--smoke", "--output-dir", str(tmp_path), *lr,
+                 "--policy", policy]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["runs"]) == 5 and summary["smoke"]
-    assert summary["lr"] == (3e-4 if lr else 2e-4)
+    assert summary["lr"] == (3e-4 if lr else 2e-4) and summary["policy"] == policy
+    warm = json.loads((tmp_path / "seed0" / "warm" / "config.json").read_text())
+    assert warm["model_type"] == {"llama": "llama", "gru": "fastrl_gru"}[policy]
     assert all(len(run["curve"]) == 3 for run in summary["runs"].values())
     assert (tmp_path / f"pure_{setting}.png").exists()
     assert "HELD" in printed or "reported" in printed
 
 
-@pytest.mark.parametrize("args,says", [(["pure", "--lr", "0"], "must be > 0"), (["rover", "--lr", "1e-3"], "pure only")])
-def test_bad_lr_is_refused(tmp_path, capsys, args, says):
+@pytest.mark.parametrize("args,says", [(["pure", "--lr", "0"], "must be > 0"), (["rover", "--lr", "1e-3"], "pure only"),
+                                       (["riskpo", "--policy", "gru"], "pure only")])
+def test_bad_options_are_refused(tmp_path, capsys, args, says):
     assert main(["experiment", *args, "--smoke", "--output-dir", str(tmp_path)]) == 2
     assert says in capsys.readouterr().err and not (tmp_path / "summary.json").exists()

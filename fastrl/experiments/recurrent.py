@@ -1,0 +1,97 @@
+"""A tiny GRU language model as a Hugging Face causal LM (the PURE prototype's policy was a
+recurrent net), so that ``fastrl.trainer`` drives it like any other: its rollout passes the
+GRU state as ``past_key_values``, its training forward reads the body's hidden states.
+
+Padding: a call's tokens may start with padding (left-padded prompts) and end with it
+(finished rows); each row is shifted so that its tokens start at 0, run packed, and
+shifted back, so leading padding never reaches the state. Importing this module registers
+the model with ``AutoModelForCausalLM`` (model_type ``fastrl_gru``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+
+class GRUConfig(PretrainedConfig):
+    model_type = "fastrl_gru"
+
+    def __init__(self, vocab_size: int = 32, hidden_size: int = 128, num_hidden_layers: int = 2, pad_token_id: int = 0,
+                 eos_token_id: int = 1, tie_word_embeddings: bool = True, **kwargs):
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, tie_word_embeddings=tie_word_embeddings,
+                         **kwargs)
+
+
+def _shift(x: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+    """Row b of x [B, T, ...] rotated left by by[b] positions."""
+    index = (torch.arange(x.shape[1], device=x.device)[None, :] + by[:, None]) % x.shape[1]
+    return x.gather(1, index.view(*index.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
+class GRUModel(PreTrainedModel):
+    config_class = GRUConfig
+    _supports_sdpa = True  # no attention: any implementation asked for is fine
+
+    def __init__(self, config: GRUConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.gru = nn.GRU(config.hidden_size, config.hidden_size, config.num_hidden_layers, batch_first=True)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                **kwargs):
+        B, T = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -T:]
+        live = mask != 0
+        leading = torch.where(live.any(1), live.int().argmax(1), T)
+        lengths = (T - leading).clamp_min(1)
+        x = _shift(self.embed_tokens(input_ids), leading)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self.gru(packed, past_key_values)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+        hidden = _shift(out, (T - leading) % T)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=state if use_cache else None)
+
+
+class GRUForCausalLM(PreTrainedModel):
+    config_class = GRUConfig
+    _supports_sdpa = True
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: GRUConfig):
+        super().__init__(config)
+        self.model = GRUModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                logits_to_keep: int = 0, **kwargs):
+        out = self.model(input_ids, attention_mask, past_key_values=past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden), past_key_values=out.past_key_values)
+
+
+AutoConfig.register(GRUConfig.model_type, GRUConfig)
+AutoModelForCausalLM.register(GRUConfig, GRUForCausalLM)
+
+
+def tiny_gru(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, seed: int = 0) -> GRUForCausalLM:
+    """A randomly initialised GRU LM, token 0 the padding and 1 the EOS (as ``char_tokenizer``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GRUForCausalLM(GRUConfig(vocab_size, hidden_size, num_layers))
