@@ -44,21 +44,20 @@ class GRUModel(PreTrainedModel):
     def get_input_embeddings(self):
         return self.embed_tokens
 
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                 **kwargs):
-        B, T = input_ids.shape
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -T:]
-        live = mask != 0
-        leading = torch.where(live.any(1), live.int().argmax(1), T)
-        lengths = (T - leading).clamp_min(1)
-        x = _shift(self.embed_tokens(input_ids), leading)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = self.gru(packed, past_key_values)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
-        hidden = _shift(out, (T - leading) % T)
+        T = input_ids.shape[1]
+        x = self.embed_tokens(input_ids)
+        if T == 1:  # a decoding step: nothing to shift or pack, and no host sync for the lengths
+            hidden, state = self.gru(x, past_key_values)
+        else:
+            live = (torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -T:]) != 0
+            leading = torch.where(live.any(1), live.int().argmax(1), T)
+            packed = nn.utils.rnn.pack_padded_sequence(_shift(x, leading), (T - leading).clamp_min(1).cpu(),
+                                                        batch_first=True, enforce_sorted=False)
+            out, state = self.gru(packed, past_key_values)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+            hidden = _shift(out, (T - leading) % T)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=state if use_cache else None)
 
 
