@@ -27,9 +27,8 @@ Providers:
   softmax + multinomial over k, gather the index: the usual fast path when a
   small top-k is set (ties at the k-th value are not kept);
 - fastrl_triton[...] (with --configs, CUDA, at B=256 V=151936): the Triton
-  kernel at other tile sizes, warps, search arities and programs per row, to
-  choose the defaults; a trailing t: the benchmark-only tile draw (one noise per
-  tile instead of per token), to show what per-token noise costs.
+  kernel at other warps and programs per row (plain) and search tiles and
+  arities (top-p), to choose the defaults.
 Logits (default): Zipf-like, 1.3 x i.i.d. standard Gumbel noise per token, so
 the weights exp(z) have a Pareto tail and the ranked probabilities fall off like
 Zipf's law (exponent ~1.3), as language-model next-token distributions do;
@@ -192,23 +191,24 @@ def providers(device, backend):
     ]
 
 
-CONFIG = re.compile(r"^(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(t?)$")
+CONFIG = re.compile(r"^(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?$")
 
 
 def config_providers(configs):
-    """The Triton kernel at other settings, 'BLOCKxWARPS[sSPLIT][cCHUNKS][t]': tokens per
-    tile, warps, thresholds per search pass, programs per row, and t for the benchmark-only
-    tile draw (kernels/sampling.py). Plain sampling; top-p too where SPLIT is given."""
+    """The Triton kernel at other settings, 'BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES]': tokens
+    per tile of the cutoff search, warps, thresholds per search pass, programs per row and
+    pipeline stages for plain sampling (kernels/sampling.py). Plain sampling; top-p too
+    where SPLIT is given."""
     from fastrl.kernels import sampling
 
     table = []
     for config in configs.split(","):
         match = CONFIG.match(config)
         if not match:
-            raise SystemExit(f"--configs: {config!r} is not BLOCKxWARPS[sSPLIT][cCHUNKS][t]")
-        block_v, num_warps, split, chunks, tile = match.groups()
+            raise SystemExit(f"--configs: {config!r} is not BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES]")
+        block_v, num_warps, split, chunks, stages = match.groups()
         knobs = dict(block_v=int(block_v), num_warps=int(num_warps), split=int(split or 4),
-                     chunks=int(chunks) if chunks else None, tile_draw=bool(tile))
+                     chunks=int(chunks) if chunks else None, stages=int(stages or 3))
         table.append((f"fastrl_triton[{config}]", ("plain", "top_p") if split else ("plain",),
                       lambda x, k, p, seeds, knobs=knobs: sampling.sample(x, 1.0, k or 0, p or 1.0, seeds, 0, **knobs),
                       "kernels.sampling.sample, " + ", ".join(f"{k}={v}" for k, v in knobs.items())))
@@ -334,8 +334,8 @@ def add_options(parser):
                         help=f"default {', '.join(f'{k} {v}' for k, v in LOGIT_SCALES.items())}")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--configs", default=None,
-                        help="CUDA: also time the Triton kernel at these BLOCKxWARPS[sSPLIT][cCHUNKS][t] "
-                             "configs (e.g. 4096x8s4,2048x4c8,4096x8t) at B=256 V=151936")
+                        help="CUDA: also time the Triton kernel at these BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES] "
+                             "configs (e.g. 4096x8s4,8192x4c5p4) at B=256 V=151936")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
 

@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 STAGE=${1:-all}
 LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
 SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
-SWEEP=4096x8c8,2048x4c8,2048x4c16,1024x4c16,1024x4c32,2048x8c8,2048x4c8t,4096x8c4t,8192x8s4,4096x8s8,2048x4s4
+SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,8192x8s4
 status=0
 t0=$(date +%s)
 stamp() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }

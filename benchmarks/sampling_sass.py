@@ -8,7 +8,7 @@ B=256 x V=151936 bf16 at 80% of an H200's copy rate leaves about 20 instructions
 token at its issue rate (4 per clock per SM). Uses Triton internals (ASTSource,
 GPUTarget): written against Triton 3.9.
 
-    python benchmarks/sampling_sass.py [--config 4096x8] [--config 1024x4t] ...
+    python benchmarks/sampling_sass.py [--config 8192x8] [--config 8192x8f] ...
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 import triton.compiler as tc
 from triton.backends.compiler import GPUTarget
@@ -28,16 +29,17 @@ from fastrl.kernels import sampling
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TYPES = {"logits_ptr": "*bf16", "stride_b": "i32", "seeds_ptr": "*i64", "shift": "i64", "scale": "fp32",
          "top_k": "i32", "top_p": "fp32", "tokens_ptr": "*i64", "logprob_ptr": "*fp32", "policy_ptr": "*fp32",
-         "mean_ptr": "*fp32", "partial_ptr": "*fp32", "count_ptr": "*i32", "V": "i32", "chunk_tiles": "i32",
+         "mean_ptr": "*fp32", "partial_ptr": "*fp32", "count_ptr": "*i32", "V": "i32", "chunk_spans": "i32",
          "chunks": "i32"}
 ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "policy_ptr", "mean_ptr",
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
 
 
-def compile_sass(block_v, num_warps, filtered=False, tile_draw=False, split_row=True):
+def compile_sass(block_v, num_warps, filtered=False, split_row=True):
     fn = sampling._sample_kernel
-    constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4, TILE_DRAW=tile_draw,
-                     SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS, FAST=True)
+    constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
+                     SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
+                     GROUP=sampling.group_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
@@ -51,7 +53,7 @@ def compile_sass(block_v, num_warps, filtered=False, tile_draw=False, split_row=
                               capture_output=True, text=True, check=True).stderr
         sass = subprocess.run([BIN / "cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
     registers = int(re.search(r"Used (\d+) registers", info).group(1))
-    loads = collections.Counter(re.findall(r"ld\.global[.\w]*", kernel.asm["ptx"]))
+    loads = collections.Counter(re.findall(r"ld\.global[.\w]*|cp\.async\.cg\.shared\.global", kernel.asm["ptx"]))
     return registers, loads, sass
 
 
@@ -77,11 +79,13 @@ def loops(sass):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", default=None,
-                        help="BLOCKxWARPS, t: the tile draw, f: top-p (default 4096x8, 1024x4, 4096x8f)")
+                        help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p (default 8192x8, 8192x4, 8192x8f)")
     args = parser.parse_args()
-    for config in args.config or ["4096x8", "1024x4", "4096x8f"]:
+    for config in args.config or ["8192x8", "8192x4", "8192x8f"]:
         block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
-        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, tile_draw="t" in config)
+        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config)
+        if block_v != sampling.span(torch.bfloat16):
+            parser.error(f"--config {config}: per-token figures need BLOCK = the span, {sampling.span(torch.bfloat16)}")
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")

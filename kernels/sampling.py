@@ -1,17 +1,25 @@
-"""Triton Q-softmax sampler (DESIGN 3.3): one program per row, one launch.
+"""Triton Q-softmax sampler (DESIGN 3.3): one launch, plain sampling reads each row once.
 
-Plain sampling reads the row once: the online log-sum-exp, the mean and the
-Gumbel-max draw share the pass. With top-k or top-p each cutoff is the largest
-row value v with count(z >= v) >= k, resp. mass(z >= v) >= top_p of the top-k
-mass, found by a SPLIT-ary search on the order-preserving integer image of the
-float32 bits (SPLIT thresholds per pass over the row, about 14 passes for
-SPLIT=4; no sort); every token tied at a cutoff is kept.
+The draw is Gumbel-max in two levels, which is exact: the row is cut into groups of
+GROUP consecutive tokens (16 bytes of logits: 8 bf16 or fp16, 4 fp32); a Gumbel-max
+over the groups' log-masses picks a group with probability mass(group) / mass(row),
+then a Gumbel-max over that group's tokens picks one with probability p / mass(group).
+The pass over the row thus costs one exp2 per token for the log-sum-exp, and the noise
+(one Philox output and two log2) once per group; only the drawn group is read again.
+Noise: Philox (4x32, 10 rounds) keyed by seed and offset, one stream for groups and
+one for tokens. Group noise comes from a layout fixed in tokens (a span of
+4 * ROWS * GROUP tokens; Philox counter r serves the four groups that one thread holds)
+and token t takes output t % 4 of counter t // 4, so no tuning knob (warps, programs
+per row, pipeline stages, search tile and arity) and no other row changes a token.
 
-Arithmetic is in base 2 (z = logit * log2(e) / temperature), so each token costs
-one exp2 for the log-sum-exp and two log2 for its Gumbel noise. Noise: Philox
-(4x32, 10 rounds, keyed by seed and offset); token t takes output t % 4 of the
-counter t // 4, so one Philox call serves four tokens and the noise of a token
-does not depend on the tile size. Full tiles load without a mask.
+With top-k or top-p each cutoff is the largest row value v with count(z >= v) >= k,
+resp. mass(z >= v) >= top_p of the top-k mass, found by a SPLIT-ary search on the
+order-preserving integer image of the float32 bits (SPLIT thresholds per pass over
+the row, about 14 passes for SPLIT=4; no sort); every token tied at a cutoff is kept,
+and the two-level draw runs over the kept tokens.
+
+Arithmetic is in base 2 (z = logit * log2(e) / temperature). Full spans load without
+a mask, STAGES - 1 of them in flight while one is reduced (Triton's pipelining).
 """
 from __future__ import annotations
 
@@ -23,9 +31,21 @@ import triton
 import triton.language as tl
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads offsets over the Philox key
+GROUP_STREAM: tl.constexpr = tl.constexpr(0x5DEECE66D)  # the groups' Philox key: key ^ GROUP_STREAM
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
 INT_MAX: tl.constexpr = tl.constexpr(2147483647)
+ROWS: tl.constexpr = tl.constexpr(256)  # Philox counters per span; groups r + ROWS * l, l < 4, share counter r
+
+
+def group_size(dtype):
+    """Tokens per group: 16 bytes, one load per thread, so a group is reduced inside a thread."""
+    return 16 // dtype.itemsize
+
+
+def span(dtype):
+    """Tokens per span, the tile of the passes that draw."""
+    return 4 * ROWS.value * group_size(dtype)
 
 
 @triton.jit
@@ -52,23 +72,36 @@ def _reference(m):
 
 @triton.jit
 def _best_token(best, best_tok):
-    """The largest Gumbel value of the accumulators and its token (ties: the lowest)."""
-    top = tl.max(best, 0)
-    return top, tl.min(tl.where(best == top, best_tok, INT_MAX), 0)
+    """The largest Gumbel value over all axes and its token or group (ties: the lowest)."""
+    top = tl.max(best, None)
+    return top, tl.min(tl.where(best == top, best_tok, INT_MAX), None)
 
 
 @triton.jit
-def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr, MASKED: tl.constexpr):
-    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf), and the padding mask.
-    v0 is a multiple of the tile: said, so that the loads are vectorised."""
+def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr):
+    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf); v0 a multiple of 4 Q."""
     cols = tl.multiple_of(v0, 4 * Q) + 4 * tl.arange(0, Q)[:, None] + tl.arange(0, 4)[None, :]
+    return cols, tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+
+
+@triton.jit
+def _span_tokens(v0, GROUP: tl.constexpr):
+    """The span of tokens from v0 (a multiple of the span) as [4, ROWS, GROUP]: element (l, r, j)
+    is token v0 + GROUP * (ROWS * l + r) + j, so a thread holds whole groups, four of them (the
+    l) per counter r."""
+    return (tl.arange(0, 4)[:, None, None] * (ROWS * GROUP) + tl.arange(0, ROWS)[None, :, None] * GROUP
+            + tl.arange(0, GROUP)[None, None, :] + tl.multiple_of(v0, 4 * ROWS * GROUP))
+
+
+@triton.jit
+def _span(logits_ptr, row, v0, V, GROUP: tl.constexpr, MASKED: tl.constexpr):
+    """The logits of the span at v0 in float32 (MASKED: padding -inf) and where they are < V."""
+    cols = _span_tokens(v0, GROUP)
     if MASKED:
-        ok = cols < V
-        x = tl.load(logits_ptr + row + cols, mask=ok, other=float("-inf"))
+        x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
-        ok = cols >= 0
         x = tl.load(logits_ptr + row + cols)
-    return cols, ok, x.to(tl.float32) * scale
+    return x.to(tl.float32), cols < V
 
 
 @triton.jit
@@ -80,10 +113,10 @@ def _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V: tl.constexpr):
 
 @triton.jit
 def _log2(x, FAST: tl.constexpr):
-    """log2 by the SFU (lg2.approx, relative error ~2^-22) where compiled: tl.log2 is a
-    precise software log2, over ten instructions each."""
+    """log2 by the SFU (lg2.approx.ftz: relative error ~2^-22, log2(0) = -inf, subnormals as 0) where compiled:
+    tl.log2 is a precise software log2, over ten instructions each."""
     if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
                                          pack=1)
     else:
         return tl.log2(x)
@@ -103,7 +136,7 @@ def _exponential(bits, FAST: tl.constexpr):
 
 @triton.jit
 def _gumbel(key, v0, Q: tl.constexpr, FAST: tl.constexpr):
-    """Gumbel noise / ln 2 of tokens v0 + 4 i + j, v0 a multiple of 4."""
+    """Gumbel noise / ln 2 of tokens v0 + 4 i + j, v0 a multiple of 4: output j of counter v0 / 4 + i."""
     r0, r1, r2, r3 = tl.randint4x(key, v0 // 4 + tl.arange(0, Q))
     lane = tl.arange(0, 4)[None, :]
     bits = tl.where(lane == 0, r0[:, None],
@@ -112,79 +145,71 @@ def _gumbel(key, v0, Q: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _pick(g, cols, best, best_tok):
-    """The running Gumbel-max of each row of four tokens: replaced on a strictly larger value
-    (ties: the lowest token)."""
-    four_best = tl.max(g, 1)
-    four_tok = tl.min(tl.where(g == four_best[:, None], cols, INT_MAX), 1)
-    better = four_best > best
-    return tl.where(better, four_best, best), tl.where(better, four_tok, best_tok)
+def _group_pick(log_mass, v0, key, best, best_group, GROUP: tl.constexpr, FAST: tl.constexpr):
+    """The running Gumbel-max over the groups of the span at v0, log_mass[l, r] the log2 mass of
+    group v0 / GROUP + ROWS * l + r, whose noise is output l of the groups' counter v0 / (4 GROUP) + r;
+    replaced on a strictly larger value (ties, which need equal float keys: the first seen)."""
+    r0, r1, r2, r3 = tl.randint4x(key ^ GROUP_STREAM, tl.arange(0, ROWS) + v0 // (4 * GROUP))
+    lane = tl.arange(0, 4)[:, None]
+    bits = tl.where(lane == 0, r0[None, :],
+                    tl.where(lane == 1, r1[None, :], tl.where(lane == 2, r2[None, :], r3[None, :])))
+    g = log_mass - _log2(_exponential(bits, FAST), FAST)
+    groups = lane * ROWS + tl.arange(0, ROWS)[None, :] + v0 // GROUP
+    better = g > best
+    return tl.where(better, g, best), tl.where(better, groups, best_group)
 
 
 @triton.jit
-def _tile_pick(w, ref, key, v0, best, best_tok, Q: tl.constexpr, FAST: tl.constexpr):
-    """TILE_DRAW: the tile's Gumbel-max score from its mass (w = exp2(z - ref); one noise per
-    tile, keyed by its first token); a tile that takes the lead draws its token by inverse
-    CDF over w. The lead is held in every element of best / best_tok."""
-    r0, r1, _, _ = tl.randint4x(key ^ 0x5DEECE66D, v0 + tl.zeros([], tl.int32))
-    mass = tl.sum(tl.sum(w, 1), 0)
-    score = ref + _log2(mass, FAST) - _log2(_exponential(r0, FAST), FAST)
-    if score > tl.max(best, 0):
-        flat = tl.reshape(w, [4 * Q])  # token order v0 + 4 i + j
-        index = tl.arange(0, 4 * Q)
-        below = tl.sum((tl.cumsum(flat, 0) <= tl.uint_to_uniform_float(r1) * mass).to(tl.int32), 0)
-        last = tl.max(tl.where(flat > 0, index, 0), 0)  # rounding may leave the target past the end
-        best = tl.zeros_like(best) + score
-        best_tok = tl.zeros_like(best_tok) + v0 + tl.minimum(below, last)
-    return best, best_tok
-
-
-@triton.jit
-def _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best, best_tok, Q: tl.constexpr,
-                MASKED: tl.constexpr, FILTER: tl.constexpr, TILE_DRAW: tl.constexpr, FAST: tl.constexpr):
-    """Per row of four tokens of the tile (in one thread's registers: no exchange between
-    threads until the end): max, sum of exp2, sum and (FILTER) min of z; without a
-    filter, the Gumbel-max draw too."""
-    cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
-    m_new = tl.maximum(m, tl.max(z, 1))
+def _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
+                FILTER: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr):
+    """Per thread-held group slot (no exchange between threads until the end): max, sum of
+    exp2, sum of the logits (scaled at the end) and (FILTER) min of z; without a filter, the
+    groups' Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
+    floats), so each token costs one FFMA, not a multiply and an add. x: the span at v0 in
+    float32; ok: where its tokens are < V (MASKED)."""
+    m_new = tl.maximum(m, tl.max(x, 2) * scale)
     m_ref = _reference(m_new)
-    s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(z - m_ref[:, None]), 1)
+    mass = tl.sum(tl.exp2(x * scale - m_ref[:, :, None]), 2)  # each group's, over 2^m_ref
+    s = s * tl.exp2(m - m_ref) + mass
     if MASKED:
-        zsum += tl.sum(tl.where(ok, z, 0.0), 1)
+        zsum += tl.sum(tl.where(ok, x, 0.0), 2)
     else:
-        zsum += tl.sum(z, 1)
+        zsum += tl.sum(x, 2)
     if FILTER:
-        zmin = tl.minimum(zmin, tl.min(tl.where(ok, z, float("inf")) if MASKED else z, 1))
-    elif TILE_DRAW:
-        ref = _reference(tl.max(m_new, 0))
-        best, best_tok = _tile_pick(tl.exp2(z - ref), ref, key, v0, best, best_tok, Q, FAST)
+        zmin = tl.minimum(zmin, tl.min(tl.where(ok, x, float("inf")) if MASKED else x, 2) * scale)
     else:
-        best, best_tok = _pick(z + _gumbel(key, v0, Q, FAST), cols, best, best_tok)
-    return m_new, s, zsum, zmin, best, best_tok
+        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, key, best, best_group, GROUP, FAST)
+    return m_new, s, zsum, zmin, best, best_group
 
 
 @triton.jit
-def _row_stats(m, s, zsum, zmin, best, best_tok):
-    """The per-four accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars."""
-    m_row = tl.max(m, 0)
-    top, token = _best_token(best, best_tok)
-    return m_row, tl.sum(s * tl.exp2(m - _reference(m_row)), 0), tl.sum(zsum, 0), tl.min(zmin, 0), top, token
+def _row_stats(m, s, zsum, zmin, best, best_group):
+    """The slots' accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars."""
+    m_row = tl.max(m, None)
+    top, group = _best_token(best, best_group)
+    return m_row, tl.sum(s * tl.exp2(m - _reference(m_row)), None), tl.sum(zsum, None), tl.min(zmin, None), top, group
 
 
 @triton.jit
-def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_tok,
-               Q: tl.constexpr, MASKED: tl.constexpr, TILE_DRAW: tl.constexpr, FAST: tl.constexpr):
-    """Gumbel-max over the kept tokens (z >= cutoff), and their mass (per row of four)."""
-    cols, ok, z = _tile(logits_ptr, row, v0, V, scale, Q, MASKED)
-    inside = z >= cutoff
-    w = tl.where(inside, tl.exp2(z - m), 0.0)
-    s_kept += tl.sum(w, 1)
-    if TILE_DRAW:
-        best, best_tok = _tile_pick(w, m, key, v0, best, best_tok, Q, FAST)
-    else:
-        best, best_tok = _pick(tl.where(inside, z + _gumbel(key, v0, Q, FAST), float("-inf")), cols, best,
-                               best_tok)
-    return s_kept, best, best_tok
+def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_group,
+               GROUP: tl.constexpr, FAST: tl.constexpr):
+    """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per slot)."""
+    x, _ = _span(logits_ptr, row, v0, V, GROUP, True)
+    z = x * scale  # as the search passes compute it: the cutoff compares the same floats
+    mass = tl.sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0), 2)
+    best, best_group = _group_pick(m + _log2(mass, FAST), v0, key, best, best_group, GROUP, FAST)
+    return s_kept + mass, best, best_group
+
+
+@triton.jit
+def _resolve(logits_ptr, row, group, V, scale, key, cutoff, GROUP: tl.constexpr, FAST: tl.constexpr):
+    """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise)
+    and its z."""
+    Q: tl.constexpr = GROUP // 4
+    cols, z = _tile(logits_ptr, row, group * GROUP, V, scale, Q)
+    g = tl.where(z >= cutoff, z + _gumbel(key, group * GROUP, Q, FAST), float("-inf"))
+    token = _best_token(g, cols)[1]
+    return token, tl.max(tl.where(cols == token, z, float("-inf")), None)
 
 
 @triton.jit
@@ -214,7 +239,7 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
 
 @triton.jit
 def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
-    """The row's max, sum of exp2, sum and Gumbel-max token from its chunks' partials;
+    """The row's max, sum of exp2, sum and drawn group from its chunks' partials;
     the row's counter goes back to 0 for the next call."""
     index = tl.arange(0, MAX_CHUNKS)
     valid = index < chunks
@@ -223,68 +248,71 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
     ss = tl.load(slots + 1, mask=valid, other=0.0, cache_modifier=".cg")
     zsums = tl.load(slots + 2, mask=valid, other=0.0, cache_modifier=".cg")
     bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
-    toks = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
+    groups = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
     tl.store(count_ptr + b, 0)
-    m, s, zsum, _, _, token = _row_stats(ms, ss, zsums, ms, bests, toks)  # no min of z for plain sampling
-    return m, s, zsum, token
+    m, s, zsum, _, _, group = _row_stats(ms, ss, zsums, ms, bests, groups)  # no min of z for plain sampling
+    return m, s, zsum, group
 
 
 @triton.jit
-def _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
-            mean_ptr):
-    z_tok = tl.load(logits_ptr + row + best_tok).to(tl.float32) * scale
-    tl.store(tokens_ptr + b, best_tok.to(tl.int64))
+def _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
+    tl.store(tokens_ptr + b, token.to(tl.int64))
     tl.store(logprob_ptr + b, (z_tok - lse_kept) * LN2)
     tl.store(policy_ptr + b, (z_tok - lse) * LN2)
     tl.store(mean_ptr + b, (zsum / V - lse) * LN2)
 
 
-@triton.jit(do_not_specialize=["shift", "chunk_tiles", "chunks"])
+@triton.jit(do_not_specialize=["shift", "chunk_spans", "chunks"])
 def _sample_kernel(
     logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
-    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk_tiles, chunks,
+    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk_spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
-    SPLIT: tl.constexpr, TILE_DRAW: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr,
-    FAST: tl.constexpr,
+    SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, GROUP: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Program (b, c) reads tiles [c * chunk_tiles, (c + 1) * chunk_tiles) of row b (SPLIT_ROW:
+    """Program (b, c) reads spans [c * chunk_spans, (c + 1) * chunk_spans) of row b (SPLIT_ROW:
     plain sampling only; the last of a row's programs to finish combines their partials)."""
-    Q: tl.constexpr = BLOCK_V // 4
+    SPAN: tl.constexpr = 4 * ROWS * GROUP
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
     key = tl.load(seeds_ptr + b) + shift
-    start = tl.program_id(1) * chunk_tiles * BLOCK_V  # a multiple of BLOCK_V, as the compiler sees
-    stop = tl.minimum(start + chunk_tiles * BLOCK_V, V)
-    full = stop - (stop - start) % BLOCK_V  # only the row's end is ragged
-    m = tl.full([Q], float("-inf"), tl.float32)
-    s = tl.zeros([Q], tl.float32)
-    zsum = tl.zeros([Q], tl.float32)
-    zmin = tl.full([Q], float("inf"), tl.float32)
-    best = tl.full([Q], float("-inf"), tl.float32)
-    best_tok = tl.zeros([Q], tl.int32)
-    for v0 in range(start, full, BLOCK_V):
-        m, s, zsum, zmin, best, best_tok = _first_pass(logits_ptr, row, v0, V, scale, key, m, s, zsum, zmin, best,
-                                                       best_tok, Q, False, FILTER, TILE_DRAW, FAST)
-    if full < stop:
-        m, s, zsum, zmin, best, best_tok = _first_pass(logits_ptr, row, full, V, scale, key, m, s, zsum, zmin, best,
-                                                       best_tok, Q, True, FILTER, TILE_DRAW, FAST)
-    m, s, zsum, zmin, best, best_tok = _row_stats(m, s, zsum, zmin, best, best_tok)
+    start = tl.program_id(1) * chunk_spans * SPAN  # a multiple of the span, as the compiler sees
+    stop = tl.minimum(start + chunk_spans * SPAN, V)
+    full = stop - (stop - start) % SPAN  # only the row's end is ragged
+    m = tl.full([4, ROWS], float("-inf"), tl.float32)
+    s = tl.zeros([4, ROWS], tl.float32)
+    zsum = tl.zeros([4, ROWS], tl.float32)
+    zmin = tl.full([4, ROWS], float("inf"), tl.float32)
+    best = tl.full([4, ROWS], float("-inf"), tl.float32)
+    best_group = tl.zeros([4, ROWS], tl.int32)
+    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
+        x, ok = _span(logits_ptr, row, full, V, GROUP, True)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, key, m, s, zsum, zmin, best,
+                                                         best_group, True, FILTER, GROUP, FAST)
+    for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
+        x, ok = _span(logits_ptr, row, v0, V, GROUP, False)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group,
+                                                         False, FILTER, GROUP, FAST)
+    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
+    zsum *= scale
     if SPLIT_ROW:
         slot = partial_ptr + (b * chunks + tl.program_id(1)) * 5
         tl.store(slot, m)
         tl.store(slot + 1, s)
         tl.store(slot + 2, zsum)
-        tl.store(slot + 3, best)
-        tl.store(slot + 4, best_tok.to(tl.float32, bitcast=True))
+        tl.store(slot + 3, top)
+        tl.store(slot + 4, group.to(tl.float32, bitcast=True))
         tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
-            m, s, zsum, best_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
+            m, s, zsum, group = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
             lse = m + tl.log2(s)
-            _finish(logits_ptr, row, b, scale, lse, lse, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
-                    mean_ptr)
+            token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), GROUP, FAST)
+            _finish(b, lse, lse, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
         lse = m + tl.log2(s)
+        lse_kept = lse
+        cutoff = float("-inf")
         if FILTER:
             lo = _to_key(zmin)
             hi = _to_key(m) + 1
@@ -301,25 +329,20 @@ def _sample_kernel(
                     kept = tl.sum(tl.sum(kept_per_thread, 1), 0)
                 lo = _to_key(cutoff)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
-            s_kept = tl.zeros([Q], tl.float32)
-            best = tl.full([Q], float("-inf"), tl.float32)
-            best_tok = tl.zeros([Q], tl.int32)
-            for v0 in range(0, full, BLOCK_V):
-                s_kept, best, best_tok = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
-                                                    best_tok, Q, False, TILE_DRAW, FAST)
-            if full < V:
-                s_kept, best, best_tok = _draw_pass(logits_ptr, row, full, V, scale, key, m, cutoff, s_kept, best,
-                                                    best_tok, Q, True, TILE_DRAW, FAST)
-            _, best_tok = _best_token(best, best_tok)
-            lse_kept = m + tl.log2(tl.sum(s_kept, 0))
-        else:
-            lse_kept = lse
-        _finish(logits_ptr, row, b, scale, lse, lse_kept, zsum, best_tok, V, tokens_ptr, logprob_ptr, policy_ptr,
-                mean_ptr)
+            s_kept = tl.zeros([4, ROWS], tl.float32)
+            best = tl.full([4, ROWS], float("-inf"), tl.float32)
+            best_group = tl.zeros([4, ROWS], tl.int32)
+            for v0 in range(0, V, SPAN):
+                s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
+                                                      best_group, GROUP, FAST)
+            _, group = _best_token(best, best_group)
+            lse_kept = m + tl.log2(tl.sum(s_kept, None))
+        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, GROUP, FAST)
+        _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
 MAX_CHUNKS = 64
-PROGRAMS_PER_SM = 4  # plain sampling splits rows until about this many programs per SM
+PROGRAMS_PER_SM = 4  # plain sampling splits rows into at most this many programs per SM (one wave: 64 registers)
 _COUNTERS: dict = {}  # (device, stream) -> int32 per row, left at 0 by every call
 
 
@@ -336,17 +359,15 @@ def _multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4,
-           chunks=None, tile_draw=False):
+def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
+           stages=3):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
-    Tuning knobs (the tokens drawn do not depend on them): block_v (tokens per tile, a
-    power of 2 >= 4), num_warps, split (thresholds per search pass, a power of 2) and
-    chunks (programs per row for plain sampling, at most 64; default: enough for about
-    PROGRAMS_PER_SM programs per SM). tile_draw (benchmark only): the same distribution
-    from one noise per tile (a Gumbel-max over the tiles' masses, then inverse CDF inside
-    the winning tile) instead of one per token; its tokens depend on block_v, and DESIGN
-    3.3 asks for per-token noise, so the op does not use it."""
+    Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
+    per row for plain sampling, at most 64; default: as many as keep the programs within
+    PROGRAMS_PER_SM per SM), stages (Triton's software pipelining of the first pass: spans in
+    flight + 1), and for the cutoff search block_v (tokens per tile, a power of 2 >= 4)
+    and split (thresholds per pass, a power of 2)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -358,20 +379,21 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     if block_v is None:
         block_v = 64 if interpreted else min(4096, max(16, triton.next_power_of_2(v)))
     filtered = top_k > 0 or top_p < 1.0
-    tiles = triton.cdiv(v, block_v)
+    spans = triton.cdiv(v, span(logits.dtype))
     if filtered:
         chunks = 1
     elif chunks is None:
-        chunks = 1 if interpreted else triton.cdiv(PROGRAMS_PER_SM * _multiprocessors(device), b)
-    chunk_tiles = triton.cdiv(tiles, max(1, min(chunks, tiles, MAX_CHUNKS)))
-    chunks = triton.cdiv(tiles, chunk_tiles)  # no empty chunk
+        chunks = 1 if interpreted else max(1, PROGRAMS_PER_SM * _multiprocessors(device) // b)
+    chunk_spans = triton.cdiv(spans, max(1, min(chunks, spans, MAX_CHUNKS)))
+    chunks = triton.cdiv(spans, chunk_spans)  # no empty chunk
     partials = torch.empty(b * chunks * 5 if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
     _sample_kernel[(b, chunks)](
         logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
-        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk_tiles, chunks,
+        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk_spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
-        TILE_DRAW=tile_draw, SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, FAST=not interpreted,
+        SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, GROUP=group_size(logits.dtype), FAST=not interpreted,
+        STAGES=stages,
         num_warps=num_warps or (1 if interpreted else 8),
     )
     return tokens, logprob, policy, mean

@@ -6,7 +6,8 @@ Gumbel-max with counter-based noise: token = argmax over the kept tokens of
 z + Gumbel(u), u = f(seed, offset, token), so a decoding loop passes its step as
 ``offset`` and equal (seed, offset) give equal tokens. Backends: ``triton``
 (kernels/sampling.py: one launch, plain sampling reads each row once, the cutoffs
-are found by a 4-ary search on the float bits, no sort), ``torch`` (the CPU path:
+are found by a 4-ary search on the float bits, no sort; Gumbel-max in two levels,
+over groups of tokens then within the drawn group), ``torch`` (the CPU path:
 candidates from torch.topk, with a growing k for top-p alone, inverse-CDF draw) and ``reference``
 (sort-based cutoffs, Gumbel-max). Each uses its own counter-based generator: their
 tokens differ for a seed, their distributions do not. Triton hands float64 logits

@@ -206,14 +206,14 @@ def test_logits_shape_and_dtype():
 
 @pytest.mark.parametrize("options", [dict(), dict(top_k=7), dict(top_p=0.8), dict(top_k=40, top_p=0.95)])
 def test_triton_tokens_do_not_depend_on_the_tiling(options, device, rng):
-    """The noise is keyed by token, so tile size, search arity and rows split over
-    programs (plain sampling) change no token; a first tile of -inf tokens, a chunk of
-    them and a ragged last tile are covered."""
+    """The noise is keyed by group and token, so tile size, search arity, warps and rows
+    split over programs (plain sampling) change no token; a first tile of -inf tokens and a
+    ragged last tile are covered."""
     if "triton" not in backends(device):
         pytest.skip("triton not available")
     from fastrl.kernels import sampling
 
-    rows, v = 6, 203
+    rows, v = 6, 203 if options else 2 * sampling.span(torch.float32) + 203  # plain sampling: rows over 1 to 3 programs
     logits = torch.randn(rows, v, generator=rng) * 3
     logits[:, :32] = float("-inf")
     logits[:, 40] = logits[:, 90]  # a tie
@@ -221,8 +221,9 @@ def test_triton_tokens_do_not_depend_on_the_tiling(options, device, rng):
     seeds = torch.arange(rows, device=device) * 31 + 5
     k = options.get("top_k", 0)
     p = options.get("top_p", 1.0)
-    runs = [sampling.sample(logits, 1.0, k, p, seeds, 9, block_v=bv, split=split, chunks=chunks)
-            for bv, split, chunks in [(16, 1, 1), (64, 4, 1), (256, 2, None), (16, 4, 5), (32, 4, 64)]]
+    runs = [sampling.sample(logits, 1.0, k, p, seeds, 9, block_v=bv, split=split, chunks=chunks, num_warps=warps)
+            for bv, split, chunks, warps in [(16, 1, 1, None), (64, 4, 1, 4), (256, 2, None, None), (16, 4, 2, None),
+                                             (32, 4, 64, 4)]]
     assert all(not counters.any() for counters in sampling._COUNTERS.values())  # left ready for the next call
     for out in runs[1:]:
         assert torch.equal(out[0], runs[0][0])
@@ -238,18 +239,22 @@ def test_triton_tokens_do_not_depend_on_the_tiling(options, device, rng):
     torch.testing.assert_close(policy_logprob.double(), policy.gather(-1, tokens[:, None])[:, 0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(top_p=0.7)])
-def test_triton_tile_draw_frequencies(options, device):
-    """The kernel's benchmark-only tile draw (one noise per tile, inverse CDF inside) draws
-    from the same distribution; tiles of 4 tokens make the 12 tokens span three."""
+def test_triton_frequencies_across_groups_lanes_and_spans(device):
+    """The two-level draw over a row of three spans whose only finite logits sit at the edges
+    of groups, of a thread's four group lanes and of spans (the last one ragged), so that a
+    wrong group's mass or a misplaced noise lane shows in the frequencies."""
     if "triton" not in backends(device):
         pytest.skip("triton not available")
     from fastrl.kernels import sampling
 
-    n = 500 if device.type == "cpu" else 20000  # the interpreter runs ~50 ms a row here
-    logits = LOGITS.expand(n, -1).contiguous().to(device)
-    tokens = sampling.sample(logits, 1.0, 0, options.get("top_p", 1.0), torch.arange(n, device=device), 0,
-                             block_v=4, tile_draw=True)[0]
-    probabilities = kept_probabilities(LOGITS, 1.0, None, options.get("top_p"))
-    stat, cells = chi_square(tokens, probabilities)
+    span = sampling.span(torch.float32)
+    lane = span // 4
+    places = torch.tensor([0, 7, 8, lane - 1, lane, 3 * lane + 5, span - 1, span, span + lane, 2 * span - 8,
+                           2 * span, 2 * span + 99])
+    row = torch.full((2 * span + 100,), float("-inf"))
+    row[places] = LOGITS
+    n = 600 if device.type == "cpu" else 20000
+    tokens = draw("triton", row, n, device).tokens.cpu()
+    assert torch.isin(tokens, places).all()
+    stat, cells = chi_square(torch.searchsorted(places, tokens), kept_probabilities(LOGITS, 1.0, None, None))
     assert stat < THRESHOLD, (stat, cells)

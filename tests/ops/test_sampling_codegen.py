@@ -13,10 +13,12 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("config", ["4096x8", "4096x8f"])
-def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config):
-    """Plain sampling (4096x8) and top-p (4096x8f): every innermost loop (a pass over
-    tiles) without shuffles or barriers, bf16 loaded 4 or 8 at a time."""
+@pytest.mark.parametrize("config, budget", [("8192x8", 16), ("8192x8f", 30)])
+def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
+    """Plain sampling (8192x8) and top-p (8192x8f): bf16 loaded 8 at a time (16 bytes, or
+    copied 16 bytes at a time by the software pipeline), no shuffles inside any innermost
+    loop (a pass over tiles; the pipeline's two barriers guard its shared buffers), and
+    the instructions per token within budget (the plain pass was 52.8 with per-token noise)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton carries no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
@@ -26,12 +28,14 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config):
     assert done.returncode == 0, done.stderr[-3000:]
     summary, *loop_lines = done.stdout.strip().splitlines()
     loads = ast.literal_eval(re.search(r"loads (\{.*?\})", summary).group(1))
-    assert loads.get("ld.global.v2.b32", 0) >= 8, summary  # 4 bf16 a load
-    assert loads.get("ld.global.b16", 0) <= 1, summary  # only the drawn token's logit
-    assert int(re.search(r"(\d+) registers", summary).group(1)) <= 128, summary
+    wide = loads.get("ld.global.v4.b32", 0) + loads.get("cp.async.cg.shared.global", 0)
+    assert wide >= 8, summary
+    assert loads.get("ld.global.b16", 0) <= 2, summary  # the drawn group's tail and the drawn token's logit
+    registers = 255 if config.endswith("f") else 128  # plain: at least two programs of 8 warps per SM
+    assert int(re.search(r"(\d+) registers", summary).group(1)) <= registers, summary
     assert "0 spill stores" in summary, summary
     innermost = [line for line in loop_lines if "(innermost)" in line]
     assert innermost, done.stdout
     for line in innermost:
-        assert "SHFL 0, BAR 0" in line, line  # no exchange between threads inside a pass
-        assert float(re.search(r"([\d.]+) per token", line).group(1)) < 60, line
+        assert "SHFL 0," in line and int(re.search(r"BAR (\d+)", line).group(1)) <= 2, line
+        assert float(re.search(r"([\d.]+) per token", line).group(1)) < budget, line
