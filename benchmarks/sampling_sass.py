@@ -81,11 +81,12 @@ def main():
     parser.add_argument("--config", action="append", default=None,
                         help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p (default 8192x8, 8192x4, 8192x8f)")
     args = parser.parse_args()
+    span = sampling.span(torch.bfloat16)
     for config in args.config or ["8192x8", "8192x4", "8192x8f"]:
         block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
+        if block_v != span:
+            parser.error(f"--config {config}: per-token figures need BLOCK = the span, {span}")
         registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config)
-        if block_v != sampling.span(torch.bfloat16):
-            parser.error(f"--config {config}: per-token figures need BLOCK = the span, {sampling.span(torch.bfloat16)}")
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")

@@ -135,13 +135,17 @@ def _exponential(bits, FAST: tl.constexpr):
 
 
 @triton.jit
+def _lane_gumbel(lane, r0, r1, r2, r3, FAST: tl.constexpr):
+    """Gumbel noise / ln 2 from Philox output `lane` (r0..r3 broadcast against lane)."""
+    bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    return -_log2(_exponential(bits, FAST), FAST)
+
+
+@triton.jit
 def _gumbel(key, v0, Q: tl.constexpr, FAST: tl.constexpr):
     """Gumbel noise / ln 2 of tokens v0 + 4 i + j, v0 a multiple of 4: output j of counter v0 / 4 + i."""
     r0, r1, r2, r3 = tl.randint4x(key, v0 // 4 + tl.arange(0, Q))
-    lane = tl.arange(0, 4)[None, :]
-    bits = tl.where(lane == 0, r0[:, None],
-                    tl.where(lane == 1, r1[:, None], tl.where(lane == 2, r2[:, None], r3[:, None])))
-    return -_log2(_exponential(bits, FAST), FAST)
+    return _lane_gumbel(tl.arange(0, 4)[None, :], r0[:, None], r1[:, None], r2[:, None], r3[:, None], FAST)
 
 
 @triton.jit
@@ -151,9 +155,7 @@ def _group_pick(log_mass, v0, key, best, best_group, GROUP: tl.constexpr, FAST: 
     replaced on a strictly larger value (ties, which need equal float keys: the first seen)."""
     r0, r1, r2, r3 = tl.randint4x(key ^ GROUP_STREAM, tl.arange(0, ROWS) + v0 // (4 * GROUP))
     lane = tl.arange(0, 4)[:, None]
-    bits = tl.where(lane == 0, r0[None, :],
-                    tl.where(lane == 1, r1[None, :], tl.where(lane == 2, r2[None, :], r3[None, :])))
-    g = log_mass - _log2(_exponential(bits, FAST), FAST)
+    g = log_mass + _lane_gumbel(lane, r0[None, :], r1[None, :], r2[None, :], r3[None, :], FAST)
     groups = lane * ROWS + tl.arange(0, ROWS)[None, :] + v0 // GROUP
     better = g > best
     return tl.where(better, g, best), tl.where(better, groups, best_group)
