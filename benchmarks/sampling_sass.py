@@ -39,7 +39,7 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True):
     fn = sampling._sample_kernel
     constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
-                     GROUP=sampling.group_size(torch.bfloat16), FAST=True, STAGES=3)
+                     RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},

@@ -1,16 +1,18 @@
 """Triton Q-softmax sampler (DESIGN 3.3): one launch, plain sampling reads each row once.
 
 The draw is Gumbel-max in two levels, which is exact: the row is cut into groups of
-GROUP consecutive tokens (16 bytes of logits: 8 bf16 or fp16, 4 fp32); a Gumbel-max
-over the groups' log-masses picks a group with probability mass(group) / mass(row),
-then a Gumbel-max over that group's tokens picks one with probability p / mass(group).
-The pass over the row thus costs one exp2 per token for the log-sum-exp, and the noise
-(one Philox output and two log2) once per group; only the drawn group is read again.
-Noise: Philox (4x32, 10 rounds) keyed by seed and offset, one stream for groups and
-one for tokens. Group noise comes from a layout fixed in tokens (a span of
-4 * ROWS * GROUP tokens; Philox counter r serves the four groups that one thread holds)
-and token t takes output t % 4 of counter t // 4, so no tuning knob (warps, programs
-per row, pipeline stages, search tile and arity) and no other row changes a token.
+tokens; a Gumbel-max over the groups' log-masses picks a group with probability
+mass(group) / mass(row), then a Gumbel-max over that group's tokens picks one with
+probability p / mass(group). A group is what one thread reads of a span (4 * ROWS * RUN
+tokens): four runs of RUN consecutive tokens (16 bytes of logits, one load: 8 bf16 or
+fp16, 4 fp32), ROWS * RUN tokens apart; group g holds tokens span(g // ROWS) +
+RUN * (ROWS * l + g % ROWS) + j for l < 4, j < RUN. The pass over the row thus costs one
+exp2 per token for the log-sum-exp, and the noise (one Philox counter and two log2) once
+per group of 32 bf16 tokens, with no exchange between threads; only the drawn group is
+read again. Noise: Philox (4x32, 10 rounds) keyed by seed and offset, one stream for
+groups (group g: output 0 of counter g) and one for tokens (token t: output t % 4 of
+counter t // 4). The layout is fixed in tokens, so no tuning knob (warps, programs per
+row, pipeline stages, search tile and arity) and no other row changes a token.
 
 With top-k or top-p each cutoff is the largest row value v with count(z >= v) >= k,
 resp. mass(z >= v) >= top_p of the top-k mass, found by a SPLIT-ary search on the
@@ -35,17 +37,17 @@ GROUP_STREAM: tl.constexpr = tl.constexpr(0x5DEECE66D)  # the groups' Philox key
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
 INT_MAX: tl.constexpr = tl.constexpr(2147483647)
-ROWS: tl.constexpr = tl.constexpr(256)  # Philox counters per span; groups r + ROWS * l, l < 4, share counter r
+ROWS: tl.constexpr = tl.constexpr(256)  # groups per span
 
 
-def group_size(dtype):
-    """Tokens per group: 16 bytes, one load per thread, so a group is reduced inside a thread."""
+def run_size(dtype):
+    """Tokens per run: 16 bytes, one load by one thread."""
     return 16 // dtype.itemsize
 
 
 def span(dtype):
-    """Tokens per span, the tile of the passes that draw."""
-    return 4 * ROWS.value * group_size(dtype)
+    """Tokens per span, the tile of the passes that draw: ROWS groups of four runs."""
+    return 4 * ROWS.value * run_size(dtype)
 
 
 @triton.jit
@@ -78,25 +80,18 @@ def _best_token(best, best_tok):
 
 
 @triton.jit
-def _tile(logits_ptr, row, v0, V, scale, Q: tl.constexpr):
-    """Tokens v0 + 4 i + j as a [Q, 4] tile, z = logit * scale (padding: -inf); v0 a multiple of 4 Q."""
-    cols = tl.multiple_of(v0, 4 * Q) + 4 * tl.arange(0, Q)[:, None] + tl.arange(0, 4)[None, :]
-    return cols, tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+def _span_tokens(v0, RUN: tl.constexpr):
+    """The span of tokens from v0 (a multiple of the span) as [4, ROWS, RUN]: element (l, r, j)
+    is token v0 + RUN * (ROWS * l + r) + j, so group r of the span (axes 0 and 2) is held by
+    one thread."""
+    return (tl.arange(0, 4)[:, None, None] * (ROWS * RUN) + tl.arange(0, ROWS)[None, :, None] * RUN
+            + tl.arange(0, RUN)[None, None, :] + tl.multiple_of(v0, 4 * ROWS * RUN))
 
 
 @triton.jit
-def _span_tokens(v0, GROUP: tl.constexpr):
-    """The span of tokens from v0 (a multiple of the span) as [4, ROWS, GROUP]: element (l, r, j)
-    is token v0 + GROUP * (ROWS * l + r) + j, so a thread holds whole groups, four of them (the
-    l) per counter r."""
-    return (tl.arange(0, 4)[:, None, None] * (ROWS * GROUP) + tl.arange(0, ROWS)[None, :, None] * GROUP
-            + tl.arange(0, GROUP)[None, None, :] + tl.multiple_of(v0, 4 * ROWS * GROUP))
-
-
-@triton.jit
-def _span(logits_ptr, row, v0, V, GROUP: tl.constexpr, MASKED: tl.constexpr):
+def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
     """The logits of the span at v0 in float32 (MASKED: padding -inf) and where they are < V."""
-    cols = _span_tokens(v0, GROUP)
+    cols = _span_tokens(v0, RUN)
     if MASKED:
         x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
@@ -135,52 +130,53 @@ def _exponential(bits, FAST: tl.constexpr):
 
 
 @triton.jit
-def _lane_gumbel(lane, r0, r1, r2, r3, FAST: tl.constexpr):
-    """Gumbel noise / ln 2 from Philox output `lane` (r0..r3 broadcast against lane)."""
-    bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+def _gumbel(bits, FAST: tl.constexpr):
+    """Gumbel noise / ln 2 from 32 random bits."""
     return -_log2(_exponential(bits, FAST), FAST)
 
 
 @triton.jit
-def _gumbel(key, v0, Q: tl.constexpr, FAST: tl.constexpr):
-    """Gumbel noise / ln 2 of tokens v0 + 4 i + j, v0 a multiple of 4: output j of counter v0 / 4 + i."""
-    r0, r1, r2, r3 = tl.randint4x(key, v0 // 4 + tl.arange(0, Q))
-    return _lane_gumbel(tl.arange(0, 4)[None, :], r0[:, None], r1[:, None], r2[:, None], r3[:, None], FAST)
+def _group_sum(x):
+    """[4, ROWS, RUN] -> [ROWS]: over each group's tokens, inside a thread."""
+    return tl.sum(tl.sum(x, 2), 0)
 
 
 @triton.jit
-def _group_pick(log_mass, v0, key, best, best_group, GROUP: tl.constexpr, FAST: tl.constexpr):
-    """The running Gumbel-max over the groups of the span at v0, log_mass[l, r] the log2 mass of
-    group v0 / GROUP + ROWS * l + r, whose noise is output l of the groups' counter v0 / (4 GROUP) + r;
-    replaced on a strictly larger value (ties, which need equal float keys: the first seen)."""
-    r0, r1, r2, r3 = tl.randint4x(key ^ GROUP_STREAM, tl.arange(0, ROWS) + v0 // (4 * GROUP))
-    lane = tl.arange(0, 4)[:, None]
-    g = log_mass + _lane_gumbel(lane, r0[None, :], r1[None, :], r2[None, :], r3[None, :], FAST)
-    groups = lane * ROWS + tl.arange(0, ROWS)[None, :] + v0 // GROUP
+def _group_max(x):
+    return tl.max(tl.max(x, 2), 0)
+
+
+@triton.jit
+def _group_pick(log_mass, v0, key, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
+    """The running Gumbel-max over the groups of the span at v0, log_mass[r] the log2 mass of
+    group g = v0 / (4 RUN) + r, whose noise is output 0 of the groups' counter g; replaced on a
+    strictly larger value (ties, which need equal float keys: the first seen)."""
+    groups = tl.arange(0, ROWS) + v0 // (4 * RUN)
+    g = log_mass + _gumbel(tl.randint(key ^ GROUP_STREAM, groups), FAST)
     better = g > best
     return tl.where(better, g, best), tl.where(better, groups, best_group)
 
 
 @triton.jit
 def _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
-                FILTER: tl.constexpr, GROUP: tl.constexpr, FAST: tl.constexpr):
-    """Per thread-held group slot (no exchange between threads until the end): max, sum of
-    exp2, sum of the logits (scaled at the end) and (FILTER) min of z; without a filter, the
-    groups' Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
+                FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
+    """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
+    logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
+    Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
     floats), so each token costs one FFMA, not a multiply and an add. x: the span at v0 in
     float32; ok: where its tokens are < V (MASKED)."""
-    m_new = tl.maximum(m, tl.max(x, 2) * scale)
+    m_new = tl.maximum(m, _group_max(x) * scale)
     m_ref = _reference(m_new)
-    mass = tl.sum(tl.exp2(x * scale - m_ref[:, :, None]), 2)  # each group's, over 2^m_ref
+    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref
     s = s * tl.exp2(m - m_ref) + mass
     if MASKED:
-        zsum += tl.sum(tl.where(ok, x, 0.0), 2)
+        zsum += _group_sum(tl.where(ok, x, 0.0))
     else:
-        zsum += tl.sum(x, 2)
+        zsum += _group_sum(x)
     if FILTER:
-        zmin = tl.minimum(zmin, tl.min(tl.where(ok, x, float("inf")) if MASKED else x, 2) * scale)
+        zmin = tl.minimum(zmin, tl.min(tl.min(tl.where(ok, x, float("inf")) if MASKED else x, 2), 0) * scale)
     else:
-        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, key, best, best_group, GROUP, FAST)
+        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, key, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 
@@ -194,22 +190,26 @@ def _row_stats(m, s, zsum, zmin, best, best_group):
 
 @triton.jit
 def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_group,
-               GROUP: tl.constexpr, FAST: tl.constexpr):
-    """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per slot)."""
-    x, _ = _span(logits_ptr, row, v0, V, GROUP, True)
+               RUN: tl.constexpr, FAST: tl.constexpr):
+    """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per group)."""
+    x, _ = _span(logits_ptr, row, v0, V, RUN, True)
     z = x * scale  # as the search passes compute it: the cutoff compares the same floats
-    mass = tl.sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0), 2)
-    best, best_group = _group_pick(m + _log2(mass, FAST), v0, key, best, best_group, GROUP, FAST)
+    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
+    best, best_group = _group_pick(m + _log2(mass, FAST), v0, key, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
 
 @triton.jit
-def _resolve(logits_ptr, row, group, V, scale, key, cutoff, GROUP: tl.constexpr, FAST: tl.constexpr):
-    """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise)
-    and its z."""
-    Q: tl.constexpr = GROUP // 4
-    cols, z = _tile(logits_ptr, row, group * GROUP, V, scale, Q)
-    g = tl.where(z >= cutoff, z + _gumbel(key, group * GROUP, Q, FAST), float("-inf"))
+def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr):
+    """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
+    token t takes output t % 4 of counter t // 4) and its z."""
+    span0 = (group // ROWS) * (4 * ROWS * RUN)
+    cols = span0 + RUN * (ROWS * tl.arange(0, 4)[:, None] + group % ROWS) + tl.arange(0, RUN)[None, :]
+    z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+    r0, r1, r2, r3 = tl.randint4x(key, cols // 4)
+    lane = cols % 4
+    bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    g = tl.where(z >= cutoff, z + _gumbel(bits, FAST), float("-inf"))
     token = _best_token(g, cols)[1]
     return token, tl.max(tl.where(cols == token, z, float("-inf")), None)
 
@@ -269,32 +269,32 @@ def _sample_kernel(
     logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk_spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
-    SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, GROUP: tl.constexpr,
+    SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
     FAST: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * chunk_spans, (c + 1) * chunk_spans) of row b (SPLIT_ROW:
     plain sampling only; the last of a row's programs to finish combines their partials)."""
-    SPAN: tl.constexpr = 4 * ROWS * GROUP
+    SPAN: tl.constexpr = 4 * ROWS * RUN
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
     key = tl.load(seeds_ptr + b) + shift
     start = tl.program_id(1) * chunk_spans * SPAN  # a multiple of the span, as the compiler sees
     stop = tl.minimum(start + chunk_spans * SPAN, V)
     full = stop - (stop - start) % SPAN  # only the row's end is ragged
-    m = tl.full([4, ROWS], float("-inf"), tl.float32)
-    s = tl.zeros([4, ROWS], tl.float32)
-    zsum = tl.zeros([4, ROWS], tl.float32)
-    zmin = tl.full([4, ROWS], float("inf"), tl.float32)
-    best = tl.full([4, ROWS], float("-inf"), tl.float32)
-    best_group = tl.zeros([4, ROWS], tl.int32)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    s = tl.zeros([ROWS], tl.float32)
+    zsum = tl.zeros([ROWS], tl.float32)
+    zmin = tl.full([ROWS], float("inf"), tl.float32)
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    best_group = tl.zeros([ROWS], tl.int32)
     if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
-        x, ok = _span(logits_ptr, row, full, V, GROUP, True)
+        x, ok = _span(logits_ptr, row, full, V, RUN, True)
         m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, key, m, s, zsum, zmin, best,
-                                                         best_group, True, FILTER, GROUP, FAST)
+                                                         best_group, True, FILTER, RUN, FAST)
     for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-        x, ok = _span(logits_ptr, row, v0, V, GROUP, False)
+        x, ok = _span(logits_ptr, row, v0, V, RUN, False)
         m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group,
-                                                         False, FILTER, GROUP, FAST)
+                                                         False, FILTER, RUN, FAST)
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
@@ -309,7 +309,7 @@ def _sample_kernel(
             tl.debug_barrier()
             m, s, zsum, group = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
             lse = m + tl.log2(s)
-            token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), GROUP, FAST)
+            token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)
             _finish(b, lse, lse, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
         lse = m + tl.log2(s)
@@ -331,15 +331,15 @@ def _sample_kernel(
                     kept = tl.sum(tl.sum(kept_per_thread, 1), 0)
                 lo = _to_key(cutoff)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
-            s_kept = tl.zeros([4, ROWS], tl.float32)
-            best = tl.full([4, ROWS], float("-inf"), tl.float32)
-            best_group = tl.zeros([4, ROWS], tl.int32)
+            s_kept = tl.zeros([ROWS], tl.float32)
+            best = tl.full([ROWS], float("-inf"), tl.float32)
+            best_group = tl.zeros([ROWS], tl.int32)
             for v0 in range(0, V, SPAN):
                 s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
-                                                      best_group, GROUP, FAST)
+                                                      best_group, RUN, FAST)
             _, group = _best_token(best, best_group)
             lse_kept = m + tl.log2(tl.sum(s_kept, None))
-        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, GROUP, FAST)
+        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST)
         _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
@@ -394,7 +394,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
         tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk_spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
-        SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, GROUP=group_size(logits.dtype), FAST=not interpreted,
+        SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages,
         num_warps=num_warps or (1 if interpreted else 8),
     )

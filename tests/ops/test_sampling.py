@@ -239,22 +239,25 @@ def test_triton_tokens_do_not_depend_on_the_tiling(options, device, rng):
     torch.testing.assert_close(policy_logprob.double(), policy.gather(-1, tokens[:, None])[:, 0], rtol=1e-5, atol=1e-5)
 
 
-def test_triton_frequencies_across_groups_lanes_and_spans(device):
-    """The two-level draw over a row of three spans whose only finite logits sit at the edges
-    of groups, of a thread's four group lanes and of spans (the last one ragged), so that a
-    wrong group's mass or a misplaced noise lane shows in the frequencies."""
+def test_triton_frequencies_across_runs_groups_and_spans(device):
+    """The two-level draw over a row of three spans (the last one ragged) whose only finite
+    logits sit at the edges of 16-byte runs, of a group's four runs and of spans: most alone
+    in their group, among them a likely token in each of the four runs, so a run left out of
+    a group's mass or noise from the wrong counter shows in the frequencies; two groups hold
+    two tokens in different runs, for the draw inside a group."""
     if "triton" not in backends(device):
         pytest.skip("triton not available")
     from fastrl.kernels import sampling
 
-    span = sampling.span(torch.float32)
-    lane = span // 4
-    places = torch.tensor([0, 7, 8, lane - 1, lane, 3 * lane + 5, span - 1, span, span + lane, 2 * span - 8,
-                           2 * span, 2 * span + 99])
+    span, run = sampling.span(torch.float32), sampling.run_size(torch.float32)
+    lane = span // 4  # tokens from one run of a group to the next
+    places = torch.tensor([0, 2 * run - 1, lane - run - 1, lane, 2 * lane + 9 * run + 2, 3 * lane + 3 * run + 1,
+                           span - 1, span, span + lane, 2 * span - 2 * run, 2 * span, 2 * span + 99])
+    logits = torch.tensor([-1.0, 0.5, 0.0, 1.5, 1.5, 2.0, 1.5, -1.0, 0.3, 1.0, -2.0, 0.5])
     row = torch.full((2 * span + 100,), float("-inf"))
-    row[places] = LOGITS
+    row[places] = logits
     n = 600 if device.type == "cpu" else 20000
     tokens = draw("triton", row, n, device).tokens.cpu()
     assert torch.isin(tokens, places).all()
-    stat, cells = chi_square(torch.searchsorted(places, tokens), kept_probabilities(LOGITS, 1.0, None, None))
+    stat, cells = chi_square(torch.searchsorted(places, tokens), kept_probabilities(logits, 1.0, None, None))
     assert stat < THRESHOLD, (stat, cells)

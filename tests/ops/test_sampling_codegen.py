@@ -13,12 +13,13 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("config, budget", [("8192x8", 16), ("8192x8f", 30)])
+@pytest.mark.parametrize("config, budget", [("8192x8", 12), ("8192x8f", 30)])
 def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     """Plain sampling (8192x8) and top-p (8192x8f): bf16 loaded 8 at a time (16 bytes, or
     copied 16 bytes at a time by the software pipeline), no shuffles inside any innermost
     loop (a pass over tiles; the pipeline's two barriers guard its shared buffers), and
-    the instructions per token within budget (the plain pass was 52.8 with per-token noise)."""
+    the instructions per token within budget (the plain pass was 52.8 with per-token noise,
+    13.5 with noise per 16-byte run, 10.6 with noise per four runs)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton carries no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
@@ -30,7 +31,7 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     loads = ast.literal_eval(re.search(r"loads (\{.*?\})", summary).group(1))
     wide = loads.get("ld.global.v4.b32", 0) + loads.get("cp.async.cg.shared.global", 0)
     assert wide >= 8, summary
-    assert loads.get("ld.global.b16", 0) <= 2, summary  # the drawn group's tail and the drawn token's logit
+    assert loads.get("ld.global.b16", 0) <= 2, summary  # the drawn token's logit, and its group's tail
     registers = 255 if config.endswith("f") else 128  # plain: at least two programs of 8 warps per SM
     assert int(re.search(r"(\d+) registers", summary).group(1)) <= registers, summary
     assert "0 spill stores" in summary, summary
