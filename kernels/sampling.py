@@ -80,18 +80,17 @@ def _best_token(best, best_tok):
 
 
 @triton.jit
-def _span_tokens(v0, RUN: tl.constexpr):
-    """The span of tokens from v0 (a multiple of the span) as [4, ROWS, RUN]: element (l, r, j)
-    is token v0 + RUN * (ROWS * l + r) + j, so group r of the span (axes 0 and 2) is held by
-    one thread."""
-    return (tl.arange(0, 4)[:, None, None] * (ROWS * RUN) + tl.arange(0, ROWS)[None, :, None] * RUN
-            + tl.arange(0, RUN)[None, None, :] + tl.multiple_of(v0, 4 * ROWS * RUN))
+def _group_tokens(v0, r, RUN: tl.constexpr):
+    """The tokens of groups r ([1, R, 1], or a scalar: R = 1) of the span at v0, as [4, R, RUN]:
+    element (l, r, j) is token v0 + RUN * (ROWS * l + r) + j. Over a whole span (r = 0..ROWS-1)
+    group r (axes 0 and 2) is held by one thread."""
+    return tl.arange(0, 4)[:, None, None] * (ROWS * RUN) + r * RUN + tl.arange(0, RUN)[None, None, :] + v0
 
 
 @triton.jit
 def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
     """The logits of the span at v0 in float32 (MASKED: padding -inf) and where they are < V."""
-    cols = _span_tokens(v0, RUN)
+    cols = _group_tokens(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, ROWS)[None, :, None], RUN)
     if MASKED:
         x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
@@ -147,6 +146,11 @@ def _group_max(x):
 
 
 @triton.jit
+def _group_min(x):
+    return tl.min(tl.min(x, 2), 0)
+
+
+@triton.jit
 def _group_pick(log_mass, v0, key, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
     """The running Gumbel-max over the groups of the span at v0, log_mass[r] the log2 mass of
     group g = v0 / (4 RUN) + r, whose noise is output 0 of the groups' counter g; replaced on a
@@ -174,7 +178,7 @@ def _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group, MASKE
     else:
         zsum += _group_sum(x)
     if FILTER:
-        zmin = tl.minimum(zmin, tl.min(tl.min(tl.where(ok, x, float("inf")) if MASKED else x, 2), 0) * scale)
+        zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")) if MASKED else x) * scale)
     else:
         best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, key, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
@@ -203,8 +207,7 @@ def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best
 def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr):
     """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
     token t takes output t % 4 of counter t // 4) and its z."""
-    span0 = (group // ROWS) * (4 * ROWS * RUN)
-    cols = span0 + RUN * (ROWS * tl.arange(0, 4)[:, None] + group % ROWS) + tl.arange(0, RUN)[None, :]
+    cols = _group_tokens((group // ROWS) * (4 * ROWS * RUN), group % ROWS, RUN)
     z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
     r0, r1, r2, r3 = tl.randint4x(key, cols // 4)
     lane = cols % 4
