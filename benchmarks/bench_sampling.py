@@ -23,6 +23,10 @@ Providers:
   of softmax_multinomial); compile time is reported in the note and counted
   against --compile-budget, after which the remaining compiled rows are
   skipped (their rows say so);
+- read_once_amax, read_once_triton (plain, CUDA): a row max, no sampling, by torch.amax
+  and by a Triton loop on the sampler's grid (its programs per row, tile, warps and
+  pipelining): what one read of the logits costs under this timing, beside the
+  copy-rate floor, and how much of the sampler's time its arithmetic adds;
 - topk_multinomial (top_k+top_p): torch.topk(k), top-p on the k sorted values,
   softmax + multinomial over k, gather the index: the usual fast path when a
   small top-k is set (ties at the k-th value are not kept);
@@ -42,6 +46,7 @@ read once) over the device's measured copy rate.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -140,6 +145,41 @@ def topk_multinomial(logits, top_k, top_p):
     return indices.gather(-1, pick).squeeze(1)
 
 
+def read_once_triton(logits):
+    """Each row's max by programs laid out as the sampler's plain pass is (kernels/sampling.py)."""
+    import triton
+
+    from fastrl.kernels import sampling
+
+    B, V = logits.shape
+    tile = sampling.span(logits.dtype)
+    chunks = max(1, min(sampling.MAX_CHUNKS, sampling.PROGRAMS_PER_SM * sampling._multiprocessors(logits.device) // B))
+    chunk = triton.cdiv(triton.cdiv(V, tile), chunks) * tile
+    chunks = triton.cdiv(V, chunk)
+    out = torch.empty(B, chunks, dtype=torch.float32, device=logits.device)
+    _row_max_kernel()[(B, chunks)](logits, out, logits.stride(0), V, chunk, TILE=tile, num_warps=8)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _row_max_kernel():  # built on first use: a CPU run never imports triton
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(x_ptr, out_ptr, stride, V, chunk, TILE: tl.constexpr):
+        start = tl.program_id(1) * chunk
+        stop = tl.minimum(start + chunk, V)
+        best = tl.full([TILE], float("-inf"), tl.float32)
+        for v0 in tl.range(start, stop, TILE, num_stages=3):
+            cols = v0 + tl.arange(0, TILE)
+            x = tl.load(x_ptr + tl.program_id(0).to(tl.int64) * stride + cols, mask=cols < stop, other=float("-inf"))
+            best = tl.maximum(best, x.to(tl.float32))
+        tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.max(best, 0))
+
+    return kernel
+
+
 class CompileState:
     """torch.compile'd baselines, one per filter, and the compile time spent so far."""
 
@@ -176,12 +216,17 @@ def dtype_name(dtype):
 
 def providers(device, backend):
     """(name, filters it runs, fn(logits, top_k, top_p, seeds), note)."""
+    read_once = ("plain",) if device.type == "cuda" else ()  # the bandwidth floor's companion: a GPU figure
     return [
         (f"fastrl_{backend}", tuple(FILTERS),
          lambda x, k, p, seeds: ops.sample(x, top_k=k, top_p=p, seeds=seeds, offset=0),
          "fastrl.ops.sample: token + 2 log-probs + mean_logp"),
         ("softmax_multinomial", ("plain",), lambda x, k, p, seeds: softmax_multinomial(x),
          "softmax(dtype=fp32) + multinomial"),
+        ("read_once_amax", read_once, lambda x, k, p, seeds: torch.amax(x, -1),
+         "torch.amax(logits, -1): one read of the logits, no sampling"),
+        ("read_once_triton", read_once, lambda x, k, p, seeds: read_once_triton(x),
+         "a row max in Triton on the sampler's grid: one read, no sampling"),
         ("hf_sort_eager", ("top_p", "top_k+top_p"), lambda x, k, p, seeds: hf_sample(x, k, p),
          "float(), HF TopK/TopP warpers (full sort), softmax + multinomial"),
         ("hf_sort_compiled", tuple(FILTERS), None,
@@ -309,6 +354,10 @@ def summarize(rows, device):
               f"(target >= 80%: {'met' if fraction >= 0.8 else 'NOT met'})")
     else:
         print(f"{label} plain: not measured in this run")
+    amax = find(B, V, "plain", "read_once_amax")
+    if ok(amax) and amax.get("bandwidth_floor_ms"):
+        print(f"{label} read_once_amax (one read, no sampling): {amax['median_ms'] * 1e3:.1f} us -> "
+              f"{100 * amax['bandwidth_floor_ms'] / amax['median_ms']:.0f}% of the copy rate")
     ours, hf = find(B, V, "top_p", "fastrl"), find(B, V, "top_p", "hf_sort_eager")
     if ok(ours) and ok(hf):
         speedup = hf["median_ms"] / ours["median_ms"]

@@ -7,8 +7,9 @@
 #
 #   benchmarks/gpu_check.sh [all|sampling|rest]
 #
-# sampling (about 2 minutes on an H200): install without the CUDA extension,
-# the sampler / rollout tests, bench_sampling with a sweep of kernel configs;
+# sampling (about 2.5 minutes on an H200): install without the CUDA extension,
+# the sampler / rollout tests, bench_sampling with a sweep of kernel configs, and
+# its plain rows again with the L2 flushed by writing (harness.py) and at B up to 2048;
 # rest (about 5 minutes): build the CUDA extension, every other CUDA test, the
 # other benchmarks; all: both, in that order (7.5 minutes). The test logs and
 # the benchmarks' printed tables (benchmarks.log) go to $OUT too.
@@ -46,6 +47,8 @@ bench() {  # $1: timeout, the rest: the benchmark script and its arguments
   timeout "$limit" $PY "$@" 2>&1 | tee -a "$LOGS/benchmarks.log" || status=1
 }
 
+results_dir() { $PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))"; }
+
 stamp "stage $STAGE"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
 if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
@@ -55,6 +58,13 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
   stamp "bench_sampling"
   bench 240 benchmarks/bench_sampling.py --device cuda --configs "$SWEEP"
+  stamp "bench_sampling, plain, L2 flushed by writing (as before 2026-11-27)"
+  bench 90 benchmarks/bench_sampling.py --device cuda --filters plain --providers fastrl,read_once_amax \
+    --l2-flush dirty --out "$(results_dir)/bench_sampling_l2_dirty.json"
+  stamp "bench_sampling, plain, larger batches (the time per MB once a call's fixed cost is spread)"
+  bench 60 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile \
+    --providers fastrl,read_once_amax,read_once_triton --shape 512,151936 --shape 1024,151936 --shape 2048,151936 \
+    --out "$(results_dir)/bench_sampling_large_batch.json"
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "build with the CUDA extension"
@@ -70,7 +80,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
 fi
 
-results=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))")
+results=$(results_dir)
 if [ -n "${OUT:-}" ] && [ -d "$results" ]; then cp "$results"/*.json "$OUT"/ 2>/dev/null || true; fi
 stamp "done (status $status); results in $results"
 exit $status

@@ -5,7 +5,11 @@ fastrl op, or what a user would otherwise run). Time is the median of repeated
 runs after warm-up. On a GPU: CUDA events around the call, with the L2 cache
 flushed before each run (the inputs come from memory, as a fresh batch's would)
 and the GPU held busy while the host queues the call, so the time is the GPU's
-and not the host's launch overhead (as triton.testing.do_bench measures). Peak memory: on a GPU,
+and not the host's launch overhead (as triton.testing.do_bench measures). The
+flush reads a buffer larger than the L2 (``--l2-flush clean``, the default), so
+the call finds the L2 holding clean lines; ``dirty`` flushes by writing it, as
+do_bench does, and the call then also pays for writing those lines back to
+memory as its reads evict them (up to the L2's size: tens of MB on an H100). Peak memory: on a GPU,
 torch.cuda.max_memory_allocated beyond what was allocated before the call; on
 the CPU (with ``--memory``), growth of the peak resident set in a fresh
 subprocess per case (VmHWM, reset after the case's setup; ru_maxrss where /proc
@@ -75,16 +79,24 @@ L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2
 QUEUE_AHEAD_CYCLES = 2_000_000  # about 1 ms of GPU time to queue the call behind
 
 
-def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int) -> list[float]:
+L2_FLUSHES = ("clean", "dirty")
+
+
+def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int, l2_flush: str = "clean") -> list[float]:
+    if l2_flush not in L2_FLUSHES:
+        raise ValueError(f"l2_flush must be one of {L2_FLUSHES}, got {l2_flush!r}")
     for _ in range(warmup):
         call()
     _sync(device)
-    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
+    flush = torch.zeros(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
     times = []
     for _ in range(repeat):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            flush.zero_()
+            if l2_flush == "clean":
+                flush.max()
+            else:
+                flush.zero_()
             torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
             start.record()
             call()
@@ -107,10 +119,10 @@ def gpu_peak_bytes(call: Callable, device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def copy_rate_bytes_per_ms(device: torch.device) -> float:
+def copy_rate_bytes_per_ms(device: torch.device, l2_flush: str = "clean") -> float:
     """Device copy rate, counting bytes read plus written (a 1 GiB clone)."""
     x = torch.empty(2**28, dtype=torch.float32, device=device)
-    ms = statistics.median(time_ms(lambda: x.clone(), device, 3, 10))
+    ms = statistics.median(time_ms(lambda: x.clone(), device, 3, 10, l2_flush))
     return 2 * x.numel() * 4 / ms
 
 
@@ -200,6 +212,9 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
     parser.add_argument("--out", default=None, help="JSON path (default results/<device>/bench_<family>.json)")
     parser.add_argument("--malloc-default", action="store_true",
                         help="on the CPU, keep glibc's heap trimming (see no_trim_malloc)")
+    parser.add_argument("--l2-flush", choices=L2_FLUSHES, default="clean",
+                        help="GPU: empty the L2 before each timed run by reading a 256 MiB buffer (clean) or by "
+                             "writing it (dirty: the call also pays the write-back of what its reads evict)")
     parser.add_argument("--_probe", type=int, default=None, help=argparse.SUPPRESS)
     if extra is not None:
         extra(parser)
@@ -252,9 +267,9 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         return []
     device = args.device
     rows, env = [], versions()
-    copy_rate = copy_rate_bytes_per_ms(device) if device.type == "cuda" else None
+    copy_rate = copy_rate_bytes_per_ms(device, args.l2_flush) if device.type == "cuda" else None
     if copy_rate:
-        print(f"device copy rate {copy_rate / 1e9:.2f} TB/s (read + written)")
+        print(f"device copy rate {copy_rate / 1e9:.2f} TB/s (read + written); L2 flushed {args.l2_flush}")
     print(f"bench {family} on {device_name(device)}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads; median of {args.repeat} after {args.warmup} warm-up")
     if device.type == "cpu":
@@ -264,7 +279,7 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
     for index, case in enumerate(cases):
         try:
             call = case.setup()
-            times = time_ms(call, device, args.warmup, args.repeat)
+            times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush)
             peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
             error = None
         except Exception as exc:  # a baseline that cannot run at this shape is reported, not fatal
@@ -283,6 +298,7 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             "note": case.note, "error": error,
             "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
             "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
+            "l2_flush": args.l2_flush if device.type == "cuda" else None,
         }
         rows.append(row)
         print(format_row(row), flush=True)

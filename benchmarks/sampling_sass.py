@@ -6,7 +6,9 @@ threads exchange data inside it (shuffles, barriers).
 What a GPU run cannot show cheaply, and the budget it is measured against: reading
 B=256 x V=151936 bf16 at 80% of an H200's copy rate leaves about 20 instructions per
 token at its issue rate (4 per clock per SM). Uses Triton internals (ASTSource,
-GPUTarget): written against Triton 3.9.
+GPUTarget): written against Triton 3.9, runs under 3.6. Needs torch and Triton only, not
+fastrl: run it under triton==3.6.0 too, the GPU machines' version, which lays some
+tensors out unlike 3.9 (it once spread the sampler's groups over four threads).
 
     python benchmarks/sampling_sass.py [--config 8192x8] [--config 8192x8f] ...
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import re
 import subprocess
 import tempfile
@@ -24,12 +27,17 @@ import triton
 import triton.compiler as tc
 from triton.backends.compiler import GPUTarget
 
-from fastrl.kernels import sampling
+# By path, not through fastrl: any environment with torch and a Triton can run this (the GPU
+# machines' Triton 3.6 lays some tensors out unlike 3.9; check both).
+_spec = importlib.util.spec_from_file_location("fastrl_sampling_kernel",
+                                               Path(__file__).resolve().parents[1] / "kernels" / "sampling.py")
+sampling = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sampling)
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TYPES = {"logits_ptr": "*bf16", "stride_b": "i32", "seeds_ptr": "*i64", "shift": "i64", "scale": "fp32",
          "top_k": "i32", "top_p": "fp32", "tokens_ptr": "*i64", "logprob_ptr": "*fp32", "policy_ptr": "*fp32",
-         "mean_ptr": "*fp32", "partial_ptr": "*fp32", "count_ptr": "*i32", "V": "i32", "chunk_spans": "i32",
+         "mean_ptr": "*fp32", "partial_ptr": "*fp32", "count_ptr": "*i32", "V": "i32", "spans": "i32",
          "chunks": "i32"}
 ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "policy_ptr", "mean_ptr",
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
@@ -45,7 +53,8 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True):
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
         constexprs={(names.index(k),): v for k, v in constants.items()},
         attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in ALIGNED})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": num_warps, "maxnreg": sampling.register_cap(num_warps, filtered)})
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.o")
         ptx.write_text(kernel.asm["ptx"])

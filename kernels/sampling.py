@@ -80,22 +80,25 @@ def _best_token(best, best_tok):
 
 
 @triton.jit
-def _group_tokens(v0, r, RUN: tl.constexpr):
-    """The tokens of groups r ([1, R, 1], or a scalar: R = 1) of the span at v0, as [4, R, RUN]:
-    element (l, r, j) is token v0 + RUN * (ROWS * l + r) + j. Over a whole span (r = 0..ROWS-1)
-    group r (axes 0 and 2) is held by one thread."""
-    return tl.arange(0, 4)[:, None, None] * (ROWS * RUN) + r * RUN + tl.arange(0, RUN)[None, None, :] + v0
+def _runs(v0, i, RUN: tl.constexpr):
+    """Runs i of the span at v0 as [len(i), RUN] tokens: run i holds v0 + RUN * i + j, j < RUN;
+    run ROWS * l + r is run l of group r."""
+    return v0 + i[:, None] * RUN + tl.arange(0, RUN)[None, :]
 
 
 @triton.jit
 def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
-    """The logits of the span at v0 in float32 (MASKED: padding -inf) and where they are < V."""
-    cols = _group_tokens(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, ROWS)[None, :, None], RUN)
+    """The logits of the span at v0 in float32 as [4, ROWS, RUN] (element (l, r, j): run l of
+    group r; MASKED: padding -inf) and where they are < V. Loaded as [4 * ROWS, RUN], whose
+    only contiguous axis is the run's, so every Triton version gives each thread whole runs
+    and one thread a group's four; a [4, ROWS, RUN] load leaves the order of the two
+    strided axes to the version (Triton 3.6 spread each group over four threads)."""
+    cols = _runs(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN)
     if MASKED:
         x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
         x = tl.load(logits_ptr + row + cols)
-    return x.to(tl.float32), cols < V
+    return tl.reshape(x.to(tl.float32), [4, ROWS, RUN]), tl.reshape(cols < V, [4, ROWS, RUN])
 
 
 @triton.jit
@@ -207,7 +210,7 @@ def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best
 def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr):
     """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
     token t takes output t % 4 of counter t // 4) and its z."""
-    cols = _group_tokens((group // ROWS) * (4 * ROWS * RUN), group % ROWS, RUN)
+    cols = _runs((group // ROWS) * (4 * ROWS * RUN), tl.arange(0, 4) * ROWS + group % ROWS, RUN)
     z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
     r0, r1, r2, r3 = tl.randint4x(key, cols // 4)
     lane = cols % 4
@@ -242,21 +245,27 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
     return _to_float(lo)
 
 
+PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, sum of z, its draw's Gumbel value, token, z
+
+
 @triton.jit
 def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
-    """The row's max, sum of exp2, sum and drawn group from its chunks' partials;
-    the row's counter goes back to 0 for the next call."""
+    """The row's max, sum of exp2 and sum, and the token drawn (the draw of the chunk whose
+    group won, each chunk's resolved before it counted itself done, so none of it waits
+    on a load here), from its chunks' partials; the row's counter goes back to 0 for the next call."""
     index = tl.arange(0, MAX_CHUNKS)
     valid = index < chunks
-    slots = partial_ptr + (b * chunks + index) * 5
+    slots = partial_ptr + (b * chunks + index) * PARTIALS
     ms = tl.load(slots, mask=valid, other=float("-inf"), cache_modifier=".cg")
     ss = tl.load(slots + 1, mask=valid, other=0.0, cache_modifier=".cg")
     zsums = tl.load(slots + 2, mask=valid, other=0.0, cache_modifier=".cg")
     bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
-    groups = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
+    tokens = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
+    z_toks = tl.load(slots + 5, mask=valid, other=0.0, cache_modifier=".cg")
     tl.store(count_ptr + b, 0)
-    m, s, zsum, _, _, group = _row_stats(ms, ss, zsums, ms, bests, groups)  # no min of z for plain sampling
-    return m, s, zsum, group
+    m, s, zsum, _, _, winner = _row_stats(ms, ss, zsums, ms, bests, index)  # no min of z for plain sampling
+    won = index == winner  # chunks hold increasing groups: ties go to the lowest group, as within a chunk
+    return m, s, zsum, tl.sum(tl.where(won, tokens, 0), 0), tl.sum(tl.where(won, z_toks, 0.0), 0)
 
 
 @triton.jit
@@ -267,22 +276,24 @@ def _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, po
     tl.store(mean_ptr + b, (zsum / V - lse) * LN2)
 
 
-@triton.jit(do_not_specialize=["shift", "chunk_spans", "chunks"])
+@triton.jit(do_not_specialize=["shift", "spans", "chunks"])
 def _sample_kernel(
     logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
-    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, chunk_spans, chunks,
+    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
     FAST: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Program (b, c) reads spans [c * chunk_spans, (c + 1) * chunk_spans) of row b (SPLIT_ROW:
-    plain sampling only; the last of a row's programs to finish combines their partials)."""
+    """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
+    spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
+    their partials)."""
     SPAN: tl.constexpr = 4 * ROWS * RUN
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
     key = tl.load(seeds_ptr + b) + shift
-    start = tl.program_id(1) * chunk_spans * SPAN  # a multiple of the span, as the compiler sees
-    stop = tl.minimum(start + chunk_spans * SPAN, V)
+    c = tl.program_id(1)
+    start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
+    stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
     full = stop - (stop - start) % SPAN  # only the row's end is ragged
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
@@ -301,18 +312,20 @@ def _sample_kernel(
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
-        slot = partial_ptr + (b * chunks + tl.program_id(1)) * 5
+        # this chunk's draw, resolved now, while other programs still read: the last one only combines
+        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)
+        slot = partial_ptr + (b * chunks + c) * PARTIALS
         tl.store(slot, m)
         tl.store(slot + 1, s)
         tl.store(slot + 2, zsum)
         tl.store(slot + 3, top)
-        tl.store(slot + 4, group.to(tl.float32, bitcast=True))
+        tl.store(slot + 4, token.to(tl.float32, bitcast=True))
+        tl.store(slot + 5, z_tok)
         tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
-            m, s, zsum, group = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
+            m, s, zsum, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
             lse = m + tl.log2(s)
-            token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)
             _finish(b, lse, lse, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
         lse = m + tl.log2(s)
@@ -348,6 +361,18 @@ def _sample_kernel(
 
 MAX_CHUNKS = 64
 PROGRAMS_PER_SM = 4  # plain sampling splits rows into at most this many programs per SM (one wave: 64 registers)
+REGISTERS_PER_SM = 65536
+
+
+def register_cap(num_warps, filtered):
+    """Plain sampling: the registers per thread that keep PROGRAMS_PER_SM programs resident (64 at 8
+    warps; Triton 3.6 takes 78 unasked, a program per SM fewer, and ptxas then spills only outside
+    the loop). None (the compiler's choice) where filtered (a program per row) or where the cap
+    would be under 64 or over 255."""
+    cap = REGISTERS_PER_SM // (PROGRAMS_PER_SM * num_warps * 32)
+    return None if filtered or not 64 <= cap <= 255 else cap
+
+
 _COUNTERS: dict = {}  # (device, stream) -> int32 per row, left at 0 by every call
 
 
@@ -389,16 +414,16 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         chunks = 1
     elif chunks is None:
         chunks = 1 if interpreted else max(1, PROGRAMS_PER_SM * _multiprocessors(device) // b)
-    chunk_spans = triton.cdiv(spans, max(1, min(chunks, spans, MAX_CHUNKS)))
-    chunks = triton.cdiv(spans, chunk_spans)  # no empty chunk
-    partials = torch.empty(b * chunks * 5 if chunks > 1 else 1, dtype=torch.float32, device=device)
+    chunks = max(1, min(chunks, spans, MAX_CHUNKS))  # every chunk gets a span or more
+    partials = torch.empty(b * chunks * PARTIALS.value if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
+    num_warps = num_warps or (1 if interpreted else 8)
     _sample_kernel[(b, chunks)](
         logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
-        tokens, logprob, policy, mean, partials, _counters(device, b), v, chunk_spans, chunks,
+        tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages,
-        num_warps=num_warps or (1 if interpreted else 8),
+        num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean
