@@ -2,7 +2,7 @@
 # The GPU check, for a lent GPU machine (torch with CUDA, nvcc, Triton, ninja;
 # nothing can be downloaded there): build, run the tests that need a GPU (the
 # CUDA and bf16 Triton ones; the CPU ones run in CI), run the benchmarks and
-# print their tables. Results: benchmarks/results/<gpu>/*.json, also copied to
+# print their tables. Results: benchmarks/results/<gpu>/*.json, this run's also copied to
 # $OUT if set.
 #
 #   benchmarks/gpu_check.sh [all|sampling|rest]
@@ -25,6 +25,7 @@ SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
 SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,4096x8s4p1,8192x8s4
 status=0
 t0=$(date +%s)
+started=$(mktemp)  # results newer than this are this run's
 stamp() { echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
 xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
 
@@ -81,6 +82,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
 fi
 
 results=$(results_dir)
-if [ -n "${OUT:-}" ] && [ -d "$results" ]; then cp "$results"/*.json "$OUT"/ 2>/dev/null || true; fi
+# only this run's results: the device tool brings back a limited number of files, logs first
+if [ -n "${OUT:-}" ] && [ -d "$results" ]; then find "$results" -name '*.json' -newer "$started" -exec cp {} "$OUT"/ \; ; fi
 stamp "done (status $status); results in $results"
 exit $status
