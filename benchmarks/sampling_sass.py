@@ -68,7 +68,8 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True):
 
 def loops(sass):
     """Each loop (a backward branch) as (start, end, Counter of opcodes in its body), and
-    whether it is innermost (holds no other loop)."""
+    whether it is innermost (holds no other loop). The body's count includes blocks that a
+    forward branch may skip (see skippable)."""
     lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
     address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
     spans = [(int(m.group(1), 16), a) for line, a in zip(lines, address)
@@ -83,6 +84,19 @@ def loops(sass):
         innermost = not any(start <= s0 and e0 <= end and (s0, e0) != (start, end) for s0, e0 in spans)
         found.append((start, end, opcodes, innermost))
     return found
+
+
+def skippable(sass, start, end):
+    """Instructions of the loop [start, end] that a conditional forward branch inside it can
+    jump over (e.g. the groups' Philox, run once every four spans)."""
+    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
+    skipped = set()
+    for line, a in zip(lines, address):
+        m = re.search(r"@!?P\d\s+BRA (0x[0-9a-f]+)", line)
+        if m and start <= a < int(m.group(1), 16) <= end:
+            skipped.update(b for b in address if a < b < int(m.group(1), 16))
+    return len(skipped)
 
 
 def main():
@@ -102,7 +116,8 @@ def main():
         for start, end, opcodes, innermost in sorted(loops(sass)):
             count = sum(opcodes.values())
             print(f"  loop {start:#06x}-{end:#06x}{' (innermost)' if innermost else ''}: {count} instructions, "
-                  f"{count / per_thread:.1f} per token; SHFL {opcodes['SHFL']}, BAR {opcodes['BAR']}, "
+                  f"{count / per_thread:.1f} per token ({skippable(sass, start, end)} behind a branch); "
+                  f"SHFL {opcodes['SHFL']}, BAR {opcodes['BAR']}, "
                   f"MUFU {opcodes['MUFU']}; " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(8)))
 
 

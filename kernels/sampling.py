@@ -7,12 +7,14 @@ probability p / mass(group). A group is what one thread reads of a span (4 * ROW
 tokens): four runs of RUN consecutive tokens (16 bytes of logits, one load: 8 bf16 or
 fp16, 4 fp32), ROWS * RUN tokens apart; group g holds tokens span(g // ROWS) +
 RUN * (ROWS * l + g % ROWS) + j for l < 4, j < RUN. The pass over the row thus costs one
-exp2 per token for the log-sum-exp, and the noise (one Philox counter and two log2) once
-per group of 32 bf16 tokens, with no exchange between threads; only the drawn group is
-read again. Noise: Philox (4x32, 10 rounds) keyed by seed and offset, one stream for
-groups (group g: output 0 of counter g) and one for tokens (token t: output t % 4 of
-counter t // 4). The layout is fixed in tokens, so no tuning knob (warps, programs per
-row, pipeline stages, search tile and arity) and no other row changes a token.
+exp2 per token for the log-sum-exp, and the noise (two log2, and a quarter of a Philox
+counter) once per group of 32 bf16 tokens, with no exchange between threads; only the
+drawn group is read again. Noise: Philox (4x32, 10 rounds) keyed by seed and offset, one
+stream for groups (group g of span q, g = q * ROWS + r: output q % 4 of counter
+(q // 4) * ROWS + r, so the thread that holds group r of four spans runs Philox once for
+them) and one for tokens (token t: output t % 4 of counter t // 4). The layout is fixed
+in tokens, so no tuning knob (warps, programs per row, pipeline stages, search tile and
+arity) and no other row changes a token.
 
 With top-k or top-p each cutoff is the largest row value v with count(z >= v) >= k,
 resp. mass(z >= v) >= top_p of the top-k mass, found by a SPLIT-ary search on the
@@ -154,18 +156,32 @@ def _group_min(x):
 
 
 @triton.jit
-def _group_pick(log_mass, v0, key, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
-    """The running Gumbel-max over the groups of the span at v0, log_mass[r] the log2 mass of
-    group g = v0 / (4 RUN) + r, whose noise is output 0 of the groups' counter g; replaced on a
-    strictly larger value (ties, which need equal float keys: the first seen)."""
-    groups = tl.arange(0, ROWS) + v0 // (4 * RUN)
-    g = log_mass + _gumbel(tl.randint(key ^ GROUP_STREAM, groups), FAST)
-    better = g > best
-    return tl.where(better, g, best), tl.where(better, groups, best_group)
+def _group_noise(key, v0, RUN: tl.constexpr):
+    """Noise bits for group r of the four spans 4 * (q // 4) + k, k < 4, q the span at v0:
+    output k of Philox counter (q // 4) * ROWS + r. One thread holds group r of each, so it
+    runs Philox once per four of its groups (_span_bits picks the span's output)."""
+    return tl.randint4x(key ^ GROUP_STREAM, tl.arange(0, ROWS) + (v0 // (16 * ROWS * RUN)) * ROWS)
 
 
 @triton.jit
-def _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
+def _span_bits(v0, n0, n1, n2, n3, RUN: tl.constexpr):
+    """The span at v0's output of _group_noise."""
+    k = (v0 // (4 * ROWS * RUN)) % 4
+    return tl.where(k == 0, n0, tl.where(k == 1, n1, tl.where(k == 2, n2, n3)))
+
+
+@triton.jit
+def _group_pick(log_mass, v0, bits, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
+    """The running Gumbel-max over the groups of the span at v0, log_mass[r] the log2 mass of
+    group g = v0 / (4 RUN) + r, bits its noise (_span_bits); replaced on a strictly larger
+    value (ties, which need equal float keys: the first seen)."""
+    g = log_mass + _gumbel(bits, FAST)
+    better = g > best
+    return tl.where(better, g, best), tl.where(better, tl.arange(0, ROWS) + v0 // (4 * RUN), best_group)
+
+
+@triton.jit
+def _first_pass(x, ok, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
                 FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
     """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
     logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
@@ -183,7 +199,7 @@ def _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group, MASKE
     if FILTER:
         zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")) if MASKED else x) * scale)
     else:
-        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, key, best, best_group, RUN, FAST)
+        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 
@@ -196,13 +212,13 @@ def _row_stats(m, s, zsum, zmin, best, best_group):
 
 
 @triton.jit
-def _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best, best_group,
+def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, best_group,
                RUN: tl.constexpr, FAST: tl.constexpr):
     """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per group)."""
     x, _ = _span(logits_ptr, row, v0, V, RUN, True)
     z = x * scale  # as the search passes compute it: the cutoff compares the same floats
     mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
-    best, best_group = _group_pick(m + _log2(mass, FAST), v0, key, best, best_group, RUN, FAST)
+    best, best_group = _group_pick(m + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
 
@@ -303,12 +319,17 @@ def _sample_kernel(
     best_group = tl.zeros([ROWS], tl.int32)
     if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
         x, ok = _span(logits_ptr, row, full, V, RUN, True)
-        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, key, m, s, zsum, zmin, best,
-                                                         best_group, True, FILTER, RUN, FAST)
+        n0, n1, n2, n3 = _group_noise(key, full, RUN)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, _span_bits(full, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
+    n0, n1, n2, n3 = _group_noise(key, start, RUN)
     for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
         x, ok = _span(logits_ptr, row, v0, V, RUN, False)
-        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, key, m, s, zsum, zmin, best, best_group,
-                                                         False, FILTER, RUN, FAST)
+        if not FILTER:  # (the filtered first pass draws nothing)
+            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
+                n0, n1, n2, n3 = _group_noise(key, v0, RUN)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, False, FILTER, RUN, FAST)
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
@@ -351,7 +372,10 @@ def _sample_kernel(
             best = tl.full([ROWS], float("-inf"), tl.float32)
             best_group = tl.zeros([ROWS], tl.int32)
             for v0 in range(0, V, SPAN):
-                s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale, key, m, cutoff, s_kept, best,
+                if (v0 // SPAN) % 4 == 0:
+                    n0, n1, n2, n3 = _group_noise(key, v0, RUN)
+                s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale,
+                                                      _span_bits(v0, n0, n1, n2, n3, RUN), m, cutoff, s_kept, best,
                                                       best_group, RUN, FAST)
             _, group = _best_token(best, best_group)
             lse_kept = m + tl.log2(tl.sum(s_kept, None))
