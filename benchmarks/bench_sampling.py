@@ -30,7 +30,7 @@ Providers:
 - topk_multinomial (top_k+top_p): torch.topk(k), top-p on the k sorted values,
   softmax + multinomial over k, gather the index: the usual fast path when a
   small top-k is set (ties at the k-th value are not kept);
-- fastrl_triton[...] (with --configs, CUDA, at B=256 V=151936): the Triton
+- fastrl_triton[...] (with --configs, CUDA, at V=151936 and B=256 or the B after @): the Triton
   kernel at other warps and programs per row (plain) and search tiles and
   arities (top-p), to choose the defaults.
 Logits (default): Zipf-like, 1.3 x i.i.d. standard Gumbel noise per token, so
@@ -236,27 +236,29 @@ def providers(device, backend):
     ]
 
 
-CONFIG = re.compile(r"^(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?$")
+CONFIG = re.compile(r"^(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?(?:@(\d+))?$")
 
 
 def config_providers(configs):
-    """The Triton kernel at other settings, 'BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES]': tokens
+    """The Triton kernel at other settings, 'BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]': tokens
     per tile of the cutoff search, warps, thresholds per search pass, programs per row and
-    pipeline stages for plain sampling (kernels/sampling.py). Plain sampling; top-p too
-    where SPLIT is given."""
+    pipeline stages for plain sampling (kernels/sampling.py), at batch B (default 256; one of
+    the shapes run) and V=151936. Plain sampling; top-p too where SPLIT is given. Returns
+    (name, filters, fn, note, (B, V))."""
     from fastrl.kernels import sampling
 
     table = []
     for config in configs.split(","):
         match = CONFIG.match(config)
         if not match:
-            raise SystemExit(f"--configs: {config!r} is not BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES]")
-        block_v, num_warps, split, chunks, stages = match.groups()
+            raise SystemExit(f"--configs: {config!r} is not BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]")
+        block_v, num_warps, split, chunks, stages, batch = match.groups()
         knobs = dict(block_v=int(block_v), num_warps=int(num_warps), split=int(split or 4),
                      chunks=int(chunks) if chunks else None, stages=int(stages or 3))
         table.append((f"fastrl_triton[{config}]", ("plain", "top_p") if split else ("plain",),
                       lambda x, k, p, seeds, knobs=knobs: sampling.sample(x, 1.0, k or 0, p or 1.0, seeds, 0, **knobs),
-                      "kernels.sampling.sample, " + ", ".join(f"{k}={v}" for k, v in knobs.items())))
+                      "kernels.sampling.sample, " + ", ".join(f"{k}={v}" for k, v in knobs.items()),
+                      (int(batch) if batch else ACCEPTANCE_GPU[0], ACCEPTANCE_GPU[1])))
     return table
 
 
@@ -264,7 +266,7 @@ def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     backend = ops.backend_for("sample", device.type)
     table = providers(device, backend)
     if args.configs and device.type == "cuda":
-        table += [(name, runs_on, fn, note, ACCEPTANCE_GPU) for name, runs_on, fn, note in config_providers(args.configs)]
+        table += config_providers(args.configs)
     if args.providers:
         wanted = set(args.providers.split(","))
         table = [p for p in table if p[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
@@ -383,8 +385,8 @@ def add_options(parser):
                         help=f"default {', '.join(f'{k} {v}' for k, v in LOGIT_SCALES.items())}")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--configs", default=None,
-                        help="CUDA: also time the Triton kernel at these BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES] "
-                             "configs (e.g. 4096x8s4,8192x4c5p4) at B=256 V=151936")
+                        help="CUDA: also time the Triton kernel at these BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B] "
+                             "configs (e.g. 4096x8s4,8192x4c5p4,8192x8c4@64) at V=151936, B=256 unless @B")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
 

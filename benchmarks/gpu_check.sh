@@ -20,9 +20,9 @@ PY=${PYTHON:-python3}
 STAGE=${1:-all}
 LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
 SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
-# 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined (the first
-# suspect for top-p being slower than with the one-level kernel, README)
-SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,4096x8s4p1,8192x8s4
+# 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; @64: programs
+# per row at B=64 (8 by default), to see whether fewer, as c1 at B=256, are faster there too (README)
+SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,4096x8s4p1,8192x8s4,8192x8c2@64,8192x8c4@64,8192x8c8@64
 status=0
 t0=$(date +%s)
 started=$(mktemp)  # results newer than this are this run's
