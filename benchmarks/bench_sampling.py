@@ -153,7 +153,7 @@ def read_once_triton(logits):
 
     B, V = logits.shape
     tile = sampling.span(logits.dtype)
-    chunks = max(1, min(sampling.MAX_CHUNKS, sampling.PROGRAMS_PER_SM * sampling._multiprocessors(logits.device) // B))
+    chunks = sampling.programs_per_row(logits.device, B, triton.cdiv(V, tile))
     chunk = triton.cdiv(triton.cdiv(V, tile), chunks) * tile
     chunks = triton.cdiv(V, chunk)
     out = torch.empty(B, chunks, dtype=torch.float32, device=logits.device)

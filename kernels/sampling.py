@@ -397,6 +397,14 @@ def register_cap(num_warps, filtered):
     return None if filtered or not 64 <= cap <= 255 else cap
 
 
+def programs_per_row(device, rows, spans, chunks=None):
+    """Programs per row for plain sampling: chunks, or by default as many as keep PROGRAMS_PER_SM
+    per SM; at most MAX_CHUNKS, and each gets a span or more."""
+    if chunks is None:
+        chunks = PROGRAMS_PER_SM * _multiprocessors(device) // rows
+    return max(1, min(chunks, spans, MAX_CHUNKS))
+
+
 _COUNTERS: dict = {}  # (device, stream) -> int32 per row, left at 0 by every call
 
 
@@ -434,11 +442,9 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         block_v = 64 if interpreted else min(4096, max(16, triton.next_power_of_2(v)))
     filtered = top_k > 0 or top_p < 1.0
     spans = triton.cdiv(v, span(logits.dtype))
-    if filtered:
+    if filtered or (chunks is None and interpreted):
         chunks = 1
-    elif chunks is None:
-        chunks = 1 if interpreted else max(1, PROGRAMS_PER_SM * _multiprocessors(device) // b)
-    chunks = max(1, min(chunks, spans, MAX_CHUNKS))  # every chunk gets a span or more
+    chunks = programs_per_row(device, b, spans, chunks)
     partials = torch.empty(b * chunks * PARTIALS.value if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
     num_warps = num_warps or (1 if interpreted else 8)
