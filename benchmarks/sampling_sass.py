@@ -66,37 +66,32 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True):
     return registers, loads, sass
 
 
-def loops(sass):
-    """Each loop (a backward branch) as (start, end, Counter of opcodes in its body), and
-    whether it is innermost (holds no other loop). The body's count includes blocks that a
-    forward branch may skip (see skippable)."""
-    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
-    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
-    spans = [(int(m.group(1), 16), a) for line, a in zip(lines, address)
-             if (m := re.search(r"BRA (0x[0-9a-f]+)", line)) and int(m.group(1), 16) < a]
+def instructions(sass):
+    """The SASS listing as (address, instruction text) pairs."""
     found = []
-    for start, end in spans:
-        opcodes = collections.Counter()
-        for line, a in zip(lines, address):
-            if start <= a <= end:
-                text = re.sub(r"^@!?U?P[T0-9]+\s+", "", re.sub(r"^\s+/\*[0-9a-f]{4}\*/\s+", "", line))
-                opcodes[text.split()[0].split(".")[0]] += 1
-        innermost = not any(start <= s0 and e0 <= end and (s0, e0) != (start, end) for s0, e0 in spans)
-        found.append((start, end, opcodes, innermost))
+    for line in sass.splitlines():
+        if m := re.match(r"\s+/\*([0-9a-f]{4})\*/\s+(.*)", line):
+            found.append((int(m.group(1), 16), m.group(2)))
     return found
 
 
-def skippable(sass, start, end):
-    """Instructions of the loop [start, end] that a conditional forward branch inside it can
-    jump over (e.g. the groups' Philox, run once every four spans)."""
-    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
-    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in lines]
-    skipped = set()
-    for line, a in zip(lines, address):
-        m = re.search(r"@!?P\d\s+BRA (0x[0-9a-f]+)", line)
-        if m and start <= a < int(m.group(1), 16) <= end:
-            skipped.update(b for b in address if a < b < int(m.group(1), 16))
-    return len(skipped)
+def loops(sass):
+    """Each loop (a backward branch) as (start, end, Counter of opcodes in its body, whether it
+    is innermost (holds no other loop), how many of its instructions a conditional forward
+    branch inside it can jump over (e.g. the groups' Philox, run once every four spans))."""
+    code = instructions(sass)
+    branches = [(a, int(m.group(1), 16), text.startswith("@") and not text.startswith("@PT ")) for a, text in code
+                if (m := re.search(r"BRA (0x[0-9a-f]+)", text))]
+    spans = [(target, a) for a, target, _ in branches if target < a]
+    found = []
+    for start, end in spans:
+        opcodes = collections.Counter(re.sub(r"^@!?U?P[T0-9]+\s+", "", text).split()[0].split(".")[0]
+                                      for a, text in code if start <= a <= end)
+        innermost = not any(start <= s0 and e0 <= end and (s0, e0) != (start, end) for s0, e0 in spans)
+        skippable = {b for a, target, conditional in branches if conditional and start <= a < target <= end
+                     for b, _ in code if a < b < target}
+        found.append((start, end, opcodes, innermost, len(skippable)))
+    return found
 
 
 def main():
@@ -113,10 +108,10 @@ def main():
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")
-        for start, end, opcodes, innermost in sorted(loops(sass)):
+        for start, end, opcodes, innermost, skippable in sorted(loops(sass)):
             count = sum(opcodes.values())
             print(f"  loop {start:#06x}-{end:#06x}{' (innermost)' if innermost else ''}: {count} instructions, "
-                  f"{count / per_thread:.1f} per token ({skippable(sass, start, end)} behind a branch); "
+                  f"{count / per_thread:.1f} per token ({skippable} behind a branch); "
                   f"SHFL {opcodes['SHFL']}, BAR {opcodes['BAR']}, "
                   f"MUFU {opcodes['MUFU']}; " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(8)))
 
