@@ -5,13 +5,14 @@
 # print their tables. Results: benchmarks/results/<gpu>/*.json, this run's also copied to
 # $OUT if set.
 #
-#   benchmarks/gpu_check.sh [all|sampling|rest]
+#   benchmarks/gpu_check.sh [all|sampling|rest|sweep]
 #
 # sampling (about 2.5 minutes on an H200): install without the CUDA extension,
 # the sampler / rollout tests, bench_sampling with a sweep of kernel configs, and
 # its plain rows again with the L2 flushed by writing (harness.py) and at B up to 2048;
 # rest (about 5 minutes): build the CUDA extension, every other CUDA test, the
-# other benchmarks; all: both, in that order (7.5 minutes). The test logs and
+# other benchmarks; all: both, in that order (7.5 minutes); sweep (about 3 minutes): plain
+# sampling and the read-only loop over the EXPLORE grid, to choose the defaults. The test logs and
 # the benchmarks' printed tables (benchmarks.log) go to $OUT too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,12 @@ SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
 # 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; @64: programs
 # per row at B=64 (8 by default), to see whether fewer, as c1 at B=256, are faster there too (README)
 SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,4096x8s4p1,8192x8s4,8192x8c2@64,8192x8c4@64,8192x8c8@64
+# grids and loop forms for plain sampling at B=256 (and 64), the sampler and the read-only loop on the same
+# grid: cCHUNKS programs per row, pSTAGES cp.async pipeline stages, rAHEAD spans prefetched into registers
+EXPLORE=8192x8c1,8192x8c1p2,8192x8c1p4,8192x8c1p6,8192x8c1r1,8192x8c1r2,8192x8c2,8192x8c2p4,8192x8c2r1,8192x8c2r2,\
+8192x4c1p4,8192x4c1r2,8192x8c4r1,8192x8c2@64,8192x8c4@64,8192x8c8@64,8192x8c4p4@64,8192x8c4r2@64,8192x8c8r1@64,\
+once8192x8c1,once8192x8c1p4,once8192x8c1p6,once8192x8c1r1,once8192x8c1r2,once8192x8c2,once8192x8c2p4,\
+once8192x8c2r1,once8192x8c2r2,once8192x8c4,once8192x4c1r2
 status=0
 t0=$(date +%s)
 started=$(mktemp)  # results newer than this are this run's
@@ -66,6 +73,16 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   bench 60 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile \
     --providers fastrl,read_once_amax,read_once_triton --shape 512,151936 --shape 1024,151936 --shape 2048,151936 \
     --out "$(results_dir)/bench_sampling_large_batch.json"
+fi
+if [ "$STAGE" = sweep ]; then
+  stamp "install (no CUDA extension)"
+  install 1
+  stamp "sampler tiling tests (prefetch, programs per row, warps)"
+  gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py -k tiling
+  stamp "bench_sampling, plain: the EXPLORE grid"
+  bench 300 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile --repeat 30 \
+    --providers fastrl,read_once_triton --shape 64,151936 --shape 256,151936 --configs "$EXPLORE" \
+    --out "$(results_dir)/bench_sampling_sweep.json"
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "build with the CUDA extension"
