@@ -329,9 +329,11 @@ def _sample_kernel(
     zmin = tl.full([ROWS], float("inf"), tl.float32)
     best = tl.full([ROWS], float("-inf"), tl.float32)
     best_group = tl.zeros([ROWS], tl.int32)
-    # the ragged span's load is issued first, so its latency hides behind the loop's (all masked
-    # where there is none: nothing is read)
-    ragged = _span_raw(logits_ptr, row, full, stop, RUN, True)
+    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
+        x, ok = _span(logits_ptr, row, full, V, RUN, True)
+        n0, n1, n2, n3 = _group_noise(key, full, RUN)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, _span_bits(full, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
     n0, n1, n2, n3 = _group_noise(key, start, RUN)
     if PREFETCH > 0:  # the next PREFETCH spans loaded into registers while one is reduced: no shared memory, no barrier
         full = tl.multiple_of(full, SPAN)  # (it is: start is, and full - start is a multiple of the span)
@@ -359,11 +361,6 @@ def _sample_kernel(
             m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
                                                              m, s, zsum, zmin, best, best_group, False, FILTER, RUN,
                                                              FAST)
-    if full < stop:
-        n0, n1, n2, n3 = _group_noise(key, full, RUN)
-        m, s, zsum, zmin, best, best_group = _first_pass(
-            _groups(ragged, RUN), tl.reshape(_runs(full, tl.arange(0, 4 * ROWS), RUN) < V, [4, ROWS, RUN]), full,
-            scale, _span_bits(full, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
