@@ -145,10 +145,9 @@ def topk_multinomial(logits, top_k, top_p):
     return indices.gather(-1, pick).squeeze(1)
 
 
-def read_once_triton(logits, chunks=None, stages=3, num_warps=8, prefetch=0):
+def read_once_triton(logits, chunks=None, stages=3, num_warps=8):
     """Each row's max by as many programs per row, warps and tiles as the sampler's plain pass
-    (kernels/sampling.py; or chunks programs per row, the pipeline stages and warps given; prefetch:
-    that many tiles loaded ahead into registers, unpipelined, as the sampler's prefetch); each program
+    (kernels/sampling.py; or the programs per row, pipeline stages and warps given); each program
     takes an equal share of the row in whole tiles (the last less), where the sampler evens the
     shares out (9 + 9.5 tiles rather than 10 + 8.5 at V=151936)."""
     import triton
@@ -162,7 +161,7 @@ def read_once_triton(logits, chunks=None, stages=3, num_warps=8, prefetch=0):
     chunks = triton.cdiv(V, chunk)
     out = torch.empty(B, chunks, dtype=torch.float32, device=logits.device)
     _row_max_kernel()[(B, chunks)](logits, out, logits.stride(0), V, chunk, TILE=tile, STAGES=stages,
-                                   PREFETCH=prefetch, num_warps=num_warps)
+                                   num_warps=num_warps)
     return out
 
 
@@ -172,32 +171,15 @@ def _row_max_kernel():  # built on first use: a CPU run never imports triton
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, out_ptr, stride, V, chunk, TILE: tl.constexpr, STAGES: tl.constexpr,
-               PREFETCH: tl.constexpr):
+    def kernel(x_ptr, out_ptr, stride, V, chunk, TILE: tl.constexpr, STAGES: tl.constexpr):
         start = tl.program_id(1) * chunk
         stop = tl.minimum(start + chunk, V)
         row = x_ptr + tl.program_id(0).to(tl.int64) * stride
         best = tl.full([TILE], float("-inf"), tl.float32)
-        if PREFETCH > 0:
-            x = tl.load(row + start + tl.arange(0, TILE), mask=start + tl.arange(0, TILE) < stop, other=float("-inf"))
-            x2 = x
-            if PREFETCH == 2:
-                x2 = tl.load(row + start + TILE + tl.arange(0, TILE), mask=start + TILE + tl.arange(0, TILE) < stop,
-                             other=float("-inf"))
-            for v0 in tl.range(start, stop, TILE, num_stages=1):
-                cols = v0 + PREFETCH * TILE + tl.arange(0, TILE)
-                x_next = tl.load(row + cols, mask=cols < stop, other=float("-inf"))
-                best = tl.maximum(best, x.to(tl.float32))
-                if PREFETCH == 2:
-                    x = x2
-                    x2 = x_next
-                else:
-                    x = x_next
-        else:
-            for v0 in tl.range(start, stop, TILE, num_stages=STAGES):
-                cols = v0 + tl.arange(0, TILE)
-                x = tl.load(row + cols, mask=cols < stop, other=float("-inf"))
-                best = tl.maximum(best, x.to(tl.float32))
+        for v0 in tl.range(start, stop, TILE, num_stages=STAGES):
+            cols = v0 + tl.arange(0, TILE)
+            x = tl.load(row + cols, mask=cols < stop, other=float("-inf"))
+            best = tl.maximum(best, x.to(tl.float32))
         tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.max(best, 0))
 
     return kernel
@@ -259,27 +241,25 @@ def providers(device, backend):
     ]
 
 
-CONFIG = re.compile(r"^(once)?(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?(?:r(\d))?(?:@(\d+))?$")
+CONFIG = re.compile(r"^(once)?(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?(?:@(\d+))?$")
 
 
 def config_providers(configs):
-    """The Triton kernel at other settings, '[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][rAHEAD][@B]': tokens
+    """The Triton kernel at other settings, '[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]': tokens
     per tile of the cutoff search, warps, thresholds per search pass, programs per row and
-    pipeline stages for plain sampling (rAHEAD: AHEAD spans prefetched into registers instead;
-    kernels/sampling.py), at batch B (default 256; one of the shapes run) and V=151936. Plain
-    sampling; top-p too where SPLIT is given. once: read_once_triton on that grid (BLOCK: the
-    span). Returns (name, filters, fn, note, (B, V))."""
+    pipeline stages for plain sampling (kernels/sampling.py), at batch B (default 256; one of
+    the shapes run) and V=151936. Plain sampling; top-p too where SPLIT is given. once:
+    read_once_triton on that grid (BLOCK: the span). Returns (name, filters, fn, note, (B, V))."""
     from fastrl.kernels import sampling
 
     table = []
     for config in configs.split(","):
         match = CONFIG.match(config)
         if not match:
-            raise SystemExit(f"--configs: {config!r} is not [once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][rAHEAD][@B]")
-        once, block_v, num_warps, split, chunks, stages, prefetch, batch = match.groups()
+            raise SystemExit(f"--configs: {config!r} is not [once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]")
+        once, block_v, num_warps, split, chunks, stages, batch = match.groups()
         shape = (int(batch) if batch else ACCEPTANCE_GPU[0], ACCEPTANCE_GPU[1])
-        knobs = dict(num_warps=int(num_warps), chunks=int(chunks) if chunks else None, stages=int(stages or 3),
-                     prefetch=int(prefetch or 0))
+        knobs = dict(num_warps=int(num_warps), chunks=int(chunks) if chunks else None, stages=int(stages or 3))
         if once:
             table.append((f"read_once_triton[{config}]", ("plain",),
                           lambda x, k, p, seeds, knobs=knobs: read_once_triton(x, **knobs),
@@ -299,7 +279,8 @@ def cases(shapes, filters, device, dtype, args, compiled: CompileState):
         table += config_providers(args.configs)
     if args.providers:
         wanted = set(args.providers.split(","))
-        table = [p for p in table if p[0].split("[")[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
+        table = [p for p in table
+                 if p[0].split("[")[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
     if args.no_compile:
         table = [p for p in table if p[0] != "hf_sort_compiled"]
     found = []
@@ -416,8 +397,8 @@ def add_options(parser):
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--configs", default=None,
                         help="CUDA: also time the Triton kernel at these "
-                             "[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][rAHEAD][@B] configs (e.g. 4096x8s4,8192x4c5p4,8192x8c1r2,8192x8c4@64; once: the read-only "
-                             "loop) at V=151936, B=256 unless @B")
+                             "[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B] configs (e.g. 4096x8s4,8192x4c5p4,"
+                             "once8192x8c1,8192x8c4@64; once: the read-only loop) at V=151936, B=256 unless @B")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
 

@@ -21,15 +21,15 @@ PY=${PYTHON:-python3}
 STAGE=${1:-all}
 LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
 SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
-# 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; @64: programs
-# per row at B=64 (8 by default), to see whether fewer, as c1 at B=256, are faster there too (README)
-SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c5,8192x8c2p2,8192x8c2p4,8192x16c1,8192x16c2,4096x8s4,4096x8s4p1,8192x8s4,8192x8c2@64,8192x8c4@64,8192x8c8@64
-# grids and loop forms for plain sampling at B=256 (and 64), the sampler and the read-only loop on the same
-# grid: cCHUNKS programs per row, pSTAGES cp.async pipeline stages, rAHEAD spans prefetched into registers
-EXPLORE=8192x8c1,8192x8c1p2,8192x8c1p4,8192x8c1p6,8192x8c1r1,8192x8c1r2,8192x8c2,8192x8c2p4,8192x8c2r1,8192x8c2r2,\
-8192x4c1p4,8192x4c1r2,8192x8c4r1,8192x8c2@64,8192x8c4@64,8192x8c8@64,8192x8c4p4@64,8192x8c4r2@64,8192x8c8r1@64,\
-once8192x8c1,once8192x8c1p4,once8192x8c1p6,once8192x8c1r1,once8192x8c1r2,once8192x8c2,once8192x8c2p4,\
-once8192x8c2r1,once8192x8c2r2,once8192x8c4,once8192x4c1r2
+# 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; c2 at B=256
+# and c2, c8 at B=64: programs per row beside the defaults (1 and 4: two programs per SM)
+SWEEP=8192x8c1,8192x8c2,8192x8c3,8192x8c2p4,8192x16c1,4096x8s4,4096x8s4p1,8192x8s4,8192x8c2@64,8192x8c4@64,\
+8192x8c8@64,once8192x8c2
+# grids for plain sampling at B=256 (and 64), the sampler and the read-only loop on the same grid:
+# cCHUNKS programs per row, pSTAGES cp.async pipeline stages
+EXPLORE=8192x8c1,8192x8c1p2,8192x8c1p4,8192x8c1p6,8192x8c2,8192x8c2p4,8192x4c1p4,\
+8192x8c2@64,8192x8c4@64,8192x8c8@64,8192x8c4p4@64,\
+once8192x8c1,once8192x8c1p4,once8192x8c1p6,once8192x8c2,once8192x8c2p4,once8192x8c4
 status=0
 t0=$(date +%s)
 started=$(mktemp)  # results newer than this are this run's
@@ -77,7 +77,7 @@ fi
 if [ "$STAGE" = sweep ]; then
   stamp "install (no CUDA extension)"
   install 1
-  stamp "sampler tiling tests (prefetch, programs per row, warps)"
+  stamp "sampler tiling tests (programs per row, warps)"
   gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py -k tiling
   stamp "bench_sampling, plain: the EXPLORE grid"
   bench 300 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile --repeat 30 \

@@ -84,7 +84,7 @@ def main():
             rows.append({"variant": name, "median_ms": ms, "B": B, "V": V, "chunks": args.chunks,
                          "floor_ms": floor_ms, "device": harness.device_name(device)})
             print(f"  {name:<50} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")
-    out = Path(args.out) if args.out else harness.RESULTS / harness.device_slug(device) / "sampling_ablation.json"
+    out = Path(args.out) if args.out else harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
 

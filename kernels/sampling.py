@@ -89,30 +89,18 @@ def _runs(v0, i, RUN: tl.constexpr):
 
 
 @triton.jit
-def _span_raw(logits_ptr, row, v0, bound, RUN: tl.constexpr, MASKED: tl.constexpr):
-    """The logits of the span at v0 as loaded, [4 * ROWS, RUN] (MASKED: -inf at and past bound).
-    Loaded as [4 * ROWS, RUN], whose only contiguous axis is the run's, so every Triton version
-    gives each thread whole runs and one thread a group's four; a [4, ROWS, RUN] load leaves
-    the order of the two strided axes to the version (Triton 3.6 spread each group over four
-    threads)."""
+def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
+    """The logits of the span at v0 in float32 as [4, ROWS, RUN] (element (l, r, j): run l of
+    group r; MASKED: padding -inf) and where they are < V. Loaded as [4 * ROWS, RUN], whose
+    only contiguous axis is the run's, so every Triton version gives each thread whole runs
+    and one thread a group's four; a [4, ROWS, RUN] load leaves the order of the two
+    strided axes to the version (Triton 3.6 spread each group over four threads)."""
     cols = _runs(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN)
     if MASKED:
-        return tl.load(logits_ptr + row + cols, mask=cols < bound, other=float("-inf"))
+        x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
-        return tl.load(logits_ptr + row + cols)
-
-
-@triton.jit
-def _groups(raw, RUN: tl.constexpr):
-    """A span as loaded -> [4, ROWS, RUN] float32, element (l, r, j): run l of group r."""
-    return tl.reshape(raw.to(tl.float32), [4, ROWS, RUN])
-
-
-@triton.jit
-def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
-    """The span at v0 as _groups (MASKED: padding -inf) and where its tokens are < V."""
-    cols = _runs(v0, tl.arange(0, 4 * ROWS), RUN)
-    return _groups(_span_raw(logits_ptr, row, v0, V, RUN, MASKED), RUN), tl.reshape(cols < V, [4, ROWS, RUN])
+        x = tl.load(logits_ptr + row + cols)
+    return tl.reshape(x.to(tl.float32), [4, ROWS, RUN]), tl.reshape(cols < V, [4, ROWS, RUN])
 
 
 @triton.jit
@@ -310,7 +298,7 @@ def _sample_kernel(
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
-    FAST: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
     spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
@@ -335,32 +323,13 @@ def _sample_kernel(
         m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, _span_bits(full, n0, n1, n2, n3, RUN),
                                                          m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
     n0, n1, n2, n3 = _group_noise(key, start, RUN)
-    if PREFETCH > 0:  # the next PREFETCH spans loaded into registers while one is reduced: no shared memory, no barrier
-        full = tl.multiple_of(full, SPAN)  # (it is: start is, and full - start is a multiple of the span)
-        ahead = _span_raw(logits_ptr, row, start, full, RUN, True)  # masked at full: nothing read past it
-        ahead2 = _span_raw(logits_ptr, row, start + SPAN, full, RUN, True) if PREFETCH == 2 else ahead
-        for v0 in tl.range(start, full, SPAN, num_stages=1):
-            x = _groups(ahead, RUN)
-            if PREFETCH == 2:
-                ahead = ahead2
-                ahead2 = _span_raw(logits_ptr, row, v0 + 2 * SPAN, full, RUN, True)
-            else:
-                ahead = _span_raw(logits_ptr, row, v0 + SPAN, full, RUN, True)
-            if not FILTER:
-                if (v0 // SPAN) % 4 == 0:
-                    n0, n1, n2, n3 = _group_noise(key, v0, RUN)
-            m, s, zsum, zmin, best, best_group = _first_pass(x, x, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
-                                                             m, s, zsum, zmin, best, best_group, False, FILTER, RUN,
-                                                             FAST)
-    else:
-        for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-            x, ok = _span(logits_ptr, row, v0, V, RUN, False)
-            if not FILTER:  # (the filtered first pass draws nothing)
-                if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
-                    n0, n1, n2, n3 = _group_noise(key, v0, RUN)
-            m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
-                                                             m, s, zsum, zmin, best, best_group, False, FILTER, RUN,
-                                                             FAST)
+    for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
+        x, ok = _span(logits_ptr, row, v0, V, RUN, False)
+        if not FILTER:  # (the filtered first pass draws nothing)
+            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
+                n0, n1, n2, n3 = _group_noise(key, v0, RUN)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, False, FILTER, RUN, FAST)
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
@@ -415,21 +384,23 @@ def _sample_kernel(
 
 
 MAX_CHUNKS = 64
-PROGRAMS_PER_SM = 4  # plain sampling splits rows into at most this many programs per SM (one wave: 64 registers)
+PROGRAMS_PER_SM = 2  # plain sampling splits rows into about this many programs per SM (H200: 2 beat 4 at B=64 and 256)
+RESIDENT_PER_SM = 4  # registers are capped so that this many fit on an SM (64 at 8 warps) where rows alone fill it
 REGISTERS_PER_SM = 65536
 
 
 def register_cap(num_warps, filtered):
-    """Plain sampling: the registers per thread that keep PROGRAMS_PER_SM programs resident (64 at 8
+    """Plain sampling: the registers per thread that keep RESIDENT_PER_SM programs resident (64 at 8
     warps; Triton 3.6 takes 78 unasked, a program per SM fewer, and ptxas then spills only outside
-    the loop). None (the compiler's choice) where filtered (a program per row) or where the cap
-    would be under 64 or over 255."""
-    cap = REGISTERS_PER_SM // (PROGRAMS_PER_SM * num_warps * 32)
+    the loop), for grids of one program per row with more rows than twice the SMs. None (the
+    compiler's choice) where filtered (a program per row) or where the cap would be under 64
+    or over 255."""
+    cap = REGISTERS_PER_SM // (RESIDENT_PER_SM * num_warps * 32)
     return None if filtered or not 64 <= cap <= 255 else cap
 
 
 def programs_per_row(device, rows, spans, chunks=None):
-    """Programs per row for plain sampling: chunks, or by default as many as keep PROGRAMS_PER_SM
+    """Programs per row for plain sampling: chunks, or by default as many as make PROGRAMS_PER_SM
     per SM; at most MAX_CHUNKS, and each gets a span or more."""
     if chunks is None:
         chunks = PROGRAMS_PER_SM * _multiprocessors(device) // rows
@@ -453,18 +424,13 @@ def _multiprocessors(device):
 
 
 def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
-           stages=3, prefetch=0):
+           stages=3):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
-    per row for plain sampling, at most 64; default: as many as keep the programs within
-    PROGRAMS_PER_SM per SM), stages (Triton's software pipelining of the first pass: spans in
-    flight + 1), prefetch (1 or 2: the first pass loads that many spans ahead into registers
-    instead, unpipelined: no shared memory, no barrier per span, 80+ registers), and for the
-    cutoff search block_v (tokens per tile, a power of 2 >= 4) and split (thresholds per
-    pass, a power of 2)."""
-    if prefetch not in (0, 1, 2):
-        raise ValueError(f"prefetch must be 0, 1 or 2 spans, got {prefetch!r}")
+    per row for plain sampling, at most 64; default: as many as make PROGRAMS_PER_SM per
+    SM), stages (Triton's software pipelining of the first pass: spans in flight + 1), and for the cutoff search block_v (tokens per tile, a power of 2 >= 4)
+    and split (thresholds per pass, a power of 2)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -488,7 +454,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
-        STAGES=stages, PREFETCH=prefetch,
-        num_warps=num_warps, maxnreg=None if prefetch else register_cap(num_warps, filtered),
+        STAGES=stages,
+        num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean
