@@ -4,7 +4,8 @@ removed, one program per row, against the read-only loop on the same grid (issue
 Each variant is kernels/sampling.py with some lines replaced (its outputs are then
 wrong: timing only), loaded by path. Parts:
 - noise: the groups' Philox and Gumbel pick (the running best becomes a sum of the masses);
-- resolve: the drawn group's second read and its tokens' noise (the token is the group);
+- resolve: the drawn group's second read and its tokens' noise (the token is the group; with
+  rows split, each program's);
 - zsum: the sum of the logits (mean_logp);
 - max: the running max per group (exp2 against a fixed reference, 0: safe for these logits).
 Timing as bench_sampling's (harness.time_ms, L2 flushed clean), median of --repeat.
@@ -31,10 +32,12 @@ KERNEL = Path(__file__).resolve().parents[1] / "kernels" / "sampling.py"
 PARTS = {
     "noise": [("        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)",
                "        best, best_group = best + mass, best_group"),
-              ("                if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is "
-               "drawn above)\n                    n0, n1, n2, n3 = _group_noise(key, v0, RUN)",
-               "                pass")],
+              ("            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is "
+               "drawn above)\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)",
+               "            pass")],
     "resolve": [("        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST)",
+                 "        token, z_tok = group, top"),
+                ('        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)',
                  "        token, z_tok = group, top")],
     "zsum": [("    else:\n        zsum += _group_sum(x)", "    else:\n        zsum += 0.0")],
     "max": [("    m_new = tl.maximum(m, _group_max(x) * scale)", "    m_new = tl.maximum(m, 0.0)")],

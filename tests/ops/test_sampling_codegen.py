@@ -41,3 +41,17 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     for line in innermost:
         assert "SHFL 0," in line and int(re.search(r"BAR (\d+)", line).group(1)) <= 2, line
         assert float(re.search(r"([\d.]+) per token", line).group(1)) < budget, line
+
+
+def test_ablation_variants_apply_to_the_kernel(tmp_path):
+    """benchmarks/sampling_ablation.py cuts parts out of kernels/sampling.py by replacing its
+    lines; each replacement must still find its line once, and each variant must load."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import sampling_ablation
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for removed in sampling_ablation.VARIANTS:
+        variant = sampling_ablation.load_variant(removed, tmp_path)
+        assert callable(variant.sample)
+        assert ("= _resolve(" in Path(variant.__file__).read_text()) == ("resolve" not in removed)
