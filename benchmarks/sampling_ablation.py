@@ -1,16 +1,24 @@
 """Where plain sampling's time goes on a GPU: the Triton sampler with parts of its work
-removed, one program per row, against the read-only loop on the same grid (issue 5).
+removed or done another way, one program per row, against the read-only loop on the same
+grid (issue 5).
 
 Each variant is kernels/sampling.py with some lines replaced (its outputs are then
-wrong: timing only), loaded by path. Parts:
+wrong or unguarded: timing only), loaded by path. Parts removed:
 - noise: the groups' Philox and Gumbel pick (the running best becomes a sum of the masses);
 - resolve: the drawn group's second read and its tokens' noise (the token is the group; with
   rows split, each program's);
 - zsum: the sum of the logits (mean_logp);
 - max: the running max per group (exp2 against a fixed reference, 0: safe for these logits).
+Forms tried (--variants), timing only:
+- lagged: a span's exp2 against the max of the spans before it, not its own (its own max
+  then no longer gates its exp2s; unguarded: overflows where a token tops that by 128);
+- nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two);
+- ragged_last: the ragged span's load issued before the loop, reduced after it (with nocap:
+  held in registers through the loop rather than spilled).
 Timing as bench_sampling's (harness.time_ms, L2 flushed clean), median of --repeat.
 
     python benchmarks/sampling_ablation.py [--shape 256,151936] [--repeat 30] [--out PATH]
+        [--variants noise+resolve,lagged+nocap,...]
 """
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ import harness  # noqa: E402
 
 KERNEL = Path(__file__).resolve().parents[1] / "kernels" / "sampling.py"
 PARTS = {
-    "noise": [("        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)",
+    "noise": [("        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, "
+               "FAST)",
                "        best, best_group = best + mass, best_group"),
               ("            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is "
                "drawn above)\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)",
@@ -41,7 +50,26 @@ PARTS = {
                  "        token, z_tok = group, top")],
     "zsum": [("    else:\n        zsum += _group_sum(x)", "    else:\n        zsum += 0.0")],
     "max": [("    m_new = tl.maximum(m, _group_max(x) * scale)", "    m_new = tl.maximum(m, 0.0)")],
+    "lagged": [("    m_ref = _reference(m_new)\n"
+                "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref\n"
+                "    s = s * tl.exp2(m - m_ref) + mass",
+                "    m_ref = _reference(m)\n"
+                "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))\n"
+                "    s = (s + mass) * tl.exp2(m_ref - _reference(m_new))")],
+    "nocap": [("maxnreg=register_cap(num_warps, filtered)", "maxnreg=None")],
+    "ragged_last": [("    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass "
+                     "whose loop results it uses\n        x, ok = _span(logits_ptr, row, full, V, RUN, True)\n",
+                     "    x_tail, ok_tail = _span(logits_ptr, row, full, V, RUN, True)\n    if False:\n"
+                     "        x, ok = x_tail, ok_tail\n"),
+                    ("    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)",
+                     "    if full < stop:\n"
+                     "        n0, n1, n2, n3 = _group_noise(key, full, RUN)\n"
+                     "        m, s, zsum, zmin, best, best_group = _first_pass(x_tail, ok_tail, full, scale, "
+                     "_span_bits(full, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best, best_group, True, FILTER, RUN, "
+                     "FAST)\n"
+                     "    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)")],
 }
+REMOVALS = ("noise", "resolve", "zsum", "max")  # the rest of PARTS are forms tried
 VARIANTS = [(), ("resolve",), ("noise",), ("zsum",), ("max",), ("noise", "resolve"),
             ("noise", "resolve", "zsum", "max")]
 
@@ -53,7 +81,7 @@ def load_variant(removed, folder):
             if source.count(old) != 1:
                 raise SystemExit(f"part {part!r}: {old!r} is not in kernels/sampling.py once; update PARTS")
             source = source.replace(old, new)
-    path = Path(folder, f"sampling_without_{'_'.join(removed) or 'nothing'}.py")
+    path = Path(folder, f"sampling_{'_'.join(removed) or 'as_is'}.py")
     path.write_text(source)  # Triton reads a kernel's source from its file
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
@@ -66,6 +94,8 @@ def main():
     parser.add_argument("--shape", default="256,151936", help="B,V (bf16)")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--chunks", type=int, default=1, help="programs per row")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated, each a +-joined list of parts and forms (default: the ablation set)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -78,16 +108,17 @@ def main():
           f"floor {floor_ms * 1e3:.1f} us; median of {args.repeat}")
     with tempfile.TemporaryDirectory() as folder:
         calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks))]
-        for removed in VARIANTS:
+        variants = VARIANTS if args.variants is None else [tuple(v.split("+")) for v in args.variants.split(",")]
+        for removed in variants:
             module = load_variant(removed, folder)
-            calls.append(("sampler without " + (", ".join(removed) or "nothing"),
+            calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is"),
                           lambda m=module: m.sample(x, 1.0, 0, 1.0, seeds, 0, chunks=args.chunks)))
         for name, call in calls:
             ms = statistics.median(harness.time_ms(call, device, 3, args.repeat))
             rows.append({"variant": name, "median_ms": ms, "B": B, "V": V, "chunks": args.chunks,
                          "floor_ms": floor_ms, "device": harness.device_name(device)})
             print(f"  {name:<50} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")
-    out = Path(args.out) if args.out else harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json"
+    out = Path(args.out or harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
 

@@ -44,14 +44,16 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
 
 
 def test_ablation_variants_apply_to_the_kernel(tmp_path):
-    """benchmarks/sampling_ablation.py cuts parts out of kernels/sampling.py by replacing its
-    lines; each replacement must still find its line once, and each variant must load."""
+    """benchmarks/sampling_ablation.py cuts parts out of kernels/sampling.py, or does them
+    another way, by replacing its lines; each replacement must still find its line once,
+    and each variant must load."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import sampling_ablation
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    for removed in sampling_ablation.VARIANTS:
+    forms = [(part,) for part in sampling_ablation.PARTS if part not in sampling_ablation.REMOVALS]
+    for removed in sampling_ablation.VARIANTS + forms + [("lagged", "nocap", "ragged_last")]:
         variant = sampling_ablation.load_variant(removed, tmp_path)
         assert callable(variant.sample)
         assert ("= _resolve(" in Path(variant.__file__).read_text()) == ("resolve" not in removed)
