@@ -108,7 +108,7 @@ def main():
           f"floor {floor_ms * 1e3:.1f} us; median of {args.repeat}")
     with tempfile.TemporaryDirectory() as folder:
         calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks))]
-        variants = VARIANTS if args.variants is None else [tuple(v.split("+")) for v in args.variants.split(",")]
+        variants = VARIANTS if args.variants is None else [tuple(p for p in v.split("+") if p) for v in args.variants.split(",")]
         for removed in variants:
             module = load_variant(removed, folder)
             calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is"),
