@@ -77,6 +77,8 @@ VARIANTS = [(), ("resolve",), ("noise",), ("zsum",), ("max",), ("noise", "resolv
 def load_variant(removed, folder):
     source = KERNEL.read_text()
     for part in removed:
+        if part not in PARTS:
+            raise SystemExit(f"unknown part {part!r}; known: {', '.join(PARTS)}")
         for old, new in PARTS[part]:
             if source.count(old) != 1:
                 raise SystemExit(f"part {part!r}: {old!r} is not in kernels/sampling.py once; update PARTS")
@@ -98,6 +100,8 @@ def main():
                         help="comma-separated, each a +-joined list of parts and forms (default: the ablation set)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("sampling_ablation.py times the Triton sampler on a CUDA GPU; none is visible")
     device = torch.device("cuda")
     B, V = (int(v) for v in args.shape.split(","))
     x = bench_sampling.make_logits(B, V, torch.bfloat16, device)
@@ -108,7 +112,8 @@ def main():
           f"floor {floor_ms * 1e3:.1f} us; median of {args.repeat}")
     with tempfile.TemporaryDirectory() as folder:
         calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks))]
-        variants = VARIANTS if args.variants is None else [tuple(p for p in v.split("+") if p) for v in args.variants.split(",")]
+        variants = VARIANTS if args.variants is None else [tuple(part for part in v.split("+") if part)
+                                                           for v in args.variants.split(",")]
         for removed in variants:
             module = load_variant(removed, folder)
             calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is"),

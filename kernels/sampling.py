@@ -429,8 +429,9 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
     per row for plain sampling, at most 64; default: as many as make PROGRAMS_PER_SM per
-    SM), stages (Triton's software pipelining of the first pass: spans in flight + 1), and for the cutoff search block_v (tokens per tile, a power of 2 >= 4)
-    and split (thresholds per pass, a power of 2)."""
+    SM), stages (Triton's software pipelining of the first pass: spans in flight + 1), and
+    for the cutoff search block_v (tokens per tile, a power of 2 >= 4) and split
+    (thresholds per pass, a power of 2)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
