@@ -11,7 +11,7 @@
 # the sampler / rollout tests, bench_sampling with a sweep of kernel configs, and
 # its plain rows again with the L2 flushed by writing (harness.py) and at B up to 2048;
 # rest (about 5 minutes): build the CUDA extension, every other CUDA test, the
-# other benchmarks; all: both, in that order (7.5 minutes); sweep (about 3 minutes): plain
+# other benchmarks; all: both, in that order (7.5 minutes); sweep (about 1 minute): plain
 # sampling and the read-only loop over the EXPLORE grid, to choose the defaults. The test logs and
 # the benchmarks' printed tables (benchmarks.log) go to $OUT too.
 set -uo pipefail
@@ -78,7 +78,7 @@ if [ "$STAGE" = sweep ]; then
   stamp "install (no CUDA extension)"
   install 1
   stamp "sampler tiling tests (programs per row, warps)"
-  gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py -k tiling
+  gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py::test_triton_tokens_do_not_depend_on_the_tiling
   stamp "bench_sampling, plain: the EXPLORE grid"
   bench 300 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile --repeat 30 \
     --providers fastrl,read_once_triton --shape 64,151936 --shape 256,151936 --configs "$EXPLORE" \

@@ -23,7 +23,6 @@ Timing as bench_sampling's (harness.time_ms, L2 flushed clean), median of --repe
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -35,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_sampling  # noqa: E402
 import harness  # noqa: E402
+from sampling_sass import KERNEL, load_kernel  # noqa: E402
 
-KERNEL = Path(__file__).resolve().parents[1] / "kernels" / "sampling.py"
 PARTS = {
     "noise": [("        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, "
                "FAST)",
@@ -85,10 +84,7 @@ def load_variant(removed, folder):
             source = source.replace(old, new)
     path = Path(folder, f"sampling_{'_'.join(removed) or 'as_is'}.py")
     path.write_text(source)  # Triton reads a kernel's source from its file
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_kernel(path)
 
 
 def main():

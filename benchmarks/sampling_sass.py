@@ -27,12 +27,20 @@ import triton
 import triton.compiler as tc
 from triton.backends.compiler import GPUTarget
 
-# By path, not through fastrl: any environment with torch and a Triton can run this (the GPU
-# machines' Triton 3.6 lays some tensors out unlike 3.9; check both).
-_spec = importlib.util.spec_from_file_location("fastrl_sampling_kernel",
-                                               Path(__file__).resolve().parents[1] / "kernels" / "sampling.py")
-sampling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sampling)
+KERNEL = Path(__file__).resolve().parents[1] / "kernels" / "sampling.py"
+
+
+def load_kernel(path=KERNEL):
+    """A kernels/sampling.py source (or an edited copy) as a module, by path, not through fastrl:
+    any environment with torch and a Triton can run this (the GPU machines' Triton 3.6 lays
+    some tensors out unlike 3.9; check both)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sampling = load_kernel()
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TYPES = {"logits_ptr": "*bf16", "stride_b": "i32", "seeds_ptr": "*i64", "shift": "i64", "scale": "fp32",
