@@ -253,8 +253,10 @@ def main(argv=None) -> int:
     x.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
     x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
     x.add_argument("--lr", type=float, help="pure: the RL learning rate (default 2e-4)")
-    x.add_argument("--policy", choices=["llama", "gru"],
-                   help="pure: the policy, a 280k-parameter Llama (default) or a 250k-parameter GRU as the prototype's")
+    x.add_argument("--policy", choices=["gru_attention", "llama", "gru"],
+                   help="pure: the policy (fastrl.experiments.pure.POLICIES): a GRU with one attention layer over "
+                        "its states (default), a Llama, or a plain GRU as the prototype's; each about 250-280k "
+                        "parameters")
     x.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")

@@ -10,23 +10,28 @@ progress (the correct answer included), ``r_triv`` for a valid restatement ``=z`
 makes none, -1 for an arithmetic error, a malformed step, a wrong or premature answer; an
 unfinished last step (the response was cut) and a missing answer score 0.
 
-Policy: a small Llama (hidden 96, 3 layers, about 280k parameters; ``policy="gru"``: a
-GRU of hidden 144, 2 layers, about 250k, the prototype's kind of policy) warmed up by
-supervised learning on correct solutions in which a restatement follows a step with
-probability 0.15 (any step, a restatement too, so restatements sometimes come two in a
-row), until its sampled accuracy, checked every 10 steps, reaches 0.5. Then RL through
-``fastrl.trainer`` (16 prompts x 8 samples, Adam 2e-4, clip 1, temperature 1, no KL, one
-on-policy update per batch) with five credit assignments: the PRM's sum-form, PURE's soft
-and strict min-form (token-mode leave-one-out baseline), the verifiable reward alone
-(RLOO) and soft min-form + 0.1 x verifiable reward.
+Policy (``POLICIES``): a GRU of two layers of 128 followed by one attention layer over its
+states (``fastrl.experiments.recurrent``, about 268k parameters; ``policy="llama"``: a
+Llama of 3 layers of 96, 280k; ``policy="gru"``: the plain GRU, 2 layers of 144, 250k, the
+prototype's kind of policy), warmed up by supervised learning on correct solutions in which
+a restatement follows a step with probability 0.15 (any step, a restatement too, so
+restatements sometimes come two in a row), until its sampled accuracy, checked every 10
+steps, reaches 0.5. Then RL through ``fastrl.trainer`` (16 prompts x 8 samples, Adam 2e-4,
+clip 1, temperature 1, no KL, one on-policy update per batch) with five credit
+assignments: the PRM's sum-form, PURE's soft and strict min-form (token-mode leave-one-out
+baseline), the verifiable reward alone (RLOO) and soft min-form + 0.1 x verifiable reward.
 
-Choices that differ from the prototype or were measured (README, "Experiments"). The
-learning rate: at its 5e-4 (for a recurrent net) the verifiable-reward baseline gained
-almost nothing on seed 0 (0.47 -> 0.49) and the sum form was hacked in neither seed; at
-3e-4 in one of two; at 2e-4 in both (by step 120). The warm-up's check interval: every
-50 steps overshot 0.5 (warm models at 0.58-0.79). The warm-up's restatements: when they
-only followed progress steps, the warm model never restated twice in a row and the sum
-form's hack (chains of restatements) was found on one seed of two within 120 steps.
+Why this policy (README, "Experiments", has the runs): the sum form's hack that the
+criteria describe (at least 10 steps per response) restates before the work is done, which
+a policy does only if a restatement does not make its next step much likelier to be wrong.
+The Llama's next step is wrong after 33% of its restatements against 15% after progress,
+so it first restates less and hacks late (after step 100) and only after the work (at most
+10 steps in 40 tokens); the plain GRU restates from the start (12 steps) but copies the
+prompt's digits from its state and RL barely improves it (min forms and verifiable reward
+end at 0.53-0.67). With attention over its states the GRU hacks the sum form within 40
+steps and its min forms learn as the Llama's do. The learning rate 2e-4 (the prototype's
+5e-4 was for its recurrent net): at 3e-4 soft min in A seed 0 ended 0.20 below the
+verifiable reward, at 5e-4 strict min collapsed in A seed 0.
 """
 from __future__ import annotations
 
@@ -128,6 +133,7 @@ VARIANTS = {
     "verifiable": {"algo.name": "rloo"},
     "soft_min+0.1vr": {"algo.name": "pure", "algo.pure_min_form": "soft", "algo.pure_verifiable_coef": 0.1},
 }
+POLICIES = ("gru_attention", "llama", "gru")  # the module docstring describes each
 SETTINGS = {"A": {"r_triv": 1.0, "steps": 120}, "B": {"r_triv": 0.8, "steps": 150}}
 
 
@@ -140,7 +146,7 @@ class Plan:
     warmup_max_steps: int = 3000
     warmup_check_every: int = 10  # the warm-up stops when sampled accuracy reaches 0.5, not far past it
     lr: float = 2e-4
-    policy: str = "llama"  # or "gru": the prototype's kind of policy (fastrl.experiments.recurrent)
+    policy: str = "gru_attention"  # POLICIES
     smoke: bool = False
 
     @classmethod
@@ -171,7 +177,9 @@ def warm_up(task, seed: int, out: Path, plan: Plan, evaluation: list[dict]) -> t
     model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load).
     Returns it, its sampled and greedy accuracy on ``evaluation`` and the log lines."""
     tokenizer = task.tokenizer()
-    if plan.policy == "gru":
+    if plan.policy == "gru_attention":
+        model = recurrent.tiny_gru(len(tokenizer), hidden_size=128, num_layers=2, seed=seed, attention_heads=4)
+    elif plan.policy == "gru":
         model = recurrent.tiny_gru(len(tokenizer), hidden_size=144, num_layers=2, seed=seed)
     else:
         model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
@@ -222,6 +230,8 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     """Every variant on every seed, in worker processes (one per core); writes
     summary.json and PNGs under output_dir and returns the summary (criteria included)."""
     plan = plan or Plan(setting)
+    if plan.policy not in POLICIES:
+        raise ValueError(f"plan.policy must be one of {', '.join(POLICIES)}, got {plan.policy!r}")
     spec = SETTINGS[setting]
     steps = plan.rl_steps or spec["steps"]
     task = ArithTask(r_triv=spec["r_triv"])

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from fastrl.cli import main  # noqa: E402
-from fastrl.experiments.pure import ArithTask, solve  # noqa: E402
+from fastrl.experiments.pure import ArithTask, Plan, run, solve  # noqa: E402
 
 ROW = {"prompt": "3+5-2+9", "digits": [3, 5, 2, 9], "ops": ["+", "-", "+"], "answer": "5"}
 
@@ -48,19 +48,27 @@ def test_warm_up_solutions_are_correct_and_score_well():
     assert all(len(task.tokenizer().encode(task.solution(r, rng))) < 40 for r in task.problems(1, 0, 50))
 
 
-@pytest.mark.parametrize("setting,lr,policy", [("A", ["--lr", "3e-4"], "llama"), ("B", [], "gru")])
+@pytest.mark.parametrize("setting,lr,policy", [("A", ["--lr", "3e-4"], "llama"), ("B", [], "gru"),
+                                               ("A", [], None)])
 def test_smoke_run(tmp_path, capsys, setting, lr, policy):
     assert main(["experiment", "pure", "--setting", setting, "--smoke", "--output-dir", str(tmp_path), *lr,
-                 "--policy", policy]) == 0
+                 *(["--policy", policy] if policy else [])]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["runs"]) == 5 and summary["smoke"]
-    assert summary["lr"] == (3e-4 if lr else 2e-4) and summary["policy"] == policy
+    assert summary["lr"] == (3e-4 if lr else 2e-4) and summary["policy"] == (policy or "gru_attention")
     warm = json.loads((tmp_path / "seed0" / "warm" / "config.json").read_text())
-    assert warm["model_type"] == {"llama": "llama", "gru": "fastrl_gru"}[policy]
+    assert warm["model_type"] == {"llama": "llama", "gru": "fastrl_gru", None: "fastrl_gru"}[policy]
+    assert warm.get("attention_heads") == {"llama": None, "gru": 0, None: 4}[policy]
     assert all(len(run["curve"]) == 3 for run in summary["runs"].values())
     assert (tmp_path / f"pure_{setting}.png").exists()
     assert "HELD" in printed or "reported" in printed
+
+
+def test_unknown_policy_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="plan.policy must be one of gru_attention, llama, gru"):
+        run("A", tmp_path, Plan("A", policy="lstm"))
+    assert not (tmp_path / "summary.json").exists()
 
 
 @pytest.mark.parametrize("args,says", [(["pure", "--lr", "0"], "must be > 0"), (["rover", "--lr", "1e-3"], "pure only"),

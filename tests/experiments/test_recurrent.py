@@ -1,5 +1,5 @@
-"""The GRU policy behaves as a Hugging Face causal LM for fastrl: padding, cache, rollout,
-training log-probs, save and load."""
+"""The GRU policy, plain and with attention over its states, behaves as a Hugging Face
+causal LM for fastrl: padding, cache, rollout, training log-probs, save and load."""
 import pytest
 import torch
 
@@ -15,9 +15,9 @@ from fastrl.trainer.rollout import rollout  # noqa: E402
 PAD, EOS, VOCAB = 0, 1, 17
 
 
-@pytest.fixture
-def model():
-    return tiny_gru(VOCAB, hidden_size=32, num_layers=2, seed=0).double()
+@pytest.fixture(params=[0, 4], ids=["plain", "attention"])
+def model(request):
+    return tiny_gru(VOCAB, hidden_size=32, num_layers=2, seed=0, attention_heads=request.param).double()
 
 
 def test_padding_does_not_reach_the_state(model):
@@ -67,7 +67,26 @@ def test_save_and_load(model, tmp_path):
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-12)
 
 
-def test_initialisation_is_pytorchs_and_seeded():
-    a, b = tiny_gru(VOCAB, 32, 2, seed=3), tiny_gru(VOCAB, 32, 2, seed=3)
+@pytest.mark.parametrize("heads", [0, 4])
+def test_initialisation_is_pytorchs_and_seeded(heads):
+    a, b = tiny_gru(VOCAB, 32, 2, seed=3, attention_heads=heads), tiny_gru(VOCAB, 32, 2, seed=3, attention_heads=heads)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert a.model.embed_tokens.weight.std() > 0.5  # nn.Embedding's N(0, 1), not transformers' std 0.02
+    if heads:  # nn.Linear's uniform(+-1/sqrt(32)), not transformers' normal(0, 0.02)
+        assert a.model.qkv.weight.abs().max() > 0.1
+
+
+def test_attention_is_causal():
+    model = tiny_gru(VOCAB, 32, 2, seed=0, attention_heads=4).double()
+    ids = torch.randint(2, VOCAB, (1, 6))
+    changed = ids.clone()
+    changed[0, 4] = (ids[0, 4] - 2 + 1) % (VOCAB - 2) + 2
+    a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :4], b[:, :4], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("heads", [-1, 5])
+def test_bad_attention_heads(heads):
+    with pytest.raises(ValueError, match="attention_heads must be 0 or divide hidden_size"):
+        tiny_gru(VOCAB, 32, 2, attention_heads=heads)
