@@ -133,7 +133,13 @@ VARIANTS = {
     "verifiable": {"algo.name": "rloo"},
     "soft_min+0.1vr": {"algo.name": "pure", "algo.pure_min_form": "soft", "algo.pure_verifiable_coef": 0.1},
 }
-POLICIES = ("gru_attention", "llama", "gru")  # the module docstring describes each
+# policy name -> (vocab_size, seed) -> a randomly initialised model; the module docstring describes each
+POLICIES = {
+    "gru_attention": lambda vocab, seed: recurrent.tiny_gru(vocab, hidden_size=128, num_layers=2, seed=seed,
+                                                            attention_heads=4),
+    "llama": lambda vocab, seed: task_lib.tiny_model(vocab, hidden_size=96, num_layers=3, seed=seed),
+    "gru": lambda vocab, seed: recurrent.tiny_gru(vocab, hidden_size=144, num_layers=2, seed=seed),
+}
 SETTINGS = {"A": {"r_triv": 1.0, "steps": 120}, "B": {"r_triv": 0.8, "steps": 150}}
 
 
@@ -177,12 +183,7 @@ def warm_up(task, seed: int, out: Path, plan: Plan, evaluation: list[dict]) -> t
     model and tokenizer are saved to ``out`` (a Hugging Face folder the RL runs load).
     Returns it, its sampled and greedy accuracy on ``evaluation`` and the log lines."""
     tokenizer = task.tokenizer()
-    if plan.policy == "gru_attention":
-        model = recurrent.tiny_gru(len(tokenizer), hidden_size=128, num_layers=2, seed=seed, attention_heads=4)
-    elif plan.policy == "gru":
-        model = recurrent.tiny_gru(len(tokenizer), hidden_size=144, num_layers=2, seed=seed)
-    else:
-        model = task_lib.tiny_model(len(tokenizer), hidden_size=96, num_layers=3, seed=seed)
+    model = POLICIES[plan.policy](len(tokenizer), seed)
     check = task.problems(seed + 1000, 0, 256 if not plan.smoke else 16)
     lines = []
 

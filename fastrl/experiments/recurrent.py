@@ -89,13 +89,14 @@ class GRUModel(PreTrainedModel):
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2)
         L = k.shape[2]
-        live = (torch.ones(B, L, dtype=torch.bool, device=hidden.device) if attention_mask is None
-                else attention_mask[:, -L:] != 0)
         query = torch.arange(L - T, L, device=hidden.device)[:, None]
         key = torch.arange(L, device=hidden.device)[None, :]
-        # a padding query sees only itself (its output is never used), so no row is empty
-        allowed = ((key <= query) & live[:, None, :]) | (key == query)
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        allowed = key <= query  # [T, L]
+        if attention_mask is not None:
+            # padding keys are skipped; a padding query sees only itself (its output is never
+            # used), so no row is empty
+            allowed = ((allowed & (attention_mask[:, -L:] != 0)[:, None, :]) | (key == query))[:, None]
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return hidden + self.o_proj(out.transpose(1, 2).reshape(B, T, H)), (k, v)
 
 
