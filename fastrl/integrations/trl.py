@@ -66,7 +66,7 @@ def selective_log_softmax(
         labels = index if row_mask is None else index.masked_fill(row_mask == 0, _IGNORED)
         return logprobs_from_logits(logits, labels, temperature, ignore_index=_IGNORED).logprob.to(dtype)
     if index.shape[-1] == 0:
-        return logits.new_zeros(index.shape, dtype=dtype)
+        return logits[..., :0].to(dtype)  # empty, but in the graph: backward works, as TRL's does
     # K per row: the first gives the row's log-sum-exp, lse = z[i0] - logp[i0], from one pass
     first = logprobs_from_logits(logits, index[..., 0], temperature).logprob
     selected = logits.gather(-1, index.long()).to(first.dtype) / temperature

@@ -40,6 +40,13 @@ def _outcome_advantages(token_level_rewards, response_mask, index, advantage_fn)
     return advantages, advantages
 
 
+def _config_value(config, key, default):
+    """config[key] from verl's AlgoConfig, an OmegaConf DictConfig or a plain dict (default where absent)."""
+    if config is None:
+        return default
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
 def _grouped(token_level_rewards, response_mask, index, method, epsilon):
     return _outcome_advantages(token_level_rewards, response_mask, index,
                                lambda scores, ids: group_advantages(scores, ids, method, epsilon))
@@ -48,8 +55,7 @@ def _grouped(token_level_rewards, response_mask, index, method, epsilon):
 def fastrl_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6,
                 norm_adv_by_std_in_grpo: bool = True, config=None, **kwargs):
     """verl's ``grpo`` (``norm_adv_by_std_in_grpo=False``: Dr.GRPO), one fused op."""
-    if config is not None:
-        norm_adv_by_std_in_grpo = getattr(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    norm_adv_by_std_in_grpo = _config_value(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     method = "grpo" if norm_adv_by_std_in_grpo else "dr_grpo"
     return _grouped(token_level_rewards, response_mask, index, method, epsilon)
 
@@ -67,10 +73,7 @@ def fastrl_rloo(token_level_rewards, response_mask, index, epsilon: float = 1e-6
 def fastrl_riskpo(token_level_rewards, response_mask, index, config=None, **kwargs):
     """RiskPO's risk-quantile advantages with question bundling (``fastrl.ops.risk_advantages``)."""
     params = dict(RISKPO_DEFAULTS)
-    section = None
-    if config is not None:
-        section = config.get("riskpo") if hasattr(config, "get") else getattr(config, "riskpo", None)
-    for source in (section or {}, kwargs):
+    for source in (_config_value(config, "riskpo", None) or {}, kwargs):
         params.update({key: source[key] for key in RISKPO_DEFAULTS if key in source})
     return _outcome_advantages(token_level_rewards, response_mask, index,
                                lambda scores, ids: risk_advantages(scores, ids, **params))

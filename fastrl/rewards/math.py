@@ -9,7 +9,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    ``\\lim`` ... the gold lacks) and equations whose left side is not a plain label
    ("7=3", "5+2=3") all reject.
 2. Normalisation: ``$``, ``\\boxed``, ``\\left/\\right``, spacing commands, ``\\text``/``\\mathrm``
-   units, currency, ordinal suffixes, degrees, thousands separators; "x = 3" -> "3",
+   units, currency, ordinal suffixes, degrees, thousands separators ("1,000", "1\\,000",
+   "1{,}000"), leading zeros ("042" is 42), ``\\varnothing`` and ``\\mathbb{R}``; "x = 3" -> "3",
    "f(z) = 2z" -> "2z" with its variable renamed to the gold's.
 3. Structure: answers split at top-level commas (and "or"/"and").  The element count
    must equal the gold's, so listing extra candidates ("3 or 4" for 3, "A, B, C, D"
@@ -19,14 +20,18 @@ How a verdict is reached (``_check`` runs in a worker process):
    ``\\cup`` unions compare as unordered lists of intervals; inequalities on one
    variable become intervals.
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
-   of arbitrary text).  Numbers compare at 30 digits.  Expressions compare by a
+   of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
+   absolute value and factorial, ``\\log_b x`` a logarithm to base b; "1.5e-3" is
+   scientific, "2e+1" is 2e + 1).  Integers and fractions compare exactly, other
+   numbers at 30 digits (in sympy's floats: 10^{400} does not overflow).  Expressions compare by a
    numeric check at random points, and by ``simplify(gold - answer) == 0`` when the
    numeric check cannot decide.  Equations compare as "same solution set": the two
    ``lhs - rhs`` differ by a nonzero constant factor.  A percentage may be read as
-   itself or divided by 100 ("25%" matches 25 and 0.25); degrees as themselves or in
-   radians ("30^\\circ" matches 30 and pi/6); a ratio of two numbers "5:8" as 5/8;
-   a plain number followed by words ("7 stuffed goats") as the number, unless the
-   words hedge or negate ("not", "or", ...).
+   itself or divided by 100 ("25%" matches 25 and 0.25), but two percentages compare as
+   written; degrees as themselves or in radians ("30^\\circ" matches 30 and pi/6); a
+   ratio of two numbers "5:8" as 5/8; a plain number followed by words ("7 stuffed
+   goats") as the number ("3 million": 3 * 10^6), unless the words hedge or negate
+   ("not", "or", "maybe", "wrong", ...).
 
 Rounding rule: a decimal literal matches an exact (or longer) value when it has at
 least 4 significant digits and equals that value rounded to the decimal's number of
@@ -37,8 +42,11 @@ decimal places.  It holds in both directions: answer "85.71" for gold 600/7 and 
 Time limit: every check runs in a pool of worker processes.  A check that exceeds
 its limit is a rejection: the hung worker is killed and replaced, and the caller
 returns within the limit plus process start-up.  ``verify_batch`` keeps the pool
-warm across calls.  The only work done on the caller's thread is string handling
-(the fast path for strings equal after normalisation and the hacking screen), which
+warm across calls; a forked child starts its own.  A daemonic process (a
+``multiprocessing.Pool`` or DataLoader worker), which may not start processes, runs
+the checks itself, stopped by SIGALRM on its main thread (elsewhere without a
+limit).  The only work done on the caller's thread is string handling (extraction,
+the fast path for strings equal after normalisation and the hacking screen), which
 is linear in the input size.
 """
 
@@ -61,40 +69,79 @@ _MAX_LEN = 2000  # longer "answers" are not answers; also bounds the work per ch
 # --------------------------------------------------------------------------- extraction
 
 
+def _closing_braces(s: str) -> dict[int, int]:
+    """Index of each balanced "{" -> index of its "}", in one pass (so extraction stays linear)."""
+    close, opened = {}, []
+    for j, c in enumerate(s):
+        if c == "{":
+            opened.append(j)
+        elif c == "}" and opened:
+            close[opened.pop()] = j
+    return close
+
+
 def _braced(s: str, i: int):
     """Content of the {...} group starting at s[i] == '{' and the index after it."""
-    depth = 0
-    for j in range(i, len(s)):
-        if s[j] == "{":
-            depth += 1
-        elif s[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return s[i + 1 : j], j + 1
-    return None, len(s)
+    j = _closing_braces(s).get(i)
+    return (None, len(s)) if j is None else (s[i + 1 : j], j + 1)
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*")
+_INNER_BOX = re.compile(r"\s*\\(?:boxed|fbox)\s*\{")
+_SPACE = re.compile(r"\s*")
 
 
 def _boxed_all(s: str) -> list[str]:
-    out = []
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*", s):
+    """The outermost boxes' contents; a box holding just another box is that box's ("\\boxed{\\boxed{3}}": 3)."""
+    out, close, end = [], None, 0
+    for m in _BOX.finditer(s):
         i = m.end()
+        if m.start() < end:  # inside the previous box
+            continue
         if i < len(s) and s[i] == "{":
-            content, _ = _braced(s, i)
-            if content is not None:
-                out.append(content)
+            close = _closing_braces(s) if close is None else close
+            j = close.get(i)
+            if j is None:
+                continue
+            end = j + 1
+            while (inner := _INNER_BOX.match(s, i + 1)) and close.get(inner.end() - 1, j) < j \
+                    and _SPACE.match(s, close[inner.end() - 1] + 1).end() == j:
+                i, j = inner.end() - 1, close[inner.end() - 1]
+            out.append(s[i + 1 : j])
         else:  # "\boxed 5"
             tok = re.match(r"[^\s$]+", s[i:])
             out.append(tok.group(0) if tok else "")
     return out
 
 
+# "the answer is", "Final Answer:", "**Answer:**" (markdown), a line starting "Answer:"
+_ANSWER_MARK = re.compile(r"(?:final\s+answer|the\s+answer)\s*[*_]*\s*(?:is\b|[:：])|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]",
+                          re.I | re.M)
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
+
+
+def _after_mark(tail: str) -> str | None:
+    """The answer that follows an answer mark: a math span that opens it (which may run over
+    lines: "is:\n\\[\n5\n\\]"), else the rest of its line up to the end of the sentence."""
+    tail = re.sub(r"^[\s*_:：]+", "", tail)
+    span = _MATH_SPAN.match(tail)
+    if span:
+        return next(g for g in span.groups() if g is not None).strip() or None
+    line = tail.split("\n", 1)[0]
+    line = re.split(r"\.\s+(?=[A-Z])", line, 1)[0]  # "5. I hope it is correct."
+    line = re.sub(r"[\s*_]*\.?[\s*_]*$", "", line)  # trailing period and markdown emphasis
+    return _strip_math_delims(line) or None
+
+
 def extract_answer(completion: str) -> str | None:
     """The final answer of a completion, or None.
 
-    Last ``\\boxed{}`` when all boxed answers agree (several different: None, so a
-    model cannot hedge by boxing several values); else the last "the answer is ..."
-    or "Answer: ..."; else a final bare expression (the last ``$...$`` of the last
-    line, or a short last line, or the last number).
+    The last ``\\boxed{}`` when all boxed answers agree as text (several different: None,
+    so a model cannot hedge by boxing several values); else what follows the last "the
+    answer is", "Final Answer:" or "Answer:" (markdown emphasis dropped; a ``$...$``,
+    ``\\[...\\]`` or ``\\(...\\)`` right after it taken whole, else the rest of the
+    sentence); else a final bare expression (the last ``$...$`` of the last line, or a
+    short last line, or the last number).
     """
     if not completion or not completion.strip():
         return None
@@ -102,13 +149,9 @@ def extract_answer(completion: str) -> str | None:
     if boxed:
         keys = {_canon(b) for b in boxed}
         return boxed[-1].strip() if len(keys) == 1 else None
-    m = list(re.finditer(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*(.+)", completion, re.I))
-    if not m:
-        m = list(re.finditer(r"^\s*\**answer\**\s*[:：]\s*(.+)$", completion, re.I | re.M))
-    if m:
-        ans = m[-1].group(1).strip()
-        ans = re.sub(r"\s*\.?\s*$", "", ans) if not re.search(r"\d\.$", ans) else ans[:-1]
-        return _strip_math_delims(ans) or None
+    marks = list(_ANSWER_MARK.finditer(completion))
+    if marks:
+        return _after_mark(completion[marks[-1].end():])
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
     last = lines[-1]
     dollars = re.findall(r"\$\$?([^$]+)\$\$?", last)
@@ -139,17 +182,19 @@ _UNITS = (
     r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*\w+|cm|mm|km|kg|mg|"
     r"meters?|metres?|feet|foot|ft|inches|inch|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|"
     r"days?|weeks?|months?|years?|degrees?|deg|liters?|litres?|ml|pounds?|lbs?|ounces?|oz|people|students|"
-    r"ways|cookies|apples|marbles|points|times|percent|grams?|kilograms?|yuan|euros?)"
+    r"ways|cookies|apples|marbles|points|times|percent|grams?|kilograms?|yuan|euros?|"
+    r"(?:km|m|mi|cm|ft|miles?|meters?|metres?|feet)\s*/\s*(?:h|hr|hours?|s|sec|seconds?|min|minutes?)(?:\^\{?2\}?)?)"
 )
 
 
 def _canon(s: str) -> str:
-    """Cheap textual normal form (used for the fast path and boxed-agreement)."""
+    """Cheap textual normal form, for boxed answers' agreement: "x = \\dfrac12" and "\\frac{1}{2}" agree."""
     s = _strip_math_delims(s or "")
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = re.sub(r"\\[,;:! ]|~|\\quad|\\qquad", " ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\s+", "", _strip_label(s)[0])
     return s.rstrip(".")
 
 
@@ -160,6 +205,10 @@ def _normalise(s: str) -> str:
         s = b[-1]
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
+    # digit groups "12\\,345", "1{,}000" (before "\\," becomes a space: "12 345" would be 12 * 345), and a
+    # whole answer "1 000 000"
+    s = re.sub(r"(?<![\d.])\d{1,3}(?:(?:\\,|\{,\})\d{3})+(?![\d.])", lambda m: re.sub(r"\D", "", m.group(0)), s)
+    s = s.replace(" ", "") if re.fullmatch(r"\s*-?\d{1,3}(?: \d{3})+(?:\.\d+)?\s*", s) else s
     s = re.sub(r"(?<!\\)\\[,;:! ]|~|\\quad|\\qquad", " ", s)  # spacing (not the "\\" row break)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     for u, l in (("∪", "\\cup"), ("≠", "\\neq"), ("×", "\\times"), ("÷", "\\div"), ("∈", "\\in")):
@@ -168,11 +217,14 @@ def _normalise(s: str) -> str:
     s = re.sub(r"\\(?:leqslant|le)(?![a-zA-Z])", "\\\\leq", s)
     s = re.sub(r"\\(?:geqslant|ge)(?![a-zA-Z])", "\\\\geq", s)
     s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("−", "-").replace("π", "\\pi").replace("∞", "\\infty")
+    s = re.sub(r"(^|[\s(\[,=])–", r"\1-", s)  # an en dash where a minus sign stands ("–7"), not in a range "1–3"
+    s = re.sub(r"\\varnothing|∅|\\\{\s*\\\}", r"\\emptyset", s)
+    s = re.sub(r"^\s*(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|ℝ|\\R)\s*$", r"(-\\infty, \\infty)", s)  # the reals
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "°", s)  # degrees: a marker, see _scalar_equal
     s = s.replace("\\%", "%")
     s = s.replace("\\$", "").replace("$", "")  # currency
     # one-letter units only when written as text ("5\,\mathrm{m}"): a bare "2m" is 2*m
-    s = re.sub(r"(?<=\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z]\s*\}\s*$", "", s)
+    s = re.sub(r"(?<=\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z]\s*\}\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
     # \text{...}/\mathrm{...}: units vanish, words stay as plain text
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname|mbox|textit|mathit)\s*\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"(\d)\s*\^?\{?(?:st|nd|rd|th)\}?(?![a-zA-Z])", r"\1", s)  # ordinals: 3rd, 12^{th}
@@ -185,7 +237,6 @@ def _normalise(s: str) -> str:
     s = re.sub(r"(?:(?<=\d)\s*|(?<=\})\s+)" + _UNITS + r"(?:\^?\{?[23]\}?)?\s*$", "", s, flags=re.I)  # trailing units
     s = re.sub(r"(?<![\d.])(\d{1,3}(?:,\d{3})+)(?![\d,])", lambda m: m.group(1).replace(",", ""), s) \
         if re.fullmatch(r"\s*-?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*%?\s*", s) else s  # 1,000,000
-    s = re.sub(r"(?<=\d)\\\s*(?=\d{3})", "", s)  # 1\,000 (thin-space separators)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     s = re.sub(r"^\([a-zA-Z](?:\s*,\s*[a-zA-Z])+\)\s*=\s*(?=\()", "", s)  # "(x, y) = (1, 2)"
     s = re.sub(r"\.\s*([\])])$", r"\1", s)  # a sentence period before the closing bracket: "(a, b.]"
@@ -315,6 +366,8 @@ def _latex_to_py(s: str) -> str | None:
     s = re.sub(r"\\lceil", " ceiling(", s).replace("\\rceil", ")")
     s = re.sub(r"\\lfloor", " floor(", s).replace("\\rfloor", ")")
     s = re.sub(r"\\pi(?![a-zA-Z])", " pi ", s)
+    s = re.sub(r"\\[lr]?vert(?![a-zA-Z])", "|", s)
+    s = _log_bases(s)
     s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh)(?![a-zA-Z])", r" \1", s)
     for g in _GREEK:
         s = re.sub(r"\\" + g + r"(?![a-zA-Z])", " " + g + " ", s)
@@ -354,30 +407,106 @@ def _latex_to_py(s: str) -> str | None:
         s = s[: m.start()] + rep + s[i:]
     if "\\" in s:
         return None  # an unknown command: not something we evaluate
+    s = re.sub(r"_\{\s*(\w+)\s*\}", r"_\1", s)  # x_{1} is x_1
     s = s.replace("{", "(").replace("}", ")").replace("^", "**")
-    s = re.sub(r"(\d)\s*[eE]\s*([+-]?\d+)(?![\d.])", r"\1*10**(\2)", s)  # 1.5e3
+    # 1.5e3, 1.5e-3, 1e-10: scientific; a one-digit signed exponent on an integer is Euler's e
+    # as LaTeX means it ("2e+1" = 2e + 1, as math-verify reads it)
+    s = re.sub(r"(?<![\d.])(\d+\.\d+|\d+)[eE](\d+|[+-]\d+)(?![\d.])",
+               lambda m: m.group(0) if "." not in m.group(1) and re.fullmatch(r"[+-]\d", m.group(2))
+               else f"{m.group(1)}*10**({m.group(2)})", s)
+    s = re.sub(r"(?<![\d.\w])0+(?=\d)", "", s)  # 042 is 42 (Python reads "042" as 0 times 42)
     s = re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", s)
     s = re.sub(r"\bln\b", "log", s)
-    s = s.replace("|", " ") if s.count("|") else s
-    if re.search(r"[^A-Za-z0-9_+\-*/(). !]", s) or "__" in s:
+    s = _abs_bars(s)
+    if s is None or re.search(r"[^A-Za-z0-9_+\-*/(). !]", s) or "__" in s:
         return None
-    s = s.replace("!", " ")  # factorial handled below
+    s = _factorials(s)
+    if s is None:
+        return None
 
     def ident(m):  # whitelist identifiers; split unknown words ("xy" -> x*y)
         w = m.group(0)
+        if w in _LETTER_CONSTANTS:
+            return _LETTER_CONSTANTS[w]
         if w in _FUNCS or w in _GREEK or w in _CONST or re.fullmatch(r"[a-zA-Z](_\w+)?", w):
             return w
-        if w == "e":
-            return "E"
         if len(w) <= 3 and w.isalpha():
-            return "*".join("E" if c == "e" else c for c in w)
+            return "*".join(_LETTER_CONSTANTS.get(c, c) for c in w)
         raise ValueError(w)
 
     try:
         s = re.sub(r"[A-Za-z_]\w*", ident, s)
     except ValueError:
         return None
-    s = re.sub(r"(?<![A-Za-z_])e(?![A-Za-z_])", "E", s)
+    return re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)(?=[A-Za-z])", r"\1*", s)  # 2E is 2 * E, not the float 2e0
+
+
+_LETTER_CONSTANTS = {"e": "E", "i": "I"}  # Euler's number and the imaginary unit
+
+
+def _log_bases(s: str) -> str:
+    """\\log_b x and \\log_{b}(x) -> (log(x)/log(b)); the argument a braced or bracketed group or one token."""
+    out = ""
+    while (m := re.search(r"\\log\s*_\s*(\{[^{}]*\}|\w)\s*", s)):
+        base, i = m.group(1).strip("{}"), m.end()
+        if i < len(s) and s[i] in "({":
+            depth, j = 0, i
+            for j in range(i, len(s)):
+                depth += s[j] in "({"
+                depth -= s[j] in ")}"
+                if depth == 0:
+                    break
+            arg, i = s[i + 1 : j], j + 1
+        else:
+            tok = re.match(r"\d+(?:\.\d+)?|[a-zA-Z]|\\[a-zA-Z]+", s[i:])
+            arg, i = (tok.group(0), i + tok.end()) if tok else ("", i)
+        out += s[: m.start()] + f"(log({arg})/log({base}))"
+        s = s[i:]
+    return out + s
+
+
+def _abs_bars(s: str) -> str | None:
+    """|x| -> Abs(x): a bar opens where an operand could start (the start, after an operator or an
+    opening bracket or bar), else closes; None where the bars do not pair up."""
+    if "|" not in s:
+        return s
+    out, depth, last = [], 0, ""  # last: the last character that is not a space, "(" for an opening bar
+    for c in s:
+        if c != "|":
+            out.append(c)
+            last = c if not c.isspace() else last
+        elif not last or last in "+-*/(^,=":
+            out.append("Abs(")
+            depth, last = depth + 1, "("
+        elif depth:
+            out.append(")")
+            depth, last = depth - 1, ")"
+        else:
+            return None
+    return "".join(out) if depth == 0 else None
+
+
+def _factorials(s: str) -> str | None:
+    """n!, x!, (n+1)! -> factorial(...); None for a "!" after anything else."""
+    while "!" in s:
+        k = s.index("!")
+        head = s[:k].rstrip()
+        if head.endswith(")"):
+            depth = 0
+            for j in range(len(head) - 1, -1, -1):
+                depth += (head[j] == ")") - (head[j] == "(")
+                if depth == 0:
+                    break
+            if depth:
+                return None
+            call = re.search(r"[A-Za-z_]\w*$", head[:j])  # f(x)!
+            j = call.start() if call else j
+        else:
+            m = re.search(r"(\d+|[A-Za-z_]\w*)$", head)
+            if not m:
+                return None
+            j = m.start()
+        s = head[:j] + "factorial(" + head[j:] + ")" + s[k + 1 :]
     return s
 
 
@@ -441,13 +570,16 @@ def _num_equal(a, b) -> bool:
     try:
         if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
             return a == b  # oo - oo is nan and |oo| scales any tolerance: compare exactly
+        if a.is_Rational and b.is_Rational:  # integers and fractions: exactly (2^64 is not 2^64 - 1)
+            return a == b
         d = sympy.N(a - b, 30)
         if d.free_symbols:
             return False
         if d == 0:
             return True
-        scale = max(1, abs(complex(sympy.N(a, 30))), abs(complex(sympy.N(b, 30))))
-        return abs(complex(d)) <= 1e-12 * scale
+        # in sympy's floats, whose exponents do not overflow (10^{400} as a Python float is inf)
+        scale = max(sympy.Integer(1), abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
+        return bool(abs(d) <= sympy.Float(1e-12) * scale)
     except Exception:
         return False
 
@@ -479,18 +611,25 @@ def _expr_equal(a, b, rng: random.Random) -> bool:
         return False
 
 
+# words after a number that hedge or negate it: "3 or 4", "3 maybe", "3 is wrong"
+_HEDGE = re.compile(r"\b(?:not|no|never|or|and|except|nor|maybe|perhaps|probably|possibly|likely|unlikely|approx\w*|"
+                    r"about|around|roughly|nearly|almost|guess\w*|unsure|uncertain|incorrect|wrong\w*|false)\b", re.I)
+_SCALE_WORDS = {"hundred": 2, "thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+
+
 def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]:
     import sympy
 
     if g.lower() == a.lower():
         return True, "same text"
     # a plain number followed by words is a number with a unit ("7 stuffed goats")
-    neg = r"\b(?:not|no|never|or|and|except|nor)\b"
-    # (a word of 3+ letters that is no function or Greek letter: "2 x" stays 2*x, "2 sin x" stays)
+    # (a word of 3+ letters that is no function or Greek letter: "2 x" stays 2*x, "2 sin x" stays;
+    # "3 million" is 3 * 10^6)
     def unit_tail(x):
         m = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
-        if m and not re.search(neg, x) and m.group(2) not in _FUNCS | _GREEK:
-            return m.group(1)
+        if m and not _HEDGE.search(x) and m.group(2) not in _FUNCS | _GREEK:
+            power = _SCALE_WORDS.get(m.group(2).lower())
+            return m.group(1) if power is None else f"{m.group(1)} \\cdot 10^{{{power}}}"
         return x
     g, a = unit_tail(g), unit_tail(a)
     # degrees: 30° may be compared with 30 or with pi/6
@@ -511,7 +650,12 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     gs, as_ = ge.free_symbols, ae.free_symbols
     if len(gs) == 1 and len(as_) == 1 and gs != as_ and {str(x) for x in gs | as_} <= params:
         ae = ae.subs(next(iter(as_)), next(iter(gs)))
-    # percentages: "50%" may mean 50 or 0.5
+    # percentages: "50%" may mean 50 or 0.5, but two percentages compare as written (50% is not 0.5%);
+    # degrees likewise
+    if gpct and apct:
+        gpct = apct = False
+    if gdeg and adeg:
+        gdeg = adeg = False
     gvals = [ge] + ([ge / 100] if gpct else []) + ([ge * sympy.pi / 180] if gdeg else [])
     avals = [ae] + ([ae / 100] if apct else []) + ([ae * sympy.pi / 180] if adeg else [])
     for gv in gvals:
@@ -524,7 +668,13 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
                 return True, "values equal"
             if (av == ae and _round_match(a.rstrip("%"), gv)) or (gv == ge and _round_match(g.rstrip("%"), av)):
                 return True, "equal after rounding (>= 4 significant digits)"
-    return False, f"{ge} != {ae}"
+    return False, f"{_short(ge)} != {_short(ae)}"
+
+
+def _short(x, most: int = 60) -> str:
+    """x as text for a reason string, cut short (a verdict on 9^{999} need not print its 1000 digits)."""
+    t = str(x)
+    return t if len(t) <= most else t[: most - 3] + "..."
 
 
 def _is_interval(s: str) -> bool:
@@ -652,11 +802,12 @@ def _check(gold: str, answer: str) -> tuple[bool, str]:
         return True, "identical after normalisation"
     rng = random.Random(0)  # deterministic verdicts
     # whole-answer structures first (a single tuple/interval/set/matrix/equation)
+    g_set, a_set = _unwrap_set(g) != g, _unwrap_set(a) != a
     g, a = _unwrap_set(g), _unwrap_set(a)
     gc, ac = _candidates(g), _candidates(a)
-    # a single tuple against a bare list of the same length: compare in order
-    for x, y in ((gc, ac), (ac, gc)):
-        if len(x) > 1 and len(y) == 1 and y[0][:1] == "(" and y[0][-1:] == ")" and len(_split_top(y[0][1:-1])) == len(x):
+    # a single tuple against a bare list of the same length (not a set: \{1, 2\} is no pair): compare in order
+    for x, y, x_set in ((gc, ac, g_set), (ac, gc, a_set)):
+        if not x_set and len(x) > 1 and len(y) == 1 and y[0][:1] == "(" and y[0][-1:] == ")" and len(_split_top(y[0][1:-1])) == len(x):
             return _seq_equal(gc if x is gc else _split_top(gc[0][1:-1]), ac if x is ac else _split_top(ac[0][1:-1]),
                               rng, ordered=True)
     if len(gc) == 1 and len(ac) > 1:
@@ -712,6 +863,7 @@ class _Pool:
     """Worker processes; a task past its deadline gets its worker killed and replaced."""
 
     def __init__(self):
+        self.pid = os.getpid()  # a forked child starts a pool of its own (its parent's workers are not its children)
         # fork: workers start in milliseconds and inherit the imported sympy; they run
         # only pure-Python code, so the usual fork-with-threads hazards do not apply.
         method = os.environ.get("FASTRL_VERIFY_START_METHOD", "fork" if os.name == "posix" else "spawn")
@@ -787,7 +939,7 @@ _POOL_LOCK = threading.Lock()
 def _pool() -> _Pool:
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL.pid != os.getpid():
             # imported before forking so workers start warm, and so a fork taken while
             # another thread holds the import lock cannot leave a child stuck importing
             import sympy  # noqa: F401
@@ -813,9 +965,42 @@ def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
             pending.append((k, g, a))
     if pending:
         n = workers or min(len(pending), os.cpu_count() or 1)
-        res = _pool().run([(g, a) for _, g, a in pending], timeout, max(1, n))
+        checks = [(g, a) for _, g, a in pending]
+        # a daemonic process (a multiprocessing.Pool or DataLoader worker) may not start processes
+        res = _run_here(checks, timeout) if mp.current_process().daemon else _pool().run(checks, timeout, max(1, n))
         for (k, _, _), r in zip(pending, res):
             out[k] = r
+    return out
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _run_here(pairs, timeout: float) -> list[tuple[bool, str]]:
+    """The checks in this process, each stopped by SIGALRM after ``timeout`` where signals can be
+    used (the main thread, POSIX); elsewhere without a time limit."""
+    import signal
+
+    def alarm(*_):
+        raise _Timeout
+
+    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    out = []
+    for gold, answer in pairs:
+        previous = signal.signal(signal.SIGALRM, alarm) if timed else None
+        try:
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+            out.append(_check(gold, answer))
+        except _Timeout:
+            out.append((False, f"timeout after {timeout:g}s"))
+        except Exception as exc:  # as in a worker: a crash is a rejection
+            out.append((False, f"error: {type(exc).__name__}"))
+        finally:
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
     return out
 
 

@@ -67,6 +67,15 @@ def test_equals_trl(trl_utils, dtype, shape, top_k, temperature, masked, rng):
         assert ((got_grad.double() - x.grad).abs() <= 2 ** -7 * (x.grad.abs() + terms)).all()
 
 
+def test_no_index_per_row_is_empty_and_differentiable(trl_utils):
+    logits = torch.randn(2, 3, 11, requires_grad=True)
+    index = torch.zeros(2, 3, 0, dtype=torch.long)
+    want, got = trl_utils.selective_log_softmax(logits, index), selective_log_softmax(logits, index)
+    assert got.shape == want.shape == (2, 3, 0)
+    got.sum().backward()  # as TRL's does
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
 class OnDevice:
     """A meta tensor that reports another device: enough for the dispatch predicates."""
 

@@ -54,9 +54,10 @@ def test_grpo_equals_verl(norm_by_std, rng):
         torch.testing.assert_close(dr_grpo, want.float(), rtol=1e-5, atol=1e-5)
 
 
-def test_grpo_reads_verls_config(rng):
+@pytest.mark.parametrize("config", [type("AlgoConfig", (), {"norm_adv_by_std_in_grpo": False})(),
+                                    {"norm_adv_by_std_in_grpo": False}], ids=["attributes", "dict"])
+def test_grpo_reads_verls_config(rng, config):
     rewards, mask, uids = verl_batch(rng)
-    config = type("AlgoConfig", (), {"norm_adv_by_std_in_grpo": False})()
     want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=False)
     got, _ = core_algos.get_adv_estimator_fn("fastrl_grpo")(
         token_level_rewards=rewards, response_mask=mask, index=uids, config=config)

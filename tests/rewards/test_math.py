@@ -1,6 +1,7 @@
 """Tests for fastrl.rewards.math: the team corpus, hacking cases, extraction, time limit, batch."""
 
 import json
+import multiprocessing as mp
 import pathlib
 import threading
 import time
@@ -65,9 +66,35 @@ def test_several_different_boxed_score_zero():
     ("", None),
     ("   ", None),
     ("\\boxed 5", "5"),
+    # the Minerva / lm-eval format, markdown emphasis, a display block after the mark
+    ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),
+    ("**Answer:** 5", "5"),
+    ("**Final Answer:** 1/2", "1/2"),
+    ("**Final Answer**: 1/2", "1/2"),
+    ("The answer is **5**.", "5"),
+    ("So, the answer is:\n\n\\[\n5\n\\]", "5"),
+    ("The answer is 3.14.", "3.14"),
+    # boxes that agree as text, nested boxes
+    ("So \\boxed{\\frac12}. Final: \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{\\boxed{3}}", "3"),
+    ("\\boxed{ \\boxed{4} }", "4"),
+    ("x = \\boxed{3}, so the answer is \\boxed{x=3}", "x=3"),
+    ("\\boxed{\\boxed{1}+\\boxed{2}}", "\\boxed{1}+\\boxed{2}"),
 ])
 def test_extract_answer(completion, expected):
     assert vm.extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize("completion", [
+    "\\boxed{" * 4000 + "1" + "}" * 4000,  # a degenerate repetition loop, 32 kB
+    "\\boxed{" * 14000,  # never closed
+    "a{" * 20000 + "\\boxed{1}",
+])
+def test_extraction_is_linear(completion):
+    # each box's end is found in one pass over the text; a scan per box took 6 s on the first
+    t = time.monotonic()
+    vm.score("1", completion)
+    assert time.monotonic() - t < 1.0
 
 
 def test_score():
@@ -79,6 +106,7 @@ def test_score():
 def test_explain():
     assert vm.explain("3", "3 or 4").startswith("rejected:")
     assert vm.explain("\\frac12", "0.5").startswith("accepted:")
+    assert len(vm.explain("42", "9^{999}")) < 200  # the values cut short, not 954 digits
 
 
 PATHOLOGICAL = "9^{9^{9^{9}}}"
@@ -124,3 +152,30 @@ def test_verify_batch_timeout_does_not_block_others():
 def test_verify_batch_length_mismatch():
     with pytest.raises(ValueError):
         vm.verify_batch(["1"], ["1", "2"])
+
+
+def _verify_in_child(queue):
+    queue.put((vm.verify("2", "\\frac{4}{2}"), vm.verify("1", PATHOLOGICAL, timeout=1.0)))
+
+
+def _verify_timed(_):
+    t = time.monotonic()
+    return vm.verify("2", "\\frac{4}{2}"), vm.verify("1", PATHOLOGICAL, timeout=1.0), time.monotonic() - t
+
+
+def test_verify_in_a_forked_child():
+    assert vm.verify("\\frac12", "0.5")  # the parent's pool is warm: the child must not use its workers
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_verify_in_child, args=(queue,))
+    child.start()
+    assert queue.get(timeout=30) == (True, False)
+    child.join(10)
+    assert child.exitcode == 0
+
+
+def test_verify_in_a_daemonic_worker():
+    # a multiprocessing.Pool (or DataLoader) worker may not start processes: checks run in it, under SIGALRM
+    with mp.get_context("fork").Pool(1) as pool:
+        ok, hung, seconds = pool.map(_verify_timed, [0])[0]
+    assert ok is True and hung is False and seconds < 1.0 + 1.5
