@@ -294,7 +294,8 @@ def cases(shapes, filters, device, dtype, args, compiled: CompileState):
                     "sample", {"B": B, "V": V, "dtype": dtype_name(dtype), "filter": filter_name}, name, None, note,
                     bytes_moved=B * V * dtype.itemsize if device.type == "cuda" else None)
 
-                def setup(B=B, V=V, fn=fn, name=name, top_k=top_k, top_p=top_p, filter_name=filter_name, case=case):
+                def setup(B=B, V=V, fn=fn, name=name, top_k=top_k, top_p=top_p, filter_name=filter_name, case=case,
+                          note=note):
                     x = make_logits(B, V, dtype, device, args.logits, args.logit_scale)
                     seeds = torch.arange(B, dtype=torch.int64, device=device) * 7919 + 12345
                     if name == "hf_sort_compiled":

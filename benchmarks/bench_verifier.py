@@ -49,15 +49,17 @@ def run_math_verify(golds, answers):
     return res, time.perf_counter() - t
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DATA))
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="fastrl bench verifier", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DATA), help="HardVerify-Math.json (default: the team's shared copy)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / f"cpu-{os.cpu_count()}core"
                                           / "bench_verifier.json"), help="where the rows go ('' for nowhere)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--show-misses", action="store_true")
     ap.add_argument("--no-math-verify", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if not Path(args.data).is_file():
+        ap.error(f"--data: no file {args.data} (HardVerify-Math.json from the HardVerify-Math dataset)")
     items = json.loads(Path(args.data).read_text())
     golds, answers, labels, splits, kinds = [], [], [], [], []
     for it in items:

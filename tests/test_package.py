@@ -100,3 +100,13 @@ def test_forced_backend_from_environment():
 
 def test_version():
     assert fastrl.__version__
+
+
+@pytest.mark.parametrize("family", sorted(p.stem[len("bench_"):] for p in (ROOT / "benchmarks").glob("bench_*.py")))
+def test_every_benchmark_takes_its_options_from_fastrl_bench(family, capsys):
+    from fastrl import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", family, "--help"])
+    assert done.value.code == 0
+    assert "usage:" in capsys.readouterr().out
