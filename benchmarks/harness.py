@@ -219,7 +219,14 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
-    args.device = torch.device(args.device)
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: {args.device!r} is no torch device (cpu, cuda, cuda:1, ...)")
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: the benchmarks run on cpu or cuda, got {args.device}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA GPU (torch {torch.__version__})")
     if args.repeat is None:
         args.repeat = 3 if args.quick else {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
     if args.warmup is None:
@@ -233,7 +240,12 @@ def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
     """The shapes to run: --shape's (comma-separated integers, where the script has it),
     else the --quick ladder, else the device's."""
     if getattr(args, "shape", None):
-        return [tuple(int(v) for v in s.split(",")) for s in args.shape]
+        found = [tuple(int(v) for v in s.split(",") if re.fullmatch(r"\s*[1-9]\d*\s*", v)) for s in args.shape]
+        for text, shape in zip(args.shape, found):
+            if len(shape) != len(cpu[0]) or len(text.split(",")) != len(shape):
+                raise SystemExit(f"--shape {text!r}: expected {len(cpu[0])} comma-separated positive integers, "
+                                 f"as in {','.join(map(str, cpu[0]))}")
+        return found
     return quick if args.quick else cuda if args.device.type == "cuda" else cpu
 
 

@@ -110,3 +110,16 @@ def test_every_benchmark_takes_its_options_from_fastrl_bench(family, capsys):
         cli.main(["bench", family, "--help"])
     assert done.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["scans", "--device", "gpu"], "--device: 'gpu' is no torch device"),
+    (["logprobs", "--shape", "1,2"], "--shape '1,2': expected 3 comma-separated positive integers"),
+    (["logprobs", "--shape", "4,0,8"], "--shape '4,0,8': expected 3"),
+] + ([] if __import__("torch").cuda.is_available() else [(["scans", "--device", "cuda"], "sees no CUDA GPU")]))
+def test_bad_benchmark_options_are_refused_with_the_option_named(argv, message, capsys):
+    from fastrl import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", *argv, "--quick", "--malloc-default", "--out", "unused.json"])  # no re-exec
+    assert message in str(done.value.code) + capsys.readouterr().err
