@@ -37,9 +37,11 @@ def _acc_dtype(x: torch.Tensor):
 def _online_update(z, cols, col_ok, labels, m, s, t, zsum, zlabel):
     """Fold a [R, BLOCK_V] tile of scaled logits (-inf outside the vocabulary) into the row statistics."""
     m_new = tl.maximum(m, tl.max(z, 1))
-    alpha = tl.exp(m - m_new)
-    shift = tl.where(s > 0, m - m_new, 0.0)  # s = 0 before the first tile, where m = -inf
-    d = z - m_new[:, None]
+    # exp relative to 0 while every z so far is -inf (leading tiles of a masked vocabulary), not -inf - -inf = NaN
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_ref)
+    shift = tl.where(s > 0, m - m_new, 0.0)  # s = 0 before the first finite z, where m = -inf
+    d = z - m_ref[:, None]
     e = tl.exp(d)
     t = alpha * (t + shift * s) + tl.sum(e * tl.where(e > 0, d, 0.0), 1)  # 0, not 0 * -inf, off the vocabulary
     s = alpha * s + tl.sum(e, 1)
@@ -127,7 +129,7 @@ def _logits_stats_kernel(
 @triton.jit
 def _logits_grad_kernel(
     logits_ptr, grad_ptr, labels_ptr, lse_ptr, entropy_ptr, grad_logprob_ptr, grad_entropy_ptr,
-    V, first_col, stride_n, stride_grad_n, scale_ptr, ignore_index,
+    V, first_col, stride_n, stride_v, stride_grad_n, stride_grad_v, scale_ptr, ignore_index,
     HAS_ENTROPY: tl.constexpr, ACC: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     # dlogprob/dz_k = [k = label] - p_k;  dentropy/dz_k = -p_k (log p_k + entropy)
@@ -143,15 +145,15 @@ def _logits_grad_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = tl.load(logits_ptr + row * stride_n + cols, mask=col_ok, other=0.0).to(ACC) * inv_temperature
+        z = tl.load(logits_ptr + row * stride_n + cols * stride_v, mask=col_ok, other=0.0).to(ACC) * inv_temperature
         logp = z - lse
         p = tl.exp(logp)
         if HAS_ENTROPY:
-            g = -p * (g_logprob + g_entropy * (logp + entropy))
+            g = tl.where(p > 0, -p * (g_logprob + g_entropy * (logp + entropy)), 0.0)  # not 0 * -inf at a -inf logit
         else:
             g = -p * g_logprob
         g = tl.where(cols + first_col == label, g + g_logprob, g) * inv_temperature
-        tl.store(grad_ptr + row * stride_grad_n + cols, g.to(grad_ptr.dtype.element_ty), mask=col_ok)
+        tl.store(grad_ptr + row * stride_grad_n + cols * stride_grad_v, g.to(grad_ptr.dtype.element_ty), mask=col_ok)
 
 
 def _linear_config(dtype: torch.dtype) -> dict:
@@ -182,6 +184,7 @@ def linear_token_stats(hidden, weight, labels, bias, temperature, ignore_index, 
     if n == 0:
         return outputs
     logprob, ent, mean, lse = outputs
+    labels = labels.contiguous()  # read at labels_ptr + row
     config = _linear_config(hidden.dtype)
     grid = (triton.cdiv(n, config["BLOCK_N"]),)
     _linear_stats_kernel[grid](
@@ -208,7 +211,7 @@ def logits_token_stats(logits, labels, temperature, ignore_index, entropy, mean_
     if n == 0:
         return outputs
     logprob, ent, mean, lse = outputs
-    logits = _rows(logits)
+    logits, labels = _rows(logits), labels.contiguous()  # labels read at labels_ptr + row
     _logits_stats_kernel[(n,)](
         logits, labels, logprob, ent if entropy else logprob, mean if mean_logp else logprob, lse,
         v, logits.stride(0), _inverse_temperature(temperature, logits), ignore_index,
@@ -222,15 +225,20 @@ def logits_grad(grad_logprob, grad_entropy, logits, labels, lse, entropy, temper
                 first_col=0):
     """Write d(logprob . grad_logprob + entropy . grad_entropy)/d(logits) into ``out``
     (which may be ``logits`` itself: each tile is read before it is overwritten).
-    ``logits`` may be the columns [first_col, first_col + V) of the rows whose lse is given."""
+    ``logits`` may be the columns [first_col, first_col + V) of the rows whose lse is given.
+    ``logits`` and ``out`` may have any strides (the gradient of a transposed view, written
+    in place or into empty_like); the per-row vectors are read at ptr + row."""
     n, v = logits.shape
     if n == 0:
         return out
+    labels, lse, entropy, grad_logprob, grad_entropy = (
+        x.contiguous() for x in (labels, lse, entropy, grad_logprob, grad_entropy))
     has_entropy = grad_entropy.numel() > 0
     _logits_grad_kernel[(n,)](
         logits, out, labels, lse, entropy if has_entropy else lse, grad_logprob,
         grad_entropy if has_entropy else grad_logprob,
-        v, first_col, logits.stride(0), out.stride(0), _inverse_temperature(temperature, logits), ignore_index,
+        v, first_col, logits.stride(0), logits.stride(1), out.stride(0), out.stride(1),
+        _inverse_temperature(temperature, logits), ignore_index,
         HAS_ENTROPY=has_entropy, ACC=_acc_dtype(logits), BLOCK_V=_row_block(v),
         num_warps=1 if _interpreted() else 8,
     )

@@ -435,6 +435,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    seeds = seeds.contiguous()  # the kernel reads seed b at seeds_ptr + b: not of an expand()ed or sliced tensor
     tokens = torch.empty(b, dtype=torch.int64, device=device)
     logprob, policy, mean = (torch.empty(b, dtype=torch.float32, device=device) for _ in range(3))
     if b == 0:

@@ -124,7 +124,7 @@ at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& grou
       q.m2 += (static_cast<double>(s[i]) - q.mean) * (static_cast<double>(s[i]) - q.mean);
     }
     const int64_t n_questions = static_cast<int64_t>(question.size());
-    const int64_t n_bundles = (n_questions + bundle_size - 1) / bundle_size;
+    const int64_t n_bundles = n_questions > 0 ? (n_questions - 1) / bundle_size + 1 : 0;  // no overflow near INT64_MAX
     // Papers: bundle k holds papers [first_paper[k], first_paper[k] + P_k).
     std::vector<int64_t> papers(n_bundles, INT64_MAX), first_paper(n_bundles + 1, 0);
     for (int64_t q = 0; q < n_questions; ++q)

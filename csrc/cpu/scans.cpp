@@ -109,7 +109,7 @@ void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* 
   for (int64_t t = T - 1; t >= 0; --t) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t k = i * T + t;
-      const bool step = valid[k] & step_mask[k];
+      const bool step = (valid[k] != 0) & (step_mask[k] != 0);  // mask bytes: any nonzero is valid, 2 & 1 is 0
       acc_t reward = 0;
       if (mode == MinFormMode::kSoft) {
         if (step) reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(s[k]), temperature, softmax[i]);

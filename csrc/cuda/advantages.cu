@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
     const double d = static_cast<double>(scores[i]) - mean[ids[i]];
     atomicAdd(&m2[ids[i]], d * d);
   }
-  const int64_t n_bundles = (n_questions + bundle_size - 1) / bundle_size;
+  const int64_t n_bundles = n_questions > 0 ? (n_questions - 1) / bundle_size + 1 : 0;  // no overflow near INT64_MAX
   for (int64_t k = threadIdx.x; k < n_bundles; k += blockDim.x) first_paper[k] = papers[k];
   __syncthreads();
   block_exclusive_scan(first_paper, n_bundles, shared);

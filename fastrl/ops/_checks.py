@@ -92,6 +92,19 @@ def number(name: str, value) -> float:
     return value
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def int64(name: str, value) -> int:
+    """An int argument: the schemas' ``int`` is int64, so a larger one is an error here, not
+    the dispatcher's RuntimeError, which names the op but not the value."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in int64, [-2**63, 2**63), got {value}")
+    return value
+
+
 def choice(name: str, value, options):
     if value not in options:
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")

@@ -4,7 +4,10 @@ Every op is defined here once, in Python, so ``torch.ops.fastrl.<name>`` exists
 whether or not the extension was compiled. Its reference implementation is
 registered as the CompositeExplicitAutograd kernel (the fallback for every
 device); the extension then registers faster CPU/CUDA kernels from C++
-(``TORCH_LIBRARY_IMPL``), which the dispatcher prefers.
+(``TORCH_LIBRARY_IMPL``), which the dispatcher prefers. An op with a gradient
+registers it (``torch.library.register_autograd``); one without
+(``differentiable=False``) gets an Autograd kernel that runs it below autograd,
+so that on every backend its outputs never require grad.
 
 Backends (``use_backend`` or the ``FASTRL_BACKEND`` environment variable):
 ``reference`` (plain PyTorch, obviously correct), ``cpp`` (C++ CPU kernels),
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from typing import Callable, Optional
 
@@ -38,6 +42,7 @@ class OpEntry:
     reference: Callable
     triton: Optional[Callable] = None
     torch: Optional[Callable] = None
+    differentiable: bool = True
     # Which compiled kernels the dispatcher holds, filled in once the extension loads.
     compiled: dict = dataclasses.field(default_factory=dict)
 
@@ -62,21 +67,56 @@ def define(
     triton: Optional[Callable] = None,
     torch_impl: Optional[Callable] = None,
     tags=(),
+    differentiable: bool = True,
 ):
     """Define ``fastrl::<name>``: its fake (meta) kernel and, for any device
     without a compiled kernel, a fallback that runs the backend ``backend_for``
-    picks among the Python ones (reference, torch, triton)."""
+    picks among the Python ones (reference, torch, triton).
+
+    ``differentiable=False``: the op has no gradient, on every backend alike.
+    Without an Autograd kernel, the compiled kernels' outputs would require grad
+    and warn on backward (PyTorch's fallback for a custom op), while the Python
+    backends would record a real graph through their PyTorch calls."""
     name = schema.split("(", 1)[0]
     LIB.define(schema, tags=tags)
-    OPS[name] = OpEntry(name, reference, triton, torch_impl)
+    op = getattr(torch.ops.fastrl, name).default
+    if not differentiable:
+        reference, triton, torch_impl = (_without_grad(f) for f in (reference, triton, torch_impl))
+    OPS[name] = OpEntry(name, reference, triton, torch_impl, differentiable)
 
     def fallback(*args):
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
         return implementation(name, device)(*args)
 
     LIB.impl(name, fallback, "CompositeExplicitAutograd")
+    if not differentiable:
+        LIB.impl(name, _below_autograd(op), "Autograd")
     torch.library.register_fake(f"fastrl::{name}", fake, lib=LIB)
-    return getattr(torch.ops.fastrl, name).default
+    return op
+
+
+def _below_autograd(op):
+    """The Autograd kernel of an op without a gradient: the op again, below autograd (what
+    opcheck asks of a non-differentiable op), so no graph is recorded and no output requires grad."""
+    def kernel(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return kernel
+
+
+def _without_grad(fn: Optional[Callable]) -> Optional[Callable]:
+    """A Python backend of an op without a gradient, for the public functions that call it
+    directly (past the op's Autograd kernel, to honour a forced backend): run under no_grad."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
 
 
 def refresh_compiled():

@@ -23,11 +23,13 @@ define(
     "group_advantages(Tensor scores, Tensor group_ids, str method, float eps) -> Tensor",
     reference.group_advantages,
     lambda scores, group_ids, method, eps: reference.empty_output(scores),
+    differentiable=False,
 )
 define(
     "broadcast_to_tokens(Tensor advantages, Tensor mask) -> Tensor",
     reference.broadcast_to_tokens,
     lambda advantages, mask: reference.empty_output(advantages, mask.shape),
+    differentiable=False,
 )
 
 
@@ -55,6 +57,7 @@ define(
     " bool natural_baseline, str credit) -> Tensor",
     reference.risk_advantages,
     lambda scores, group_ids, *args: reference.empty_output(scores),
+    differentiable=False,
 )
 
 
@@ -80,8 +83,7 @@ def risk_advantages(scores: torch.Tensor, group_ids: torch.Tensor, bundle_size: 
     """
     _checks.floating("scores", scores, ndim=1)
     check_group_ids(group_ids, scores)
-    if isinstance(bundle_size, bool) or not isinstance(bundle_size, int):
-        raise TypeError(f"bundle_size must be an int, got {type(bundle_size).__name__}")
+    _checks.int64("bundle_size", bundle_size)
     if bundle_size < 1:
         raise ValueError(f"bundle_size must be >= 1, got {bundle_size}")
     alpha, beta = _checks.number("alpha", alpha), _checks.number("beta", beta)

@@ -16,7 +16,9 @@ under the uniform policy) has none.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -56,6 +58,12 @@ def _chunks(n: int, other: int, dtype: torch.dtype, device: torch.device):
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def _log_floor(dtype: torch.dtype) -> float:
+    """A log-probability below which exp gives 0 in ``dtype``: clamping to it changes no
+    probability, and turns 0 * -inf at a -inf logit (a masked vocabulary) into 0."""
+    return 2 * math.log(torch.finfo(dtype).tiny)
+
+
 def _token_stats_(z, labels, temperature, ignore_index, entropy, mean_logp):
     """reference.token_stats on ``z``, a fresh buffer of logits in the output dtype, which
     it overwrites: the torch backend's per-chunk reduction, with one temporary of z's size."""
@@ -69,6 +77,8 @@ def _token_stats_(z, labels, temperature, ignore_index, entropy, mean_logp):
     p = shifted.exp()
     s = p.sum(-1)
     log_s = s.log()
+    if entropy:
+        shifted.clamp_(min=_log_floor(shifted.dtype))  # p * shifted: 0, not 0 * -inf, at a -inf logit
     ent = torch.where(valid, log_s - torch.linalg.vecdot(p, shifted) / s, 0.0) if entropy else None
     empty = z.new_empty(0)
     return (
@@ -118,6 +128,7 @@ def _logits_grad_torch(grad_logprob, grad_entropy, logits, labels, lse, entropy,
     work = out if out is logits and out.dtype == dtype else logits.to(dtype, copy=True)
     logp = (work.div_(temperature) if temperature != 1.0 else work).sub_(lse[:, None])
     if grad_entropy.numel():
+        logp.clamp_(min=_log_floor(dtype))  # exp(logp) unchanged; p * weight 0, not 0 * inf, at a -inf logit
         g_entropy = torch.where(valid, grad_entropy, 0.0)[:, None]
         weight = (logp + entropy[:, None]).mul_(g_entropy).add_(g_logprob)
         grad = logp.exp_().mul_(weight).neg_()
@@ -353,8 +364,7 @@ def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignor
 
 def _check_options(temperature, ignore_index, entropy, mean_logp):
     temperature = _checks.positive("temperature", temperature)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    _checks.int64("ignore_index", ignore_index)
     for name, flag in (("entropy", entropy), ("mean_logp", mean_logp)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -392,8 +402,8 @@ def linear_logprobs(
     _checks.floating("weight", weight, ndim=2)
     _checks.same_dtype("weight", weight, "hidden", hidden)
     _checks.same_device("weight", weight, "hidden", hidden)
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must be [V, {hidden.shape[-1]}] to match hidden's last dimension, "
+    if weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
+        raise ValueError(f"weight must be [V, {hidden.shape[-1]}] with V > 0 to match hidden's last dimension, "
                          f"got {tuple(weight.shape)}")
     if bias is not None:
         _checks.floating("bias", bias, ndim=1)
@@ -401,8 +411,12 @@ def linear_logprobs(
         _checks.same_device("bias", bias, "hidden", hidden)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must be [{weight.shape[0]}] to match weight, got {tuple(bias.shape)}")
+    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)  # _check_labels uses ignore_index
     _check_labels(labels, "hidden", hidden.shape[:-1], weight.shape[0], ignore_index, hidden.device)
-    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)
+    _checks.finite("hidden", hidden)
+    _checks.finite("weight", weight)
+    if bias is not None:
+        _checks.finite_or_neg_inf("bias", bias)  # -inf: a token that can never come out
     outputs = torch.ops.fastrl.linear_logprobs(
         hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(), bias,
         temperature, ignore_index, entropy, mean_logp,
@@ -421,19 +435,34 @@ def logprobs_from_logits(
 ) -> TokenStats:
     """log_softmax(logits / temperature)[labels], one pass over each row of logits[..., V].
 
+    -inf logits are allowed (a masked vocabulary: those tokens get probability 0, and
+    gradient 0); NaN, +inf and rows without a finite logit are errors.
+
     With ``inplace_backward`` the backward writes the gradient over ``logits`` (flash-attn's
-    trick, saving a [..., V] buffer): only for logits nothing else needs afterwards.
+    trick, saving a [..., V] buffer): only for logits nothing else needs afterwards. It
+    needs logits that reshape to [N, V] without a copy: not a slice along a leading
+    dimension such as the shifted ``logits[:, :-1]``, whose gradient then goes to a copy
+    (correct, but no memory is saved; a UserWarning says so). Slice the hidden states
+    before the lm_head instead, or pass the whole logits with ignore_index labels.
     Returns TokenStats shaped like labels, as ``linear_logprobs``.
     """
     _checks.floating("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must be [..., V] with V > 0, got shape {tuple(logits.shape)}")
-    _check_labels(labels, "logits", logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     temperature = _check_options(temperature, ignore_index, entropy, mean_logp)
+    _check_labels(labels, "logits", logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {type(inplace_backward).__name__}")
+    _checks.finite_or_neg_inf("logits", logits)
+    rows = logits.reshape(-1, logits.shape[-1])
+    if inplace_backward and logits.requires_grad and not torch.compiler.is_compiling() and rows._base is None:
+        warnings.warn(
+            "logprobs_from_logits: inplace_backward=True, but the logits could not be reused in place because "
+            f"they do not reshape to [N, V] without a copy (shape {tuple(logits.shape)}, strides {logits.stride()}, "
+            "e.g. logits[:, :-1]): the gradient is written over the copy, which saves no memory",
+            UserWarning, stacklevel=2,
+        )
     outputs = torch.ops.fastrl.logprobs_from_logits(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(), temperature, ignore_index,
-        entropy, mean_logp, inplace_backward,
+        rows, labels.reshape(-1).long(), temperature, ignore_index, entropy, mean_logp, inplace_backward,
     )
     return _token_stats(outputs, labels.shape, entropy, mean_logp)

@@ -26,7 +26,7 @@ def discounted_returns(rewards, mask, gamma):
     valid = mask != 0
     r = rewards.to(output_dtype(rewards))
     returns = torch.zeros_like(r)
-    next_return = torch.zeros_like(r[:, 0])  # at the next valid token
+    next_return = r.new_zeros(r.shape[0])  # at the next valid token (not r[:, 0]: T may be 0)
     for t in reversed(range(r.shape[1])):
         next_return = torch.where(valid[:, t], r[:, t] + gamma * next_return, next_return)
         returns[:, t] = torch.where(valid[:, t], next_return, 0.0)
@@ -38,8 +38,8 @@ def gae(rewards, values, mask, gamma, lam):
     dtype = output_dtype(rewards)
     r, v = rewards.to(dtype), values.to(dtype)
     advantages = torch.zeros_like(r)
-    next_value = torch.zeros_like(r[:, 0])
-    next_advantage = torch.zeros_like(r[:, 0])
+    next_value = r.new_zeros(r.shape[0])  # not r[:, 0]: T may be 0
+    next_advantage = r.new_zeros(r.shape[0])
     for t in reversed(range(r.shape[1])):
         delta = r[:, t] + gamma * next_value - v[:, t]
         here = valid[:, t]
@@ -75,7 +75,7 @@ def min_form_returns(scores, step_mask, mask, temperature, mode):
 
     if mode == "strict":
         returns = torch.zeros_like(s)
-        suffix_min = torch.full_like(s[:, 0], float("inf"))
+        suffix_min = s.new_full((s.shape[0],), float("inf"))  # not s[:, 0]: T may be 0
         for t in reversed(range(s.shape[1])):
             suffix_min = torch.where(step[:, t], torch.minimum(suffix_min, s[:, t]), suffix_min)
             returns[:, t] = torch.where(valid[:, t] & (suffix_min < float("inf")), suffix_min, 0.0)
@@ -167,7 +167,10 @@ def token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp):
     valid = labels != ignore_index
     picked = logp.gather(-1, torch.where(valid, labels, 0)[:, None]).squeeze(-1)
     logprob = torch.where(valid, picked, 0.0)
-    ent = torch.where(valid, -(logp.exp() * logp).sum(-1), 0.0) if entropy else _no_output(logits)
+    if entropy:  # p log p is 0 at a -inf logit (a masked vocabulary), not 0 * -inf; so is its gradient
+        ent = torch.where(valid, -(logp.exp() * torch.where(logp > float("-inf"), logp, 0.0)).sum(-1), 0.0)
+    else:
+        ent = _no_output(logits)
     mean = torch.where(valid, logp.mean(-1), 0.0).detach() if mean_logp else _no_output(logits)
     return logprob, ent, mean, lse.detach()
 

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from fastrl.ops import _checks, reference
-from fastrl.ops._registry import define, implementation
+from fastrl.ops._registry import define
 
 
 class Sampled(NamedTuple):
@@ -104,6 +104,7 @@ define(
     _fake,
     triton=_triton_sample,
     torch_impl=_sample_torch,
+    differentiable=False,
 )
 
 
@@ -137,9 +138,8 @@ def sample(
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-    if seeds is None:
-        seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
-    else:
+    _checks.int64("offset", offset)
+    if seeds is not None:
         _checks.tensor("seeds", seeds, ndim=1)
         if seeds.dtype != torch.int64:
             raise TypeError(f"seeds must be int64, got {seeds.dtype}")
@@ -147,8 +147,10 @@ def sample(
             raise ValueError(f"seeds must have one seed per row ({logits.shape[0]}), got {seeds.shape[0]}")
         _checks.same_device("seeds", seeds, "logits", logits)
     _checks.finite_or_neg_inf("logits", logits)
+    if seeds is None:  # after every check: a call that fails leaves the global generator as it was
+        seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
     k = 0 if top_k is None or top_k >= logits.shape[1] else top_k
     p = 1.0 if top_p is None else top_p
-    with torch.no_grad():
-        out = implementation("sample", logits.device)(logits, temperature, k, p, seeds, offset)
-    return Sampled(*out)
+    # Through the op, not the implementation: under torch.compile its fake stands in for the
+    # data-dependent cutoffs of the torch path; the op's fallback picks the backend when it runs.
+    return Sampled(*torch.ops.fastrl.sample(logits, temperature, k, p, seeds, offset))

@@ -20,17 +20,20 @@ define(
     "discounted_returns(Tensor rewards, Tensor mask, float gamma) -> Tensor",
     reference.discounted_returns,
     lambda rewards, mask, gamma: reference.empty_output(rewards),
+    differentiable=False,
 )
 define(
     "gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)",
     reference.gae,
     lambda rewards, values, mask, gamma, lam: (reference.empty_output(rewards), reference.empty_output(rewards)),
+    differentiable=False,
 )
 define(
     "min_form_returns(Tensor scores, Tensor step_mask, Tensor mask, float temperature, str mode)"
     " -> (Tensor, Tensor)",
     reference.min_form_returns,
     lambda scores, step_mask, mask, temperature, mode: (reference.empty_output(scores), reference.empty_output(scores)),
+    differentiable=False,
 )
 
 

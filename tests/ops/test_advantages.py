@@ -1,11 +1,14 @@
 """Grouped advantages against their reference (DESIGN 3.2, 4) on every backend present."""
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import fastrl.ops as ops
 from fastrl.ops import reference
-from fastrl.ops.advantages import GROUP_METHODS
+from fastrl.ops.advantages import GROUP_METHODS, RISK_CREDITS
 
 
 def compiled_backends(device):
@@ -133,6 +136,42 @@ def test_broadcast_to_tokens():
     assert out.tolist() == [[1.5, 1.5, 0.0], [0.0, -2.0, -2.0]]
     with pytest.raises(ValueError, match="mask must have 2 rows"):
         ops.broadcast_to_tokens(adv, torch.ones(3, 4))
+
+
+def test_broadcast_to_tokens_mask_values(device):
+    """Any nonzero is valid (uint8 2, a transposed mask), and a float8 -0.0 is 0, on every backend."""
+    adv = torch.tensor([1.5, -2.0], dtype=torch.float16, device=device)
+    masks = [torch.tensor([[1, 0, 2], [0, 3, 1]], dtype=torch.uint8),
+             torch.tensor([[1, 0, 2], [0, 3, 1]], dtype=torch.uint8).T.contiguous().T,
+             torch.tensor([[0x38, 0x80, 0x38], [0x00, 0x38, 0x38]], dtype=torch.uint8).view(torch.float8_e4m3fn)]
+    for mask in masks:
+        want = reference.broadcast_to_tokens(adv.cpu(), mask)
+        assert want.tolist() == [[1.5, 0.0, 1.5], [0.0, -2.0, -2.0]]
+        for backend in ops.available_backends("broadcast_to_tokens", device.type):
+            with ops.use_backend(backend):
+                assert torch.equal(ops.broadcast_to_tokens(adv, mask.to(device)).cpu(), want), backend
+
+
+def test_no_gradient_on_any_backend(device, rng):
+    """Advantages are computed from rewards: no gradient on any backend, through the public
+    function or the op; outputs never require grad and backward never warns."""
+    ids = random_groups(rng, [3, 1, 5]).to(device)
+    s = torch.randn(ids.numel(), generator=rng).to(device).requires_grad_()
+    mask = torch.ones(ids.numel(), 4, device=device)
+    cases = [
+        ("group_advantages", lambda: ops.group_advantages(s, ids), (s, ids, "grpo", 1e-6)),
+        ("risk_advantages", lambda: ops.risk_advantages(s, ids, bundle_size=2),
+         (s, ids, 2, 0.2, 0.8, 1.5, True, "std")),
+        ("broadcast_to_tokens", lambda: ops.broadcast_to_tokens(s, mask), (s, mask)),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, public, args in cases:
+            for backend in ops.available_backends(name, device.type):
+                with ops.use_backend(backend):
+                    assert not public().requires_grad, (name, backend)
+                    assert not getattr(torch.ops.fastrl, name)(*args).requires_grad, (name, backend)
+            torch.library.opcheck(getattr(torch.ops.fastrl, name).default, args)
 
 
 def test_group_ids_from_uids_first_seen_order():
@@ -302,6 +341,22 @@ def test_risk_opcheck_and_compile(device, rng):
     torch.library.opcheck(torch.ops.fastrl.risk_advantages.default, (s, ids, 2, 0.2, 0.8, 1.5, True, "std"))
     fn = torch.compile(lambda a, b: ops.risk_advantages(a, b, bundle_size=2), fullgraph=True)
     torch.testing.assert_close(fn(s, ids), ops.risk_advantages(s, ids, bundle_size=2))
+
+
+def test_risk_bundle_size_beyond_the_questions_is_one_bundle():
+    """Any bundle_size >= the number of questions is one bundle, sys.maxsize too (the
+    kernels' bundle count must not overflow); past int64 it is a ValueError naming it."""
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    s = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.7, 0.3, 0.4], dtype=torch.float64)
+    for credit in RISK_CREDITS:
+        want = reference.risk_advantages(s, ids, 3, 0.2, 0.8, 1.5, True, credit)
+        for backend in ops.available_backends("risk_advantages", "cpu"):
+            with ops.use_backend(backend):
+                for bundle_size in (3, 1000, sys.maxsize):
+                    got = ops.risk_advantages(s, ids, bundle_size=bundle_size, credit=credit)
+                    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"bundle_size must fit in int64"):
+        ops.risk_advantages(s, ids, bundle_size=2**63)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -1,6 +1,8 @@
 """Token log-probabilities against the materialised float64 reference (DESIGN 3.3, 4)
 on every backend present: torch (chunked), Triton under TRITON_INTERPRET=1 on CPU
 in fp32/fp64, Triton and bf16/fp16 on a GPU."""
+import warnings
+
 import pytest
 import torch
 
@@ -246,6 +248,101 @@ def test_inplace_backward_overwrites_the_logits_with_their_gradient(device, rng)
         torch.testing.assert_close(scaled.detach(), expected_leaf.grad)
 
 
+def test_inplace_backward_warns_when_the_logits_need_a_copy(device, rng):
+    """The shifted logits[:, :-1] do not reshape to [N, V] without a copy: the gradient is
+    still right, but it is written over the copy, so a UserWarning says no memory was reused.
+    Logits that reshape as a view (a whole [B, T, V] tensor) give no warning."""
+    full, labels = to(logits_inputs((2, 5), 11, torch.float32, rng), device)
+    for backend in backends("logprobs_from_logits", device):
+        leaf = full.clone().requires_grad_()
+        with ops.use_backend(backend):
+            (want,) = torch.autograd.grad(ops.logprobs_from_logits(leaf[:, :-1], labels[:, 1:]).logprob.sum(), leaf)
+            shifted = (leaf * 1.0)[:, :-1]
+            with pytest.warns(UserWarning, match=r"could not be reused in place because they do not reshape "
+                                                 r"to \[N, V\] without a copy"):
+                out = ops.logprobs_from_logits(shifted, labels[:, 1:], inplace_backward=True)
+            (got,) = torch.autograd.grad(out.logprob.sum(), leaf)
+            torch.testing.assert_close(got, want)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                ops.logprobs_from_logits(leaf * 1.0, labels, inplace_backward=True)
+
+
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_strided_labels(op, device, rng):
+    """Labels that are a view with stride 2 (every other element of a longer tensor)."""
+    if op == "linear_logprobs":
+        args = linear_inputs((9,), 10, 37, torch.float64, rng)
+        position = 2
+    else:
+        args = logits_inputs((9,), 37, torch.float64, rng)
+        position = 1
+    labels = args[position]
+    strided = torch.stack([labels, torch.randint(0, 37, (9,), generator=rng)], 1).reshape(-1)[::2]
+    assert strided.stride() == (2,) and torch.equal(strided, labels)
+    weights = [torch.randn(9, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(entropy=True, mean_logp=True)
+    want = stats_and_grads(getattr(ops, op), args, "reference", weights, **kw)
+    for backend in backends(op, device):
+        args[position] = strided.to(device)
+        got = stats_and_grads(getattr(ops, op), to(args, device), backend, weights, **kw)
+        assert_all_close(got[0] + got[1], want[0] + want[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_logits_with_a_strided_vocabulary_dimension(inplace, device, rng):
+    """The gradient of logits whose last dimension has stride != 1 (a transposed view of a
+    [V, N] tensor), into a new tensor or over the logits."""
+    logits, labels = logits_inputs((7,), 37, torch.float64, rng)
+    weights = [torch.randn(7, generator=rng, dtype=torch.float64) for _ in range(2)]
+    want = stats_and_grads(ops.logprobs_from_logits, [logits, labels], "reference", weights, entropy=True)
+    for backend in backends("logprobs_from_logits", device):
+        leaf = logits.T.contiguous().to(device).requires_grad_()  # [V, N]
+        with ops.use_backend(backend):
+            view = (leaf * 1.0).T if inplace else leaf.T  # [N, V], strides (1, N)
+            assert view.stride(-1) != 1
+            out = ops.logprobs_from_logits(view, labels.to(device), entropy=True, inplace_backward=inplace)
+            loss = (out.logprob * weights[0].to(device)).sum() + (out.entropy * weights[1].to(device)).sum()
+            (grad,) = torch.autograd.grad(loss, leaf)
+        assert_all_close([out.logprob, out.entropy, grad.T], want[0] + want[1], rtol=1e-10, atol=1e-10)
+
+
+def test_minus_inf_logits_are_a_masked_vocabulary(device, rng):
+    """-inf logits (tokens that cannot come out, a masked vocabulary) are legal: entropy is
+    torch.distributions.Categorical's, the gradient is 0 at those tokens and finite
+    elsewhere, every backend as the reference; also where whole leading tiles are -inf."""
+    by_hand = torch.tensor([[0.0, 1.0, float("-inf"), 2.0]], dtype=torch.float64)
+    masked = torch.randn(3, 101, generator=rng, dtype=torch.float64) * 3
+    masked[:, :70] = float("-inf")
+    masked[1, 90] = float("-inf")
+    for logits, labels in [(by_hand, torch.tensor([1])), (masked, torch.tensor([80, -100, 100]))]:
+        weights = [torch.randn(labels.shape, generator=rng, dtype=torch.float64) for _ in range(2)]
+        kw = dict(entropy=True, mean_logp=True)
+        want = stats_and_grads(ops.logprobs_from_logits, [logits, labels], "reference", weights, **kw)
+        valid = labels != -100
+        categorical = torch.distributions.Categorical(logits=logits).entropy()
+        torch.testing.assert_close(want[0][1][valid], categorical[valid], rtol=1e-12, atol=1e-12)  # [0.8324], ...
+        grad = want[1][0]
+        assert torch.isfinite(grad).all() and (grad[logits == float("-inf")] == 0).all()
+        for backend in backends("logprobs_from_logits", device):
+            got = stats_and_grads(ops.logprobs_from_logits, to([logits, labels], device), backend, weights, **kw)
+            assert_all_close(got[0] + got[1], want[0] + want[1], rtol=1e-10, atol=1e-10)
+
+
+def test_minus_inf_bias_in_linear_logprobs(device, rng):
+    """A -inf bias masks tokens for every row (leading tiles of the vocabulary included)."""
+    hidden, weight, labels, bias = linear_inputs((9,), 10, 101, torch.float64, rng)
+    bias[:70] = float("-inf")
+    labels[labels < 70] = 70
+    weights = [torch.randn(9, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(entropy=True, mean_logp=True)
+    want = stats_and_grads(ops.linear_logprobs, [hidden, weight, labels, bias], "reference", weights, **kw)
+    assert all(torch.isfinite(g).all() for g in want[1]) and torch.isfinite(want[0][1]).all()
+    for backend in backends("linear_logprobs", device):
+        got = stats_and_grads(ops.linear_logprobs, to([hidden, weight, labels, bias], device), backend, weights, **kw)
+        assert_all_close(got[0] + got[1], want[0] + want[1], rtol=1e-10, atol=1e-10)
+
+
 # ---- torch.library integration ----
 
 
@@ -290,6 +387,25 @@ def test_compile_fullgraph_equals_eager(op, device, rng):
 # ---- bad inputs: one test each, the error names the argument ----
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_on_cpu(bad, rng):
+    """NaN or +inf in the logits, hidden states, weight or bias is an error naming it, on
+    every backend (a -inf logit or bias is not: see the masked-vocabulary tests)."""
+    hidden, weight, labels, bias = linear_inputs((5,), 8, 10, torch.float32, rng)
+    for backend in ops.available_backends("linear_logprobs", "cpu"):
+        with ops.use_backend(backend):
+            for name, index in [("hidden", 0), ("weight", 1), ("bias", 3)]:
+                args = [hidden, weight, labels, bias]
+                args[index] = args[index].clone()
+                args[index].view(-1)[3] = bad
+                with pytest.raises(ValueError, match=f"{name} contains NaN"):
+                    ops.linear_logprobs(*args)
+            logits = torch.zeros(5, 10)
+            logits[2, 3] = bad
+            with pytest.raises(ValueError, match=r"logits contains NaN or \+Inf"):
+                ops.logprobs_from_logits(logits, labels)
+
+
 def test_label_out_of_range_on_cpu(rng):
     hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
     labels[2] = 10
@@ -310,6 +426,8 @@ def test_shape_mismatches(rng):
         ops.linear_logprobs(hidden, weight, labels, bias[:9])
     with pytest.raises(ValueError, match="weight must have 2 dimensions"):
         ops.linear_logprobs(hidden, weight[0], labels)
+    with pytest.raises(ValueError, match=r"weight must be \[V, 8\] with V > 0"):
+        ops.linear_logprobs(hidden, weight[:0], torch.full_like(labels, -100))
     with pytest.raises(ValueError, match=r"labels must have the shape \(5,\) of logits"):
         ops.logprobs_from_logits(torch.zeros(5, 10), labels[None])
 
@@ -345,6 +463,11 @@ def test_option_types(rng):
         ops.linear_logprobs(hidden, weight, labels, entropy=1)
     with pytest.raises(TypeError, match="inplace_backward must be a bool"):
         ops.logprobs_from_logits(torch.zeros(5, 10), labels, inplace_backward="yes")
+    for ignore_index in (2**63, -(2**63) - 1):  # past the schema's int64
+        with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+            ops.logprobs_from_logits(torch.zeros(5, 10), labels, ignore_index=ignore_index)
+        with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+            ops.linear_logprobs(hidden, weight, labels, ignore_index=ignore_index)
 
 
 def test_device_mismatch_is_reported(rng):

@@ -165,6 +165,59 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.fastrl.sample.default, args)
 
 
+def test_strided_and_expanded_seeds(device, rng):
+    """Seeds that are every other element of a longer tensor, or one seed expand()ed to
+    every row (stride 0), draw what their contiguous copies draw, on every backend."""
+    logits = (torch.randn(4, 64, generator=rng) * 2).to(device)
+    all_seeds = torch.arange(8, device=device) * 1000003 + 7
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            for options in [dict(), dict(top_k=20)]:
+                for seeds in (all_seeds[::2], torch.tensor([42], device=device).expand(4)):
+                    got = ops.sample(logits, seeds=seeds, **options)
+                    want = ops.sample(logits, seeds=seeds.contiguous(), **options)
+                    assert torch.equal(got.tokens, want.tokens), (backend, options, seeds.stride())
+                    torch.testing.assert_close(got.logprob, want.logprob)
+            same = ops.sample(torch.zeros(4, 64, device=device), seeds=torch.tensor([42], device=device).expand(4))
+            assert (same.tokens == same.tokens[0]).all(), backend  # equal rows, equal seeds: equal tokens
+
+
+@pytest.mark.parametrize("options", [dict(), dict(top_k=5), dict(top_p=0.8)])
+def test_compile_fullgraph_equals_eager(options, device, rng):
+    """Through the op and its fake: the torch path's data-dependent cutoffs do not reach Dynamo."""
+    logits = torch.randn(3, 50, generator=rng).to(device)
+    seeds = torch.arange(3, device=device)
+    compiled = torch.compile(lambda z, s: ops.sample(z, seeds=s, offset=1, **options), fullgraph=True)
+    got, eager = compiled(logits, seeds), ops.sample(logits, seeds=seeds, offset=1, **options)
+    assert torch.equal(got.tokens, eager.tokens)
+    for g, e in zip(got[1:], eager[1:]):
+        torch.testing.assert_close(g, e)
+
+
+def test_no_gradient(device):
+    logits = LOGITS.expand(4, -1).to(device).requires_grad_()
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            out = ops.sample(logits, top_k=3, seeds=torch.arange(4, device=device))
+            assert not any(x.requires_grad for x in out), backend
+            raw = torch.ops.fastrl.sample(logits, 1.0, 3, 1.0, torch.arange(4, device=device), 0)
+            assert not any(x.requires_grad for x in raw), backend
+
+
+def test_a_failing_call_leaves_the_global_generator_alone():
+    """seeds=None draws from torch's default generator, but only once the arguments passed."""
+    bad = torch.zeros(2, 5)
+    bad[1, 2] = float("nan")
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="logits contains NaN"):
+        ops.sample(bad)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        ops.sample(torch.zeros(2, 5), top_p=2.0)
+    assert torch.equal(torch.get_rng_state(), state)
+    ops.sample(torch.zeros(2, 5))
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
 # ---- bad inputs ----
 
 
@@ -176,6 +229,7 @@ def test_opcheck(device):
     (dict(top_k=0), ValueError, "top_k must be >= 1"),
     (dict(top_k=2.5), TypeError, "top_k must be None or an int"),
     (dict(offset=-1), ValueError, "offset must be an int >= 0"),
+    (dict(offset=2**63), ValueError, "offset must fit in int64"),
     (dict(seeds=torch.arange(3)), ValueError, "seeds must have one seed per row"),
     (dict(seeds=torch.arange(4, dtype=torch.int32)), TypeError, "seeds must be int64"),
 ])

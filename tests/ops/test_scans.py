@@ -1,5 +1,6 @@
 """Token scans against their references (DESIGN 3.1, 4) on every backend present."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -142,6 +143,82 @@ def test_negative_zero_in_a_float_mask_is_zero(device):
         with ops.use_backend(backend):
             out = ops.discounted_returns(rewards, mask, 1.0)
         assert out.cpu().tolist() == [[2.0, 0.0, 1.0]]
+
+
+FLOAT8_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz]
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float16, torch.bfloat16, *FLOAT8_DTYPES])
+def test_negative_zero_in_any_float_mask_is_zero(mask_dtype, device):
+    """A 1-byte float mask too: -0.0 (0x80 in e4m3fn and e5m2) is 0. In the fnuz float8s
+    0x80 is NaN, which is nonzero, as the reference's mask != 0 says."""
+    bits = torch.tensor([[0x38, 0x80, 0x38, 0x00]], dtype=torch.uint8)
+    mask = bits.view(mask_dtype) if mask_dtype.itemsize == 1 else torch.tensor([[1.0, -0.0, 1.0, 0.0]]).to(mask_dtype)
+    assert bool(mask[0, 1] != 0) == (mask_dtype in (torch.float8_e4m3fnuz, torch.float8_e5m2fnuz))
+    for op, mode in op_cases():
+        args = inputs(op, (1, 4), torch.float64, torch.Generator().manual_seed(0))
+        args = tuple(mask if isinstance(a, torch.Tensor) and not a.is_floating_point() else a for a in args)
+        want = call(op, args, "reference", **kwargs(mode))
+        for backend in ops.available_backends(op, device.type):
+            got = call(op, to(args, device), backend, **kwargs(mode))
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g.cpu(), w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.int8, torch.int64, torch.float32])
+@pytest.mark.parametrize("op,mode", op_cases())
+def test_any_nonzero_mask_value_is_valid(op, mode, mask_dtype, device, rng):
+    """Masks holding 2 or 3, not only 1 (e.g. is_step_end + is_last as a step mask): a
+    byte-wise AND of two such masks (2 & 1 = 0) must not drop a step."""
+    args = inputs(op, (5, 300), torch.float64, rng)
+    wide = tuple(a * torch.randint(1, 4, a.shape, generator=rng).to(mask_dtype)  # each mask its own values
+                 if isinstance(a, torch.Tensor) and a.dtype == torch.bool else a for a in args)
+    want = call(op, args, "reference", **kwargs(mode))
+    for backend in ops.available_backends(op, device.type):
+        got = call(op, to(wide, device), backend, **kwargs(mode))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.cpu(), w, rtol=1e-10, atol=1e-10)
+
+
+def test_min_form_step_mask_of_two_with_a_one_mask():
+    """The audit's case: the final token is both a step end and the last token (step_mask 2)."""
+    scores = torch.tensor([[0.0, 0.8, 0.0, 0.0, 0.3]])
+    step_mask = torch.tensor([[0, 1, 0, 0, 2]], dtype=torch.uint8)
+    for backend in ops.available_backends("min_form_returns", "cpu"):
+        with ops.use_backend(backend):
+            rewards, returns = ops.min_form_returns(scores, step_mask, torch.ones(1, 5, dtype=torch.int64),
+                                                    mode="strict")
+        torch.testing.assert_close(rewards, torch.tensor([[0.0, 0.8, 0.0, 0.0, 0.3]]))
+        torch.testing.assert_close(returns, torch.full((1, 5), 0.3))
+
+
+@pytest.mark.parametrize("op,mode", op_cases())
+def test_empty_time_dimension(op, mode, device):
+    """T = 0: [B, 0] outputs on every backend (and whitened GAE too)."""
+    args = to(inputs(op, (2, 0), torch.float32, torch.Generator().manual_seed(0)), device)
+    for backend in ops.available_backends(op, device.type):
+        for kw in [kwargs(mode)] + ([{"whiten": True}] if op == "gae" else []):
+            for out in call(op, args, backend, **kw):
+                assert out.shape == (2, 0) and out.dtype == torch.float32, backend
+
+
+@pytest.mark.parametrize("op,mode", op_cases())
+def test_no_gradient_on_any_backend(op, mode, device, rng):
+    """Reward-side ops have no gradient: on every backend, through the public function or
+    the op, outputs never require grad (no graph through the reference's PyTorch calls, no
+    output of a compiled kernel that warns on backward)."""
+    args = to(inputs(op, (3, 20), torch.float32, rng), device)
+    args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for backend in ops.available_backends(op, device.type):
+            for kw in [kwargs(mode)] + ([{"whiten": True}] if op == "gae" else []):
+                for out in call(op, args, backend, **kw):
+                    assert not out.requires_grad and out.grad_fn is None, backend
+            with ops.use_backend(backend):
+                for out in getattr(torch.ops.fastrl, op)(*args, *([mode] if mode else [])):
+                    assert not out.requires_grad, backend
+    torch.library.opcheck(getattr(torch.ops.fastrl, op).default, args + ((mode,) if mode else ()))
 
 
 @pytest.mark.parametrize("op,mode", op_cases())

@@ -18,12 +18,14 @@ namespace fastrl {
 struct MaskRef {
   const void* data;
   int elem_size;  // bytes per element: 1, 2, 4 or 8
-  bool floating;  // floats ignore the sign bit, so -0.0 reads as 0
+  bool floating;  // floats with a -0.0 ignore the sign bit, so -0.0 reads as 0 (see mask_ref)
 
   FASTRL_HD bool operator[](int64_t i) const {
     switch (elem_size) {
-      case 1:
-        return static_cast<const uint8_t*>(data)[i] != 0;
+      case 1: {
+        uint8_t v = static_cast<const uint8_t*>(data)[i];
+        return (floating ? (v & 0x7fu) : v) != 0;
+      }
       case 2: {
         uint16_t v = static_cast<const uint16_t*>(data)[i];
         return (floating ? (v & 0x7fffu) : v) != 0;
@@ -43,7 +45,7 @@ struct MaskRef {
   inline void to_bytes(int64_t n, uint8_t* out) const {
     switch (elem_size) {
       case 1:
-        return nonzero_bytes(static_cast<const uint8_t*>(data), uint8_t(0xff), n, out);
+        return nonzero_bytes(static_cast<const uint8_t*>(data), uint8_t(floating ? 0x7fu : 0xffu), n, out);
       case 2:
         return nonzero_bytes(static_cast<const uint16_t*>(data), uint16_t(floating ? 0x7fffu : 0xffffu), n, out);
       case 4:

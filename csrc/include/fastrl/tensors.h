@@ -15,15 +15,21 @@ namespace fastrl {
 
 inline MaskRef mask_ref(const at::Tensor& mask) {
   TORCH_CHECK(mask.is_contiguous(), "fastrl: mask must be contiguous");
-  return {mask.data_ptr(), static_cast<int>(mask.element_size()),
-          at::isFloatingType(mask.scalar_type())};
+  const auto type = mask.scalar_type();
+  // Floats whose sign bit makes a -0.0. Of the 1-byte floats only e4m3fn and e5m2 have one:
+  // in the fnuz float8s 0x80 is NaN and in e8m0 it is 2.0, nonzero as their raw bits are.
+  const bool signed_zero =
+      at::isFloatingType(type) && (mask.element_size() > 1 || type == at::ScalarType::Float8_e4m3fn ||
+                                   type == at::ScalarType::Float8_e5m2);
+  return {mask.data_ptr(), static_cast<int>(mask.element_size()), signed_zero};
 }
 
-// The masks of rows [row, row + n) of a [B, T] mask as 0/1 bytes: the input
-// itself when it is already bool/uint8, else a conversion into `buffer` (CPU).
+// The masks of rows [row, row + n) of a [B, T] mask as bytes, nonzero = valid
+// (not necessarily 0/1: a uint8 mask may hold 2): the input itself when it is
+// 1-byte and not a float, else a conversion to 0/1 into `buffer` (CPU).
 inline const uint8_t* mask_bytes(MaskRef mask, int64_t row, int64_t n, int64_t T, std::vector<uint8_t>& buffer) {
   MaskRef rows = mask.offset(row * T);
-  if (mask.elem_size == 1) return static_cast<const uint8_t*>(rows.data);
+  if (mask.elem_size == 1 && !mask.floating) return static_cast<const uint8_t*>(rows.data);
   buffer.resize(n * T);
   rows.to_bytes(n * T, buffer.data());
   return buffer.data();
