@@ -1,7 +1,9 @@
 """PPO's clipped policy loss, its aggregations, the k3 KL penalty and the clipped value
 loss (DESIGN 3.4).
 
-Token values are [B, T] with a response mask (bool or numeric, nonzero valid). The
+Token values are [B, T] with a response mask (bool or numeric, nonzero valid); masked
+positions may hold anything (they reach neither a value nor a gradient). Outputs are
+float32 whatever the input dtype (float64 for float64 inputs), as every fastrl op. The
 ``denominator`` of ``aggregate`` lets a caller normalise by a count taken over more than
 the rows at hand (a whole mini-batch split into micro-batches, or all processes), so
 that the sum of the parts equals the loss of the whole.
@@ -15,6 +17,26 @@ import torch
 from fastrl.ops import _checks
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+LOG_RATIO_BOUND = 20.0  # |logp - old_logp| beyond it: exp overflows in float32 past 88, and 0 * inf is a NaN gradient
+KL_BOUND = 10.0  # k3 per token at most (verl's low_var_kl): one far-off token cannot swamp a reward or loss
+
+
+def _token_values(mask: torch.Tensor, **tensors: torch.Tensor):
+    """(valid, the tensors in the output dtype with 0 off the mask, before any arithmetic)
+    after checking each is [B, T] like the first, floating and, where values are checked,
+    finite on the mask."""
+    (first, x0), *rest = tensors.items()
+    _checks.floating(first, x0, ndim=2)
+    for name, x in rest:
+        _checks.floating(name, x, ndim=2)
+        _checks.same_shape(name, x, first, x0)
+    _checks.mask("mask", mask, first, x0)
+    valid = mask != 0
+    dtype = torch.float64 if any(x.dtype == torch.float64 for x in tensors.values()) else torch.float32
+    zero = torch.zeros((), dtype=dtype, device=x0.device)
+    for name, x in tensors.items():
+        _checks.finite_where(name, x, valid)
+    return valid, *(torch.where(valid, x.to(dtype), zero) for x in tensors.values())
 
 
 class PolicyLoss(NamedTuple):
@@ -29,20 +51,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     """PPO-clip per token: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), r = exp(logp -
     old_logp); with ``dual_clip`` c, a negative advantage's loss is capped at -c A (the
     dual-clip PPO of Ye et al., as verl)."""
-    _checks.floating("logp", logp, ndim=2)
-    for name, x in (("old_logp", old_logp), ("advantages", advantages)):
-        _checks.floating(name, x, ndim=2)
-        _checks.same_shape(name, x, "logp", logp)
-    _checks.mask("mask", mask, "logp", logp)
     if not 0 <= clip_low < 1 or not clip_high > 0:
         raise ValueError(f"clip_low must be in [0, 1) and clip_high > 0, got {clip_low}, {clip_high}")
     if dual_clip is not None and not dual_clip > 1:
         raise ValueError(f"dual_clip must be > 1 or None, got {dual_clip}")
-    valid = mask != 0
-    # masked positions may hold -inf padding: keep them out of exp
-    diff = torch.where(valid, logp - old_logp.detach(), torch.zeros((), dtype=logp.dtype, device=logp.device))
-    ratio = diff.exp()
-    adv = advantages.detach().to(ratio.dtype)
+    valid, logp, old_logp, adv = _token_values(mask, logp=logp, old_logp=old_logp.detach(),
+                                               advantages=advantages.detach())
+    ratio = (logp - old_logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -52,38 +67,31 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         capped = (adv < 0) & (loss > cap)
         loss = torch.where(capped, cap, loss)
         was_clipped = was_clipped | capped
-    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    return PolicyLoss(torch.where(valid, loss, zero), was_clipped & valid)
+    return PolicyLoss(torch.where(valid, loss, 0.0), was_clipped & valid)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref_logp
-    - logp, d clamped to [-20, 20] so that a far-off token cannot overflow; 0 off the mask."""
-    _checks.floating("logp", logp, ndim=2)
-    _checks.floating("ref_logp", ref_logp, ndim=2)
-    _checks.same_shape("ref_logp", ref_logp, "logp", logp)
-    _checks.mask("mask", mask, "logp", logp)
-    valid = mask != 0
-    d = torch.where(valid, ref_logp.detach() - logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
-    d = d.clamp(-20, 20)
-    return torch.where(valid, d.exp() - d - 1, torch.zeros((), dtype=d.dtype, device=d.device))
+    - logp, d clamped to [-20, 20] so that a far-off token cannot overflow, and the result
+    to at most KL_BOUND = 10 (as verl's low_var_kl; TRL leaves it unbounded); 0 off the mask."""
+    valid, logp, ref_logp = _token_values(mask, logp=logp, ref_logp=ref_logp.detach())
+    d = (ref_logp - logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    return torch.where(valid, (d.exp() - d - 1).clamp(max=KL_BOUND), 0.0)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                clip: Optional[float] = 0.2) -> torch.Tensor:
     """0.5 max((v - R)^2, (old_v + clip(v - old_v, -clip, clip) - R)^2) per token (PPO's
     clipped value loss; unclipped when clip is None), 0 off the mask."""
-    _checks.floating("values", values, ndim=2)
-    for name, x in (("old_values", old_values), ("returns", returns)):
-        _checks.floating(name, x, ndim=2)
-        _checks.same_shape(name, x, "values", values)
-    _checks.mask("mask", mask, "values", values)
-    returns, old_values = returns.detach(), old_values.detach()
+    if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < float("inf")):
+        raise ValueError(f"clip must be a positive finite number or None, got {clip!r}")
+    valid, values, old_values, returns = _token_values(mask, values=values, old_values=old_values.detach(),
+                                                       returns=returns.detach())
     loss = (values - returns) ** 2
     if clip is not None:
         v_clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.maximum(loss, (v_clipped - returns) ** 2)
-    return torch.where(mask != 0, 0.5 * loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    return torch.where(valid, 0.5 * loss, 0.0)
 
 
 def aggregation_units(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
@@ -106,11 +114,13 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "toke
     Rows without a valid token do not count. ``denominator`` replaces the count of tokens
     (or rows) — see ``aggregation_units``; an empty batch gives 0, never NaN.
     """
-    _checks.floating("values", values, ndim=2)
-    _checks.mask("mask", mask, "values", values)
     _checks.choice("aggregation", aggregation, AGGREGATIONS)
-    valid = mask != 0
-    values = torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    if denominator is not None:
+        if isinstance(denominator, torch.Tensor) and denominator.ndim != 0:
+            raise ValueError(f"denominator must be a scalar (0-d), got shape {tuple(denominator.shape)}")
+        if not isinstance(denominator, torch.Tensor) and not denominator >= 0:
+            raise ValueError(f"denominator must be >= 0, got {denominator}")
+    valid, values = _token_values(mask, values=values)
     if aggregation == "token_mean":
         total = values.sum()
     elif aggregation == "seq_mean_token_mean":
@@ -118,8 +128,8 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "toke
     else:
         if max_length is None:
             max_length = values.shape[1]
-        if not max_length > 0:
-            raise ValueError(f"max_length must be > 0, got {max_length}")
+        if not 0 < max_length < float("inf"):
+            raise ValueError(f"max_length must be a positive finite number, got {max_length}")
         total = values.sum() / max_length
     if denominator is None:
         denominator = aggregation_units(mask, aggregation)

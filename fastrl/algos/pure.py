@@ -25,6 +25,7 @@ import torch
 
 from fastrl.algos._tokens import last_valid, next_valid
 from fastrl.ops import _checks, discounted_returns, min_form_returns
+from fastrl.ops.advantages import check_group_id_values, check_group_ids
 
 
 class Credit(NamedTuple):
@@ -84,8 +85,14 @@ def pure_advantages(scores: torch.Tensor, step_mask: torch.Tensor, mask: torch.T
     _checks.mask("mask", mask, "scores", scores)
     _checks.choice("min_form", min_form, ("soft", "strict", "sum"))
     _checks.choice("baseline", baseline, ("token", "step", "none"))
-    if group_ids.shape != scores.shape[:1]:
-        raise ValueError(f"group_ids must have shape ({scores.shape[0]},), got {tuple(group_ids.shape)}")
+    check_group_ids(group_ids, scores)
+    check_group_id_values(group_ids)
+    if solved is not None:
+        _checks.floating("solved", solved, ndim=1)
+        if solved.shape[0] != scores.shape[0]:
+            raise ValueError(f"solved must have one value per row of scores ({scores.shape[0]}), got {solved.shape[0]}")
+        _checks.same_device("solved", solved, "scores", scores)
+        _checks.finite("solved", solved)
     valid = mask != 0
     steps = (step_mask != 0) & valid
     _, ret = min_form_returns(scores, steps, valid, temperature, min_form)
@@ -104,7 +111,6 @@ def pure_advantages(scores: torch.Tensor, step_mask: torch.Tensor, mask: torch.T
         rewards = rewards - torch.where(steps, loo_mean(per_step, group_ids)[:, None], 0)
     final = last_valid(valid)
     if solved is not None and verifiable_coef:
-        _checks.floating("solved", solved, ndim=1)
         v = solved.to(rewards.dtype) - 1
         v = v - loo_mean(v, group_ids)
         rewards = rewards + torch.where(final, verifiable_coef * v[:, None], 0)

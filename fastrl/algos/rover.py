@@ -66,7 +66,7 @@ def rover_targets(logp: torch.Tensor, old_logp: torch.Tensor, mean_logp: torch.T
     def masked(x):
         return torch.where(valid, x.to(dtype), zero)
 
-    q = rho * (masked(logp) - masked(old_logp))
+    q = rho * (masked(logp) - masked(old_logp.detach()))  # the rollout policy's: a constant, as in policy_loss
     with torch.no_grad():
         look_ahead = next_valid(masked(mean_logp) - masked(old_mean_logp), valid)
         target = masked(advantages.to(dtype)[:, None] + rho * kappa * look_ahead)
@@ -137,10 +137,9 @@ def _check(logp, old_logp, mean_logp, old_mean_logp, advantages, response_mask):
                          f"got {advantages.shape[0]}")
     _checks.same_device("advantages", advantages, "logp", logp)
     valid = response_mask != 0
-    if _checks.values_checked(logp):  # masked positions may hold anything (e.g. -inf padding)
-        for name, x in (("logp", logp), ("old_logp", old_logp), ("mean_logp", mean_logp),
-                        ("old_mean_logp", old_mean_logp)):
-            _checks.finite(name, x.detach().masked_fill(~valid, 0))
-        _checks.finite("advantages", advantages)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("mean_logp", mean_logp),
+                    ("old_mean_logp", old_mean_logp)):
+        _checks.finite_where(name, x, valid)
+    _checks.finite("advantages", advantages)
     float64 = any(x.dtype == torch.float64 for x in (logp, old_logp, mean_logp, old_mean_logp, advantages))
     return valid, torch.float64 if float64 else torch.float32

@@ -69,6 +69,12 @@ def finite(name: str, x: torch.Tensor):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def finite_where(name: str, x: torch.Tensor, valid: torch.Tensor):
+    """NaN/Inf where ``valid`` (token values: masked positions may hold anything, e.g. -inf padding)."""
+    if values_checked(x):
+        finite(name, x.detach().masked_fill(~valid, 0))
+
+
 def in_range(name: str, value, low: float, high: float):
     value = number(name, value)
     if not low <= value <= high:

@@ -107,10 +107,19 @@ def check_group_ids(group_ids, scores: torch.Tensor):
     _checks.tensor("group_ids", group_ids, ndim=1)
     if group_ids.dtype != torch.int64:
         raise TypeError(f"group_ids must be int64, got {group_ids.dtype} (see group_ids_from_uids)")
-    if group_ids.shape != scores.shape:
-        raise ValueError(f"group_ids must have the length of scores ({scores.shape[0]}), "
+    if group_ids.shape[0] != scores.shape[0]:
+        raise ValueError(f"group_ids must have one id per row of scores ({scores.shape[0]}), "
                          f"got {group_ids.shape[0]}")
     _checks.same_device("group_ids", group_ids, "scores", scores)
+
+
+def check_group_id_values(group_ids: torch.Tensor):
+    """Ids in [0, B), read where values are checked (CPU, or FASTRL_CHECK=1)."""
+    if _checks.values_checked(group_ids) and group_ids.numel():
+        low, high = torch.aminmax(group_ids)
+        if low < 0 or high >= group_ids.numel():
+            raise ValueError(f"group_ids must be in [0, {group_ids.numel()}), "
+                             f"got values in [{int(low)}, {int(high)}]")
 
 
 def check_values(op: str, scores: torch.Tensor, group_ids: torch.Tensor):
@@ -119,11 +128,7 @@ def check_values(op: str, scores: torch.Tensor, group_ids: torch.Tensor):
     if backend_for(op, scores.device.type) == "cpp":
         return
     _checks.finite("scores", scores)
-    if _checks.values_checked(group_ids) and group_ids.numel():
-        low, high = torch.aminmax(group_ids)
-        if low < 0 or high >= group_ids.numel():
-            raise ValueError(f"group_ids must be in [0, {group_ids.numel()}), "
-                             f"got values in [{int(low)}, {int(high)}]")
+    check_group_id_values(group_ids)
 
 
 def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

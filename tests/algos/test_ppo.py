@@ -107,7 +107,57 @@ def test_value_loss(rng):
     torch.testing.assert_close(value_loss(v, old, ret, mask, None), torch.where(mask, 0.5 * (v - ret) ** 2, 0))
 
 
+@pytest.mark.parametrize("dual", [None, 3.0])
+@pytest.mark.parametrize("gap", [89.0, -95.0, 30.0])
+def test_a_far_off_ratio_gives_finite_loss_and_gradient(gap, dual):
+    # exp(89) overflows float32: the branch max/where drops would give the gradient 0 * inf = NaN
+    logp = torch.tensor([[-0.5, -1.0]], requires_grad=True)
+    old = logp.detach() - torch.tensor([[gap, 0.0]])
+    adv = torch.tensor([[1.0, -1.0]]) * (1 if gap > 0 else -1)
+    out = policy_loss(logp, old, adv, torch.ones(1, 2), dual_clip=dual)
+    aggregate(out.loss, torch.ones(1, 2)).backward()
+    assert torch.isfinite(out.loss).all() and torch.isfinite(logp.grad).all()
+    assert float(logp.grad[0, 0]) == 0.0  # clipped (or bounded), as verl's clamp of the log-ratio to [-20, 20]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_float32_outputs_for_low_precision(rng, dtype):
+    logp, old, adv, mask = batch(rng)
+    adv[2, 0] = 1234.567  # bf16 would keep 1232
+    exact = policy_loss(logp, old, adv, mask).loss
+    low = policy_loss(logp.to(dtype), old.to(dtype), adv.float(), mask).loss
+    assert low.dtype == torch.float32
+    for out in (kl_k3(logp.to(dtype), old.to(dtype), mask), value_loss(logp.to(dtype), old.to(dtype), adv.to(dtype), mask),
+                aggregate(logp.to(dtype), mask)):
+        assert out.dtype == torch.float32
+    tolerance = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10, torch.float32: 1e-6}[dtype]
+    assert float(low[2, 0] - exact[2, 0]) == pytest.approx(0, abs=1234.6 * 3 * tolerance)
+
+
+def test_kl_is_bounded_per_token():
+    logp, ref = torch.tensor([[0.0, 0.0]], requires_grad=True), torch.tensor([[5.0, 0.5]])
+    kl = kl_k3(logp, ref, torch.ones(1, 2))
+    assert float(kl[0, 0].detach()) == 10.0 and float(kl[0, 1].detach()) == pytest.approx(math.exp(0.5) - 1.5)  # as verl's low_var_kl
+    kl.sum().backward()
+    assert logp.grad[0, 0] == 0.0
+
+
+def test_masked_positions_may_hold_anything_in_value_loss(rng):
+    v, old, ret, mask = batch(rng)
+    v.requires_grad_()
+    junk = torch.where(mask, ret, torch.tensor(float("nan"), dtype=ret.dtype))
+    aggregate(value_loss(v, old, junk, mask), mask).backward()
+    assert torch.isfinite(v.grad).all() and (v.grad[~mask] == 0).all()
+
+
 @pytest.mark.parametrize("call, match", [
+    (lambda x, m: value_loss(x, x, x, m, clip=-0.2), "clip"),
+    (lambda x, m: value_loss(x, x, x, m, clip=float("nan")), "clip"),
+    (lambda x, m: aggregate(x, m, denominator=m.sum(-1)), "denominator"),
+    (lambda x, m: aggregate(x, m, denominator=-5), "denominator"),
+    (lambda x, m: aggregate(x, m, "seq_mean_token_sum_norm", max_length=float("inf")), "max_length"),
+    (lambda x, m: policy_loss(x, torch.full_like(x, float("nan")), x, m), "old_logp"),
+    (lambda x, m: kl_k3(x, torch.full_like(x, float("inf")), m), "ref_logp"),
     (lambda x, m: policy_loss(x, x, x, m, clip_low=1.0), "clip_low"),
     (lambda x, m: policy_loss(x, x, x, m, dual_clip=1.0), "dual_clip"),
     (lambda x, m: policy_loss(x, x[:, :2], x, m), "old_logp"),

@@ -131,3 +131,12 @@ def test_bad_inputs():
         pure_advantages(x, x, x, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="baseline"):
         pure_advantages(x, x, x, torch.zeros(2, dtype=torch.long), baseline="mean")
+    ids = torch.zeros(2, dtype=torch.long)
+    for solved, error in ((torch.ones(1), ValueError), (torch.ones(3), ValueError), (torch.ones(2, 1), ValueError),
+                          (torch.tensor([1.0, float("nan")]), ValueError), (torch.ones(2, dtype=torch.long), TypeError)):
+        with pytest.raises(error, match="solved"):
+            pure_advantages(x, x, x, ids, solved)
+    for group_ids, error in ((torch.zeros(2), TypeError), (torch.tensor([0, 7]), ValueError),
+                             (torch.tensor([-1, 0]), ValueError)):
+        with pytest.raises(error, match="group_ids"):
+            pure_advantages(x, x, x, group_ids)

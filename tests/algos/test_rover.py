@@ -99,6 +99,17 @@ def test_gradient_only_through_q(rng):
     torch.testing.assert_close(logp.grad, expected)
 
 
+def test_old_logp_is_a_constant(rng):
+    # as policy_loss: passing the current log-probs as old_logp (on-policy) still trains
+    logp, _, mean, old_mean, adv, mask = batch(rng)
+    on_policy = logp.clone().requires_grad_()
+    rover_loss(on_policy, on_policy, mean, old_mean, adv, mask).backward()
+    detached = logp.clone().requires_grad_()
+    rover_loss(detached, detached.detach(), mean, old_mean, adv, mask).backward()
+    torch.testing.assert_close(on_policy.grad, detached.grad)
+    assert detached.grad.abs().max() > 0
+
+
 def test_empty_mask_gives_zero_loss(rng):
     logp, old_logp, mean, old_mean, adv, mask = batch(rng)
     loss = rover_loss(logp.requires_grad_(), old_logp, mean, old_mean, adv, torch.zeros_like(mask))
