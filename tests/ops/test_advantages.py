@@ -211,7 +211,7 @@ def test_group_ids_from_uids_errors():
 
 
 def test_length_mismatch():
-    with pytest.raises(ValueError, match="group_ids must have the length of scores"):
+    with pytest.raises(ValueError, match="group_ids must have one id per row of scores"):
         ops.group_advantages(torch.ones(4), torch.zeros(3, dtype=torch.int64))
 
 
