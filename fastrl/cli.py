@@ -242,8 +242,11 @@ def main(argv=None) -> int:
     t.add_argument("--output-dir", help="where the log, checkpoints, plot and final policy go (run.output_dir)")
     t.add_argument("--seed", type=int, help="run.seed")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.output_dir")
-    t.add_argument("--overwrite", action="store_true", help="start again even if run.output_dir holds a run")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in run.output_dir (the config may differ from the "
+                        "checkpoint's only in fastrl.trainer.config.RESUME_SAFE: run.steps, logging, ...)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again even if run.output_dir holds a run, removing its checkpoints, final/ and logs")
     t.add_argument("--plot", action="store_true", help="write PNG curves of the metrics at the end")
     t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     x = sub.add_parser("experiment", help="reproduce a paper's headline effect at toy scale on the CPU")

@@ -7,6 +7,7 @@ state-dict API, so one file serves any process count and DDP or FSDP2 alike.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -45,7 +46,10 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = {
         "model": get_model_state_dict(model, options=options),
-        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
+        # None for an optimizer that has not stepped yet (dynamic sampling skipped every update
+        # so far): the state-dict API would first give it a state by a zero-lr step, which
+        # counts in Adam's bias correction and so changes the run that saved
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=options) if optimizer.state else None,
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
         "step": step,
@@ -61,6 +65,8 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        # the config alone too: --resume compares it before loading anything
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
         for old in sorted(Path(folder).glob(f"{PREFIX}*"))[:-keep]:
@@ -74,13 +80,23 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def saved_config(path: Path) -> dict:
+    """The config a checkpoint was written with, without loading its tensors."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return json.loads((path / "config.json").read_text())
+    # checkpoints written before config.json was: memory-mapped, so nothing large is read
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=True)["config"]
+
+
 def load(path: Path, model, optimizer, scheduler) -> dict:
     """Restore a checkpoint written by ``save`` into model/optimizer/scheduler (each
     process reads the file) and the RNG states. Returns the saved record (step, config)."""
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state["model"], options=options)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+    if state["optimizer"] is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return {"step": state["step"], "config": state["config"]}

@@ -14,6 +14,8 @@ YAML) apply on top, as ``fastrl train --set``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
+# keys a --resume may change: how long the run goes, where it runs, how it is kept and
+# shown; any other change would continue a run the checkpoint's state does not belong to
+RESUME_SAFE = ("run.steps", "run.output_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.plot",
+               "run.tensorboard", "run.wandb", "run.wandb_project", "run.progress", "run.device", "run.distributed",
+               "model.attn_implementation", "model.gradient_checkpointing")
 
 
 class ConfigError(ValueError):
@@ -33,7 +40,8 @@ class ModelConfig:
     """A local Hugging Face causal LM (a folder with config.json). None: the built-in
     tiny Llama of the built-in task (``fastrl.trainer.task``)."""
     tokenizer: Optional[str] = None
-    """Tokenizer folder; None: ``path`` (or the built-in task's tokenizer)."""
+    """Tokenizer folder for model.path; None: the one in ``path``. The built-in tiny model
+    (path None) always uses the built-in task's tokenizer."""
     tiny_hidden_size: int = 64
     """Width of the built-in tiny model (only when path is None)."""
     tiny_layers: int = 2
@@ -59,7 +67,9 @@ class ModelConfig:
 class DataConfig:
     source: str = "task"
     """"task": the built-in task (``fastrl.trainer.task``); a ``.jsonl`` file; or a folder written by
-    ``datasets.Dataset.save_to_disk``."""
+    ``datasets.Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``, with ``split``)."""
+    split: Optional[str] = None
+    """A DatasetDict folder: the split to train on (e.g. "train")."""
     prompts_per_step: int = 16
     """Prompts per training step, over all processes (a multiple of the process count)."""
     operands: int = 3
@@ -227,6 +237,9 @@ class TrainConfig:
             raise ConfigError(f"model.tiny_hidden_size must be a multiple of 4 (4 heads), got {m.tiny_hidden_size}")
         _at_least("model.tiny_layers", m.tiny_layers, 1)
         _at_least("model.lora_rank", m.lora_rank, 0)
+        if m.tokenizer is not None and m.path is None:
+            raise ConfigError("model.tokenizer goes with model.path; the built-in tiny model (model.path unset) "
+                              "uses the built-in task's tokenizer")
         _positive("model.lora_alpha", m.lora_alpha)
         _in_unit("model.lora_dropout", m.lora_dropout, closed=False)
         for key in ("path", "tokenizer"):
@@ -242,6 +255,8 @@ class TrainConfig:
                                   "datasets folder)")
             if Path(d.source).is_file() and not d.source.endswith(".jsonl"):
                 raise ConfigError(f"data.source: a file must be .jsonl, got {d.source!r}")
+        if d.split is not None and (d.source == "task" or Path(d.source).is_file()):
+            raise ConfigError(f"data.split selects a split of a DatasetDict folder; data.source is {d.source!r}")
         _at_least("data.prompts_per_step", d.prompts_per_step, 1)
         if not 2 <= d.operands <= 8:
             raise ConfigError(f"data.operands must be in 2..8, got {d.operands}")
@@ -256,6 +271,8 @@ class TrainConfig:
         kinds = ("task", "math", "classification", "classification_no_think", "format")
         if rw.kind not in kinds and ":" not in rw.kind:
             raise ConfigError(f"reward.kind must be one of {', '.join(kinds)} or 'module:function', got {rw.kind!r}")
+        if ":" in rw.kind:
+            user_function(rw.kind, "reward.kind")
         if rw.kind == "task" and d.source != "task":
             raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs data.source 'task', got "
                               f"{d.source!r}")
@@ -265,8 +282,13 @@ class TrainConfig:
                               f"got {rw.process!r}")
         if rw.process == "task" and d.source != "task":
             raise ConfigError("reward.process 'task' needs data.source 'task'")
+        if rw.process is not None and ":" in rw.process:
+            user_function(rw.process, "reward.process")
         if a.name not in ALGOS:
             raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got {a.name!r}")
+        if a.name != "gae" and r.group_size < 2:
+            raise ConfigError(f"rollout.group_size must be >= 2 for {a.name}, whose advantages compare the responses "
+                              f"of a group, got {r.group_size}")
         if a.name == "pure" and rw.process is None and d.source == "task":
             rw.process = "task"  # the built-in task brings its own step scores
         if a.name == "pure" and rw.process is None:
@@ -314,8 +336,29 @@ class TrainConfig:
         _at_least("run.seed", run.seed, 0)
         _at_least("run.checkpoint_every", run.checkpoint_every, 0)
         _at_least("run.keep_checkpoints", run.keep_checkpoints, 1)
-        if run.device not in ("auto", "cpu", "cuda") and not run.device.startswith("cuda:"):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device):
             raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
+        if run.device.startswith("cuda"):
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(run.device.partition(":")[2] or 0)
+            if index >= count:
+                raise ConfigError(f"run.device {run.device!r}: this machine has "
+                                  f"{f'{count} CUDA device(s)' if count else 'no CUDA'}")
+
+
+def user_function(spec: str, key: str):
+    """The function named by a ``module:function`` config value (ConfigError naming key if
+    it does not import)."""
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{key}: cannot load {spec!r} ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"{key}: {spec!r} is not callable")
+    return fn
 
 
 def _at_least(key, value, low):
@@ -371,6 +414,9 @@ def _build(cls, values, prefix):
     return cls(**kwargs)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(key, hint, value):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -395,6 +441,8 @@ def _coerce(key, hint, value):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)

@@ -17,6 +17,7 @@ class Prompts:
         """task: the task object serving data.source "task" (``fastrl.trainer.task.MaxTask``)."""
         self.cfg, self.seed, self.task = cfg, seed, task
         self.rows = None if cfg.source == "task" else _load(cfg)
+        self._epoch_order = (None, None)
 
     def batch(self, step: int) -> list[dict]:
         """The prompts_per_step records of training step ``step`` (0-based), each with at
@@ -32,10 +33,14 @@ class Prompts:
         return out
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.cfg.shuffle:
-            random.Random(f"fastrl-data:{self.seed}:{epoch}").shuffle(order)
-        return order
+        # one shuffle per epoch, not per prompt (200k rows: seconds a step); a step visits
+        # epochs in increasing order, so caching the last one suffices
+        if self._epoch_order[0] != epoch:
+            order = list(range(len(self.rows)))
+            if self.cfg.shuffle:
+                random.Random(f"fastrl-data:{self.seed}:{epoch}").shuffle(order)
+            self._epoch_order = (epoch, order)
+        return self._epoch_order[1]
 
 
 def _load(cfg: DataConfig) -> list[dict]:
@@ -52,7 +57,15 @@ def _load(cfg: DataConfig) -> list[dict]:
     else:
         import datasets
 
-        rows = list(datasets.load_from_disk(str(path)))
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if cfg.split not in data:
+                raise ConfigError(f"data.source {path} is a DatasetDict with splits {', '.join(data)}: "
+                                  f"set data.split to one of them" + (f" (got {cfg.split!r})" if cfg.split else ""))
+            data = data[cfg.split]
+        elif cfg.split is not None:
+            raise ConfigError(f"data.split: data.source {path} is a single Dataset, not a DatasetDict")
+        rows = list(data)
     if not rows:
         raise ConfigError(f"data.source {path} holds no records")
     for i, row in enumerate(rows):

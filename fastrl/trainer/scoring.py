@@ -2,23 +2,11 @@
 the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 
-from fastrl.trainer.config import ConfigError, TrainConfig
-
-
-def _user_function(spec: str, key: str) -> Callable:
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{key}: cannot load {spec!r} ({e})") from None
-    if not callable(fn):
-        raise ConfigError(f"{key}: {spec!r} is not callable")
-    return fn
+from fastrl.trainer.config import ConfigError, TrainConfig, user_function
 
 
 def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:
@@ -48,7 +36,7 @@ def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], floa
         from fastrl.rewards.classification import format_reward
 
         return lambda row, response: format_reward(response)
-    fn = _user_function(kind, "reward.kind")
+    fn = user_function(kind, "reward.kind")
     return lambda row, response: float(fn(row["prompt"], response, row))
 
 
@@ -62,7 +50,7 @@ class ProcessReward:
         if spec == "task":
             self.fn = lambda prompt, steps, row: task.step_scores(row, steps)
         elif ":" in spec:
-            self.fn = _user_function(spec, "reward.process")
+            self.fn = user_function(spec, "reward.process")
         else:
             from transformers import AutoModelForTokenClassification
 

@@ -20,9 +20,11 @@ import json
 import math
 import random
 import resource
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +45,19 @@ from fastrl.ops.logprobs import TokenStats
 from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
-from fastrl.trainer.config import ConfigError, TrainConfig
+from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
 from fastrl.trainer.rollout import rollout
 
+# what a run writes in run.output_dir (--overwrite removes them)
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb")
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over each row's own tokens, as the rollout (and Hugging Face's
+    generate) numbers them: a left-padded prompt starts at 0 like an unpadded one, and
+    models with absolute position embeddings see in training what they saw sampling."""
+    return ((attention_mask != 0).long().cumsum(-1) - 1).clamp_min(0)
 
 
 class Policy(nn.Module):
@@ -64,7 +75,7 @@ class Policy(nn.Module):
 
     def forward(self, input_ids, attention_mask, response_mask, temperature, entropy=False, mean_logp=False):
         stats, hidden = response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
-                                          entropy, mean_logp, return_hidden=True)
+                                          entropy, mean_logp, position_ids(attention_mask), return_hidden=True)
         if self.value_head is None:
             return stats, None
         # V(s) at token t is read from the state that predicts t
@@ -132,15 +143,28 @@ class Trainer:
         self.log_path = self.out / "metrics.jsonl"
         self.ckpt_dir = self.out / "checkpoints"
         self._check_layout()
-        if not resume and not overwrite and checkpoint.latest(self.ckpt_dir) is not None:
-            raise ConfigError(f"{self.out} already holds a run (checkpoints in {self.ckpt_dir}): pass --resume to "
-                              "continue it, --overwrite to start again, or another run.output_dir")
-        self.resume = resume
+        if resume and overwrite:
+            raise ConfigError("--resume continues the run in run.output_dir and --overwrite starts it again: pass one")
+        # a run that stopped before its first checkpoint still holds a log
+        held = checkpoint.latest(self.ckpt_dir) or (self.log_path if self.log_path.exists()
+                                                     and self.log_path.stat().st_size else None)
+        if not resume and not overwrite and held:
+            raise ConfigError(f"{self.out} already holds a run ({held}): pass --resume to continue it, --overwrite "
+                              "to start again, or another run.output_dir")
+        self.resume, self.overwrite = resume, overwrite
+        self.config_changes = self._resume_changes() if resume else []
         random.seed(config.run.seed)
         np.random.seed(config.run.seed)
         torch.manual_seed(config.run.seed)  # equal on every process: seeds never depend on the rank
 
+        # data and rewards first: their errors come before any model is loaded
+        self.prompts = Prompts(config.data, config.run.seed, self.task)
+        self.reward = scoring.outcome_reward(config, self.task)
         self.tokenizer, model = self._load_model()
+        self.max_positions = _position_limit(model)
+        if self.max_positions is not None and config.rollout.max_new_tokens >= self.max_positions:
+            raise ConfigError(f"rollout.max_new_tokens ({config.rollout.max_new_tokens}) leaves no room for a prompt "
+                              f"in the model's {self.max_positions} positions")
         self.reference = None
         if config.model.reference is not None:
             self.reference = (copy.deepcopy(model) if config.model.reference == "initial"
@@ -162,8 +186,6 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         total = config.run.steps * config.algo.epochs * config.algo.mini_batches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: _lr_factor(i, total, o))
-        self.prompts = Prompts(config.data, config.run.seed, self.task)
-        self.reward = scoring.outcome_reward(config, self.task)
         self.process = (scoring.ProcessReward(config, self.tokenizer, self.device, self.task)
                         if config.algo.name == "pure" else None)
         self.token_texts = ([self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
@@ -189,6 +211,20 @@ class Trainer:
         if smallest < a.grad_accum:
             raise ConfigError(f"each process's smallest mini-batch has {smallest} responses, fewer than "
                               f"algo.grad_accum ({a.grad_accum}) micro-batches")
+
+    def _resume_changes(self) -> list[str]:
+        """The config's changes since the checkpoint --resume continues, read before anything
+        is loaded or written: a ConfigError unless every changed key is in RESUME_SAFE."""
+        path = checkpoint.latest(self.ckpt_dir)
+        if path is None:
+            return []
+        changed = _config_changes(checkpoint.saved_config(path), self.cfg.to_dict())
+        unsafe = [c for c in changed if c.partition(" ")[0] not in RESUME_SAFE]
+        if unsafe:
+            raise ConfigError(f"--resume: the config differs from the checkpoint's ({path}) in {'; '.join(unsafe)}. "
+                              f"Only {', '.join(RESUME_SAFE)} may change on resume: restore the others, or start "
+                              "a new run (--overwrite or another run.output_dir)")
+        return changed
 
     def _attention(self) -> str:
         wanted = self.cfg.model.attn_implementation
@@ -298,7 +334,8 @@ class Trainer:
         if self.cfg.data.chat_template:
             ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                      tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+            # transformers 5 returns a BatchEncoding (a Mapping, not a dict), 4.x a list
+            ids = ids["input_ids"] if isinstance(ids, Mapping) else ids
         else:
             ids = self.tokenizer.encode(prompt)
         return list(ids)[-self.cfg.data.max_prompt_tokens:]
@@ -313,16 +350,23 @@ class Trainer:
         mine = records[first:first + n]
         rows = [r for r in mine for _ in range(G)]
         prompts = [ids for ids in map(self._encode, (r["prompt"] for r in mine)) for _ in range(G)]
+        longest = max(map(len, prompts))
+        if self.max_positions is not None and longest + cfg.rollout.max_new_tokens > self.max_positions:
+            raise ConfigError(f"step {step + 1} has a prompt of {longest} tokens, and with rollout.max_new_tokens "
+                              f"({cfg.rollout.max_new_tokens}) its sequences would exceed the model's "
+                              f"{self.max_positions} positions: lower rollout.max_new_tokens or "
+                              "data.max_prompt_tokens (prompts are cut from the left to it)")
         group_ids = torch.arange(first, first + n, device=self.device).repeat_interleave(G)
         seeds = torch.tensor([sample_seed(cfg.run.seed, step, first + i, j) for i in range(n) for j in range(G)])
 
         lm = self.policy.causal_lm()
-        lm.eval()
+        # no dropout until the update: the old policy's statistics (and the reference's) are
+        # those of the policy that sampled, so the first ratio is exactly 1 and the KL 0
+        self.module.eval()
         with self._full_weights(), self._autocast():
             ro = rollout(lm, prompts, cfg.rollout.max_new_tokens, self.eos, self.pad,
                          temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
                          seeds=seeds, progress=False)
-        lm.train()
         input_ids, attention_mask, response_mask = ro.sequences()
         lengths = ro.response_mask.sum(1)
         texts = self.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths.tolist())],
@@ -338,7 +382,9 @@ class Trainer:
                                           mean_logp=cfg.algo.name == "rover")
             ref_logp = None
             if self.reference is not None:
-                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T).logprob
+                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T,
+                                             position_ids=position_ids(attention_mask)).logprob
+        self.module.train()
 
         keep = torch.ones_like(scores, dtype=torch.bool)
         if cfg.rollout.dynamic_sampling:
@@ -398,7 +444,6 @@ class Trainer:
             "advantage_mean": a_mean,
             "advantage_std": math.sqrt(max(a2 / max(tok, 1) - a_mean ** 2, 0.0)),
             **sums,
-            "lr": self.scheduler.get_last_lr()[0],
             "step_time": elapsed,
             "rollout_time": batch.collect_time,
             "tokens_per_s": all_tokens / elapsed,
@@ -423,10 +468,13 @@ class Trainer:
             row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)
         # loss, clipped tokens, tokens, gradient norm: summed on the device, read once at the end
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        updates = 0
+        updates, lr = 0, self.optimizer.param_groups[0]["lr"]
+        # dynamic sampling dropped every group on every process: no gradient, so no optimizer
+        # or scheduler step either (Adam's momentum and weight decay would still move the weights)
+        skipped = int(proc.sum(valid.sum())) == 0
         G = cfg.rollout.group_size
         first = proc.rank * (B // G)
-        for epoch in range(a.epochs):
+        for epoch in range(0 if skipped else a.epochs):
             minis = [torch.arange(B)]
             if a.mini_batches > 1:
                 # each mini-batch takes a share of every group, drawn per (step, epoch, prompt): the
@@ -476,7 +524,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 updates += 1
         loss, clipped, tokens, grad_norm = torch.cat([proc.sum(sums[:3]), sums[3:]]).tolist()
-        out = {"loss": loss / updates, "grad_norm": grad_norm / updates}
+        # lr: the step's first update's (the scheduler has moved on since)
+        out = {"loss": loss / max(updates, 1), "grad_norm": grad_norm / max(updates, 1), "lr": lr,
+               "update_skipped": int(skipped)}
         if not rover:
             out["clip_fraction"] = clipped / max(tokens, 1)
         return out
@@ -487,18 +537,25 @@ class Trainer:
         path = checkpoint.latest(self.ckpt_dir)
         if path is None:
             self._say(f"--resume: no checkpoint under {self.ckpt_dir}; starting from step 0")
-            return
-        record = checkpoint.load(path, self.module, self.optimizer, self.scheduler)
-        changed = _config_changes(record["config"], self.cfg.to_dict())
-        if changed:
-            self._say("--resume: the config differs from the checkpoint's in " + ", ".join(changed))
-        self.step = record["step"]
+        else:
+            self.step = checkpoint.load(path, self.module, self.optimizer, self.scheduler)["step"]
+            if self.config_changes:
+                self._say("--resume: the config differs from the checkpoint's in " + ", ".join(self.config_changes))
         if self.proc.main and self.log_path.exists():
             # drop the log of steps after the checkpoint: they are run again
-            kept = [line for line in self.log_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            self.log_path.write_text("".join(line + "\n" for line in kept))
-        self._say(f"resumed from {path} at step {self.step}")
+            lines = [line for line in self.log_path.read_text().splitlines() if line.strip()]
+            steps = []
+            for i, line in enumerate(lines):
+                try:
+                    steps.append(json.loads(line)["step"])
+                except json.JSONDecodeError:
+                    if i < len(lines) - 1:
+                        raise ConfigError(f"{self.log_path}: line {i + 1} of {len(lines)} is not JSON") from None
+                    self._say(f"--resume: dropping the last line of {self.log_path}, cut short (a crash while "
+                              "writing it)")
+            self.log_path.write_text("".join(line + "\n" for line, s in zip(lines, steps) if s <= self.step))
+        if path is not None:
+            self._say(f"resumed from {path} at step {self.step}")
 
     def _say(self, text):
         if self.proc.main:
@@ -511,6 +568,12 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg, proc = self.cfg, self.proc
         if proc.main:
+            if self.overwrite:
+                # the old run's checkpoints would outrank (and prune) this run's, and a later
+                # --resume would continue it
+                for name in RUN_FILES:
+                    old = self.out / name
+                    shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         proc.barrier()
@@ -601,6 +664,15 @@ def _lr_factor(i: int, total: int, o) -> float:
         return 1.0
     progress = min(1.0, (i - o.warmup_steps) / max(1, total - o.warmup_steps))
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _position_limit(model) -> Optional[int]:
+    """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
 
 
 def _peak_memory_mb(device) -> float:

@@ -157,7 +157,15 @@ def test_default_run_learns(tmp_path, capsys):
     (["algo"], "section.key=value"),
     (["model.dtype=int8"], "model.dtype must be one of"),
     (["run.plot=maybe"], "run.plot must be true or false"),
-])
+    (["optim.lr=1e-6x"], "optim.lr must be a number"),
+    (["reward.kind=nosuchmodule:fn"], "reward.kind: cannot load 'nosuchmodule:fn'"),
+    (["reward.kind=test_train:nosuchfn"], "reward.kind: cannot load"),
+    (["algo.name=pure", "reward.process=nosuchmodule:fn"], "reward.process: cannot load"),
+    (["run.device=cuda:x"], "run.device must be"),
+    (["run.device=cuda:99"], "run.device 'cuda:99'"),
+    (["data.split=train"], "data.split selects a split of a DatasetDict"),
+    (["model.tokenizer=."], "model.tokenizer goes with model.path"),
+] + [(["rollout.group_size=1", f"algo.name={a}"], "rollout.group_size must be >= 2") for a in ALGOS if a != "gae"])
 def test_bad_configs(overrides, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict({}, overrides)
@@ -243,3 +251,239 @@ def test_learning_rate_schedule():
     assert factors[4] == pytest.approx(1.0) and factors[20] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
     assert _lr_factor(7, 20, OptimConfig()) == 1.0
+
+
+def test_numbers_in_exponent_form(tmp_path):
+    # YAML 1.1 reads 1e-6 (no dot) as a string, in files and in --set
+    cfg = TrainConfig.from_dict({}, ["optim.lr=1e-6", "optim.betas=[0.9, 1e-3]", "algo.dual_clip=3E0"])
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.algo.dual_clip) == (1e-6, [0.9, 1e-3], 3.0)
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 1e-6\n  weight_decay: 5e-2\nrollout:\n  top_p: .95\n")
+    cfg = TrainConfig.load(path)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.rollout.top_p) == (1e-6, 0.05, 0.95)
+    with pytest.raises(ConfigError, match="run.steps must be an integer"):
+        TrainConfig.from_dict({}, ["run.steps=1e3"])
+
+
+def test_group_size_one_is_for_gae_only():
+    assert TrainConfig.from_dict({}, ["rollout.group_size=1", "algo.name=gae"]).rollout.group_size == 1
+
+
+def test_cuda_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=f"run.device '{device}': this machine has no CUDA"):
+            TrainConfig.from_dict({}, [f"run.device={device}"])
+
+
+def no_model(self):
+    pytest.fail("a model was loaded")
+
+
+def test_datasets_dict_folder_needs_a_split(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from fastrl.trainer.data import Prompts
+
+    rows = [{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(3) for b in range(3)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:2])}
+                         ).save_to_disk(str(tmp_path / "dd"))
+    cfg = config(tmp_path, f"data.source={tmp_path / 'dd'}", "reward.kind=test_train:outcome")
+    monkeypatch.setattr(Trainer, "_load_model", no_model)
+    with pytest.raises(ConfigError, match="is a DatasetDict with splits train, test: set data.split"):
+        Trainer(cfg)
+    cfg.data.split = "validation"
+    with pytest.raises(ConfigError, match="got 'validation'"):
+        Prompts(cfg.data, 0)
+    cfg.data.split = "test"
+    assert sorted(r["prompt"] for r in Prompts(cfg.data, 0).batch(0)[:2]) == ["0,0=", "0,1="]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "single"))
+    cfg.data.source = str(tmp_path / "single")
+    with pytest.raises(ConfigError, match="data.split: .* is a single Dataset"):
+        Prompts(cfg.data, 0)
+
+
+def test_file_prompts_shuffle_once_per_epoch(tmp_path, monkeypatch):
+    import random
+    import types
+
+    from fastrl.trainer import data as data_lib
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": str(i)}) + "\n" for i in range(7)))
+    cfg = config(tmp_path, f"data.source={data}", "reward.kind=test_train:outcome", "data.prompts_per_step=4").data
+    expected = []  # the order of the per-prompt shuffle this replaced: results and resumes unchanged
+    for i in range(6 * 4):
+        epoch, j = divmod(i, 7)
+        order = list(range(7))
+        random.Random(f"fastrl-data:3:{epoch}").shuffle(order)
+        expected.append(str(order[j]))
+    made = []
+
+    class Counted(random.Random):
+        def __init__(self, seed):
+            made.append(seed)
+            super().__init__(seed)
+    monkeypatch.setattr(data_lib, "random", types.SimpleNamespace(Random=Counted))
+    prompts = data_lib.Prompts(cfg, seed=3)
+    assert [r["prompt"] for step in range(6) for r in prompts.batch(step)] == expected
+    assert made == [f"fastrl-data:3:{epoch}" for epoch in range(4)]
+    assert [r["prompt"] for r in data_lib.Prompts(cfg, seed=3).batch(4)] == expected[16:20]
+
+
+def chat_task():
+    class ChatTask(task.MaxTask):
+        def tokenizer(self):
+            tok = super().tokenizer()
+            tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                                 "{% if add_generation_prompt %}={% endif %}")
+            return tok
+    return ChatTask()
+
+
+def test_chat_template(tmp_path):
+    trainer = Trainer(config(tmp_path, "data.chat_template=true"), task=chat_task())
+    assert trainer._encode("3,8,5") == trainer.tokenizer.encode("3,8,5=")
+    batch = trainer.collect(0)  # the task's prompts "a,b,c=", then the template's "="
+    assert (batch.input_ids[:, 5:7] == trainer.tokenizer.convert_tokens_to_ids("=")).all()
+
+
+def gpt2_folder(path, dropout=0.0, positions=64):
+    """A tiny GPT-2 (absolute position embeddings, dropout) with the task's tokenizer."""
+    tok = task.MaxTask().tokenizer()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=positions, resid_pdrop=dropout,
+        attn_pdrop=dropout, embd_pdrop=dropout, bos_token_id=1, eos_token_id=1, pad_token_id=0))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_training_forward_numbers_positions_as_the_rollout(tmp_path):
+    from fastrl.trainer.rollout import rollout
+    from fastrl.trainer.train import Policy
+
+    tok = task.MaxTask().tokenizer()
+    model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_folder(tmp_path / "gpt2"), dtype=torch.float64)
+    ro = rollout(model, [tok.encode("3,8="), tok.encode("1,2,3,4,5,6,7,8,9=")], 6, 1, 0, seeds=torch.tensor([1, 2]),
+                 progress=False)
+    assert ro.prompt_mask[0, 0] == 0  # the short prompt is left-padded
+    with torch.no_grad():
+        stats, _ = Policy(model)(*ro.sequences(), 1.0)
+    torch.testing.assert_close(stats.logprob[:, ro.prompt_ids.shape[1]:], ro.policy_logprob, rtol=0, atol=1e-9)
+
+
+def test_old_and_reference_statistics_come_without_dropout(tmp_path):
+    """The old policy and the reference see what the sampler saw: no dropout (GPT-2's 0.1)
+    and positions past the left padding, so the first ratio is exactly 1 and the KL 0."""
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "9"}) + "\n"
+                            for p in ("1=", "3,8,5=", "1,2,3,4,5,6=", "7,9=")))
+    trainer = Trainer(config(tmp_path, f"model.path={gpt2_folder(tmp_path / 'gpt2', dropout=0.1)}",
+                             f"data.source={data}", "reward.kind=test_train:outcome", "data.prompts_per_step=4",
+                             "rollout.group_size=2", "model.reference=initial", "algo.kl_coef=0.1"))
+    batch = trainer.collect(0)
+    assert trainer.policy.training  # the update's forwards keep dropout
+    assert (batch.attention_mask == 0).any() and bool((batch.kl_old == 0).all())
+    trainer.module.eval()
+    with torch.no_grad():
+        now, _ = trainer.module(batch.input_ids, batch.attention_mask, batch.response_mask, 1.0)
+    assert torch.equal(now.logprob, batch.old.logprob)
+
+
+def test_position_limit(tmp_path):
+    folder = gpt2_folder(tmp_path / "gpt2", positions=64)
+    with pytest.raises(ConfigError, match=r"rollout.max_new_tokens \(80\) leaves no room .* 64 positions"):
+        Trainer(config(tmp_path, f"model.path={folder}", "rollout.max_new_tokens=80"))
+    trainer = Trainer(config(tmp_path, f"model.path={folder}", "rollout.max_new_tokens=60"))
+    with pytest.raises(ConfigError, match=r"prompt of 6 tokens, and with rollout.max_new_tokens \(60\)"):
+        trainer.collect(0)  # "a,b,c=" + 60 > 64
+
+
+def test_logged_lr_is_the_one_the_step_used(tmp_path):
+    result = train(config(tmp_path, "optim.lr=0.001", "optim.warmup_steps=4", "data.prompts_per_step=2",
+                          "rollout.group_size=4"))
+    assert [m["lr"] for m in result.metrics] == [0.00025, 0.0005, 0.00075]
+
+
+def constant(prompt, response, row):
+    return 1.0
+
+
+def test_no_update_when_dynamic_sampling_drops_every_group(tmp_path):
+    trainer = Trainer(config(tmp_path, "rollout.dynamic_sampling=true", "reward.kind=test_train:constant",
+                             "optim.weight_decay=0.1"))
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    metrics = trainer.run_step(0)
+    assert metrics["update_skipped"] == 1 and metrics["kept_fraction"] == 0
+    assert trainer.scheduler.last_epoch == 0 and not trainer.optimizer.state
+    for name, value in trainer.policy.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_resume_is_exact_across_skipped_updates(tmp_path):
+    # one prompt of 4 responses a step: a random policy often scores 0 on all 4 (dropped)
+    args = ("rollout.dynamic_sampling=true", "data.prompts_per_step=1", "rollout.group_size=4",
+            "optim.warmup_steps=3", "optim.weight_decay=0.1")
+    whole = train(config(tmp_path / "a", "run.steps=4", *args))
+    assert {m["update_skipped"] for m in whole.metrics} == {0, 1}
+    train(config(tmp_path / "b", "run.steps=2", *args))
+    rest = train(config(tmp_path / "b", "run.steps=4", *args), resume=True)
+    assert strip_timing(rest.metrics) == strip_timing(whole.metrics)
+    a = torch.load(next((whole.output_dir / "checkpoints").glob("step_*4")) / "state.pt", weights_only=False)
+    b = torch.load(next((rest.output_dir / "checkpoints").glob("step_*4")) / "state.pt", weights_only=False)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_overwrite_removes_the_old_run(tmp_path):
+    old = train(config(tmp_path, "run.checkpoint_every=1", "data.prompts_per_step=2", "rollout.group_size=4"))
+    (old.final_model / "from_the_old_run").write_text("")
+    with pytest.raises(ConfigError, match="pass one"):
+        Trainer(config(tmp_path), resume=True, overwrite=True)
+    new = train(config(tmp_path, "run.steps=2", "run.checkpoint_every=1", "data.prompts_per_step=2",
+                       "rollout.group_size=4"), overwrite=True)
+    assert sorted(p.name for p in (new.output_dir / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert not (new.final_model / "from_the_old_run").exists()
+    assert [m["step"] for m in new.metrics] == [1, 2]
+
+
+def test_resume_refuses_a_changed_config_before_loading(tmp_path, monkeypatch):
+    args = ("run.steps=1", "data.prompts_per_step=2", "rollout.group_size=4")
+    train(config(tmp_path, *args))
+    saved = (tmp_path / "run" / "config.json").read_text()
+    monkeypatch.setattr(Trainer, "_load_model", no_model)
+    for change in ("optim.lr=0.01", "optim.betas=[0.8, 0.99]", "algo.name=rloo", "model.tiny_hidden_size=32"):
+        key = change.partition("=")[0]
+        with pytest.raises(ConfigError, match=rf"--resume: the config differs .* in {key} \("):
+            train(config(tmp_path, *args, change), resume=True)
+        assert (tmp_path / "run" / "config.json").read_text() == saved
+    monkeypatch.undo()
+    # how long it runs and how it is logged may change
+    assert len(train(config(tmp_path, *args[1:], "run.steps=2", "run.checkpoint_every=7"), resume=True).metrics) == 2
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint(tmp_path):
+    cfg = config(tmp_path, "run.checkpoint_every=0", "data.prompts_per_step=2", "rollout.group_size=4")
+
+    def crash(trainer, metrics, batch):
+        if metrics["step"] == 3:
+            raise RuntimeError("simulated crash")
+        return {}
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(cfg, on_step=crash)
+    log = tmp_path / "run" / "metrics.jsonl"
+    assert len(log.read_text().splitlines()) == 2
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    assert len(log.read_text().splitlines()) == 2
+    assert [m["step"] for m in train(cfg, resume=True).metrics] == [1, 2, 3]  # from step 0, the old log dropped
+
+
+def test_resume_drops_a_log_line_cut_short(tmp_path, capsys):
+    args = ("data.prompts_per_step=2", "rollout.group_size=4")
+    train(config(tmp_path, "run.steps=2", *args))
+    log = tmp_path / "run" / "metrics.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 3, "reward_me')
+    assert [m["step"] for m in train(config(tmp_path, *args), resume=True).metrics] == [1, 2, 3]
+    assert "cut short" in capsys.readouterr().out
