@@ -94,23 +94,39 @@ def eval_samples(args) -> int:
     score, description = _eval_verifier()
     problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
     any_cot = False
-    with open(args.samples) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    try:
+        lines = Path(args.samples).read_text().splitlines()
+    except OSError as e:
+        print(f"fastrl eval: cannot read {args.samples}: {e.strerror}", file=sys.stderr)
+        return 2
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{args.samples}:{lineno}"
+        try:
             row = json.loads(line)
-            try:
-                pid, gold, completion = row["problem_id"], str(row["gold"]), row["completion"]
-            except KeyError as e:
-                print(f"{args.samples}:{lineno}: missing field {e}", file=sys.stderr)
-                return 2
-            verdict = row.get("cot_correct")
-            any_cot |= verdict is not None
-            # one verdict (bool / "yes" / "no") or a list of judge verdicts, majority-voted;
-            # an unjudged sample is not CoT-correct
+        except json.JSONDecodeError as e:
+            print(f"{where}: not JSON ({e.msg})", file=sys.stderr)
+            return 2
+        if not isinstance(row, dict):
+            print(f"{where}: a row must be a JSON object, got {type(row).__name__}", file=sys.stderr)
+            return 2
+        try:
+            pid, gold, completion = row["problem_id"], str(row["gold"]), row["completion"]
+        except KeyError as e:
+            print(f"{where}: missing field {e}", file=sys.stderr)
+            return 2
+        verdict = row.get("cot_correct")
+        any_cot |= verdict is not None
+        # one verdict (bool / "yes" / "no") or a list of judge verdicts, majority-voted;
+        # an unjudged sample is not CoT-correct
+        try:
             cot = verdict is not None and majority(verdict if isinstance(verdict, list) else [verdict])
-            correct = score(gold, completion) >= 0.5
-            problems.setdefault(pid, []).append((correct, correct and cot))
+        except ValueError as e:
+            print(f"{where}: cot_correct: {e}", file=sys.stderr)
+            return 2
+        correct = score(gold, completion) >= 0.5
+        problems.setdefault(pid, []).append((correct, correct and cot))
     if not problems:
         print(f"{args.samples}: no samples", file=sys.stderr)
         return 2
@@ -171,15 +187,17 @@ def train(args) -> int:
     except (ConfigError, OSError) as e:
         print(f"fastrl train: {e}", file=sys.stderr)
         return 2
-    from fastrl.trainer.train import train as run
-
     try:
+        from fastrl.trainer.train import train as run
+
         result = run(config, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         print(f"fastrl train: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        return _missing_extra("fastrl train", e)
     if result.metrics:
         first, last = result.reward_gain()
         fifth = max(1, len(result.metrics) // 5)
@@ -192,9 +210,34 @@ def train(args) -> int:
     return 0
 
 
-def experiment(args) -> int:
-    from pathlib import Path
+TRAIN_EXTRA = ("transformers", "peft", "datasets", "matplotlib")  # pyproject's [train]
 
+
+def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
+    """A module of the train extra is missing: say how to install it (anything else is a bug: raised)."""
+    if (error.name or "").split(".")[0] not in TRAIN_EXTRA:
+        raise error
+    print(f"{command}: needs {error.name.split('.')[0]}, from fastrl's train extra: "
+          "pip install --no-build-isolation -e '.[train]'", file=sys.stderr)
+    return 2
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """--seeds: comma-separated ints >= 0."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"comma-separated integers >= 0, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def experiment(args) -> int:
+    try:
+        return _experiment(args)
+    except ModuleNotFoundError as e:
+        return _missing_extra(f"fastrl experiment {args.name}", e)
+
+
+def _experiment(args) -> int:
     from fastrl.experiments import countdown, pure
 
     settings = {"pure": ("A", "B"), "riskpo": ("A",), "rover": ("A", "D")}[args.name]
@@ -208,10 +251,13 @@ def experiment(args) -> int:
     if args.policy is not None and args.name != "pure":
         print(f"fastrl experiment {args.name}: --policy is for pure only", file=sys.stderr)
         return 2
+    if args.seeds is not None and args.smoke:
+        print(f"fastrl experiment {args.name}: --seeds does not go with --smoke (its plan has its own seed)",
+              file=sys.stderr)
+        return 2
     out = Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
     if args.name == "pure":
-        seeds = tuple(int(s) for s in (args.seeds or "0,1").split(","))
-        plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=seeds)
+        plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=args.seeds or (0, 1))
         if args.lr is not None:
             plan.lr = args.lr
         plan.policy = args.policy or plan.policy
@@ -219,9 +265,8 @@ def experiment(args) -> int:
         print(pure.report(summary))
     else:
         plan = countdown.Plan.smoke_plan() if args.smoke else countdown.Plan()
-        if args.seeds and not args.smoke:
-            plan.settings[args.setting] = {**plan.settings[args.setting],
-                                           "seeds": tuple(int(s) for s in args.seeds.split(","))}
+        if args.seeds:
+            plan.settings[args.setting] = {**plan.settings[args.setting], "seeds": args.seeds}
         summary = countdown.run(args.name, args.setting, out, plan)
         print(countdown.report(summary))
     print(f"\nsummary: {out / 'summary.json'}; plots: {', '.join(str(p) for p in sorted(out.glob('*.png')))}")
@@ -232,7 +277,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="RL post-training; with no arguments, the built-in task on a tiny model",
-                       description="Train a policy. With no arguments: GRPO on the built-in arithmetic task with a "
+                       description="Train a policy. With no arguments: GRPO on the built-in task (the largest of three digits) with a "
                                    "tiny model built here, on the CPU, in a few minutes. Under torchrun "
                                    "--nproc_per_node N the same command trains on N processes (run.distributed: "
                                    "ddp or fsdp2).")
@@ -253,7 +298,7 @@ def main(argv=None) -> int:
     x.add_argument("name", choices=["pure", "riskpo", "rover"])
     x.add_argument("--setting", choices=["A", "B", "D"], default="A",
                    help="pure: A (r_triv 1.0) or B (r_triv 0.8); riskpo: A; rover: A or D (8 epochs per batch)")
-    x.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
+    x.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: the experiment's)")
     x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
     x.add_argument("--lr", type=float, help="pure: the RL learning rate (default 2e-4)")
     x.add_argument("--policy", choices=["gru_attention", "llama", "gru"],

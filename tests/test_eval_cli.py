@@ -79,3 +79,33 @@ def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
     assert parse_table(out)[1][0] == pytest.approx(10 / 32, abs=6e-5)
     assert _last_boxed("x \\boxed{1} then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
     assert _last_boxed("no box") is None
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read"),
+    ('{"problem_id": 1, "gold": "3", "completion": "3"}\n{bad\n', ":2: not JSON"),
+    ("[1, 2]\n", ":1: a row must be a JSON object, got list"),
+    ('{"problem_id": 1, "gold": "3"}\n', ":1: missing field 'completion'"),
+    ('{"problem_id": 1, "gold": "3", "completion": "3", "cot_correct": "maybe"}\n', ":1: cot_correct:"),
+])
+def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, message):
+    path = tmp_path / "samples.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(["eval", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["experiment", "pure", "--seeds", "a,b"], "comma-separated integers >= 0, got 'a,b'"),
+    (["experiment", "pure", "--seeds", "0,,1"], "got '0,,1'"),
+])
+def test_experiment_seeds_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_experiment_seeds_do_not_go_with_smoke(capsys):
+    assert main(["experiment", "rover", "--smoke", "--seeds", "5"]) == 2
+    assert "--seeds does not go with --smoke" in capsys.readouterr().err

@@ -55,12 +55,16 @@ class ModelConfig:
     lora_rank: int = 0
     """LoRA rank through peft; 0 trains all weights."""
     lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA branch (training forwards only: rollout and old-policy forwards run in eval mode)."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names (peft target_modules) that get LoRA adapters."""
     reference: Optional[str] = None
     """Frozen reference model for the k3 KL penalty: "initial" (a copy of the starting
     policy) or a local path. Needed when algo.kl_coef > 0."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more compute)."""
 
 
 @dataclass
@@ -75,7 +79,9 @@ class DataConfig:
     operands: int = 3
     """Built-in task: digits per problem (2 to 8)."""
     prompt_key: str = "prompt"
+    """File datasets: the record field holding the prompt text."""
     answer_key: str = "answer"
+    """File datasets: the record field holding the gold answer (for reward.kind task/math/classification)."""
     labels_key: str = "labels"
     """Classification rewards: the row's list of class names."""
     chat_template: bool = False
@@ -91,9 +97,13 @@ class RolloutConfig:
     group_size: int = 8
     """Responses sampled per prompt (G)."""
     max_new_tokens: int = 4
+    """Largest response length in tokens (a response also stops at EOS)."""
     temperature: float = 1.0
+    """Sampling temperature (> 0); the training log-probs use the same."""
     top_k: Optional[int] = None
+    """Sample among the k most likely tokens (ties at the cutoff kept); None: all."""
     top_p: Optional[float] = None
+    """Nucleus sampling: the smallest set of most likely tokens with mass >= top_p, in (0, 1]; None: all."""
     dynamic_sampling: bool = False
     """DAPO: groups whose rewards are all equal take no part in the update (they are masked
     out of the loss rather than replaced by new samples)."""
@@ -127,6 +137,7 @@ class AlgoConfig:
     grad_accum: int = 1
     """Micro-batches per mini-batch (gradient accumulation)."""
     clip_low: float = 0.2
+    """Lower PPO clip: the ratio is clipped at 1 - clip_low (in [0, 1))."""
     clip_high: float = 0.2
     """PPO ratio clip range [1 - clip_low, 1 + clip_high] (DAPO's clip-higher: 0.28)."""
     dual_clip: Optional[float] = None
@@ -138,62 +149,90 @@ class AlgoConfig:
     kl_in: Literal["loss", "reward"] = "loss"
     """loss: coef * k3 in the loss (GRPO); reward: -coef * k3 per token in the reward (PPO)."""
     entropy_coef: float = 0.0
+    """Entropy bonus: coef * entropy (aggregated like the loss) is subtracted from the loss."""
     eps: float = 1e-6
+    """Added to a group's std before dividing (grpo, rover)."""
     gamma: float = 1.0
+    """gae: discount per token."""
     lam: float = 1.0
-    """gae: discount and GAE lambda."""
+    """gae: GAE lambda."""
     value_coef: float = 0.5
+    """gae: weight of the value loss in the loss."""
     value_clip: Optional[float] = 0.2
     """gae: clipped value loss range (None: unclipped)."""
     pure_min_form: Literal["soft", "strict", "sum"] = "soft"
     """PURE's credit: soft (the authors' code), strict (the paper's min), or sum (the
     canonical sum-form, for comparison)."""
     pure_temperature: float = 0.1
+    """PURE soft min-form: the temperature of the softmax weights over the remaining steps."""
     pure_baseline: Literal["token", "step", "none"] = "token"
+    """PURE: the leave-one-out baseline per token, per step, or none."""
     pure_verifiable_coef: float = 1.0
     """Weight of the leave-one-out centred verifiable reward added at the final token (0: PRM only)."""
     pure_zero_reward_tokens: bool = True
     """Advantage 0 at the reward-carrying tokens (step ends and final token), as PURE."""
     riskpo_bundle_size: int = 5
+    """RiskPO: questions per bundle (1: the per-group form)."""
     riskpo_alpha: float = 0.2
+    """RiskPO: the lower quantile a of the bundle scores."""
     riskpo_beta: float = 0.8
+    """RiskPO: the upper quantile b (alpha < beta)."""
     riskpo_omega: float = 1.5
+    """RiskPO: the weight of the lower-tail (CVaR) term against the range term."""
     riskpo_natural_baseline: bool = True
+    """RiskPO: add the baseline a - b (every advantage then <= 0: the exact gradient of the risk measure)."""
     riskpo_credit: Literal["std", "sum_mean"] = "std"
+    """RiskPO: how a paper's advantage is shared among its responses (fastrl.ops.risk_advantages)."""
     rover_rho: float = 1.0
+    """ROVER: rho, the scale of Q = rho (log pi - log pi_old) (> 0)."""
     rover_kappa: float = 1.0
+    """ROVER: kappa, the weight of the look-ahead mean log-prob in the target."""
     rover_centred: bool = False
+    """ROVER: advantages s - mean of the group (Dr.GRPO) instead of GRPO-normalised."""
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
+    """AdamW learning rate (> 0)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
     warmup_steps: int = 0
     """Linear warm-up over this many optimizer steps."""
     schedule: Literal["constant", "cosine"] = "constant"
+    """After the warm-up: constant, or cosine decay to min_lr_ratio * lr at the last step."""
     min_lr_ratio: float = 0.1
     """cosine: the final learning rate as a fraction of lr."""
     max_grad_norm: Optional[float] = 1.0
+    """Gradient clipping by global norm (None: no clipping)."""
 
 
 @dataclass
 class RunConfig:
     steps: int = 600
+    """Training steps (one rollout batch each)."""
     seed: int = 0
+    """Seeds the model initialisation, the data order and every sample (never the rank)."""
     output_dir: str = "runs/fastrl"
+    """Where metrics.jsonl, checkpoints/, final/ and the plot go."""
     device: str = "auto"
     """auto: cuda (this process's local rank) when available, else cpu."""
     checkpoint_every: int = 50
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2
+    """The newest checkpoints kept; older ones are removed."""
     plot: bool = False
     """Write PNG curves of the metrics log at the end (needs matplotlib)."""
     tensorboard: bool = False
+    """Also log the metrics to TensorBoard (output_dir/tensorboard)."""
     wandb: bool = False
+    """Also log the metrics to Weights & Biases (project wandb_project)."""
     wandb_project: str = "fastrl"
+    """The Weights & Biases project."""
     progress: bool = True
+    """A progress bar over the steps."""
     distributed: Literal["ddp", "fsdp2"] = "ddp"
     """Under torchrun: DDP (a full copy per process) or FSDP2 (parameters sharded)."""
 
@@ -222,7 +261,10 @@ class TrainConfig:
             import yaml
 
             text = Path(path).read_text()
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(values).__name__}")
         return cls.from_dict(values, overrides)
@@ -390,7 +432,10 @@ def _merge_overrides(values: dict, overrides) -> dict:
         target = values.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{section} must be a mapping, got {type(target).__name__}")
-        target[name] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            target[name] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
     return values
 
 
@@ -474,5 +519,8 @@ def describe() -> str:
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             doc = docs.get((cls.__name__, f.name), "")
+            hint = typing.get_type_hints(cls)[f.name]
+            if typing.get_origin(hint) is typing.Literal:
+                doc += f" One of: {', '.join(map(str, typing.get_args(hint)))}."
             lines.append(f"  {f.name}: {default!r}" + (f"  # {doc}" if doc else ""))
     return "\n".join(lines)

@@ -188,6 +188,29 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown key 'algo.clip'" in capsys.readouterr().err
     assert main(["train", "--help-config"]) == 0
     assert "clip_high" in capsys.readouterr().out
+    bad.write_text("algo: {name: grpo\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["train", "--set", "model.lora_target_modules=[q_proj"]) == 2
+    assert "--set 'model.lora_target_modules=[q_proj': the value is not valid YAML" in capsys.readouterr().err
+
+
+def test_help_config_documents_every_key(capsys):
+    assert main(["train", "--help-config"]) == 0
+    keys = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert len(keys) > 70 and [k for k in keys if "  # " not in k] == []
+    assert any("One of: constant, cosine." in k for k in keys if k.startswith("  schedule:"))
+
+
+def test_cli_names_the_missing_train_extra(tmp_path, monkeypatch, capsys):
+    import fastrl.trainer.train as train_module
+
+    def without_transformers(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(train_module, "train", without_transformers)
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "pip install --no-build-isolation -e '.[train]'" in capsys.readouterr().err
 
 
 def test_datasets_folder_and_tensorboard(tmp_path):
