@@ -233,7 +233,18 @@ def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = Non
 
 
 def _top(d):
+    """pass@k at the largest k evaluated (32)."""
     return d["pass@k"][max(d["pass@k"])]
+
+
+def load_summary(path) -> dict:
+    """A summary.json as ``run`` returned it: JSON made the pass@k keys strings ("9" > "32"),
+    so they are ints again, and ``criteria``, ``report`` and ``plot`` read it as they read run's."""
+    summary = json.loads(Path(path).read_text())
+    for r in summary["runs"].values():
+        for point in [r["start"], r["end"], *r["along"]]:
+            point["pass@k"] = {int(k): v for k, v in point["pass@k"].items()}
+    return summary
 
 
 def criteria(summary: dict) -> list[dict]:

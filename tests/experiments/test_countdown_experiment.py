@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from fastrl.cli import main  # noqa: E402
+from fastrl.experiments import countdown  # noqa: E402
 from fastrl.experiments.countdown import CountdownTask, all_problems, canonical  # noqa: E402
 
 
@@ -44,6 +45,8 @@ def test_smoke_run(tmp_path, capsys, name, setting):
     assert main(["experiment", name, "--setting", setting, "--smoke", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
+    loaded = countdown.load_summary(out / "summary.json")  # the committed results can be re-scored
+    assert countdown.criteria(loaded) == summary["criteria"]
     methods = {"riskpo": 3, "rover": 2}[name]
     assert len(summary["runs"]) == methods
     assert (out / f"{name}_{setting}.png").exists()
