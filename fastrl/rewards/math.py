@@ -824,6 +824,14 @@ def _check(gold: str, answer: str) -> tuple[bool, str]:
 # ------------------------------------------------------------------------- worker pool
 
 
+def _verdict(gold: str, answer: str) -> tuple[bool, str]:
+    """_check, where a crash is a rejection, never an error for the trainer."""
+    try:
+        return _check(gold, answer)
+    except Exception as exc:
+        return False, f"error: {type(exc).__name__}"
+
+
 def _worker_main(conn):
     while True:
         try:
@@ -832,13 +840,8 @@ def _worker_main(conn):
             return
         if msg is None:
             return
-        gold, answer = msg
         try:
-            res = _check(gold, answer)
-        except Exception as exc:  # a crash is a rejection, never an error for the trainer
-            res = (False, f"error: {type(exc).__name__}")
-        try:
-            conn.send(res)
+            conn.send(_verdict(*msg))
         except (EOFError, OSError):
             return
 
@@ -973,7 +976,7 @@ def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
     return out
 
 
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not an Exception: _verdict must not take it for a crash
     pass
 
 
@@ -992,11 +995,9 @@ def _run_here(pairs, timeout: float) -> list[tuple[bool, str]]:
         try:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, timeout)
-            out.append(_check(gold, answer))
+            out.append(_verdict(gold, answer))
         except _Timeout:
             out.append((False, f"timeout after {timeout:g}s"))
-        except Exception as exc:  # as in a worker: a crash is a rejection
-            out.append((False, f"error: {type(exc).__name__}"))
         finally:
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)

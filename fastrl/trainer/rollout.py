@@ -105,15 +105,14 @@ def rollout(
         raise ValueError(f"seeds must have one seed per prompt ({B}), got {seeds.shape[0]}")
     seeds = seeds.to(device)
 
-    # as generate: positions count the prompt's real tokens; padding gets 0 (it is masked anyway)
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = position_ids(mask)
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     step_ids, cache = input_ids, None
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     columns = []
     bar = tqdm(total=max_new_tokens, desc="rollout", unit="tok", disable=not progress, leave=False)
     for step in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, **keep_last)
         cache = out.past_key_values
         drawn = sample(out.logits[:, -1], temperature, top_k, top_p, seeds, offset=step)
@@ -127,11 +126,20 @@ def rollout(
             break
         step_ids = token[:, None]
         mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-        position_ids = position_ids[:, -1:] + 1
+        positions = positions[:, -1:] + 1
     bar.close()
     token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
     return Rollout(input_ids, mask[:, :input_ids.shape[1]], token, live.long(), logprob, policy_logprob,
                    mean_logp, ended, seeds)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over each row's own tokens, as generate numbers them (padding gets
+    0: it is masked anyway). The trainer's forwards use them too, so that a left-padded
+    prompt starts at 0 there as here, and a model with absolute position embeddings sees
+    in training what it saw sampling."""
+    valid = attention_mask != 0
+    return (valid.long().cumsum(-1) - 1).masked_fill(~valid, 0)
 
 
 def _prompt_batch(prompts, attention_mask, pad_token_id, device):

@@ -47,17 +47,10 @@ from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
-from fastrl.trainer.rollout import rollout
+from fastrl.trainer.rollout import position_ids, rollout
 
 # what a run writes in run.output_dir (--overwrite removes them)
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb")
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over each row's own tokens, as the rollout (and Hugging Face's
-    generate) numbers them: a left-padded prompt starts at 0 like an unpadded one, and
-    models with absolute position embeddings see in training what they saw sampling."""
-    return ((attention_mask != 0).long().cumsum(-1) - 1).clamp_min(0)
 
 
 class Policy(nn.Module):
