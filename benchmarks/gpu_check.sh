@@ -7,13 +7,15 @@
 #
 #   benchmarks/gpu_check.sh [all|sampling|rest|sweep]
 #
-# sampling (about 2.5 minutes on an H200): install without the CUDA extension,
-# the sampler / rollout tests, bench_sampling with a sweep of kernel configs, and
-# its plain rows again with the L2 flushed by writing (harness.py) and at B up to 2048;
-# rest (about 5 minutes): build the CUDA extension, every other CUDA test, the
-# other benchmarks; all: both, in that order (7.5 minutes); sweep (about 1 minute): plain
-# sampling and the read-only loop over the EXPLORE grid, to choose the defaults. The test logs and
-# the benchmarks' printed tables (benchmarks.log) go to $OUT too.
+# sampling (about 2 minutes on an H200): install without the CUDA extension, the sampler /
+# rollout tests, bench_sampling, and sampling_ablation.py at B=256 (where plain sampling's
+# time goes; SAMPLER_BASELINE=path: another source of kernels/sampling.py, e.g. the previous
+# commit's, timed beside it); rest (about 5 minutes): build the CUDA extension, every other
+# CUDA test, the other benchmarks; all: both, in that order (7 minutes); sweep (about 2.5
+# minutes): bench_sampling over kernel configs, plain sampling and the read-only loop over
+# the EXPLORE grid, to choose the defaults, and plain rows with the L2 flushed by writing
+# (harness.py) and at B up to 2048. The test logs and the benchmarks' printed tables
+# (benchmarks.log) go to $OUT too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
@@ -65,7 +67,16 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "sampler tests"
   gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
   stamp "bench_sampling"
-  bench 240 benchmarks/bench_sampling.py --device cuda --configs "$SWEEP"
+  bench 150 benchmarks/bench_sampling.py --device cuda
+  stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
+  bench 120 benchmarks/sampling_ablation.py --variants ,resolve,noise+resolve+zsum+max \
+    --kernels "kernels/sampling.py${SAMPLER_BASELINE:+,$SAMPLER_BASELINE}"
+fi
+if [ "$STAGE" = sweep ]; then
+  stamp "install (no CUDA extension)"
+  install 1
+  stamp "bench_sampling over kernel configs"
+  bench 240 benchmarks/bench_sampling.py --device cuda --configs "$SWEEP" --out "$(results_dir)/bench_sampling_configs.json"
   stamp "bench_sampling, plain, L2 flushed by writing (as before 2026-11-27)"
   bench 90 benchmarks/bench_sampling.py --device cuda --filters plain --providers fastrl,read_once_amax \
     --l2-flush dirty --out "$(results_dir)/bench_sampling_l2_dirty.json"
@@ -73,10 +84,6 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   bench 60 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile \
     --providers fastrl,read_once_amax,read_once_triton --shape 512,151936 --shape 1024,151936 --shape 2048,151936 \
     --out "$(results_dir)/bench_sampling_large_batch.json"
-fi
-if [ "$STAGE" = sweep ]; then
-  stamp "install (no CUDA extension)"
-  install 1
   stamp "sampler tiling tests (programs per row, warps)"
   gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py::test_triton_tokens_do_not_depend_on_the_tiling
   stamp "bench_sampling, plain: the EXPLORE grid"

@@ -12,13 +12,15 @@ wrong or unguarded: timing only), loaded by path. Parts removed:
 Forms tried (--variants), timing only:
 - lagged: a span's exp2 against the max of the spans before it, not its own (its own max
   then no longer gates its exp2s; unguarded: overflows where a token tops that by 128);
-- nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two);
-- ragged_last: the ragged span's load issued before the loop, reduced after it (with nocap:
-  held in registers through the loop rather than spilled).
-Timing as bench_sampling's (harness.time_ms, L2 flushed clean), median of --repeat.
+- nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two).
+(ragged_last, the ragged span's load issued before the loop and reduced after it, is gone
+with the form it changed: V a multiple of 16 bytes now reads its ragged span in the loop.)
+--kernels times the variants of other sources of the kernel too (e.g. an older commit's
+kernels/sampling.py) in the same run. Timing as bench_sampling's (harness.time_ms, L2
+flushed clean), median of --repeat.
 
     python benchmarks/sampling_ablation.py [--shape 256,151936] [--repeat 30] [--out PATH]
-        [--variants noise+resolve,lagged+nocap,...]
+        [--variants noise+resolve,lagged+nocap,...] [--kernels kernels/sampling.py,old.py]
 """
 from __future__ import annotations
 
@@ -40,14 +42,12 @@ PARTS = {
     "noise": [("        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, "
                "FAST)",
                "        best, best_group = best + mass, best_group"),
-              ("            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is "
-               "drawn above)\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)",
-               "            pass")],
+              ("\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)\n", "\n                pass\n")],
     "resolve": [("        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST)",
                  "        token, z_tok = group, top"),
                 ('        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)',
                  "        token, z_tok = group, top")],
-    "zsum": [("    else:\n        zsum += _group_sum(x)", "    else:\n        zsum += 0.0")],
+    "zsum": [("    else:\n        zsum += _group_sum(x)", "    else:\n        zsum += 0.0")],  # full spans
     "max": [("    m_new = tl.maximum(m, _group_max(x) * scale)", "    m_new = tl.maximum(m, 0.0)")],
     "lagged": [("    m_ref = _reference(m_new)\n"
                 "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref\n"
@@ -56,33 +56,22 @@ PARTS = {
                 "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))\n"
                 "    s = (s + mass) * tl.exp2(m_ref - _reference(m_new))")],
     "nocap": [("maxnreg=register_cap(num_warps, filtered)", "maxnreg=None")],
-    "ragged_last": [("    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass "
-                     "whose loop results it uses\n        x, ok = _span(logits_ptr, row, full, V, RUN, True)\n",
-                     "    x_tail, ok_tail = _span(logits_ptr, row, full, V, RUN, True)\n    if False:\n"
-                     "        x, ok = x_tail, ok_tail\n"),
-                    ("    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)",
-                     "    if full < stop:\n"
-                     "        n0, n1, n2, n3 = _group_noise(key, full, RUN)\n"
-                     "        m, s, zsum, zmin, best, best_group = _first_pass(x_tail, ok_tail, full, scale, "
-                     "_span_bits(full, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best, best_group, True, FILTER, RUN, "
-                     "FAST)\n"
-                     "    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)")],
 }
 REMOVALS = ("noise", "resolve", "zsum", "max")  # the rest of PARTS are forms tried
 VARIANTS = [(), ("resolve",), ("noise",), ("zsum",), ("max",), ("noise", "resolve"),
             ("noise", "resolve", "zsum", "max")]
 
 
-def load_variant(removed, folder):
-    source = KERNEL.read_text()
+def load_variant(removed, folder, kernel=KERNEL):
+    source = Path(kernel).read_text()
     for part in removed:
         if part not in PARTS:
             raise SystemExit(f"unknown part {part!r}; known: {', '.join(PARTS)}")
         for old, new in PARTS[part]:
             if source.count(old) != 1:
-                raise SystemExit(f"part {part!r}: {old!r} is not in kernels/sampling.py once; update PARTS")
+                raise SystemExit(f"part {part!r}: {old!r} is not in {kernel} once; update PARTS")
             source = source.replace(old, new)
-    path = Path(folder, f"sampling_{'_'.join(removed) or 'as_is'}.py")
+    path = Path(folder, f"{Path(kernel).stem}_{'_'.join(removed) or 'as_is'}.py")
     path.write_text(source)  # Triton reads a kernel's source from its file
     return load_kernel(path)
 
@@ -94,6 +83,8 @@ def main():
     parser.add_argument("--chunks", type=int, default=1, help="programs per row")
     parser.add_argument("--variants", default=None,
                         help="comma-separated, each a +-joined list of parts and forms (default: the ablation set)")
+    parser.add_argument("--kernels", default=str(KERNEL),
+                        help="comma-separated sources of the kernel module, each timed with every variant")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -110,15 +101,17 @@ def main():
         calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks))]
         variants = VARIANTS if args.variants is None else [tuple(part for part in v.split("+") if part)
                                                            for v in args.variants.split(",")]
-        for removed in variants:
-            module = load_variant(removed, folder)
-            calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is"),
-                          lambda m=module: m.sample(x, 1.0, 0, 1.0, seeds, 0, chunks=args.chunks)))
+        kernels = args.kernels.split(",")
+        for kernel, removed in ((k, r) for k in kernels for r in variants):
+            module = load_variant(removed, folder, kernel)
+            source = "" if len(kernels) == 1 else f" ({kernel})"
+            calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is")
+                          + source, lambda m=module: m.sample(x, 1.0, 0, 1.0, seeds, 0, chunks=args.chunks)))
         for name, call in calls:
             ms = statistics.median(harness.time_ms(call, device, 3, args.repeat))
             rows.append({"variant": name, "median_ms": ms, "B": B, "V": V, "chunks": args.chunks,
                          "floor_ms": floor_ms, "device": harness.device_name(device)})
-            print(f"  {name:<50} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")
+            print(f"  {name:<70} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")
     out = Path(args.out or harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))

@@ -51,11 +51,13 @@ ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
 
 
-def compile_sass(block_v, num_warps, filtered=False, split_row=True):
+def compile_sass(block_v, num_warps, filtered=False, split_row=True, aligned=True):
+    """aligned: V a multiple of the run (V=151936 is; a kernel source from before ALIGNED ignores it)."""
     fn = sampling._sample_kernel
     constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
-                     RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
+                     RUN=sampling.run_size(torch.bfloat16), ALIGNED=aligned, FAST=True, STAGES=3)
+    constants = {k: v for k, v in constants.items() if k in fn.arg_names}
     names = fn.arg_names
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
@@ -83,10 +85,31 @@ def instructions(sass):
     return found
 
 
+def shortest_path(code, start, end):
+    """The fewest instructions an iteration of the loop [start, end] can execute, taking or
+    not each forward branch in it (e.g. past the groups' Philox, run once every four spans,
+    and through the full spans' copy of the pass rather than the ragged span's)."""
+    body = [(a, text) for a, text in code if start <= a <= end]
+    cost = {}
+    for index in range(len(body) - 1, -1, -1):
+        a, text = body[index]
+        after = cost[body[index + 1][0]] if index + 1 < len(body) else 0
+        m = re.search(r"BRA (?:U?!?P[T0-9]+, )?(0x[0-9a-f]+)", text)
+        target = int(m.group(1), 16) if m else None
+        if target is None or not start <= target <= end or target <= a:  # not a forward branch inside the loop
+            cost[a] = 1 + after
+        elif text.startswith("@") and not text.startswith("@PT "):  # conditional: either way
+            cost[a] = 1 + min(after, cost[target])
+        else:
+            cost[a] = 1 + cost[target]
+    return cost[start]
+
+
 def loops(sass):
     """Each loop (a backward branch) as (start, end, Counter of opcodes in its body, whether it
     is innermost (holds no other loop), how many of its instructions a conditional forward
-    branch inside it can jump over (e.g. the groups' Philox, run once every four spans))."""
+    branch inside it can jump over (e.g. the groups' Philox, run once every four spans), the
+    fewest an iteration executes (shortest_path))."""
     code = instructions(sass)
     branches = [(a, int(m.group(1), 16), text.startswith("@") and not text.startswith("@PT ")) for a, text in code
                 if (m := re.search(r"BRA (0x[0-9a-f]+)", text))]
@@ -98,7 +121,7 @@ def loops(sass):
         innermost = not any(start <= s0 and e0 <= end and (s0, e0) != (start, end) for s0, e0 in spans)
         skippable = {b for a, target, conditional in branches if conditional and start <= a < target <= end
                      for b, _ in code if a < b < target}
-        found.append((start, end, opcodes, innermost, len(skippable)))
+        found.append((start, end, opcodes, innermost, len(skippable), shortest_path(code, start, end)))
     return found
 
 
@@ -116,10 +139,11 @@ def main():
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")
-        for start, end, opcodes, innermost, skippable in sorted(loops(sass)):
+        for start, end, opcodes, innermost, skippable, fewest in sorted(loops(sass)):
             count = sum(opcodes.values())
             print(f"  loop {start:#06x}-{end:#06x}{' (innermost)' if innermost else ''}: {count} instructions, "
-                  f"{count / per_thread:.1f} per token ({skippable} behind a branch); "
+                  f"{count / per_thread:.1f} per token ({skippable} behind a branch), "
+                  f"{fewest / per_thread:.1f} per token executed at least; "
                   f"SHFL {opcodes['SHFL']}, BAR {opcodes['BAR']}, "
                   f"MUFU {opcodes['MUFU']}; " + ", ".join(f"{op} {n}" for op, n in opcodes.most_common(8)))
 

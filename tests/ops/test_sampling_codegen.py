@@ -13,14 +13,16 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("config, budget", [("8192x8", 12), ("8192x8f", 30)])
+@pytest.mark.parametrize("config, budget", [("8192x8", 10.5), ("8192x8f", 30)])
 def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     """Plain sampling (8192x8) and top-p (8192x8f): bf16 loaded 8 at a time (16 bytes, or
     copied 16 bytes at a time by the software pipeline), no shuffles inside any innermost
     loop (a pass over tiles; the pipeline's two barriers guard its shared buffers), and
-    the instructions per token within budget (the plain pass was 52.8 with per-token noise,
-    13.5 with noise per 16-byte run, 10.6 with noise per four runs, 11.2 counting the Philox
-    block that runs every fourth span, 9.8 of them executed on average)."""
+    the instructions per token an iteration executes at least within budget (the plain pass
+    was 52.8 in all with per-token noise, 13.5 with noise per 16-byte run, 10.6 with noise
+    per four runs; 9.3 executed at least, skipping the Philox block that runs every fourth
+    span, before the ragged span joined the loop, 9.7 since: a full span takes the copy of
+    the pass without its selects)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton carries no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
@@ -40,7 +42,7 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     assert innermost, done.stdout
     for line in innermost:
         assert "SHFL 0," in line and int(re.search(r"BAR (\d+)", line).group(1)) <= 2, line
-        assert float(re.search(r"([\d.]+) per token", line).group(1)) < budget, line
+        assert float(re.search(r"([\d.]+) per token executed at least", line).group(1)) < budget, line
 
 
 def test_ablation_variants_apply_to_the_kernel(tmp_path):
@@ -53,7 +55,7 @@ def test_ablation_variants_apply_to_the_kernel(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     forms = [(part,) for part in sampling_ablation.PARTS if part not in sampling_ablation.REMOVALS]
-    for removed in sampling_ablation.VARIANTS + forms + [("lagged", "nocap", "ragged_last")]:
+    for removed in sampling_ablation.VARIANTS + forms + [("lagged", "nocap")]:
         variant = sampling_ablation.load_variant(removed, tmp_path)
         assert callable(variant.sample)
         assert ("= _resolve(" in Path(variant.__file__).read_text()) == ("resolve" not in removed)
