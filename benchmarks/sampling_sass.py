@@ -51,13 +51,11 @@ ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
 
 
-def compile_sass(block_v, num_warps, filtered=False, split_row=True, aligned=True):
-    """aligned: V a multiple of the run (V=151936 is; a kernel source from before ALIGNED ignores it)."""
+def compile_sass(block_v, num_warps, filtered=False, split_row=True):
     fn = sampling._sample_kernel
     constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
-                     RUN=sampling.run_size(torch.bfloat16), ALIGNED=aligned, FAST=True, STAGES=3)
-    constants = {k: v for k, v in constants.items() if k in fn.arg_names}
+                     RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},

@@ -89,34 +89,18 @@ def _runs(v0, i, RUN: tl.constexpr):
 
 
 @triton.jit
-def _span_cols(v0, RUN: tl.constexpr):
-    """The tokens of the span at v0 as [4 * ROWS, RUN]: run i holds v0 + RUN * i + j."""
-    return _runs(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN)
-
-
-@triton.jit
-def _span(logits_ptr, row, v0, end, RUN: tl.constexpr, MASKED: tl.constexpr):
+def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
     """The logits of the span at v0 in float32 as [4, ROWS, RUN] (element (l, r, j): run l of
-    group r); tokens >= end hold junk for _first_pass(RAGGED) to discard: MASKED, 0 (by
-    token: for any end); otherwise a run past end (end a multiple of RUN) reads the run
-    before end instead, so that every span loads alike, without predicates (a mask costs the
-    pipelined loop about two instructions per token). Loaded as [4 * ROWS, RUN], whose only
-    contiguous axis is the run's, so every Triton version gives each thread whole runs and
-    one thread a group's four; a [4, ROWS, RUN] load leaves the order of the two strided
-    axes to the version (Triton 3.6 spread each group over four threads)."""
+    group r; MASKED: padding -inf) and where they are < V. Loaded as [4 * ROWS, RUN], whose
+    only contiguous axis is the run's, so every Triton version gives each thread whole runs
+    and one thread a group's four; a [4, ROWS, RUN] load leaves the order of the two
+    strided axes to the version (Triton 3.6 spread each group over four threads)."""
+    cols = _runs(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN)
     if MASKED:
-        cols = _span_cols(v0, RUN)
-        x = tl.load(logits_ptr + row + cols, mask=cols < end, other=0.0)
+        x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
     else:
-        starts = tl.minimum(tl.multiple_of(v0, 4 * ROWS * RUN) + tl.arange(0, 4 * ROWS) * RUN, end - RUN)
-        x = tl.load(logits_ptr + row + starts[:, None] + tl.arange(0, RUN)[None, :])
-    return tl.reshape(x.to(tl.float32), [4, ROWS, RUN])
-
-
-@triton.jit
-def _in_row(v0, end, RUN: tl.constexpr):
-    """Where the span at v0's tokens are < end, as _span lays them out."""
-    return tl.reshape(_span_cols(v0, RUN) < end, [4, ROWS, RUN])
+        x = tl.load(logits_ptr + row + cols)
+    return tl.reshape(x.to(tl.float32), [4, ROWS, RUN]), tl.reshape(cols < V, [4, ROWS, RUN])
 
 
 @triton.jit
@@ -197,28 +181,24 @@ def _group_pick(log_mass, v0, bits, best, best_group, RUN: tl.constexpr, FAST: t
 
 
 @triton.jit
-def _first_pass(x, v0, end, scale, bits, m, s, zsum, zmin, best, best_group, RAGGED: tl.constexpr,
+def _first_pass(x, ok, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
                 FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
     """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
     logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
     Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
     floats), so each token costs one FFMA, not a multiply and an add. x: the span at v0 in
-    float32 (RAGGED: tokens >= end in it, their values junk)."""
-    if RAGGED:
-        ok = _in_row(v0, end, RUN)
-        zsum += _group_sum(tl.where(ok, x, 0.0))
-        if FILTER:
-            zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf"))) * scale)
-        x = tl.where(ok, x, float("-inf"))
-    else:
-        zsum += _group_sum(x)
-        if FILTER:
-            zmin = tl.minimum(zmin, _group_min(x) * scale)
+    float32; ok: where its tokens are < V (MASKED)."""
     m_new = tl.maximum(m, _group_max(x) * scale)
     m_ref = _reference(m_new)
     mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref
     s = s * tl.exp2(m - m_ref) + mass
-    if not FILTER:
+    if MASKED:
+        zsum += _group_sum(tl.where(ok, x, 0.0))
+    else:
+        zsum += _group_sum(x)
+    if FILTER:
+        zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")) if MASKED else x) * scale)
+    else:
         best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
@@ -235,8 +215,9 @@ def _row_stats(m, s, zsum, zmin, best, best_group):
 def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, best_group,
                RUN: tl.constexpr, FAST: tl.constexpr):
     """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per group)."""
-    z = _span(logits_ptr, row, v0, V, RUN, True) * scale  # as the search passes compute it: the same floats
-    mass = _group_sum(tl.where((z >= cutoff) & _in_row(v0, V, RUN), tl.exp2(z - m), 0.0))
+    x, _ = _span(logits_ptr, row, v0, V, RUN, True)
+    z = x * scale  # as the search passes compute it: the cutoff compares the same floats
+    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
     best, best_group = _group_pick(m + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
@@ -317,11 +298,11 @@ def _sample_kernel(
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
-    ALIGNED: tl.constexpr, FAST: tl.constexpr, STAGES: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
     spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
-    their partials). ALIGNED: V is a multiple of RUN."""
+    their partials)."""
     SPAN: tl.constexpr = 4 * ROWS * RUN
     b = tl.program_id(0)
     row = b.to(tl.int64) * stride_b
@@ -330,36 +311,25 @@ def _sample_kernel(
     start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
     stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
     full = stop - (stop - start) % SPAN  # only the row's end is ragged
-    if ALIGNED:  # the ragged span is the loop's last (runs past its end read the one before it)
-        end = tl.multiple_of(stop, RUN)
-    else:  # a run straddles the row's end: the ragged span is read on its own, first (masked), the loop stops before
-        end = tl.multiple_of(full, RUN)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
     zsum = tl.zeros([ROWS], tl.float32)
     zmin = tl.full([ROWS], float("inf"), tl.float32)
     best = tl.full([ROWS], float("-inf"), tl.float32)
     best_group = tl.zeros([ROWS], tl.int32)
-    n0 = tl.zeros([ROWS], tl.uint32)  # the noise is drawn in the loop: nothing before it waits on the seed
-    n1, n2, n3 = n0, n0, n0
-    if not ALIGNED:
-        if full < stop:  # first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
-            n0, n1, n2, n3 = _group_noise(key, full, RUN)
-            m, s, zsum, zmin, best, best_group = _first_pass(
-                _span(logits_ptr, row, full, stop, RUN, True), full, stop, scale, _span_bits(full, n0, n1, n2, n3, RUN),
-                m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
-    for v0 in tl.range(start, end, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-        x = _span(logits_ptr, row, v0, end, RUN, False)
+    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
+        x, ok = _span(logits_ptr, row, full, V, RUN, True)
+        n0, n1, n2, n3 = _group_noise(key, full, RUN)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, _span_bits(full, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
+    n0, n1, n2, n3 = _group_noise(key, start, RUN)
+    for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
+        x, ok = _span(logits_ptr, row, v0, V, RUN, False)
         if not FILTER:  # (the filtered first pass draws nothing)
-            if ((v0 // SPAN) % 4 == 0) | (v0 == start):  # the noise of this span and the next up to four
+            if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
                 n0, n1, n2, n3 = _group_noise(key, v0, RUN)
-        bits = _span_bits(v0, n0, n1, n2, n3, RUN)
-        if v0 + SPAN > end:  # (ALIGNED only) a branch, not a select per token in every span
-            m, s, zsum, zmin, best, best_group = _first_pass(x, v0, end, scale, bits, m, s, zsum, zmin, best,
-                                                             best_group, True, FILTER, RUN, FAST)
-        else:
-            m, s, zsum, zmin, best, best_group = _first_pass(x, v0, end, scale, bits, m, s, zsum, zmin, best,
-                                                             best_group, False, FILTER, RUN, FAST)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
+                                                         m, s, zsum, zmin, best, best_group, False, FILTER, RUN, FAST)
     m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
     zsum *= scale
     if SPLIT_ROW:
@@ -485,8 +455,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
         tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
-        SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), ALIGNED=v % run_size(logits.dtype) == 0,
-        FAST=not interpreted,
+        SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages,
         num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
