@@ -314,6 +314,11 @@ def main(argv=None) -> int:
     e.add_argument("samples", help="JSONL rows {problem_id, gold, completion, optional cot_correct}")
     e.add_argument("--plot", metavar="OUT.png", help="draw both curves (needs matplotlib)")
     args = parser.parse_args(argv)
+    from fastrl.ops import _registry
+
+    if error := _registry.forced_backend_error():
+        print(f"fastrl: {error}", file=sys.stderr)
+        return 2
     if args.command == "info":
         return info(args)
     if args.command == "eval":

@@ -98,6 +98,13 @@ def test_forced_backend_from_environment():
     assert done.returncode != 0 and "FASTRL_BACKEND must be one of" in done.stderr
 
 
+def test_a_bad_forced_backend_is_one_line_from_the_cli():
+    done = run([sys.executable, "-m", "fastrl.cli", "info"], env={**os.environ, "FASTRL_BACKEND": "nope"}, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("fastrl: FASTRL_BACKEND must be one of reference, cpp, cuda, triton, torch or unset, "
+                                   "got 'nope'"), done.stderr
+
+
 def test_version():
     assert fastrl.__version__
 

@@ -50,14 +50,16 @@ class OpEntry:
 OPS: dict[str, OpEntry] = {}
 
 
-def _env_backend():
-    name = os.environ.get("FASTRL_BACKEND") or None
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"FASTRL_BACKEND must be one of {BACKENDS}, got {name!r}")
-    return name
+# Checked when an op is dispatched (backend_for), not on import, so that `fastrl` can name a
+# bad value in one line instead of a traceback from `import fastrl`.
+_forced: Optional[str] = os.environ.get("FASTRL_BACKEND") or None
 
 
-_forced: Optional[str] = _env_backend()
+def forced_backend_error() -> Optional[str]:
+    """What is wrong with the forced backend (FASTRL_BACKEND), or None."""
+    if _forced is not None and _forced not in BACKENDS:
+        return f"FASTRL_BACKEND must be one of {', '.join(BACKENDS)} or unset, got {_forced!r}"
+    return None
 
 
 def define(
@@ -155,6 +157,8 @@ def available_backends(name: str, device_type: str) -> tuple[str, ...]:
 
 def backend_for(name: str, device_type: str) -> str:
     """The backend that serves op ``name`` for tensors on ``device_type`` now."""
+    if error := forced_backend_error():
+        raise ValueError(error)
     available = available_backends(name, device_type)
     if _forced in available:
         return _forced
