@@ -10,7 +10,8 @@
 # sampling (about 2 minutes on an H200): install without the CUDA extension, the sampler /
 # rollout tests, bench_sampling, and sampling_ablation.py at B=256 (where plain sampling's
 # time goes; SAMPLER_BASELINE=path: another source of kernels/sampling.py, e.g. the previous
-# commit's, timed beside it); rest (about 5 minutes): build the CUDA extension, every other
+# commit's, timed beside it); rest: build the CUDA extension (498 s on an H200 machine before
+# masks became bytes before the kernels; 64 s on 2 cores here after), every other
 # CUDA test, the other benchmarks; all: both, in that order (7 minutes); sweep (about 2.5
 # minutes): bench_sampling over kernel configs, plain sampling and the read-only loop over
 # the EXPLORE grid, to choose the defaults, and plain rows with the L2 flushed by writing

@@ -96,7 +96,8 @@ at::Tensor group_advantages_cuda(const at::Tensor& scores_, const at::Tensor& gr
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void broadcast_to_tokens_kernel(const scalar_t* __restrict__ advantages, MaskRef mask, int64_t n,
+__global__ void broadcast_to_tokens_kernel(const scalar_t* __restrict__ advantages, const uint8_t* __restrict__ mask,
+                                           int64_t n,
                                            int64_t T, acc_t* __restrict__ out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -106,7 +107,7 @@ __global__ void broadcast_to_tokens_kernel(const scalar_t* __restrict__ advantag
 at::Tensor broadcast_to_tokens_cuda(const at::Tensor& advantages_, const at::Tensor& mask_) {
   const c10::cuda::CUDAGuard guard(advantages_.device());
   auto advantages = advantages_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   const int64_t B = mask.size(0), T = mask.size(1), n = B * T;
   auto out = at::empty({B, T}, advantages.options().dtype(empty_output(advantages).scalar_type()));
   if (n == 0) return out;
@@ -115,7 +116,7 @@ at::Tensor broadcast_to_tokens_cuda(const at::Tensor& advantages_, const at::Ten
   auto stream = at::cuda::getCurrentCUDAStream();
   FASTRL_DISPATCH_FLOATING(advantages.scalar_type(), "broadcast_to_tokens_cuda", [&] {
     broadcast_to_tokens_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        advantages.data_ptr<scalar_t>(), mask_ref(mask), n, T, out.data_ptr<acc_t>());
+        advantages.data_ptr<scalar_t>(), mask_data(mask), n, T, out.data_ptr<acc_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -65,13 +65,13 @@ __device__ __forceinline__ RowCoords row_coords() {
 int64_t num_blocks(int64_t rows) { return (rows + kWarpsPerBlock - 1) / kWarpsPerBlock; }
 
 template <typename scalar_t, typename acc_t>
-__global__ void discounted_returns_kernel(const scalar_t* __restrict__ rewards, MaskRef mask,
+__global__ void discounted_returns_kernel(const scalar_t* __restrict__ rewards, const uint8_t* __restrict__ mask,
                                           acc_t* __restrict__ returns, int64_t B, int64_t T,
                                           acc_t gamma) {
   const RowCoords rc = row_coords();
   if (rc.row >= B) return;  // warp-uniform
   const int64_t off = rc.row * T;
-  mask = mask.offset(off);
+  mask += off;
   rewards += off;
   returns += off;
   acc_t carry = 0;  // the return at the first valid token right of the tile
@@ -100,12 +100,13 @@ __global__ void discounted_returns_kernel(const scalar_t* __restrict__ rewards, 
 
 template <typename scalar_t, typename acc_t>
 __global__ void gae_kernel(const scalar_t* __restrict__ rewards, const scalar_t* __restrict__ values,
-                           MaskRef mask, acc_t* __restrict__ advantages, acc_t* __restrict__ returns,
+                           const uint8_t* __restrict__ mask, acc_t* __restrict__ advantages,
+                           acc_t* __restrict__ returns,
                            int64_t B, int64_t T, acc_t gamma, acc_t lam) {
   const RowCoords rc = row_coords();
   if (rc.row >= B) return;
   const int64_t off = rc.row * T;
-  mask = mask.offset(off);
+  mask += off;
   rewards += off;
   values += off;
   advantages += off;
@@ -172,15 +173,16 @@ __global__ void gae_kernel(const scalar_t* __restrict__ rewards, const scalar_t*
 }
 
 template <typename scalar_t, typename acc_t, MinFormMode mode>
-__global__ void min_form_returns_kernel(const scalar_t* __restrict__ scores, MaskRef step_mask,
-                                        MaskRef mask, acc_t* __restrict__ token_rewards,
+__global__ void min_form_returns_kernel(const scalar_t* __restrict__ scores,
+                                        const uint8_t* __restrict__ step_mask,
+                                        const uint8_t* __restrict__ mask, acc_t* __restrict__ token_rewards,
                                         acc_t* __restrict__ returns, int64_t B, int64_t T,
                                         acc_t temperature) {
   const RowCoords rc = row_coords();
   if (rc.row >= B) return;
   const int64_t off = rc.row * T;
-  mask = mask.offset(off);
-  step_mask = step_mask.offset(off);
+  mask += off;
+  step_mask += off;
   scores += off;
   token_rewards += off;
   returns += off;
@@ -239,14 +241,14 @@ void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 at::Tensor discounted_returns_cuda(const at::Tensor& rewards_, const at::Tensor& mask_, double gamma) {
   const c10::cuda::CUDAGuard guard(rewards_.device());
   auto rewards = rewards_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
   if (returns.numel() == 0) return returns;
   auto stream = at::cuda::getCurrentCUDAStream();
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "discounted_returns_cuda", [&] {
     discounted_returns_kernel<scalar_t, acc_t><<<num_blocks(B), kWarpsPerBlock * kWarp, 0, stream>>>(
-        rewards.data_ptr<scalar_t>(), mask_ref(mask), returns.data_ptr<acc_t>(), B, T, acc_t(gamma));
+        rewards.data_ptr<scalar_t>(), mask_data(mask), returns.data_ptr<acc_t>(), B, T, acc_t(gamma));
   });
   check_launch();
   return returns;
@@ -257,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& rewards_, const at
   const c10::cuda::CUDAGuard guard(rewards_.device());
   auto rewards = rewards_.contiguous();
   auto values = values_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto advantages = empty_output(rewards);
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
@@ -265,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& rewards_, const at
   auto stream = at::cuda::getCurrentCUDAStream();
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "gae_cuda", [&] {
     gae_kernel<scalar_t, acc_t><<<num_blocks(B), kWarpsPerBlock * kWarp, 0, stream>>>(
-        rewards.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), mask_ref(mask),
+        rewards.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), mask_data(mask),
         advantages.data_ptr<acc_t>(), returns.data_ptr<acc_t>(), B, T, acc_t(gamma), acc_t(lam));
   });
   check_launch();
@@ -278,8 +280,8 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cuda(const at::Tensor& score
                                                          c10::string_view mode) {
   const c10::cuda::CUDAGuard guard(scores_.device());
   auto scores = scores_.contiguous();
-  auto step_mask = step_mask_.contiguous();
-  auto mask = mask_.contiguous();
+  auto step_mask = mask_as_bytes(step_mask_.contiguous());
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto token_rewards = empty_output(scores);
   auto returns = empty_output(scores);
   const int64_t B = scores.size(0), T = scores.size(1);
@@ -289,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cuda(const at::Tensor& score
     FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "min_form_returns_cuda", [&] {
       min_form_returns_kernel<scalar_t, acc_t, kMode>
           <<<num_blocks(B), kWarpsPerBlock * kWarp, 0, stream>>>(
-              scores.data_ptr<scalar_t>(), mask_ref(step_mask), mask_ref(mask),
+              scores.data_ptr<scalar_t>(), mask_data(step_mask), mask_data(mask),
               token_rewards.data_ptr<acc_t>(), returns.data_ptr<acc_t>(), B, T,
               acc_t(temperature));
     });
