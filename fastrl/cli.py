@@ -210,7 +210,9 @@ def train(args) -> int:
     return 0
 
 
-TRAIN_EXTRA = ("transformers", "peft", "datasets", "matplotlib")  # pyproject's [train]
+# pyproject's [train], and what transformers brings that fastrl imports itself (the built-in
+# task's tokenizer is built with tokenizers before transformers is imported)
+TRAIN_EXTRA = ("transformers", "peft", "datasets", "matplotlib", "tokenizers")
 
 
 def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
@@ -218,7 +220,8 @@ def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
     if (error.name or "").split(".")[0] not in TRAIN_EXTRA:
         raise error
     print(f"{command}: needs {error.name.split('.')[0]}, from fastrl's train extra: "
-          "pip install --no-build-isolation -e '.[train]'", file=sys.stderr)
+          "pip install 'fastrl[train]' (from a source checkout: pip install --no-build-isolation -e '.[train]')",
+          file=sys.stderr)
     return 2
 
 
