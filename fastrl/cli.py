@@ -91,13 +91,21 @@ def eval_samples(args) -> int:
 
     from fastrl.metrics import majority, pass_at_k
 
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        print(f"fastrl eval: --plot: no folder {str(Path(args.plot).parent)!r} to write {args.plot!r} in", file=sys.stderr)
+        return 2
     score, description = _eval_verifier()
     problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
+    golds: dict = {}  # problem_id -> (gold, the line that first gave it)
     any_cot = False
     try:
-        lines = Path(args.samples).read_text().splitlines()
+        lines = Path(args.samples).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         print(f"fastrl eval: cannot read {args.samples}: {e.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"fastrl eval: cannot read {args.samples}: not UTF-8 text ({e.reason} at byte {e.start})",
+              file=sys.stderr)
         return 2
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -112,9 +120,21 @@ def eval_samples(args) -> int:
             print(f"{where}: a row must be a JSON object, got {type(row).__name__}", file=sys.stderr)
             return 2
         try:
-            pid, gold, completion = row["problem_id"], str(row["gold"]), row["completion"]
+            pid, gold, completion = row["problem_id"], row["gold"], row["completion"]
         except KeyError as e:
             print(f"{where}: missing field {e}", file=sys.stderr)
+            return 2
+        for field, value, types in [("problem_id", pid, (str, int)), ("gold", gold, (str, int, float)),
+                                    ("completion", completion, (str,))]:
+            if isinstance(value, bool) or not isinstance(value, types):
+                names = " or ".join({str: "a string", int: "an integer", float: "a number"}[t] for t in types)
+                print(f"{where}: {field} must be {names}, got {json.dumps(value)}", file=sys.stderr)
+                return 2
+        gold = str(gold)
+        first_gold, first_line = golds.setdefault(pid, (gold, lineno))
+        if gold != first_gold:
+            print(f"{where}: problem_id {json.dumps(pid)} has gold {json.dumps(gold)} here but "
+                  f"{json.dumps(first_gold)} on line {first_line}", file=sys.stderr)
             return 2
         verdict = row.get("cot_correct")
         any_cot |= verdict is not None
@@ -162,8 +182,13 @@ def eval_samples(args) -> int:
         ax.legend()
         ax.set_title(Path(args.samples).name)
         fig.tight_layout()
-        fig.savefig(args.plot)
-        plt.close(fig)
+        try:
+            fig.savefig(args.plot)
+        except OSError as e:
+            print(f"fastrl eval: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        finally:
+            plt.close(fig)
         print(f"wrote {args.plot}")
     return 0
 

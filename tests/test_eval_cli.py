@@ -87,13 +87,29 @@ def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
     ("[1, 2]\n", ":1: a row must be a JSON object, got list"),
     ('{"problem_id": 1, "gold": "3"}\n', ":1: missing field 'completion'"),
     ('{"problem_id": 1, "gold": "3", "completion": "3", "cot_correct": "maybe"}\n', ":1: cot_correct:"),
+    ('{"problem_id": 1, "gold": "3", "completion": 3}\n', ":1: completion must be a string, got 3"),
+    ('{"problem_id": 1, "gold": "3", "completion": null}\n', ":1: completion must be a string, got null"),
+    ('{"problem_id": [1], "gold": "3", "completion": "3"}\n', ":1: problem_id must be a string or an integer"),
+    ('{"problem_id": 1.0, "gold": "3", "completion": "3"}\n', ":1: problem_id must be a string or an integer"),
+    ('{"problem_id": 1, "gold": null, "completion": "3"}\n', ":1: gold must be a string or an integer or a number"),
+    ('{"problem_id": "p", "gold": "3", "completion": "3"}\n{"problem_id": "p", "gold": "4", "completion": "4"}\n',
+     ':2: problem_id "p" has gold "4" here but "3" on line 1'),
+    (b'{"problem_id": 1, "gold": "caf\xe9", "completion": "3"}\n', "not UTF-8 text"),
 ])
 def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, message):
     path = tmp_path / "samples.jsonl"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     assert main(["eval", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_plot_into_a_missing_folder_is_refused_before_scoring(tmp_path, capsys):
+    assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "no" / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot: no folder" in err, err
 
 
 @pytest.mark.parametrize("argv,message", [
