@@ -23,6 +23,8 @@ def _as_int_array(name: str, x) -> np.ndarray:
     if np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise ValueError(f"{name} must hold whole numbers, got {x!r}")
+    if a.size and (a.max() > np.iinfo(np.int64).max or a.min() < np.iinfo(np.int64).min):  # before a silent wrap
+        raise ValueError(f"{name} must fit in int64, got {x!r}")
     return a.astype(np.int64)
 
 
@@ -33,11 +35,17 @@ def pass_at_k(n, c, k):
     undefined with fewer than k samples (naming the offending k).
     """
     n, c, k = (_as_int_array(name, v) for name, v in (("n", n), ("c", c), ("k", k)))
-    n, c, k = np.broadcast_arrays(n, c, k)
+    try:
+        n, c, k = np.broadcast_arrays(n, c, k)
+    except ValueError:
+        raise ValueError(f"n, c and k must broadcast together, got shapes {n.shape}, {c.shape} and {k.shape}") from None
     if np.any(k < 1):
         raise ValueError(f"k must be >= 1, got k={k[k < 1].min()}")
+    if np.any(n < 0):
+        raise ValueError(f"n must be >= 0, got n={n[n < 0].min()}")
     if np.any(c < 0) or np.any(c > n):
-        raise ValueError("c must satisfy 0 <= c <= n")
+        bad = tuple(np.argwhere((c < 0) | (c > n))[0])
+        raise ValueError(f"c must satisfy 0 <= c <= n, got c={c[bad]} with n={n[bad]}")
     if np.any(k > n):
         bad = np.argwhere(k > n)[0]
         raise ValueError(f"k={k[tuple(bad)]} exceeds the number of samples n={n[tuple(bad)]}; "

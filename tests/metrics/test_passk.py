@@ -92,6 +92,11 @@ def test_vectorised_shapes_and_values():
     (4, 1, 5, "k=5"),
     (8, 2.5, 1, "whole numbers"),
     (np.array([8, 2]), np.array([1, 1]), 4, "k=4"),
+    (-1, 0, 1, "n must be >= 0, got n=-1"),
+    ([8, 8], [1, 9], 1, "got c=9 with n=8"),
+    (1e20, 1, 1, "n must fit in int64"),
+    (np.uint64(2**63 + 5), 1, 1, "n must fit in int64"),
+    ([8, 8], [1, 2, 3], 1, r"n, c and k must broadcast together, got shapes \(2,\), \(3,\)"),
 ])
 def test_bad_arguments(n, c, k, match):
     with pytest.raises(ValueError, match=match):
