@@ -24,6 +24,7 @@ from collections.abc import Iterable
 _TAG = re.compile(r"</?(?:think|answer)\s*>", re.IGNORECASE)
 _FORMAT = re.compile(r"\A\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*\Z", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_TAG = re.compile(r"</?answer\s*>", re.IGNORECASE)  # any spelling _TAG counts, for the ambiguity check
 _WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mathbf|textit|boxed)\s*\{([^{}]*)\}")
 _STRIP = string.punctuation + string.whitespace
 
@@ -53,14 +54,14 @@ def format_reward(completion: str) -> float:
 
 def extract_answer(completion: str) -> str | None:
     """The single ``<answer>`` block's content; the whole completion when it has no
-    answer tag; None when the tags are ambiguous (several blocks, unbalanced)."""
+    answer tag; None when the tags are ambiguous (several blocks, unbalanced, or any other
+    spelling of the tag beside the block, e.g. ``<ANSWER>``, as format_reward counts them)."""
     _check_str("completion", completion)
-    if "<answer>" not in completion and "</answer>" not in completion:
+    tags = _ANSWER_TAG.findall(completion)
+    if not tags:
         return completion
-    blocks = _ANSWER.findall(completion)
-    if len(blocks) != 1 or completion.count("<answer>") != 1 or completion.count("</answer>") != 1:
-        return None
-    return blocks[0]
+    block = _ANSWER.search(completion)
+    return block.group(1) if tags == ["<answer>", "</answer>"] and block else None
 
 
 def _label_index(gold: str, labels: Iterable[str]) -> tuple[dict[str, str], str]:

@@ -63,6 +63,10 @@ def test_accuracy_without_tags_uses_whole_completion():
 def test_accuracy_ambiguous_answer_blocks():
     assert accuracy_reward("<answer>dog</answer><answer>cat</answer>", "cat", LABELS) == 0.0
     assert accuracy_reward("<answer>cat", "cat", LABELS) == 0.0
+    # another spelling of the tag (as format_reward counts tags) makes a second block
+    assert accuracy_reward("<answer>cat</answer><ANSWER>dog</ANSWER>", "cat", LABELS) == 0.0
+    assert accuracy_reward("<answer>cat</answer><answer >dog</answer >", "cat", LABELS) == 0.0
+    assert accuracy_reward("</answer>cat<answer>", "cat", LABELS) == 0.0
     # the think block may mention other classes; only the answer counts
     assert accuracy_reward("<think>dog? no.</think><answer>cat</answer>", "cat", LABELS) == 1.0
 
