@@ -124,7 +124,9 @@ class RewardConfig:
     floats, one per step. Needed by algo.name = pure; with the built-in task it defaults
     to "task"."""
     correct_threshold: float = 0.5
-    """A response counts as correct (accuracy) when its outcome reward is at least this."""
+    """A response counts as correct (accuracy) when its outcome reward is at least this;
+    with reward.kind classification or classification_no_think, when its answer is the gold
+    label instead, whatever its format (this is not used)."""
 
 
 @dataclass

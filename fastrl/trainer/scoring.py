@@ -9,14 +9,28 @@ import torch
 from fastrl.trainer.config import ConfigError, TrainConfig, user_function
 
 
+def _gold(config: TrainConfig, row: dict) -> str:
+    if config.data.answer_key not in row:
+        raise KeyError(f"record has no field {config.data.answer_key!r} (data.answer_key) for reward.kind "
+                       f"{config.reward.kind!r}")
+    return str(row[config.data.answer_key])
+
+
+def _labels(config: TrainConfig, row: dict):
+    if config.data.labels_key not in row:
+        raise KeyError(f"record has no field {config.data.labels_key!r} (data.labels_key)")
+    return row[config.data.labels_key]
+
+
+CLASSIFICATION = ("classification", "classification_no_think")
+
+
 def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:
     """reward(row, response) -> float for config.reward.kind ("task": task.outcome_reward)."""
-    kind, data = config.reward.kind, config.data
+    kind = config.reward.kind
 
     def gold(row):
-        if data.answer_key not in row:
-            raise KeyError(f"record has no field {data.answer_key!r} (data.answer_key) for reward.kind {kind!r}")
-        return str(row[data.answer_key])
+        return _gold(config, row)
 
     if kind == "task":
         return task.outcome_reward
@@ -24,20 +38,29 @@ def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], floa
         from fastrl.rewards.math import score
 
         return lambda row, response: score(gold(row), response)
-    if kind in ("classification", "classification_no_think"):
+    if kind in CLASSIFICATION:
         from fastrl.rewards.classification import reward
 
-        def classify(row, response):
-            if data.labels_key not in row:
-                raise KeyError(f"record has no field {data.labels_key!r} (data.labels_key)")
-            return reward(response, gold(row), row[data.labels_key], thinking=kind == "classification")
-        return classify
+        return lambda row, response: reward(response, gold(row), _labels(config, row), thinking=kind == "classification")
     if kind == "format":
         from fastrl.rewards.classification import format_reward
 
         return lambda row, response: format_reward(response)
     fn = user_function(kind, "reward.kind")
     return lambda row, response: float(fn(row["prompt"], response, row))
+
+
+def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
+    """correct(row, response, reward) -> whether the response counts as correct (the logged
+    accuracy, PURE's solved rows): its answer is the gold label for the classification
+    kinds (their reward adds the format's point, so no threshold on it can tell a right
+    answer from a well-formed wrong one), else reward >= reward.correct_threshold."""
+    if config.reward.kind in CLASSIFICATION:
+        from fastrl.rewards.classification import accuracy_reward
+
+        return lambda row, response, _: accuracy_reward(response, _gold(config, row), _labels(config, row)) == 1.0
+    threshold = config.reward.correct_threshold
+    return lambda row, response, reward: reward >= threshold
 
 
 class ProcessReward:

@@ -153,6 +153,7 @@ class Trainer:
         # data and rewards first: their errors come before any model is loaded
         self.prompts = Prompts(config.data, config.run.seed, self.task)
         self.reward = scoring.outcome_reward(config, self.task)
+        self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
         self.max_positions = _position_limit(model)
         if self.max_positions is not None and config.rollout.max_new_tokens >= self.max_positions:
@@ -367,7 +368,8 @@ class Trainer:
         # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
         dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
         scores = torch.tensor([float(self.reward(r, t)) for r, t in zip(rows, texts)], device=self.device, dtype=dtype)
-        correct = (scores >= cfg.reward.correct_threshold).float()
+        correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, scores.tolist())],
+                               device=self.device, dtype=dtype)
 
         T = cfg.rollout.temperature
         with torch.no_grad(), self._autocast():

@@ -267,6 +267,24 @@ def test_reward_kinds(tmp_path):
     assert outcome_reward(cfg)({"answer": "1/2"}, "so \\boxed{0.5}") == 1.0
 
 
+def test_a_well_formed_wrong_label_is_not_correct(tmp_path):
+    """The classification reward is format + accuracy (0..2): a threshold on it (0.5 by
+    default) counted a well-formed wrong answer as correct, so the logged accuracy was the
+    format rate; correct is now the accuracy, whatever the format."""
+    from fastrl.trainer.scoring import outcome_correct, outcome_reward
+
+    row = {"prompt": "?", "answer": "cat", "labels": ["cat", "dog"]}
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    cfg = config(tmp_path, f"data.source={data}", "reward.kind=classification")
+    for response, correct in [("<think>fur</think><answer>dog</answer>", False),
+                              ("<think>fur</think><answer>cat</answer>", True), ("<answer>cat</answer>", True),
+                              ("dog", False)]:
+        assert outcome_correct(cfg)(row, response, outcome_reward(cfg)(row, response)) is correct, response
+    cfg.reward.kind = "math"
+    assert outcome_correct(cfg)({"answer": "2"}, "\\boxed{2}", 1.0) and not outcome_correct(cfg)({}, "", 0.4)
+
+
 def test_learning_rate_schedule():
     from fastrl.trainer.config import OptimConfig
     from fastrl.trainer.train import _lr_factor
