@@ -72,6 +72,14 @@ class Processes(Reduce):
         var = self.sum(torch.where(valid, (x - mean) ** 2, 0).sum().to(torch.float64)) / (n - 1).clamp_min(1)
         return torch.where(valid, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0)
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether flag is set on any process (every process gets the same answer)."""
+        if self.world == 1:
+            return flag
+        x = torch.tensor(float(flag), device=device)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        return bool(x.item())
+
     def barrier(self):
         if self.world > 1:
             dist.barrier()

@@ -609,9 +609,11 @@ class Trainer:
                     bar.update()
                     bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
                     every = cfg.run.checkpoint_every
-                    if self._stop or (every and self.step % every == 0 and self.step < cfg.run.steps):
+                    # every process stops after the same step: Ctrl-C reaches them at different points of it
+                    stop = self.proc.any(self._stop, self.device)
+                    if stop or (every and self.step % every == 0 and self.step < cfg.run.steps):
                         self._save()
-                    if self._stop:
+                    if stop:
                         interrupted = True
                         break
         finally:

@@ -19,20 +19,22 @@ SCRIPT = Path(__file__).with_name("distributed_run.py")
 TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb"}
 
 
-def run(out, mode, overrides, processes):
+def run(out, mode, overrides, processes, timeout=600):
     cmd = [sys.executable, str(SCRIPT), str(out), mode, *overrides]
     if processes > 1:
         # --standalone: a rendezvous on a free local port, chosen by torchrun itself
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                *cmd[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0 and processes > 1 and not re.search(r"\[rank\d+\]: Traceback", done.stdout + done.stderr):
         # a launch that died without a Python error in a worker (a rendezvous or gloo
         # connection failure on a busy machine) is tried once more; a worker error is not
         print("torchrun failed without a worker traceback; retrying once:\n" + done.stderr[-2000:])
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if not (out / "result.json").exists():  # an interrupted run
+        return None, None
     from transformers import AutoModelForCausalLM
 
     metrics = json.loads((out / "result.json").read_text())
@@ -68,3 +70,15 @@ def test_fsdp2_checkpoint_resumes_on_two_processes(tmp_path):
     for name in single:
         torch.testing.assert_close(multi[name], single[name], rtol=1e-9, atol=1e-9, msg=name)
     assert [m["reward_mean"] for m in multi_metrics] == [m["reward_mean"] for m in single_metrics]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_ctrl_c_on_one_process_stops_every_process_after_the_same_step(tmp_path, mode):
+    """Ctrl-C reaches the processes at different points of a step (here rank 0 alone, during
+    step 2): they agree to stop after that step, save its checkpoint and exit. Each process
+    used to read only its own flag: rank 1 went on into step 3 while rank 0 saved (DDP:
+    hung, FSDP2: crashed without a checkpoint)."""
+    out = tmp_path / "run"
+    run(out, mode, ["run.steps=4", "--interrupt-rank0-at=2"], 2, timeout=240)
+    assert (out / "interrupted_rank0.json").exists() and (out / "interrupted_rank1.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]
