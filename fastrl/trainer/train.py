@@ -641,11 +641,9 @@ class Trainer:
         if self.proc.main:
             prefix = "model."
             model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            model = self.policy.model
-            if hasattr(model, "get_base_model"):  # PEFT: the adapter alone, as peft saves it
-                model.save_pretrained(path)
-            else:
-                model.save_pretrained(path, state_dict=model_state)
+            # from the gathered state, not the live model, whose FSDP2 shards are freed by now;
+            # PEFT takes the adapter's weights out of it and saves those alone
+            self.policy.model.save_pretrained(path, state_dict=model_state)
             self.tokenizer.save_pretrained(path)
             if self.policy.value_head is not None:
                 torch.save({k[len("value_head."):]: v for k, v in state.items() if k.startswith("value_head.")},

@@ -37,10 +37,12 @@ def run(out, mode, overrides, processes, timeout=600):
         return None, None
     from transformers import AutoModelForCausalLM
 
-    metrics = json.loads((out / "result.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float64)
-    return model.state_dict(), [{k: v for k, v in m.items() if k not in TIMING}
-                                                           for m in metrics]
+    metrics = [{k: v for k, v in m.items() if k not in TIMING} for m in json.loads((out / "result.json").read_text())]
+    if (out / "final" / "adapter_model.safetensors").exists():  # LoRA: the adapter alone
+        from safetensors.torch import load_file
+
+        return load_file(out / "final" / "adapter_model.safetensors"), metrics
+    return AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float64).state_dict(), metrics
 
 
 @pytest.mark.parametrize("mode, overrides", [
@@ -82,3 +84,13 @@ def test_ctrl_c_on_one_process_stops_every_process_after_the_same_step(tmp_path,
     run(out, mode, ["run.steps=4", "--interrupt-rank0-at=2"], 2, timeout=240)
     assert (out / "interrupted_rank0.json").exists() and (out / "interrupted_rank1.json").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]
+
+
+def test_lora_under_fsdp2_saves_the_adapter(tmp_path):
+    """The final save read the live PEFT model, whose FSDP2 shards are freed by then (a
+    RuntimeError, final/ without the adapter); it now saves from the gathered state."""
+    single, _ = run(tmp_path / "one", "fsdp2", ["run.steps=1", "model.lora_rank=4"], 1)
+    multi, _ = run(tmp_path / "two", "fsdp2", ["run.steps=1", "model.lora_rank=4"], 2)
+    assert single and single.keys() == multi.keys() and all("lora" in name for name in single)
+    for name in single:
+        torch.testing.assert_close(multi[name], single[name], rtol=1e-9, atol=1e-9, msg=name)
