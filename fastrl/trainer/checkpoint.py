@@ -98,5 +98,9 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
     if state["optimizer"] is not None:
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
     scheduler.load_state_dict(state["scheduler"])
+    # the saved lrs follow the schedule the checkpoint was written under; a resumed run may
+    # be longer or shorter (run.steps): its first update takes this run's schedule too
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
     _set_rng_state(state["rng"])
     return {"step": state["step"], "config": state["config"]}

@@ -107,6 +107,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
 
 
+def test_a_longer_resumed_run_takes_its_schedule_from_the_first_update(tmp_path):
+    """The optimizer's saved lr followed the old schedule (cosine over 4 steps): resumed to 8,
+    step 5 took that lr (0.001) and only later steps the new schedule's (step 5: 0.0055)."""
+    from fastrl.trainer.train import _lr_factor
+
+    args = ["optim.schedule=cosine", "optim.min_lr_ratio=0.1", "optim.lr=0.01", "run.checkpoint_every=2"]
+    train(config(tmp_path, "run.steps=4", *args))
+    rest = train(config(tmp_path, "run.steps=8", *args), resume=True)
+    optim = config(tmp_path, *args).optim
+    assert [m["lr"] for m in rest.metrics[4:]] == pytest.approx([0.01 * _lr_factor(i, 8, optim) for i in range(4, 8)])
+
+
 def test_interrupt_saves_then_resumes(tmp_path):
     cfg = config(tmp_path, "run.steps=3")
     trainer = Trainer(cfg)
