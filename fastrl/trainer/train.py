@@ -23,6 +23,7 @@ import resource
 import shutil
 import signal
 import threading
+import uuid
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
@@ -50,7 +51,8 @@ from fastrl.trainer.data import Prompts
 from fastrl.trainer.rollout import position_ids, rollout
 
 # what a run writes in run.output_dir (--overwrite removes them)
-RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb")
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb",
+             "wandb_id")
 
 
 class Policy(nn.Module):
@@ -583,7 +585,7 @@ class Trainer:
                   f"attention {getattr(lm.config, '_attn_implementation', '?')}, {proc.world} process(es) on "
                   f"{self.device}{', ' + cfg.run.distributed if proc.world > 1 else ''}; "
                   f"{cfg.run.steps} steps of {cfg.data.prompts_per_step} prompts x {cfg.rollout.group_size}")
-        writers = _writers(cfg, self.out) if proc.main else []
+        writers = _writers(cfg, self.out, self.step) if proc.main else []
         previous = signal.getsignal(signal.SIGINT)
         interrupted = False
 
@@ -687,21 +689,28 @@ def _config_changes(saved: dict, now: dict, prefix="") -> list[str]:
     return changes
 
 
-def _writers(cfg: TrainConfig, out: Path) -> list:
+def _writers(cfg: TrainConfig, out: Path, step: int) -> list:
+    """The metric writers of a run that continues after ``step`` (0: a new run): a resumed
+    run's TensorBoard drops the events logged after its checkpoint, as metrics.jsonl does,
+    and its wandb run is the same run (its id is kept in output_dir/wandb_id)."""
     writers = []
     if cfg.run.tensorboard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("run.tensorboard needs tensorboard (pip install tensorboard)") from None
-        tb = SummaryWriter(str(out / "tensorboard"))
+        tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
         writers.append(lambda m: [tb.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"])
     if cfg.run.wandb:
         try:
             import wandb
         except ImportError:
             raise ConfigError("run.wandb needs wandb (pip install wandb)") from None
-        run = wandb.init(project=cfg.run.wandb_project, config=cfg.to_dict(), dir=str(out))
+        id_file = out / "wandb_id"
+        if not id_file.exists():
+            id_file.write_text(uuid.uuid4().hex[:12])
+        run = wandb.init(project=cfg.run.wandb_project, config=cfg.to_dict(), dir=str(out), id=id_file.read_text(),
+                         resume="allow")
         writers.append(lambda m: run.log(m, step=m["step"]))
     return writers
 

@@ -119,6 +119,23 @@ def test_a_longer_resumed_run_takes_its_schedule_from_the_first_update(tmp_path)
     assert [m["lr"] for m in rest.metrics[4:]] == pytest.approx([0.01 * _lr_factor(i, 8, optim) for i in range(4, 8)])
 
 
+def test_a_resumed_run_replaces_the_replayed_steps_in_tensorboard(tmp_path):
+    """A run that stopped after step 3 with its last checkpoint at step 2 resumes from 2:
+    metrics.jsonl drops step 3 and so must TensorBoard (step 3 was shown twice)."""
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["run.tensorboard=true", "run.checkpoint_every=2", "data.prompts_per_step=4"]
+    first = train(config(tmp_path, "run.steps=3", *args))
+    shutil.rmtree(first.output_dir / "checkpoints" / "step_00000003")  # as if it had died before saving step 3
+    train(config(tmp_path, "run.steps=4", *args), resume=True)
+    events = EventAccumulator(str(first.output_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward_mean")] == [1, 2, 3, 4]
+
+
 def test_interrupt_saves_then_resumes(tmp_path):
     cfg = config(tmp_path, "run.steps=3")
     trainer = Trainer(cfg)
