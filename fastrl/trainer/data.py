@@ -72,6 +72,8 @@ def _load(cfg: DataConfig) -> list[dict]:
         if not isinstance(row, dict) or not isinstance(row.get(cfg.prompt_key), str):
             raise ConfigError(f"data.source {path}: record {i} has no string field {cfg.prompt_key!r} "
                               "(data.prompt_key)")
+        if not row[cfg.prompt_key]:  # a tokenizer without BOS makes no tokens of it: the step drawing it would fail
+            raise ConfigError(f"data.source {path}: record {i} has an empty {cfg.prompt_key!r} (data.prompt_key)")
         if cfg.prompt_key != "prompt":
             row["prompt"] = row[cfg.prompt_key]
     return rows

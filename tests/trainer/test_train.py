@@ -375,6 +375,17 @@ def test_datasets_dict_folder_needs_a_split(tmp_path, monkeypatch):
         Prompts(cfg.data, 0)
 
 
+def test_an_empty_prompt_is_refused_when_the_data_loads(tmp_path):
+    """"" passed the check and stopped the run at the step that drew it, with a TypeError
+    from the rollout naming neither the file nor the record."""
+    from fastrl.trainer.data import Prompts
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "answer": "1"}) for p in ["1+0=", "0+1=", ""]) + "\n")
+    with pytest.raises(ConfigError, match=f"data.source {data}: record 2 has an empty 'prompt'"):
+        Prompts(config(tmp_path, f"data.source={data}", "reward.kind=math").data, 0)
+
+
 def test_file_prompts_shuffle_once_per_epoch(tmp_path, monkeypatch):
     import random
     import types
