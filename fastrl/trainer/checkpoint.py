@@ -33,6 +33,17 @@ def _rng_state() -> dict:
     return state
 
 
+def _rng_states(processes) -> list:
+    """Every process's RNG states, on the main process (others: None): ranks draw different
+    amounts of randomness (dropout over differently padded batches), so one rank's states
+    restored on all would not continue the run."""
+    if processes.world == 1:
+        return [_rng_state()]
+    gathered = [None] * processes.world if processes.main else None
+    torch.distributed.gather_object(_rng_state(), gathered, dst=0)
+    return gathered
+
+
 def _set_rng_state(state: dict):
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -51,7 +62,7 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
         # counts in Adam's bias correction and so changes the run that saved
         "optimizer": get_optimizer_state_dict(model, optimizer, options=options) if optimizer.state else None,
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
+        "rng": _rng_states(processes),  # one per process
         "step": step,
         "config": config,
     }
@@ -89,9 +100,10 @@ def saved_config(path: Path) -> dict:
     return torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=True)["config"]
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
+def load(path: Path, model, optimizer, scheduler, processes) -> dict:
     """Restore a checkpoint written by ``save`` into model/optimizer/scheduler (each
-    process reads the file) and the RNG states. Returns the saved record (step, config)."""
+    process reads the file) and the RNG states (each process its own where the checkpoint
+    has as many processes, else the first's). Returns the saved record (step, config)."""
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state["model"], options=options)
@@ -102,5 +114,8 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
     # be longer or shorter (run.steps): its first update takes this run's schedule too
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * factor(scheduler.last_epoch)
-    _set_rng_state(state["rng"])
+    rng = state["rng"]
+    if isinstance(rng, list):  # (checkpoints from before held one dict: the main process's)
+        rng = rng[processes.rank] if len(rng) == processes.world else rng[0]
+    _set_rng_state(rng)
     return {"step": state["step"], "config": state["config"]}

@@ -535,7 +535,7 @@ class Trainer:
         if path is None:
             self._say(f"--resume: no checkpoint under {self.ckpt_dir}; starting from step 0")
         else:
-            self.step = checkpoint.load(path, self.module, self.optimizer, self.scheduler)["step"]
+            self.step = checkpoint.load(path, self.module, self.optimizer, self.scheduler, self.proc)["step"]
             if self.config_changes:
                 self._say("--resume: the config differs from the checkpoint's in " + ", ".join(self.config_changes))
         if self.proc.main and self.log_path.exists():
