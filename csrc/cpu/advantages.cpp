@@ -174,18 +174,16 @@ at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& grou
 
 at::Tensor broadcast_to_tokens_cpu(const at::Tensor& advantages_, const at::Tensor& mask_) {
   auto advantages = advantages_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   const int64_t B = mask.size(0), T = mask.size(1);
   auto out = at::empty({B, T}, advantages.options().dtype(empty_output(advantages).scalar_type()));
-  const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(advantages.scalar_type(), "broadcast_to_tokens_cpu", [&] {
     const scalar_t* adv = advantages.data_ptr<scalar_t>();
     acc_t* o = out.data_ptr<acc_t>();
     at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(T, 1)), [&](int64_t b0, int64_t b1) {
-      std::vector<uint8_t> buffer;
       for (int64_t b = b0; b < b1; ++b) {
         const acc_t a = static_cast<acc_t>(adv[b]);
-        const uint8_t* __restrict__ valid = mask_bytes(m, b, 1, T, buffer);
+        const uint8_t* __restrict__ valid = mask_data(mask) + b * T;
         acc_t* __restrict__ row = o + b * T;
         for (int64_t t = 0; t < T; ++t) row[t] = valid[t] ? a : acc_t(0);
       }

@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
 
 #include "fastrl/scans.h"
 #include "fastrl/tensors.h"
@@ -34,15 +33,13 @@ void for_row_blocks(int64_t B, int64_t T, const Body& body) {
 
 at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& mask_, double gamma) {
   auto rewards = rewards_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
-  const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "discounted_returns_cpu", [&] {
     for_row_blocks(B, T, [&](int64_t row, auto rows) {
       constexpr int64_t n = decltype(rows)::value;
-      std::vector<uint8_t> buffer;
-      const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
+      const uint8_t* valid = mask_data(mask) + row * T;
       const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
       acc_t* out = returns.data_ptr<acc_t>() + row * T;
       acc_t carry[n] = {};
@@ -62,16 +59,14 @@ std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at:
                                            const at::Tensor& mask_, double gamma, double lam) {
   auto rewards = rewards_.contiguous();
   auto values = values_.contiguous();
-  auto mask = mask_.contiguous();
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto advantages = empty_output(rewards);
   auto returns = empty_output(rewards);
   const int64_t B = rewards.size(0), T = rewards.size(1);
-  const MaskRef m = mask_ref(mask);
   FASTRL_DISPATCH_FLOATING(rewards.scalar_type(), "gae_cpu", [&] {
     for_row_blocks(B, T, [&](int64_t row, auto rows) {
       constexpr int64_t n = decltype(rows)::value;
-      std::vector<uint8_t> buffer;
-      const uint8_t* valid = mask_bytes(m, row, n, T, buffer);
+      const uint8_t* valid = mask_data(mask) + row * T;
       const scalar_t* r = rewards.data_ptr<scalar_t>() + row * T;
       const scalar_t* v = values.data_ptr<scalar_t>() + row * T;
       acc_t* adv = advantages.data_ptr<acc_t>() + row * T;
@@ -129,20 +124,18 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cpu(const at::Tensor& scores
                                                         const at::Tensor& mask_, double temperature,
                                                         c10::string_view mode) {
   auto scores = scores_.contiguous();
-  auto step_mask = step_mask_.contiguous();
-  auto mask = mask_.contiguous();
+  auto step_mask = mask_as_bytes(step_mask_.contiguous());
+  auto mask = mask_as_bytes(mask_.contiguous());
   auto token_rewards = empty_output(scores);
   auto returns = empty_output(scores);
   const int64_t B = scores.size(0), T = scores.size(1);
-  const MaskRef sm = mask_ref(step_mask), m = mask_ref(mask);
   FASTRL_DISPATCH_MIN_FORM_MODE(std::string(mode), [&] {
     FASTRL_DISPATCH_FLOATING(scores.scalar_type(), "min_form_returns_cpu", [&] {
       for_row_blocks(B, T, [&](int64_t row, auto rows) {
       constexpr int64_t n = decltype(rows)::value;
-        std::vector<uint8_t> step_buffer, valid_buffer;
         min_form_block<scalar_t, acc_t, kMode, n>(
-            scores.data_ptr<scalar_t>() + row * T, mask_bytes(sm, row, n, T, step_buffer),
-            mask_bytes(m, row, n, T, valid_buffer), T, acc_t(temperature),
+            scores.data_ptr<scalar_t>() + row * T, mask_data(step_mask) + row * T,
+            mask_data(mask) + row * T, T, acc_t(temperature),
             token_rewards.data_ptr<acc_t>() + row * T, returns.data_ptr<acc_t>() + row * T);
       });
     });
