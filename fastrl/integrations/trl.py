@@ -67,10 +67,14 @@ def selective_log_softmax(
         return logprobs_from_logits(logits, labels, temperature, ignore_index=_IGNORED).logprob.to(dtype)
     if index.shape[-1] == 0:
         return logits[..., :0].to(dtype)  # empty, but in the graph: backward works, as TRL's does
-    # K per row: the first gives the row's log-sum-exp, lse = z[i0] - logp[i0], from one pass
-    first = logprobs_from_logits(logits, index[..., 0], temperature).logprob
-    selected = logits.gather(-1, index.long()).to(first.dtype) / temperature
-    logps = selected - (selected[..., :1] - first[..., None])
+    # K per row: one of them gives the row's log-sum-exp, lse = z[i] - logp[i], from one pass;
+    # the first with a finite logit (a -inf one, a masked token, would make lse NaN)
+    raw = logits.gather(-1, index.long())
+    pivot = torch.isfinite(raw).to(torch.uint8).argmax(-1, keepdim=True)  # 0 where none is finite
+    first = logprobs_from_logits(logits, index.gather(-1, pivot)[..., 0], temperature).logprob
+    selected = raw.to(first.dtype) / temperature
+    logps = selected - (selected.gather(-1, pivot) - first[..., None])
+    logps = torch.where(selected == float("-inf"), selected, logps)  # probability 0, also in a row of only those
     if row_mask is not None:
         logps = logps.masked_fill(row_mask == 0, 0.0)
     return logps.to(dtype)

@@ -124,3 +124,16 @@ def test_bad_arguments():
         selective_log_softmax(logits, index, temperature=0.0)
     with pytest.raises(ValueError, match="row_mask"):
         selective_log_softmax(logits, index, row_mask=torch.ones(2, 4))
+
+
+def test_top_k_with_a_masked_first_token():
+    """The row's log-sum-exp came from the first index: a -inf logit there made the whole row
+    NaN (TRL gives -inf for that entry and the others' log-probabilities)."""
+    logits = torch.tensor([[float("-inf"), 1.0, 2.0, 0.5], [float("-inf"), float("-inf"), 1.0, 0.0]],
+                          requires_grad=True)
+    index = torch.tensor([[0, 1, 2], [1, 0, 3]])
+    got = selective_log_softmax(logits, index)
+    want = torch.log_softmax(logits.detach(), -1).gather(-1, index)
+    torch.testing.assert_close(got, want)
+    got[torch.isfinite(got)].sum().backward()
+    assert torch.isfinite(logits.grad).all()
