@@ -76,7 +76,7 @@ def main(argv=None):
         except ImportError:
             print("math-verify not installed: pip install math-verify")
     rows = []
-    print(f"{'provider':<12} {'split':<11} {'accepted(fn)':>13} {'rejected(tn)':>13} {'pairs/s':>9}")
+    print(f"{'provider':<12} {'split':<11} {'accepted(fn)':>13} {'rejected(tn)':>13}")
     for name, (res, secs) in providers.items():
         for split in ("benchmarks", "big_math"):
             idx = [k for k in range(len(res)) if splits[k] == split]
@@ -84,9 +84,11 @@ def main(argv=None):
             tn = [k for k in idx if not labels[k]]
             acc = sum(res[k] for k in fn) / max(1, len(fn))
             rej = sum(not res[k] for k in tn) / max(1, len(tn))
+            # the pairs of both splits are verified in one timed run: one throughput per provider
             rows.append(dict(provider=name, split=split, accepted=acc, rejected=rej, n_fn=len(fn), n_tn=len(tn),
-                             pairs_per_s=len(res) / secs))
-            print(f"{name:<12} {split:<11} {acc:>12.1%} {rej:>13.1%} {len(res) / secs:>9.1f}")
+                             pairs_per_s_all_splits=len(res) / secs))
+            print(f"{name:<12} {split:<11} {acc:>12.1%} {rej:>13.1%}")
+        print(f"{name:<12} all {len(res)} pairs: {len(res) / secs:.1f} pairs/s")
         if args.show_misses and name == "fastrl":
             for k in range(len(res)):
                 if res[k] != labels[k]:

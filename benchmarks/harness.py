@@ -227,6 +227,15 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
         parser.error(f"--device: the benchmarks run on cpu or cuda, got {args.device}")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch sees no CUDA GPU (torch {torch.__version__})")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error(f"--repeat: at least 1 timed run, got {args.repeat}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup: 0 or more untimed runs, got {args.warmup}")
+    if args.only is not None:
+        try:
+            re.compile(args.only)
+        except re.error as e:
+            parser.error(f"--only: {args.only!r} is no regular expression ({e})")
     if args.repeat is None:
         args.repeat = 3 if args.quick else {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
     if args.warmup is None:

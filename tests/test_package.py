@@ -123,6 +123,11 @@ def test_every_benchmark_takes_its_options_from_fastrl_bench(family, capsys):
     (["scans", "--device", "gpu"], "--device: 'gpu' is no torch device"),
     (["logprobs", "--shape", "1,2"], "--shape '1,2': expected 3 comma-separated positive integers"),
     (["logprobs", "--shape", "4,0,8"], "--shape '4,0,8': expected 3"),
+    (["advantages", "--repeat", "0"], "--repeat: at least 1 timed run, got 0"),
+    (["scans", "--warmup", "-1"], "--warmup: 0 or more untimed runs, got -1"),
+    (["scans", "--only", "("], "--only: '(' is no regular expression"),
+    (["sampling", "--providers", "nope"], "--providers: unknown nope; known:"),
+    (["logprobs", "--providers", "fastrl"], "--providers: unknown fastrl; known:"),
 ] + ([] if __import__("torch").cuda.is_available() else [(["scans", "--device", "cuda"], "sees no CUDA GPU")]))
 def test_bad_benchmark_options_are_refused_with_the_option_named(argv, message, capsys):
     from fastrl import cli
