@@ -278,10 +278,7 @@ def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     if args.configs and device.type == "cuda":
         table += config_providers(args.configs)
     if args.providers:
-        wanted = set(args.providers.split(","))
-        known = {p[0].split("[")[0] for p in table} | {"fastrl"}
-        if wanted - known:
-            raise SystemExit(f"--providers: unknown {', '.join(sorted(wanted - known))}; known: {', '.join(sorted(known))}")
+        wanted = harness.wanted_providers(args.providers, {p[0].split("[")[0] for p in table} | {"fastrl"})
         table = [p for p in table
                  if p[0].split("[")[0] in wanted or (p[0].startswith("fastrl") and "fastrl" in wanted)]
     if args.no_compile:

@@ -245,6 +245,14 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
     return args
 
 
+def wanted_providers(option: str, known) -> set:
+    """--providers' comma-separated names, refused unless each is one of ``known``."""
+    wanted, known = set(option.split(",")), set(known)
+    if wanted - known:
+        raise SystemExit(f"--providers: unknown {', '.join(sorted(wanted - known))}; known: {', '.join(sorted(known))}")
+    return wanted
+
+
 def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
     """The shapes to run: --shape's (comma-separated integers, where the script has it),
     else the --quick ladder, else the device's."""

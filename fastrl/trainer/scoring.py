@@ -28,20 +28,17 @@ CLASSIFICATION = ("classification", "classification_no_think")
 def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:
     """reward(row, response) -> float for config.reward.kind ("task": task.outcome_reward)."""
     kind = config.reward.kind
-
-    def gold(row):
-        return _gold(config, row)
-
     if kind == "task":
         return task.outcome_reward
     if kind == "math":
         from fastrl.rewards.math import score
 
-        return lambda row, response: score(gold(row), response)
+        return lambda row, response: score(_gold(config, row), response)
     if kind in CLASSIFICATION:
         from fastrl.rewards.classification import reward
 
-        return lambda row, response: reward(response, gold(row), _labels(config, row), thinking=kind == "classification")
+        return lambda row, response: reward(response, _gold(config, row), _labels(config, row),
+                                            thinking=kind == "classification")
     if kind == "format":
         from fastrl.rewards.classification import format_reward
 

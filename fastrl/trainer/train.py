@@ -369,8 +369,9 @@ class Trainer:
                                             skip_special_tokens=True)
         # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
         dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
-        scores = torch.tensor([float(self.reward(r, t)) for r, t in zip(rows, texts)], device=self.device, dtype=dtype)
-        correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, scores.tolist())],
+        rewards = [float(self.reward(r, t)) for r, t in zip(rows, texts)]
+        scores = torch.tensor(rewards, device=self.device, dtype=dtype)
+        correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, rewards)],
                                device=self.device, dtype=dtype)
 
         T = cfg.rollout.temperature

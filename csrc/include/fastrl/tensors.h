@@ -13,15 +13,6 @@
 
 namespace fastrl {
 
-// Whether a mask dtype's sign bit makes a -0.0, which must read as 0. Of the 1-byte floats
-// only e4m3fn and e5m2 have one: in the fnuz float8s 0x80 is NaN and in e8m0 it is 2.0,
-// nonzero as their raw bits are.
-inline bool has_signed_zero(const at::Tensor& mask) {
-  const auto type = mask.scalar_type();
-  return at::isFloatingType(type) && (mask.element_size() > 1 || type == at::ScalarType::Float8_e4m3fn ||
-                                      type == at::ScalarType::Float8_e5m2);
-}
-
 // A contiguous [B, T] mask of any dtype as the kernels (CPU and CUDA) read it, one byte per
 // token, nonzero = valid (verl passes float masks; any nonzero bits but a float's sign bit
 // count): bool and 1-byte integer masks as they are (a uint8 2 is valid; no copy), any
@@ -36,7 +27,11 @@ inline at::Tensor mask_as_bytes(const at::Tensor& mask) {
               " bytes is not supported");
   const auto bits_type = width == 1 ? at::kChar : width == 2 ? at::kShort : width == 4 ? at::kInt : at::kLong;
   auto bits = mask.view(bits_type);
-  if (has_signed_zero(mask)) {  // all bits but the sign's
+  // floats whose sign bit makes a -0.0, which reads as 0: of the 1-byte floats only e4m3fn and
+  // e5m2 have one (in the fnuz float8s 0x80 is NaN and in e8m0 it is 2.0, nonzero as their bits)
+  const auto type = mask.scalar_type();
+  if (at::isFloatingType(type) &&
+      (width > 1 || type == at::ScalarType::Float8_e4m3fn || type == at::ScalarType::Float8_e5m2)) {
     bits = bits.bitwise_and(width == 1 ? int64_t{0x7f} : width == 2 ? int64_t{0x7fff}
                             : width == 4 ? int64_t{0x7fffffff} : std::numeric_limits<int64_t>::max());
   }
