@@ -9,14 +9,15 @@
 #
 # sampling (about 2 minutes on an H200): install without the CUDA extension, the sampler /
 # rollout tests, bench_sampling, and sampling_ablation.py at B=256 (where plain sampling's
-# time goes; SAMPLER_BASELINE=path: another source of kernels/sampling.py, e.g. the previous
-# commit's, timed beside it); rest: build the CUDA extension (498 s on an H200 machine before
-# masks became bytes before the kernels; 64 s on 2 cores here after), every other
-# CUDA test, the other benchmarks; all: both, in that order (7 minutes); sweep (about 2.5
-# minutes): bench_sampling over kernel configs, plain sampling and the read-only loop over
-# the EXPLORE grid, to choose the defaults, and plain rows with the L2 flushed by writing
-# (harness.py) and at B up to 2048. The test logs and the benchmarks' printed tables
-# (benchmarks.log) go to $OUT too.
+# time goes; SAMPLER_BASELINE: other sources of kernels/sampling.py, comma-separated, e.g.
+# the previous commit's, timed beside it; SAMPLER_VARIANTS: the ablation's --variants);
+# rest: build the CUDA extension (498 s on an H200 machine before masks became bytes before
+# the kernels; 64 s on 2 cores here after), every other CUDA test, the other benchmarks
+# (REST_BENCHMARKS=scans: bench_scans only, none: no benchmarks); all: both, in that order
+# (7 minutes); sweep (about 2.5 minutes): bench_sampling over kernel configs, plain sampling
+# and the read-only loop over the EXPLORE grid, to choose the defaults, and plain rows with
+# the L2 flushed by writing (harness.py) and at B up to 2048. The test logs and the
+# benchmarks' printed tables (benchmarks.log) go to $OUT too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
@@ -70,7 +71,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "bench_sampling"
   bench 150 benchmarks/bench_sampling.py --device cuda
   stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
-  bench 120 benchmarks/sampling_ablation.py --variants ,resolve,noise+resolve+zsum+max \
+  bench 120 benchmarks/sampling_ablation.py --variants "${SAMPLER_VARIANTS-,resolve,noise+resolve+zsum+max}" \
     --kernels "kernels/sampling.py${SAMPLER_BASELINE:+,$SAMPLER_BASELINE}"
 fi
 if [ "$STAGE" = sweep ]; then
@@ -99,6 +100,9 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "other GPU tests"
   ignore=$(for t in $SAMPLER_TESTS; do printf -- "--ignore=%s " "$t"; done)
   gpu_tests gpu_tests.log 200 $ignore tests
+  [ "${REST_BENCHMARKS:-all}" = scans ] && { stamp "bench_scans"; bench 120 benchmarks/bench_scans.py --device cuda --repeat 5; }
+fi
+if { [ "$STAGE" = all ] || [ "$STAGE" = rest ]; } && [ "${REST_BENCHMARKS:-all}" = all ]; then
   stamp "benchmarks"
   # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
   bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5

@@ -13,8 +13,10 @@ Forms tried (--variants), timing only:
 - lagged: a span's exp2 against the max of the spans before it, not its own (its own max
   then no longer gates its exp2s; unguarded: overflows where a token tops that by 128);
 - nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two);
-- ragged_last: the ragged span's load issued before the loop, reduced after it (with nocap:
-  held in registers through the loop rather than spilled).
+- elements: bf16 read element by element, not as 32-bit pairs;
+- unfused: the row's end reduces its accumulators one by one (six exchanges between warps), not in one.
+(ragged_last, the ragged span's load issued before the loop and reduced after it, was timed
+slower on an H200, sampling_forms_c1.json; gone with the kernel it applied to.)
 --kernels times the variants of other sources of the kernel too (e.g. an older commit's
 kernels/sampling.py) in the same run. Timing as bench_sampling's (harness.time_ms, L2
 flushed clean), median of --repeat.
@@ -43,30 +45,23 @@ PARTS = {
                "FAST)",
                "        best, best_group = best + mass, best_group"),
               ("\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)\n", "\n                pass\n")],
-    "resolve": [("        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST)",
-                 "        token, z_tok = group, top"),
-                ('        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)',
-                 "        token, z_tok = group, top")],
-    "zsum": [("    else:\n        zsum += _group_sum(x)", "    else:\n        zsum += 0.0")],  # full spans
-    "max": [("    m_new = tl.maximum(m, _group_max(x) * scale)", "    m_new = tl.maximum(m, 0.0)")],
+    "resolve": [("        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST",
+                 "        token, z_tok = group, top  # ("),  # the rest of the call, whatever its arguments
+                ('        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST',
+                 "        token, z_tok = group, top  # (")],
+    "zsum": [("    else:\n        zsum += _group_sum(x, odd)", "    else:\n        zsum += 0.0")],  # full spans
+    "max": [("    m_new = tl.maximum(m, _group_max(x, odd) * scale)", "    m_new = tl.maximum(m, 0.0)")],
     "lagged": [("    m_ref = _reference(m_new)\n"
-                "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref\n"
+                "    r = m_ref[None, :, None]\n"
+                "    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref\n"
                 "    s = s * tl.exp2(m - m_ref) + mass",
                 "    m_ref = _reference(m)\n"
-                "    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))\n"
+                "    r = m_ref[None, :, None]\n"
+                "    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))\n"
                 "    s = (s + mass) * tl.exp2(m_ref - _reference(m_new))")],
     "nocap": [("maxnreg=register_cap(num_warps, filtered)", "maxnreg=None")],
-    "ragged_last": [("    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass "
-                     "whose loop results it uses\n        x, ok = _span(logits_ptr, row, full, V, RUN, True)\n",
-                     "    x_tail, ok_tail = _span(logits_ptr, row, full, V, RUN, True)\n    if False:\n"
-                     "        x, ok = x_tail, ok_tail\n"),
-                    ("    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)",
-                     "    if full < stop:\n"
-                     "        n0, n1, n2, n3 = _group_noise(key, full, RUN)\n"
-                     "        m, s, zsum, zmin, best, best_group = _first_pass(x_tail, ok_tail, full, scale, "
-                     "_span_bits(full, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best, best_group, True, FILTER, RUN, "
-                     "FAST)\n"
-                     "    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)")],
+    "elements": [("WORDS=_as_words(logits)", "WORDS=False")],
+    "unfused": [("FUSED=not interpreted if fused is None else fused", "FUSED=False")],
 }
 REMOVALS = ("noise", "resolve", "zsum", "max")  # the rest of PARTS are forms tried
 VARIANTS = [(), ("resolve",), ("noise",), ("zsum",), ("max",), ("noise", "resolve"),

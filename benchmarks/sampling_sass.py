@@ -57,6 +57,7 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True):
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
                      RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
+    constants.update({name: True for name in ("WORDS", "FUSED") if name in names})  # (older kernels lack them)
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
         constexprs={(names.index(k),): v for k, v in constants.items()},

@@ -38,8 +38,15 @@ GOLDEN = 0x9E3779B97F4A7C15  # spreads offsets over the Philox key
 GROUP_STREAM: tl.constexpr = tl.constexpr(0x5DEECE66D)  # the groups' Philox key: key ^ GROUP_STREAM
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
-INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 ROWS: tl.constexpr = tl.constexpr(256)  # groups per span
+INT_MAX: tl.constexpr = tl.constexpr(2147483647)
+NEG_INF_PAIR: tl.constexpr = tl.constexpr(-8323200)  # 0xFF80FF80: two bf16 -inf as one int32
+
+
+def _as_words(logits):
+    """Whether the plain pass reads bf16 logits as 32-bit pairs (_span's WORDS)."""
+    return (logits.dtype == torch.bfloat16 and logits.shape[1] % 2 == 0 and logits.stride(0) % 2 == 0
+            and logits.data_ptr() % 4 == 0)
 
 
 def run_size(dtype):
@@ -75,10 +82,37 @@ def _reference(m):
 
 
 @triton.jit
-def _best_token(best, best_tok):
-    """The largest Gumbel value over all axes and its token or group (ties: the lowest)."""
-    top = tl.max(best, None)
-    return top, tl.min(tl.where(best == top, best_tok, INT_MAX), None)
+def _wins(best, index, other_best, other_index):
+    """Whether (other_best, other_index) wins an argmax: larger, ties to the lower index."""
+    return (other_best > best) | ((other_best == best) & (other_index < index))
+
+
+@triton.jit
+def _argmax_combine(best, index, z, other_best, other_index, other_z):
+    """tl.reduce's combine for an argmax carrying a value (z) along with its index."""
+    wins = _wins(best, index, other_best, other_index)
+    return tl.where(wins, other_best, best), tl.where(wins, other_index, index), tl.where(wins, other_z, z)
+
+
+@triton.jit
+def _best_token(best, best_tok, z, FUSED: tl.constexpr):
+    """The largest Gumbel value over all axes, its token or group (ties: the lowest) and its z.
+    FUSED: in one reduction (one exchange between warps, not three); else in three, which
+    Triton's interpreter runs far faster (it runs a custom reduction element by element)."""
+    if FUSED:
+        top, index, z_top = tl.reduce((_flat(best), _flat(best_tok), _flat(z)), 0, _argmax_combine)
+    else:
+        top = tl.max(best, None)
+        index = tl.min(tl.where(best == top, best_tok, INT_MAX), None)
+        z_top = tl.max(tl.where(best_tok == index, z, float("-inf")), None)
+    return top, index, z_top
+
+
+@triton.jit
+def _flat(x):
+    """x as one axis, in any order (Triton's interpreter reduces several tensors over all
+    axes wrongly: it flattens only the first)."""
+    return tl.reshape(x, [x.numel], can_reorder=True)
 
 
 @triton.jit
@@ -89,18 +123,40 @@ def _runs(v0, i, RUN: tl.constexpr):
 
 
 @triton.jit
-def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr):
-    """The logits of the span at v0 in float32 as [4, ROWS, RUN] (element (l, r, j): run l of
-    group r; MASKED: padding -inf) and where they are < V. Loaded as [4 * ROWS, RUN], whose
-    only contiguous axis is the run's, so every Triton version gives each thread whole runs
-    and one thread a group's four; a [4, ROWS, RUN] load leaves the order of the two
-    strided axes to the version (Triton 3.6 spread each group over four threads)."""
+def _groups(x, RUN: tl.constexpr):
+    """[4 * ROWS, RUN // 2] -> [4, ROWS, RUN // 2]: element (l, r, j) of run l of group r."""
+    return tl.reshape(x, [4, ROWS, RUN // 2])
+
+
+@triton.jit
+def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr, WORDS: tl.constexpr = False):
+    """The logits of the span at v0 in float32 as two halves [4, ROWS, RUN // 2], each run's
+    even and odd tokens (element (l, r, j): token 2j or 2j + 1 of run l of group r; MASKED:
+    padding -inf), and where they are < V. Loaded as [4 * ROWS, RUN], whose only contiguous
+    axis is the run's, so every Triton version gives each thread whole runs and one thread
+    a group's four (a [4, ROWS, RUN] load leaves the order of the two strided axes to the
+    version: Triton 3.6 spread each group over four threads). WORDS (bf16, V even, rows
+    4-byte aligned): read as 32-bit pairs, a token's float32 is then one instruction (its
+    half shifted up, or the word's top half) where converting the top half of a pair takes
+    two; the halves keep the groups' sums in the same order either way."""
     cols = _runs(tl.multiple_of(v0, 4 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN)
-    if MASKED:
-        x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
+    if WORDS:
+        words = _runs(tl.multiple_of(v0 // 2, 2 * ROWS * RUN), tl.arange(0, 4 * ROWS), RUN // 2)
+        pairs = (logits_ptr + row).to(tl.pointer_type(tl.int32)) + words
+        if MASKED:
+            w = tl.load(pairs, mask=2 * words < V, other=NEG_INF_PAIR)
+        else:
+            w = tl.load(pairs)
+        even = (w << 16).to(tl.float32, bitcast=True)
+        odd = (w & -65536).to(tl.float32, bitcast=True)
     else:
-        x = tl.load(logits_ptr + row + cols)
-    return tl.reshape(x.to(tl.float32), [4, ROWS, RUN]), tl.reshape(cols < V, [4, ROWS, RUN])
+        if MASKED:
+            x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf"))
+        else:
+            x = tl.load(logits_ptr + row + cols)
+        even, odd = tl.split(tl.reshape(x.to(tl.float32), [4 * ROWS, RUN // 2, 2]))
+    ok_even, ok_odd = tl.split(tl.reshape(cols < V, [4 * ROWS, RUN // 2, 2]))
+    return _groups(even, RUN), _groups(odd, RUN), _groups(ok_even, RUN), _groups(ok_odd, RUN)
 
 
 @triton.jit
@@ -140,19 +196,19 @@ def _gumbel(bits, FAST: tl.constexpr):
 
 
 @triton.jit
-def _group_sum(x):
-    """[4, ROWS, RUN] -> [ROWS]: over each group's tokens, inside a thread."""
-    return tl.sum(tl.sum(x, 2), 0)
+def _group_sum(even, odd):
+    """Two halves [4, ROWS, RUN // 2] (_span's) -> [ROWS]: over each group's tokens, inside a thread."""
+    return tl.sum(tl.sum(even, 2), 0) + tl.sum(tl.sum(odd, 2), 0)
 
 
 @triton.jit
-def _group_max(x):
-    return tl.max(tl.max(x, 2), 0)
+def _group_max(even, odd):
+    return tl.maximum(tl.max(tl.max(even, 2), 0), tl.max(tl.max(odd, 2), 0))
 
 
 @triton.jit
-def _group_min(x):
-    return tl.min(tl.min(x, 2), 0)
+def _group_min(even, odd):
+    return tl.minimum(tl.min(tl.min(even, 2), 0), tl.min(tl.min(odd, 2), 0))
 
 
 @triton.jit
@@ -181,49 +237,72 @@ def _group_pick(log_mass, v0, bits, best, best_group, RUN: tl.constexpr, FAST: t
 
 
 @triton.jit
-def _first_pass(x, ok, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
+def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
                 FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
     """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
     logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
     Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
-    floats), so each token costs one FFMA, not a multiply and an add. x: the span at v0 in
-    float32; ok: where its tokens are < V (MASKED)."""
-    m_new = tl.maximum(m, _group_max(x) * scale)
+    floats), so each token costs one FFMA, not a multiply and an add. x, odd: the span at v0
+    in float32 (_span's halves); ok, ok_odd: where their tokens are < V (MASKED)."""
+    m_new = tl.maximum(m, _group_max(x, odd) * scale)
     m_ref = _reference(m_new)
-    mass = _group_sum(tl.exp2(x * scale - m_ref[None, :, None]))  # each group's, over 2^m_ref
+    r = m_ref[None, :, None]
+    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
     s = s * tl.exp2(m - m_ref) + mass
     if MASKED:
-        zsum += _group_sum(tl.where(ok, x, 0.0))
+        zsum += _group_sum(tl.where(ok, x, 0.0), tl.where(ok_odd, odd, 0.0))
     else:
-        zsum += _group_sum(x)
+        zsum += _group_sum(x, odd)
     if FILTER:
-        zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")) if MASKED else x) * scale)
+        if MASKED:
+            zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))) * scale)
+        else:
+            zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
     else:
         best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 
 @triton.jit
-def _row_stats(m, s, zsum, zmin, best, best_group):
-    """The slots' accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars."""
-    m_row = tl.max(m, None)
-    top, group = _best_token(best, best_group)
-    return m_row, tl.sum(s * tl.exp2(m - _reference(m_row)), None), tl.sum(zsum, None), tl.min(zmin, None), top, group
+def _stats_combine(m, s, zsum, best, index, other_m, other_s, other_zsum, other_best, other_index):
+    """tl.reduce's combine for the accumulators of two slots (or chunks): s is over 2^_reference(m)."""
+    m_new = tl.maximum(m, other_m)
+    m_ref = _reference(m_new)
+    wins = _wins(best, index, other_best, other_index)
+    return (m_new, s * tl.exp2(m - m_ref) + other_s * tl.exp2(other_m - m_ref), zsum + other_zsum,
+            tl.where(wins, other_best, best), tl.where(wins, other_index, index))
+
+
+@triton.jit
+def _row_stats(m, s, zsum, zmin, best, best_group, FILTER: tl.constexpr, FUSED: tl.constexpr):
+    """The slots' accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars:
+    max, sum of exp2 over 2^_reference(max), sum, min (FILTER) and the Gumbel-max. FUSED: in
+    one reduction, so the row's end waits on one exchange between warps, not six (else as
+    _best_token's)."""
+    if FUSED:
+        m, s, zsum, top, group = tl.reduce((m, s, zsum, best, best_group), 0, _stats_combine)
+    else:
+        m_row = tl.max(m, None)
+        s = tl.sum(s * tl.exp2(m - _reference(m_row)), None)
+        m, zsum = m_row, tl.sum(zsum, None)
+        top, group, _ = _best_token(best, best_group, best, False)
+    return m, s, zsum, tl.min(zmin, None) if FILTER else zmin, top, group
 
 
 @triton.jit
 def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, best_group,
                RUN: tl.constexpr, FAST: tl.constexpr):
     """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per group)."""
-    x, _ = _span(logits_ptr, row, v0, V, RUN, True)
-    z = x * scale  # as the search passes compute it: the cutoff compares the same floats
-    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0))
+    x, odd, _, _ = _span(logits_ptr, row, v0, V, RUN, True)
+    z, z_odd = x * scale, odd * scale  # as the search passes compute it: the cutoff compares the same floats
+    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0), tl.where(z_odd >= cutoff, tl.exp2(z_odd - m), 0.0))
     best, best_group = _group_pick(m + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
 
 @triton.jit
-def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr):
+def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr,
+             FUSED: tl.constexpr):
     """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
     token t takes output t % 4 of counter t // 4) and its z."""
     cols = _runs((group // ROWS) * (4 * ROWS * RUN), tl.arange(0, 4) * ROWS + group % ROWS, RUN)
@@ -232,8 +311,8 @@ def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, F
     lane = cols % 4
     bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
     g = tl.where(z >= cutoff, z + _gumbel(bits, FAST), float("-inf"))
-    token = _best_token(g, cols)[1]
-    return token, tl.max(tl.where(cols == token, z, float("-inf")), None)
+    _, token, z_token = _best_token(g, cols, z, FUSED)
+    return token, z_token
 
 
 @triton.jit
@@ -265,7 +344,7 @@ PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, sum of 
 
 
 @triton.jit
-def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
+def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED: tl.constexpr):
     """The row's max, sum of exp2 and sum, and the token drawn (the draw of the chunk whose
     group won, each chunk's resolved before it counted itself done, so none of it waits
     on a load here), from its chunks' partials; the row's counter goes back to 0 for the next call."""
@@ -279,7 +358,7 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr):
     tokens = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
     z_toks = tl.load(slots + 5, mask=valid, other=0.0, cache_modifier=".cg")
     tl.store(count_ptr + b, 0)
-    m, s, zsum, _, _, winner = _row_stats(ms, ss, zsums, ms, bests, index)  # no min of z for plain sampling
+    m, s, zsum, _, _, winner = _row_stats(ms, ss, zsums, ms, bests, index, False, FUSED)
     won = index == winner  # chunks hold increasing groups: ties go to the lowest group, as within a chunk
     return m, s, zsum, tl.sum(tl.where(won, tokens, 0), 0), tl.sum(tl.where(won, z_toks, 0.0), 0)
 
@@ -298,7 +377,7 @@ def _sample_kernel(
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
-    FAST: tl.constexpr, STAGES: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
     spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
@@ -317,24 +396,27 @@ def _sample_kernel(
     zmin = tl.full([ROWS], float("inf"), tl.float32)
     best = tl.full([ROWS], float("-inf"), tl.float32)
     best_group = tl.zeros([ROWS], tl.int32)
-    if full < stop:  # the ragged span first: Triton 3.6 fails to compile an fp32 pass whose loop results it uses
-        x, ok = _span(logits_ptr, row, full, V, RUN, True)
-        n0, n1, n2, n3 = _group_noise(key, full, RUN)
-        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, full, scale, _span_bits(full, n0, n1, n2, n3, RUN),
-                                                         m, s, zsum, zmin, best, best_group, True, FILTER, RUN, FAST)
+    # The ragged span first (all masked where there is none), unconditionally: the compiler then issues the
+    # pipeline's first loads before this span's arrive (Triton 3.6 fails to compile an fp32 pass after the loop)
+    x, odd, ok, ok_odd = _span(logits_ptr, row, full, stop, RUN, True, WORDS)
+    n0, n1, n2, n3 = _group_noise(key, full, RUN)
+    m, s, zsum, zmin, best, best_group = _first_pass(x, odd, ok, ok_odd, full, scale,
+                                                     _span_bits(full, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best,
+                                                     best_group, True, FILTER, RUN, FAST)
     n0, n1, n2, n3 = _group_noise(key, start, RUN)
     for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-        x, ok = _span(logits_ptr, row, v0, V, RUN, False)
+        x, odd, ok, ok_odd = _span(logits_ptr, row, v0, V, RUN, False, WORDS)
         if not FILTER:  # (the filtered first pass draws nothing)
             if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
                 n0, n1, n2, n3 = _group_noise(key, v0, RUN)
-        m, s, zsum, zmin, best, best_group = _first_pass(x, ok, v0, scale, _span_bits(v0, n0, n1, n2, n3, RUN),
-                                                         m, s, zsum, zmin, best, best_group, False, FILTER, RUN, FAST)
-    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group)
+        m, s, zsum, zmin, best, best_group = _first_pass(x, odd, ok, ok_odd, v0, scale,
+                                                         _span_bits(v0, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best,
+                                                         best_group, False, FILTER, RUN, FAST)
+    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group, FILTER, FUSED)
     zsum *= scale
     if SPLIT_ROW:
         # this chunk's draw, resolved now, while other programs still read: the last one only combines
-        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST)
+        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST, FUSED)
         slot = partial_ptr + (b * chunks + c) * PARTIALS
         tl.store(slot, m)
         tl.store(slot + 1, s)
@@ -345,7 +427,7 @@ def _sample_kernel(
         tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
-            m, s, zsum, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS)
+            m, s, zsum, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
             lse = m + tl.log2(s)
             _finish(b, lse, lse, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
@@ -377,9 +459,9 @@ def _sample_kernel(
                 s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale,
                                                       _span_bits(v0, n0, n1, n2, n3, RUN), m, cutoff, s_kept, best,
                                                       best_group, RUN, FAST)
-            _, group = _best_token(best, best_group)
+            _, group, _ = _best_token(best, best_group, best, FUSED)
             lse_kept = m + tl.log2(tl.sum(s_kept, None))
-        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST)
+        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST, FUSED)
         _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
@@ -424,14 +506,16 @@ def _multiprocessors(device):
 
 
 def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
-           stages=3):
+           stages=3, fused=None):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
     per row for plain sampling, at most 64; default: as many as make PROGRAMS_PER_SM per
     SM), stages (Triton's software pipelining of the first pass: spans in flight + 1), and
     for the cutoff search block_v (tokens per tile, a power of 2 >= 4) and split
-    (thresholds per pass, a power of 2)."""
+    (thresholds per pass, a power of 2); fused: the row's end reduces its accumulators
+    in one exchange between warps (default where compiled; Triton's interpreter runs that
+    element by element, several times slower, so it reduces them one by one)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -456,7 +540,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
-        STAGES=stages,
+        STAGES=stages, WORDS=_as_words(logits), FUSED=not interpreted if fused is None else fused,
         num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean

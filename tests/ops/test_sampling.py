@@ -298,6 +298,44 @@ def test_triton_tokens_do_not_depend_on_the_tiling(options, ragged, device, rng)
     torch.testing.assert_close(policy_logprob.double(), policy.gather(-1, tokens[:, None])[:, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(top_p=0.8)])
+def test_triton_bf16_pairs_and_fused_reductions_change_no_token(options, device, rng):
+    """bf16 rows read as 32-bit pairs (V even, rows 4-byte aligned) and as elements (a copy
+    one element off), with the row's end reduced in one exchange between warps (fused, the
+    compiled default) or value by value (the interpreter's): the groups' sums are taken in
+    the same order either way, so the tokens are equal; the log-probabilities are the
+    exact ones to bf16 inputs' float32 accuracy. The rows end in a ragged span."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    span = sampling.span(torch.bfloat16)
+    rows, v = (3, 2 * span + 200) if not options else (2, span + 200)
+    logits = (torch.randn(rows, v, generator=rng) * 3).to(torch.bfloat16)
+    logits[0, 1:40:3] = float("-inf")  # masked tokens in the first row (its mean_logp is -inf)
+    logits = logits.to(device)
+    unaligned = torch.empty(rows * v + 1, dtype=torch.bfloat16, device=device)[1:].view(rows, v)
+    unaligned.copy_(logits)
+    assert sampling._as_words(logits) and not sampling._as_words(unaligned)
+    seeds = torch.arange(rows, device=device) * 17 + 3
+    top_p = options.get("top_p", 1.0)
+    runs = [sampling.sample(x, 1.0, 0, top_p, seeds, 4, fused=fused)
+            for x in (logits, unaligned) for fused in (True, False)]
+    for out in runs[1:]:
+        assert torch.equal(out[0], runs[0][0])
+        for got, want in zip(out[1:], runs[0][1:]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tokens, logprob, policy_logprob, mean_logp = (x.cpu() for x in runs[0])
+    assert tokens[0] not in range(1, 40, 3)
+    policy = torch.log_softmax(logits.cpu().double(), -1)
+    torch.testing.assert_close(policy_logprob.double(), policy.gather(-1, tokens[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean_logp.double(), policy.mean(-1), rtol=1e-5, atol=1e-5)
+    assert mean_logp[1:].isfinite().all()
+    for b in range(rows):
+        kept = kept_probabilities(logits[b].cpu().float(), 1.0, None, options.get("top_p"))
+        torch.testing.assert_close(logprob[b].double(), kept[tokens[b]].log(), rtol=1e-5, atol=1e-5)
+
+
 def test_triton_frequencies_across_runs_groups_and_spans(device):
     """The two-level draw over a row of three spans (the last one ragged) whose only finite
     logits sit at the edges of 16-byte runs, of a group's four runs and of spans: most alone
