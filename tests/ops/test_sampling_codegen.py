@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("config, budget", [("8192x8", 10.5), ("8192x8f", 30)])
+@pytest.mark.parametrize("config, budget", [("8192x8", 9.5), ("8192x8f", 30)])
 def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     """Plain sampling (8192x8) and top-p (8192x8f): bf16 loaded 8 at a time (16 bytes, or
     copied 16 bytes at a time by the software pipeline), no shuffles inside any innermost
@@ -21,7 +21,9 @@ def test_sampler_loops_are_vectorised_and_stay_in_each_thread(config, budget):
     the instructions per token an iteration executes at least within budget (the plain pass
     was 52.8 in all with per-token noise, 13.5 with noise per 16-byte run, 10.6 with noise
     per four runs, of which 9.3 run in every span: the Philox block runs every fourth; 9.7
-    with the ragged span in the loop, tried and timed slower on an H200, ed4a401)."""
+    with the ragged span in the loop, tried and timed slower on an H200, ed4a401; 8.9 with
+    bf16 read as 32-bit pairs, 9.5 read element by element since each span is taken in
+    halves)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton carries no NVIDIA tools")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
