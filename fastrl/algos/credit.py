@@ -16,6 +16,7 @@ import torch
 from fastrl.algos._tokens import last_valid
 from fastrl.algos.pure import Credit, masked_whiten, pure_advantages
 from fastrl.ops import broadcast_to_tokens, gae, group_advantages, risk_advantages
+from fastrl.ops.reference import output_dtype
 
 
 class Reduce:
@@ -76,10 +77,12 @@ def _rover(x: CreditInputs, cfg, reduce: Reduce) -> Credit:
 
 def _gae(x: CreditInputs, cfg, reduce: Reduce) -> Credit:
     valid = x.mask != 0
-    rewards = torch.where(last_valid(valid), x.scores[:, None].to(x.values.dtype), 0)
+    # float32 (float64 if an input is): a bf16 value head must not round the scores
+    dtype = torch.promote_types(output_dtype(x.values), output_dtype(x.scores))
+    rewards = torch.where(last_valid(valid), x.scores[:, None].to(dtype), 0)
     if x.token_rewards is not None:
-        rewards = rewards + x.token_rewards
-    adv, returns = gae(rewards, x.values, valid, cfg.gamma, cfg.lam)
+        rewards = rewards + x.token_rewards.to(dtype)
+    adv, returns = gae(rewards, x.values.to(dtype), valid, cfg.gamma, cfg.lam)
     return Credit(reduce.whiten(adv, valid), returns)
 
 

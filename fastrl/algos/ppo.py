@@ -21,10 +21,10 @@ LOG_RATIO_BOUND = 20.0  # |logp - old_logp| beyond it: exp overflows in float32 
 KL_BOUND = 10.0  # k3 per token at most (verl's low_var_kl): one far-off token cannot swamp a reward or loss
 
 
-def _token_values(mask: torch.Tensor, **tensors: torch.Tensor):
+def _token_values(mask: torch.Tensor, constants=(), **tensors: torch.Tensor):
     """(valid, the tensors in the output dtype with 0 off the mask, before any arithmetic)
     after checking each is [B, T] like the first, floating and, where values are checked,
-    finite on the mask."""
+    finite on the mask; those named in ``constants`` detached (no gradient reaches them)."""
     (first, x0), *rest = tensors.items()
     _checks.floating(first, x0, ndim=2)
     for name, x in rest:
@@ -36,7 +36,8 @@ def _token_values(mask: torch.Tensor, **tensors: torch.Tensor):
     zero = torch.zeros((), dtype=dtype, device=x0.device)
     for name, x in tensors.items():
         _checks.finite_where(name, x, valid)
-    return valid, *(torch.where(valid, x.to(dtype), zero) for x in tensors.values())
+    return valid, *(torch.where(valid, (x.detach() if name in constants else x).to(dtype), zero)
+                    for name, x in tensors.items())
 
 
 class PolicyLoss(NamedTuple):
@@ -51,12 +52,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     """PPO-clip per token: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), r = exp(logp -
     old_logp); with ``dual_clip`` c, a negative advantage's loss is capped at -c A (the
     dual-clip PPO of Ye et al., as verl)."""
-    if not 0 <= clip_low < 1 or not clip_high > 0:
-        raise ValueError(f"clip_low must be in [0, 1) and clip_high > 0, got {clip_low}, {clip_high}")
-    if dual_clip is not None and not dual_clip > 1:
+    if not 0 <= _checks.number("clip_low", clip_low) < 1:
+        raise ValueError(f"clip_low must be in [0, 1), got {clip_low}")
+    _checks.positive("clip_high", clip_high)
+    if dual_clip is not None and not _checks.number("dual_clip", dual_clip) > 1:
         raise ValueError(f"dual_clip must be > 1 or None, got {dual_clip}")
-    valid, logp, old_logp, adv = _token_values(mask, logp=logp, old_logp=old_logp.detach(),
-                                               advantages=advantages.detach())
+    valid, logp, old_logp, adv = _token_values(mask, ("old_logp", "advantages"), logp=logp, old_logp=old_logp,
+                                               advantages=advantages)
     ratio = (logp - old_logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
@@ -74,7 +76,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref_logp
     - logp, d clamped to [-20, 20] so that a far-off token cannot overflow, and the result
     to at most KL_BOUND = 10 (as verl's low_var_kl; TRL leaves it unbounded); 0 off the mask."""
-    valid, logp, ref_logp = _token_values(mask, logp=logp, ref_logp=ref_logp.detach())
+    valid, logp, ref_logp = _token_values(mask, ("ref_logp",), logp=logp, ref_logp=ref_logp)
     d = (ref_logp - logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
     return torch.where(valid, (d.exp() - d - 1).clamp(max=KL_BOUND), 0.0)
 
@@ -83,10 +85,10 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
                clip: Optional[float] = 0.2) -> torch.Tensor:
     """0.5 max((v - R)^2, (old_v + clip(v - old_v, -clip, clip) - R)^2) per token (PPO's
     clipped value loss; unclipped when clip is None), 0 off the mask."""
-    if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < float("inf")):
-        raise ValueError(f"clip must be a positive finite number or None, got {clip!r}")
-    valid, values, old_values, returns = _token_values(mask, values=values, old_values=old_values.detach(),
-                                                       returns=returns.detach())
+    if clip is not None:
+        _checks.positive("clip", clip)
+    valid, values, old_values, returns = _token_values(mask, ("old_values", "returns"), values=values,
+                                                       old_values=old_values, returns=returns)
     loss = (values - returns) ** 2
     if clip is not None:
         v_clipped = old_values + (values - old_values).clamp(-clip, clip)
@@ -112,14 +114,17 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "toke
       (a constant: the generation budget; default T).
 
     Rows without a valid token do not count. ``denominator`` replaces the count of tokens
-    (or rows) — see ``aggregation_units``; an empty batch gives 0, never NaN.
+    (or rows) — see ``aggregation_units``: a count, so a number must be a whole number >= 0
+    (a tensor is not read back to check: below 1 it counts as 1); an empty batch gives 0,
+    never NaN.
     """
     _checks.choice("aggregation", aggregation, AGGREGATIONS)
     if denominator is not None:
-        if isinstance(denominator, torch.Tensor) and denominator.ndim != 0:
-            raise ValueError(f"denominator must be a scalar (0-d), got shape {tuple(denominator.shape)}")
-        if not isinstance(denominator, torch.Tensor) and not denominator >= 0:
-            raise ValueError(f"denominator must be >= 0, got {denominator}")
+        if isinstance(denominator, torch.Tensor):
+            if denominator.ndim != 0:
+                raise ValueError(f"denominator must be a scalar (0-d), got shape {tuple(denominator.shape)}")
+        elif not (_checks.number("denominator", denominator) >= 0 and float(denominator).is_integer()):
+            raise ValueError(f"denominator must be a count (a whole number >= 0), got {denominator}")
     valid, values = _token_values(mask, values=values)
     if aggregation == "token_mean":
         total = values.sum()
@@ -128,8 +133,7 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "toke
     else:
         if max_length is None:
             max_length = values.shape[1]
-        if not 0 < max_length < float("inf"):
-            raise ValueError(f"max_length must be a positive finite number, got {max_length}")
+        _checks.positive("max_length", max_length)
         total = values.sum() / max_length
     if denominator is None:
         denominator = aggregation_units(mask, aggregation)

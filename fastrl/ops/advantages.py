@@ -48,8 +48,9 @@ def group_advantages(scores: torch.Tensor, group_ids: torch.Tensor, method: str 
     check_group_ids(group_ids, scores)
     _checks.choice("method", method, GROUP_METHODS)
     eps = _checks.number("eps", eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if eps < 0 or (eps == 0 and method in ("grpo", "batch_std")):
+        raise ValueError(f"eps must be > 0 for method {method!r} (it divides by std + eps, and a group of equal "
+                         f"scores has std 0), got {eps}" if eps == 0 else f"eps must be >= 0, got {eps}")
     check_values("group_advantages", scores, group_ids)
     return implementation("group_advantages", scores.device)(scores, group_ids, method, eps)
 define(

@@ -89,7 +89,9 @@ def min_form_returns(scores, step_mask, mask, temperature, mode):
 
 
 def group_advantages(scores, group_ids, method, eps):
-    s = scores.to(output_dtype(scores))
+    # in float64, as the kernels accumulate: a float32 group of equal scores then gives exactly 0
+    # (its float32 mean and std leave a rounding residue, divided by a std of ~1e-8 + eps)
+    s = scores.to(torch.float64)
     out = torch.empty_like(s)
     batch_std = s.std() if s.numel() > 1 else 1.0
     for g in torch.unique(group_ids).tolist():
@@ -106,7 +108,7 @@ def group_advantages(scores, group_ids, method, eps):
             out[members] = (x - mean) / (batch_std + eps)
         else:
             raise ValueError(f"unknown method {method!r}")
-    return out
+    return out.to(output_dtype(scores))
 
 
 def broadcast_to_tokens(advantages, mask):

@@ -109,5 +109,5 @@ def min_form_returns(
     _checks.mask("mask", mask, "scores", scores)
     temperature = _checks.positive("temperature", temperature)
     _checks.choice("mode", mode, MIN_FORM_MODES)
-    _checks.finite("scores", scores)
+    _checks.finite_where("scores", scores, (step_mask != 0) & (mask != 0))  # the step tokens': the rest is ignored
     return implementation("min_form_returns", scores.device)(scores, step_mask, mask, temperature, mode)

@@ -167,7 +167,7 @@ class AlgoConfig:
     """PURE's credit: soft (the authors' code), strict (the paper's min), or sum (the
     canonical sum-form, for comparison)."""
     pure_temperature: float = 0.1
-    """PURE soft min-form: the temperature of the softmax weights over the remaining steps."""
+    """PURE soft min-form: the temperature of the softmax weights over all of a row's steps."""
     pure_baseline: Literal["token", "step", "none"] = "token"
     """PURE: the leave-one-out baseline per token, per step, or none."""
     pure_verifiable_coef: float = 1.0

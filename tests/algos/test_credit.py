@@ -49,6 +49,24 @@ def test_gae_rewards_the_last_token_and_whitens(rng):
     torch.testing.assert_close(got.returns, ret)
 
 
+def test_gae_in_float32_whatever_the_value_head(rng):
+    """A bf16 value head must not round the scores (1/3 -> 0.33398 in bf16), nor refuse
+    float32 token rewards (it raised, naming a 'rewards' argument the caller never passed)."""
+    x = inputs(rng)
+    x.scores[:] = torch.tensor([1 / 3, 0.7, 0.1] * 4)
+    cfg = AlgoConfig(gamma=1.0, lam=1.0)
+    want = assign("gae", x, cfg)
+    half = CreditInputs(x.scores, x.group_ids, x.mask, values=x.values.bfloat16(),
+                        token_rewards=torch.full_like(x.values, 0.01))
+    got = assign("gae", half, cfg)
+    assert got.returns.dtype == torch.float32
+    with_token_rewards = CreditInputs(x.scores, x.group_ids, x.mask, values=x.values.bfloat16().float(),
+                                      token_rewards=torch.full_like(x.values, 0.01))
+    torch.testing.assert_close(got.returns, assign("gae", with_token_rewards, cfg).returns)
+    first = x.mask.float().argmax(-1)
+    torch.testing.assert_close(want.returns[torch.arange(12), first], x.scores)  # gamma = lam = 1, values 0 at the end
+
+
 def test_unknown_name():
     assert set(CREDIT) == {"grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover"}
     with pytest.raises(ValueError, match="unknown credit assignment 'ppo'"):

@@ -164,6 +164,17 @@ def test_masked_positions_may_hold_anything_in_value_loss(rng):
     (lambda x, m: aggregate(x, m, "mean"), "aggregation"),
     (lambda x, m: aggregate(x, m[:1], "token_mean"), "mask"),
     (lambda x, m: kl_k3(x, x.long(), m), "ref_logp"),
+    # a missing tensor or a wrong type is named (they were AttributeErrors in .detach() or bare comparisons)
+    (lambda x, m: policy_loss(x, None, x, m), "old_logp must be a torch.Tensor"),
+    (lambda x, m: policy_loss(x, x, None, m), "advantages must be a torch.Tensor"),
+    (lambda x, m: kl_k3(x, None, m), "ref_logp must be a torch.Tensor"),
+    (lambda x, m: value_loss(x, None, x, m), "old_values must be a torch.Tensor"),
+    (lambda x, m: value_loss(x, x, None, m), "returns must be a torch.Tensor"),
+    (lambda x, m: policy_loss(x, x, x, m, clip_low="0.2"), "clip_low must be a number"),
+    (lambda x, m: policy_loss(x, x, x, m, clip_high=0.0), "clip_high must be > 0"),
+    (lambda x, m: value_loss(x, x, x, m, clip=True), "clip must be a number"),
+    (lambda x, m: aggregate(x, m, "seq_mean_token_sum_norm", max_length="8"), "max_length must be a number"),
+    (lambda x, m: aggregate(x, m, denominator=0.5), "denominator must be a count"),  # was taken as 1
 ])
 def test_bad_inputs(call, match):
     x = torch.zeros(2, 3)

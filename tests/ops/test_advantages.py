@@ -94,14 +94,30 @@ def test_all_equal_group_gives_zeros(device):
                 assert (ops.group_advantages(torch.full((8,), 0.5, device=device), ids, method) == 0).all()
 
 
-def test_kernels_accumulate_in_double(device):
-    """0.7 is not exact in float32: a float32 mean leaves residues that grpo's
-    division by a near-zero std blows up (to 0.056 here); the kernels do not."""
-    s = torch.full((8,), 0.7, device=device)
-    ids = torch.zeros(8, dtype=torch.int64, device=device)
-    for backend in compiled_backends(device):
+@pytest.mark.parametrize("n", [7, 8, 16])
+@pytest.mark.parametrize("value", [0.7, 0.1, 1 / 3])
+def test_every_backend_accumulates_in_double(value, n, device):
+    """These are not exact in float32: a float32 mean leaves residues that grpo's division
+    by a near-zero std blows up (to 0.056 at 0.7, n=7); no backend may, the reference
+    included (it is what runs on a device without a compiled kernel)."""
+    s = torch.full((n,), value, device=device)
+    ids = torch.zeros(n, dtype=torch.int64, device=device)
+    for backend in ops.available_backends("group_advantages", device.type):
         with ops.use_backend(backend):
-            assert (ops.group_advantages(s, ids, "grpo") == 0).all()
+            for method in ("grpo", "batch_std"):
+                assert (ops.group_advantages(s, ids, method) == 0).all(), (backend, method)
+
+
+def test_eps_zero_is_refused_where_it_divides():
+    """An all-equal group has std 0: grpo and batch_std with eps=0 would give 0/0 = NaN."""
+    s, ids = torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    for method in ("grpo", "batch_std"):
+        with pytest.raises(ValueError, match=f"eps must be > 0 for method '{method}'"):
+            ops.group_advantages(s, ids, method, eps=0.0)
+    for method in ("dr_grpo", "rloo"):  # no division: eps unused
+        assert ops.group_advantages(s, ids, method, eps=0.0).isfinite().all()
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        ops.group_advantages(s, ids, "dr_grpo", eps=-1.0)
 
 
 def test_empty_batch(device):

@@ -432,6 +432,23 @@ def test_non_finite_scores_on_cpu(bad):
         ops.gae(torch.zeros(2, 3), s, torch.ones(2, 3))
 
 
+def test_min_form_scores_off_the_step_tokens_are_ignored_on_cpu(device):
+    """As documented (and as the kernels do, without the check on a GPU): only the step
+    tokens' scores are read, so NaN elsewhere is neither an error nor in the result."""
+    s = torch.tensor([[0.5, float("nan"), -0.2, float("inf")], [float("nan"), 0.1, 0.3, 0.9]], device=device)
+    step = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]], device=device)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], device=device)
+    clean = torch.where((step != 0) & (mask != 0), s, 0.0)
+    for mode in ("soft", "strict", "sum"):
+        for got, want in zip(ops.min_form_returns(s, step, mask, mode=mode), ops.min_form_returns(clean, step, mask,
+                                                                                                   mode=mode)):
+            assert torch.equal(got, want)
+    s[0, 2] = float("nan")  # a step token's: an error
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="scores contains NaN or Inf"):
+            ops.min_form_returns(s, step, mask)
+
+
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
