@@ -53,7 +53,8 @@ PARTS = {
     "max": [("    m_new = tl.maximum(m, _group_max(x, odd) * scale)", "    m_new = tl.maximum(m, 0.0)")],
     "lagged": [("    m_ref = _reference(m_new)\n"
                 "    r = m_ref[None, :, None]\n"
-                "    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref\n"
+                "    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))"
+                "  # each group's, over 2^m_ref\n"
                 "    s = s * tl.exp2(m - m_ref) + mass",
                 "    m_ref = _reference(m)\n"
                 "    r = m_ref[None, :, None]\n"

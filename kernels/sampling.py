@@ -23,7 +23,8 @@ the row, about 14 passes for SPLIT=4; no sort); every token tied at a cutoff is 
 and the two-level draw runs over the kept tokens.
 
 Arithmetic is in base 2 (z = logit * log2(e) / temperature). Full spans load without
-a mask, STAGES - 1 of them in flight while one is reduced (Triton's pipelining).
+a mask, STAGES - 1 of them in flight while one is reduced (Triton's pipelining), bf16
+as 32-bit pairs where rows allow it (_span).
 """
 from __future__ import annotations
 
@@ -255,9 +256,8 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
         zsum += _group_sum(x, odd)
     if FILTER:
         if MASKED:
-            zmin = tl.minimum(zmin, _group_min(tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))) * scale)
-        else:
-            zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
+            x, odd = tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))
+        zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
     else:
         best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group

@@ -50,8 +50,8 @@ def _with_ties(z, cutoff, values, index):
 def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     """The CPU path: with a filter, only the top tokens are candidates (torch.topk, for
     top-p alone with a growing k: no full sort); the draw is by inverse CDF over the
-    candidates with one counter-based uniform per row, an exact draw from the same
-    distribution as Gumbel-max."""
+    candidates in token order with one counter-based uniform per row, an exact draw from
+    the same distribution as Gumbel-max, whatever the other rows of the batch."""
     z = logits.to(reference.output_dtype(logits))
     if temperature != 1.0:
         z = z / temperature
@@ -77,6 +77,11 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         first = (mass < target).sum(-1, keepdim=True).clamp(max=values.shape[1] - 1)  # first reaching top_p
         cutoff = torch.maximum(cutoff, values.gather(-1, first))
         values, index = _with_ties(z, cutoff, values, index)
+    if index is not None:
+        # in token order: topk's order among tied values depends on k, which depends on the other rows
+        # (the most ties at a cutoff, the top-p loop's k), and the inverse CDF must not
+        order = index.argsort(-1)
+        values, index = values.gather(-1, order), index.gather(-1, order)
     kept = torch.where(values >= cutoff, torch.exp(values - m), 0.0)
     cdf = kept.to(torch.float64).cumsum(-1)
     u = reference.counter_uniform(seeds, offset, 1)

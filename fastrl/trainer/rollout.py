@@ -71,7 +71,7 @@ def rollout(
     model,
     prompts: Union[Sequence[Sequence[int]], torch.Tensor],
     max_new_tokens: int,
-    eos_token_id: Union[int, Sequence[int]],
+    eos_token_id: Union[int, Sequence[int], None],
     pad_token_id: int,
     attention_mask: Optional[torch.Tensor] = None,
     temperature: float = 1.0,
@@ -84,7 +84,7 @@ def rollout(
 
     prompts: a list of token-id lists (left-padded here), or a [B, P] integer tensor,
     left-padded, with its attention_mask (None: no padding). eos_token_id: one id or
-    several; a row stops at the first. temperature, top_k, top_p: as ``fastrl.ops.sample``.
+    several; a row stops at the first (None: no stop token, every row runs max_new_tokens). temperature, top_k, top_p: as ``fastrl.ops.sample``.
     seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
     tqdm bar over the decoding steps. The model runs as it is (call ``model.eval()`` to
     turn dropout off) on the device of its first parameter, where the outputs live.
@@ -94,7 +94,9 @@ def rollout(
     B = input_ids.shape[0]
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    eos = torch.tensor(_token_ids("eos_token_id", eos_token_id), device=device)
+    eos_ids = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id)
+    _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id)
+    eos = torch.tensor(eos_ids, dtype=torch.int64, device=device)
     _check_sampling(temperature, top_k, top_p)
     if seeds is None:
         seeds = torch.randint(0, 2**62, (B,))
@@ -115,6 +117,10 @@ def rollout(
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, **keep_last)
         cache = out.past_key_values
+        if cache is None:
+            raise RuntimeError("the model returned no KV cache (past_key_values=None although use_cache=True: "
+                               "Hugging Face turns the cache off under gradient checkpointing in train mode); "
+                               "call model.eval() or disable gradient checkpointing before the rollout")
         drawn = sample(out.logits[:, -1], temperature, top_k, top_p, seeds, offset=step)
         live = ~ended
         token = torch.where(live, drawn.tokens, pad_token_id)
@@ -167,6 +173,9 @@ def _prompt_batch(prompts, attention_mask, pad_token_id, device):
         raise ValueError("attention_mask goes with a padded tensor of prompts, not with lists")
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
         raise TypeError("prompts must be a non-empty list of token-id lists or a [B, P] tensor")
+    if any(isinstance(p, (str, bytes)) or not isinstance(p, (Sequence, torch.Tensor)) for p in prompts):
+        raise TypeError("prompts must be a list of token-id lists, one per prompt, or a [B, P] tensor; got a list "
+                        "holding something else (for one prompt's ids pass [ids], not ids)")
     rows = [_token_ids(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
     P = max(map(len, rows))
     ids = torch.tensor([[pad_token_id] * (P - len(r)) + r for r in rows], dtype=torch.int64)
@@ -184,6 +193,27 @@ def _token_ids(name, ids) -> list[int]:
         return [operator.index(i) for i in ids]  # ints, numpy ints, 0-d integer tensors
     except TypeError:
         raise TypeError(f"{name} must be a token id or a non-empty list of token ids, got {ids!r}") from None
+
+
+def _vocabulary_size(model) -> Optional[int]:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    return size if size is not None else getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id):
+    """Token ids inside the model's vocabulary: one outside is an IndexError deep in the
+    embedding (a pad id only once a row has ended), and an EOS id outside never stops a row."""
+    size = _vocabulary_size(model)
+    if size is None:
+        return
+    for name, ids in (("eos_token_id", eos_ids), ("pad_token_id", [pad_token_id])):
+        bad = [i for i in ids if not 0 <= i < size]
+        if bad:
+            raise ValueError(f"{name} must be in [0, {size}) (the model's vocabulary), got {bad[0]}")
+    prompt_ids = input_ids[mask != 0]
+    if prompt_ids.numel() and not bool(((prompt_ids >= 0) & (prompt_ids < size)).all()):
+        raise ValueError(f"prompts hold token ids outside [0, {size}) (the model's vocabulary)")
 
 
 def _check_sampling(temperature, top_k, top_p):

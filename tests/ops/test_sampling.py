@@ -139,6 +139,23 @@ def test_same_seed_and_offset_same_token_other_offsets_independent(device):
             assert abs(same - 1 / 16) < 0.02, (backend, same)
 
 
+@pytest.mark.parametrize("options", [dict(top_k=40, top_p=0.9), dict(top_p=0.9), dict(top_k=40)])
+def test_a_row_draws_the_same_token_whatever_the_other_rows(options, device, rng):
+    """bf16 logits tie often; a flat row beside them makes the CPU path take more candidates
+    (the most ties at a cutoff, and top-p's k), and torch.topk orders ties differently for
+    another k: the draw must not follow that order (it did: 45 of 900 draws changed)."""
+    x = (torch.randn(1, 1000, generator=rng) * 2).to(torch.bfloat16).expand(300, -1).to(device)
+    seeds = torch.arange(300, device=device)
+    flat = torch.zeros(1, 1000, dtype=torch.bfloat16, device=device)
+    for backend in backends(device):
+        if backend == "triton" and device.type == "cpu":
+            continue  # the interpreter: too slow for 300 rows (its tokens do not depend on other rows by layout)
+        with ops.use_backend(backend):
+            alone = ops.sample(x, seeds=seeds, **options).tokens
+            beside = ops.sample(torch.cat([x, flat]), seeds=torch.cat([seeds, seeds[:1]]), **options).tokens
+        assert torch.equal(alone, beside[:300]), backend
+
+
 def test_float64_and_half_logits(device, rng):
     logits = torch.randn(8, 100, generator=rng, dtype=torch.float64)
     for backend in backends(device):

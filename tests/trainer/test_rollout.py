@@ -102,7 +102,7 @@ def test_rows_stop_at_eos(rng):
     """Deterministically: the token row 0 draws at step 3 becomes the EOS of a second run."""
     model = tiny_llama(rng)
     prompts, seeds = prompts_and_seeds(rng)
-    free = rollout(model, prompts, 10, VOCAB, PAD, seeds=seeds, progress=False)  # VOCAB is never drawn
+    free = rollout(model, prompts, 10, None, PAD, seeds=seeds, progress=False)  # no stop token
     assert free.response_mask.all() and not free.ended.any() and free.response_ids.shape == (5, 10)
     eos = int(free.response_ids[0, 3])
     stopped = rollout(model, prompts, 10, eos, PAD, seeds=seeds, progress=False)
@@ -121,7 +121,7 @@ def test_rows_stop_at_eos(rng):
 def test_seeds(rng):
     model = tiny_llama(rng)
     prompts, seeds = prompts_and_seeds(rng)
-    kwargs = dict(max_new_tokens=8, eos_token_id=VOCAB, pad_token_id=PAD, temperature=1.5, progress=False)
+    kwargs = dict(max_new_tokens=8, eos_token_id=None, pad_token_id=PAD, temperature=1.5, progress=False)
     a = rollout(model, prompts, seeds=seeds, **kwargs)
     b = rollout(model, prompts, seeds=seeds.clone(), **kwargs)
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprob, b.logprob)
@@ -201,3 +201,16 @@ def test_bad_inputs(rng):
     raises(TypeError, "top_k", top_k=2.5)
     raises(ValueError, "top_p", top_p=1.5)
     raises(ValueError, "top_p", top_p=0.0)
+    # one prompt's ids passed flat: it was read as one-token prompts, one per id
+    raises(TypeError, r"for one prompt's ids pass \[ids\]", [3, 4, 5])
+    # ids outside the vocabulary: an IndexError in the embedding (a pad id only once a row had ended), or an
+    # EOS id that can never be drawn, so rows never stopped
+    raises(ValueError, rf"pad_token_id must be in \[0, {VOCAB}\)", prompts, 4, 2, -1)
+    raises(ValueError, rf"pad_token_id must be in \[0, {VOCAB}\)", prompts, 4, 2, VOCAB)
+    raises(ValueError, rf"eos_token_id must be in \[0, {VOCAB}\)", prompts, 4, [2, 1000], PAD)
+    raises(ValueError, "prompts hold token ids outside", [[3, VOCAB + 5]])
+    raises(ValueError, "prompts hold token ids outside", torch.tensor([[-3, 4]]))
+    model.gradient_checkpointing_enable()
+    model.train()  # Hugging Face then turns the KV cache off: the second step failed on a mask shape
+    raises(RuntimeError, "returned no KV cache", prompts, 4, 2, PAD, top_k=None)
+    model.eval()
