@@ -88,7 +88,7 @@ def define(
 
     def fallback(*args):
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
-        return implementation(name, device)(*args)
+        return _backend_callable(name, device)(*args)
 
     LIB.impl(name, fallback, "CompositeExplicitAutograd")
     if not differentiable:
@@ -169,7 +169,22 @@ def backend_for(name: str, device_type: str) -> str:
 
 
 def implementation(name: str, device: torch.device) -> Callable:
-    """The callable that runs op ``name`` on ``device`` with the schema's arguments."""
+    """The callable that runs op ``name`` on ``device`` with the schema's arguments: the
+    registered op wherever the dispatcher picks what ``backend_for`` does (a compiled kernel,
+    or the fallback on a device without one), so ``torch.compile`` sees the op and its fake
+    rather than tracing a Python backend's data-dependent code (group ids read back with
+    .tolist() break a fullgraph compile); the Python backend itself where the dispatcher
+    would not run it (a backend forced over a compiled kernel) or where the op has a
+    gradient (its Python backends' own autograd stays in charge)."""
+    entry = OPS[name]
+    compiled_here = entry.compiled.get({"cpu": "CPU", "cuda": "CUDA"}.get(device.type, ""), False)
+    if not entry.differentiable and not compiled_here:
+        return getattr(torch.ops.fastrl, name).default
+    return _backend_callable(name, device)
+
+
+def _backend_callable(name: str, device: torch.device) -> Callable:
+    """The Python callable of the backend ``backend_for`` picks (or the op, for a compiled one)."""
     backend = backend_for(name, device.type)
     entry = OPS[name]
     if backend == "reference":

@@ -141,6 +141,25 @@ def test_compile_fullgraph_equals_eager(device, rng):
     torch.testing.assert_close(fn(s, ids), ops.group_advantages(s, ids, "rloo"))
 
 
+@pytest.mark.parametrize("op", ["group_advantages", "risk_advantages"])
+def test_compile_fullgraph_without_a_compiled_kernel(op, monkeypatch, rng):
+    """As on a GPU machine built without nvcc (no CUDA kernel: the op's fallback runs the
+    reference there): the public function must call the registered op, whose fake
+    torch.compile uses, not the reference itself, whose group ids read back with .tolist()
+    break a fullgraph compile. (Here the op still finds its C++ kernel when it runs.)"""
+    from fastrl.ops import _registry
+
+    monkeypatch.setitem(_registry.OPS[op].compiled, "CPU", False)
+    assert ops.backend_for(op, "cpu") == "reference"
+    ids = random_groups(rng, [3, 1, 5, 8])
+    s = torch.randn(ids.numel(), generator=rng)
+    call = (lambda a, b: ops.group_advantages(a, b, "rloo")) if op == "group_advantages" else (
+        lambda a, b: ops.risk_advantages(a, b, bundle_size=2))
+    with ops.use_backend("reference"):
+        want = call(s, ids)
+    torch.testing.assert_close(torch.compile(call, fullgraph=True)(s, ids), want)
+
+
 # ---- broadcast_to_tokens and group_ids_from_uids ----
 
 
