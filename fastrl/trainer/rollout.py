@@ -84,8 +84,9 @@ def rollout(
 
     prompts: a list of token-id lists (left-padded here), or a [B, P] integer tensor,
     left-padded, with its attention_mask (None: no padding). eos_token_id: one id or
-    several; a row stops at the first (None: no stop token, every row runs max_new_tokens). temperature, top_k, top_p: as ``fastrl.ops.sample``.
-    seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
+    several; a row stops at the first (None: no stop token, every row runs max_new_tokens).
+    Token ids must lie in the model's vocabulary. temperature, top_k, top_p: as
+    ``fastrl.ops.sample``. seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
     tqdm bar over the decoding steps. The model runs as it is (call ``model.eval()`` to
     turn dropout off) on the device of its first parameter, where the outputs live.
     """
