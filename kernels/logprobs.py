@@ -188,7 +188,7 @@ def linear_token_stats(hidden, weight, labels, bias, temperature, ignore_index, 
     config = _linear_config(hidden.dtype)
     grid = (triton.cdiv(n, config["BLOCK_N"]),)
     _linear_stats_kernel[grid](
-        hidden, weight, bias if bias is not None else hidden, labels,
+        hidden, weight, bias.contiguous() if bias is not None else hidden, labels,  # read at bias_ptr + column
         logprob, ent if entropy else logprob, mean if mean_logp else logprob, lse,
         n, h, v, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
         _inverse_temperature(temperature, hidden), ignore_index,

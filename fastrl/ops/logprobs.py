@@ -122,9 +122,22 @@ def _logits_grad_torch(grad_logprob, grad_entropy, logits, labels, lse, entropy,
                        first_col=0):
     """d(logprob . grad_logprob + entropy . grad_entropy)/d(logits), written into ``out``;
     ``logits`` may be the columns [first_col, first_col + V) of the rows whose lse is given."""
+    dtype = reference.output_dtype(logits)
+    # bf16/fp16 logits in place: a few rows at a time in float32 (chunks of an eighth of the budget), not a
+    # float32 copy of them all, twice the logits' size
+    if out is logits and out.dtype != dtype and len(chunks := _chunks(logits.shape[0], 8 * logits.shape[1], dtype,
+                                                                      logits.device)) > 1:
+        def rows_of(x, rows):
+            return x[rows] if x.numel() else x
+
+        for rows in chunks:
+            part = logits[rows].to(dtype)
+            _logits_grad_torch(grad_logprob[rows], rows_of(grad_entropy, rows), part, labels[rows], lse[rows],
+                               rows_of(entropy, rows), temperature, ignore_index, part, first_col)
+            logits[rows] = part
+        return logits
     valid = labels != ignore_index
     g_logprob = torch.where(valid, grad_logprob, 0.0)[:, None]
-    dtype = reference.output_dtype(logits)
     work = out if out is logits and out.dtype == dtype else logits.to(dtype, copy=True)
     logp = (work.div_(temperature) if temperature != 1.0 else work).sub_(lse[:, None])
     if grad_entropy.numel():
@@ -304,7 +317,15 @@ def _setup_linear(ctx, inputs, output):
     ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
 
 
+def _first_order_only(name):
+    """The backward kernels have no gradient of their own: a second derivative would come out
+    silently wrong (PyTorch only warns that no autograd kernel is registered)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(f"{name} has no second derivative: backward with create_graph=True is not supported")
+
+
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
+    _first_order_only("linear_logprobs")
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
@@ -326,11 +347,14 @@ def _setup_logits(ctx, inputs, output):
 
 
 def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
+    _first_order_only("logprobs_from_logits")
     logits, labels, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)
     if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
         torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
+        if not torch.compiler.is_compiling():  # a kernel's raw stores do not tell autograd: another use of the
+            torch.autograd.graph.increment_version(logits)  # logits (retain_graph, a z-loss) must then fail
         grad = logits
     else:
         grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
@@ -397,8 +421,8 @@ def linear_logprobs(
     Differentiable in hidden, weight and bias through logprob and entropy.
     """
     _checks.floating("hidden", hidden)
-    if hidden.dim() < 1:
-        raise ValueError("hidden must have at least one dimension (the hidden size)")
+    if hidden.dim() < 1 or hidden.shape[-1] == 0:
+        raise ValueError(f"hidden must be [..., H] with a hidden size H > 0, got shape {tuple(hidden.shape)}")
     _checks.floating("weight", weight, ndim=2)
     _checks.same_dtype("weight", weight, "hidden", hidden)
     _checks.same_device("weight", weight, "hidden", hidden)
@@ -455,13 +479,20 @@ def logprobs_from_logits(
         raise TypeError(f"inplace_backward must be a bool, got {type(inplace_backward).__name__}")
     _checks.finite_or_neg_inf("logits", logits)
     rows = logits.reshape(-1, logits.shape[-1])
-    if inplace_backward and logits.requires_grad and not torch.compiler.is_compiling() and rows._base is None:
-        warnings.warn(
-            "logprobs_from_logits: inplace_backward=True, but the logits could not be reused in place because "
-            f"they do not reshape to [N, V] without a copy (shape {tuple(logits.shape)}, strides {logits.stride()}, "
-            "e.g. logits[:, :-1]): the gradient is written over the copy, which saves no memory",
-            UserWarning, stacklevel=2,
-        )
+    if inplace_backward and logits.requires_grad and not torch.compiler.is_compiling():
+        if torch._debug_has_internal_overlap(rows) != 0:  # e.g. expand()ed rows: one gradient would overwrite another
+            inplace_backward = False
+            warnings.warn(
+                "logprobs_from_logits: inplace_backward=True, but the logits' rows share memory (e.g. an expand()): "
+                "the gradient goes to a new tensor instead", UserWarning, stacklevel=2,
+            )
+        elif rows._base is None:
+            warnings.warn(
+                "logprobs_from_logits: inplace_backward=True, but the logits could not be reused in place because "
+                f"they do not reshape to [N, V] without a copy (shape {tuple(logits.shape)}, strides "
+                f"{logits.stride()}, e.g. logits[:, :-1]): the gradient is written over the copy, which saves no "
+                "memory", UserWarning, stacklevel=2,
+            )
     outputs = torch.ops.fastrl.logprobs_from_logits(
         rows, labels.reshape(-1).long(), temperature, ignore_index, entropy, mean_logp, inplace_backward,
     )

@@ -123,6 +123,20 @@ def test_linear_fused_triton_forward(dtype, monkeypatch, device, rng):
     assert_all_close(got[0] + got[1], want[0] + want[1], **tol)
 
 
+def test_linear_fused_triton_forward_strided_bias(monkeypatch, device, rng):
+    """The fused forward read the bias at bias_ptr + column, whatever its stride (a column
+    of a [V, 3] tensor: log-probs off by 2)."""
+    if "triton" not in ops.available_backends("linear_logprobs", device.type):
+        pytest.skip(f"triton not available on {device.type}")
+    hidden, weight, labels, bias = to(linear_inputs((9,), 16, 40, torch.float32, rng), device)
+    strided = torch.stack([bias, bias + 1, bias - 1], 1)[:, 0]
+    monkeypatch.setattr(logprobs_module, "TRITON_LINEAR_FORWARD", "fused")
+    with ops.use_backend("triton"):
+        got = ops.linear_logprobs(hidden, weight, labels, strided).logprob
+    want = ops.linear_logprobs(hidden.cpu().double(), weight.cpu().double(), labels.cpu(), bias.cpu().double())
+    torch.testing.assert_close(got.cpu().double(), want.logprob, rtol=1e-4, atol=1e-4)
+
+
 def test_linear_chunks_cover_every_row(monkeypatch, rng):
     """With a budget of a few rows (forward) or columns (backward) per chunk, the torch
     backend gives what one chunk gives; the label may fall in any vocabulary slice."""
@@ -266,6 +280,81 @@ def test_inplace_backward_warns_when_the_logits_need_a_copy(device, rng):
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 ops.logprobs_from_logits(leaf * 1.0, labels, inplace_backward=True)
+
+
+def test_inplace_backward_tells_autograd_the_logits_changed(device, rng):
+    """After the in-place backward the logits hold the gradient: a second backward through
+    them (retain_graph, or a z-loss on the same logits) must fail as PyTorch's own in-place
+    ops make it fail, not use the overwritten values (Triton's raw stores gave a gradient off
+    by 0.35 and 0.22)."""
+    logits, labels = to(logits_inputs((4, 3), 50, torch.float32, rng), device)
+    for backend in ["reference", *backends("logprobs_from_logits", device)]:
+        with ops.use_backend(backend):
+            scaled = logits.clone().requires_grad_() * 1.0
+            out = ops.logprobs_from_logits(scaled, labels, inplace_backward=True)
+            out.logprob.sum().backward(retain_graph=True)
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                out.logprob.sum().backward()
+            # a z-loss on the same logits: an error where the in-place backward runs first, else right
+            leaf = logits.clone().requires_grad_()
+            (want,) = torch.autograd.grad(ops.logprobs_from_logits(leaf * 1.0, labels).logprob.sum()
+                                          + torch.logsumexp(leaf * 1.0, -1).square().sum(), leaf)
+            scaled = leaf * 1.0
+            loss = ops.logprobs_from_logits(scaled, labels, inplace_backward=True).logprob.sum()
+            try:
+                (got,) = torch.autograd.grad(loss + torch.logsumexp(scaled, -1).square().sum(), leaf)
+            except RuntimeError as error:
+                assert "modified by an inplace operation" in str(error)
+            else:
+                torch.testing.assert_close(got, want)
+
+
+def test_inplace_backward_on_rows_sharing_memory(device, rng):
+    """expand()ed logits reshape without a copy, but their rows share memory: one row's
+    gradient would overwrite another's (Triton was off by 2.5): the gradient goes to a new
+    tensor, with a warning."""
+    base, _ = to(logits_inputs((1,), 40, torch.float32, rng), device)
+    labels = torch.tensor([3, 17, 39], device=device)
+    for backend in ["reference", *backends("logprobs_from_logits", device)]:
+        leaf = base.clone().requires_grad_()
+        with ops.use_backend(backend):
+            (want,) = torch.autograd.grad(ops.logprobs_from_logits(leaf.expand(3, -1), labels).logprob.sum(), leaf)
+            with pytest.warns(UserWarning, match="rows share memory"):
+                out = ops.logprobs_from_logits((leaf * 1.0).expand(3, -1), labels, inplace_backward=True)
+            (got,) = torch.autograd.grad(out.logprob.sum(), leaf)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_inplace_backward_in_float32_a_few_rows_at_a_time(dtype, monkeypatch, rng):
+    """The torch backend's in-place backward of half-precision logits works on a few rows at
+    a time in float32 (it made a float32 copy of all of them: twice the logits' memory); the
+    gradient equals the one of a new tensor, with entropy and a temperature too."""
+    logits, labels = logits_inputs((37,), 50, dtype, rng)
+    monkeypatch.setitem(logprobs_module.CHUNK_BYTES, "cpu", 8 * 50 * 4 * 5)  # 5 rows per chunk here
+    kw = dict(entropy=True, temperature=0.8)
+    with ops.use_backend("torch"):
+        leaf = logits.clone().requires_grad_()
+        out = ops.logprobs_from_logits(leaf, labels, **kw)
+        (want,) = torch.autograd.grad(out.logprob.sum() + out.entropy.sum(), leaf)
+        scaled = logits.clone().requires_grad_() * 1.0
+        out = ops.logprobs_from_logits(scaled, labels, inplace_backward=True, **kw)
+        (out.logprob.sum() + out.entropy.sum()).backward()
+    torch.testing.assert_close(scaled.detach(), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_no_second_derivative(op, device, rng):
+    """create_graph=True gave silently wrong second derivatives (the backward kernels have
+    no gradient): a clear error instead; first-order gradients are unaffected."""
+    args = op_args(op, device, rng)
+    for backend in ["reference", *backends(op, device)]:
+        leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                  for a in args]
+        with ops.use_backend(backend):
+            out = getattr(ops, op)(*leaves)
+            with pytest.raises(RuntimeError, match="has no second derivative"):
+                torch.autograd.grad(out.logprob.sum(), leaves[0], create_graph=True)
 
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
@@ -430,6 +519,8 @@ def test_shape_mismatches(rng):
         ops.linear_logprobs(hidden, weight[:0], torch.full_like(labels, -100))
     with pytest.raises(ValueError, match=r"labels must have the shape \(5,\) of logits"):
         ops.logprobs_from_logits(torch.zeros(5, 10), labels[None])
+    with pytest.raises(ValueError, match=r"hidden must be \[\.\.\., H\] with a hidden size H > 0"):
+        ops.linear_logprobs(hidden[:, :0], weight[:, :0], labels)  # was a reshape error
 
 
 def test_dtype_mismatches(rng):
