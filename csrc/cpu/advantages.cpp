@@ -44,6 +44,7 @@ void for_each_run(const int64_t* ids, int64_t B, const F& f) {
 
 at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, c10::string_view method_,
                                 double eps) {
+  check_groups(scores_, group_ids_);
   const GroupMethod method = group_method(method_);
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
@@ -95,6 +96,8 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
 at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, int64_t bundle_size,
                                double alpha, double beta, double omega, bool natural_baseline,
                                c10::string_view credit_) {
+  check_groups(scores_, group_ids_);
+  TORCH_CHECK_VALUE(bundle_size >= 1, "fastrl: bundle_size must be >= 1, got ", bundle_size);
   const RiskCredit credit = risk_credit(credit_);
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
@@ -173,6 +176,9 @@ at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& grou
 }
 
 at::Tensor broadcast_to_tokens_cpu(const at::Tensor& advantages_, const at::Tensor& mask_) {
+  TORCH_CHECK_VALUE(mask_.dim() == 2 && advantages_.dim() == 1 && advantages_.size(0) == mask_.size(0),
+                    "fastrl: advantages must be [B] for a [B, T] mask, got shapes ", advantages_.sizes(), " and ",
+                    mask_.sizes());
   auto advantages = advantages_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());
   const int64_t B = mask.size(0), T = mask.size(1);

@@ -32,6 +32,7 @@ void for_row_blocks(int64_t B, int64_t T, const Body& body) {
 }
 
 at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& mask_, double gamma) {
+  check_tokens("mask", mask_, "rewards", rewards_);
   auto rewards = rewards_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());
   auto returns = empty_output(rewards);
@@ -57,6 +58,9 @@ at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at::Tensor& values_,
                                            const at::Tensor& mask_, double gamma, double lam) {
+  check_tokens("values", values_, "rewards", rewards_);
+  check_tokens("mask", mask_, "rewards", rewards_);
+  TORCH_CHECK_TYPE(values_.scalar_type() == rewards_.scalar_type(), "fastrl: values must have the dtype of rewards");
   auto rewards = rewards_.contiguous();
   auto values = values_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());
@@ -123,6 +127,8 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cpu(const at::Tensor& scores
                                                         const at::Tensor& step_mask_,
                                                         const at::Tensor& mask_, double temperature,
                                                         c10::string_view mode) {
+  check_tokens("step_mask", step_mask_, "scores", scores_);
+  check_tokens("mask", mask_, "scores", scores_);
   auto scores = scores_.contiguous();
   auto step_mask = mask_as_bytes(step_mask_.contiguous());
   auto mask = mask_as_bytes(mask_.contiguous());

@@ -239,6 +239,7 @@ __global__ void min_form_returns_kernel(const scalar_t* __restrict__ scores,
 void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
 at::Tensor discounted_returns_cuda(const at::Tensor& rewards_, const at::Tensor& mask_, double gamma) {
+  check_tokens("mask", mask_, "rewards", rewards_);
   const c10::cuda::CUDAGuard guard(rewards_.device());
   auto rewards = rewards_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());
@@ -256,6 +257,9 @@ at::Tensor discounted_returns_cuda(const at::Tensor& rewards_, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& rewards_, const at::Tensor& values_,
                                             const at::Tensor& mask_, double gamma, double lam) {
+  check_tokens("values", values_, "rewards", rewards_);
+  check_tokens("mask", mask_, "rewards", rewards_);
+  TORCH_CHECK_TYPE(values_.scalar_type() == rewards_.scalar_type(), "fastrl: values must have the dtype of rewards");
   const c10::cuda::CUDAGuard guard(rewards_.device());
   auto rewards = rewards_.contiguous();
   auto values = values_.contiguous();
@@ -278,6 +282,8 @@ std::tuple<at::Tensor, at::Tensor> min_form_returns_cuda(const at::Tensor& score
                                                          const at::Tensor& step_mask_,
                                                          const at::Tensor& mask_, double temperature,
                                                          c10::string_view mode) {
+  check_tokens("step_mask", step_mask_, "scores", scores_);
+  check_tokens("mask", mask_, "scores", scores_);
   const c10::cuda::CUDAGuard guard(scores_.device());
   auto scores = scores_.contiguous();
   auto step_mask = mask_as_bytes(step_mask_.contiguous());

@@ -117,7 +117,7 @@ def broadcast_to_tokens(advantages, mask):
 
 def risk_advantages(scores, group_ids, bundle_size, alpha, beta, omega, natural_baseline, credit):
     """RiskPO (DESIGN 3.2): mixed value-at-risk advantages over bundles of questions."""
-    s = scores.to(output_dtype(scores))
+    s = scores.to(torch.float64)  # as the kernels accumulate: near ties amplify float32 rounding by 1/(std + 1e-6)
     out = torch.zeros_like(s)
     questions: dict = {}  # group id -> its rows in batch order; dicts keep first-appearance order
     for row, g in enumerate(group_ids.tolist()):
@@ -149,7 +149,7 @@ def risk_advantages(scores, group_ids, bundle_size, alpha, beta, omega, natural_
                     out[q[p]] = A[p] / len(bundle) if abs(total) <= 1e-6 else A[p] * (s[q[p]] - mean) / total
         else:
             raise ValueError(f"unknown credit {credit!r}")
-    return out
+    return out.to(output_dtype(scores))
 
 
 # ---- 3.3 vocabulary-wide ops ----

@@ -1,4 +1,5 @@
 """Grouped advantages against their reference (DESIGN 3.2, 4) on every backend present."""
+import functools
 import sys
 import warnings
 
@@ -327,6 +328,22 @@ def test_risk_float32_close_to_float64(cfg, device, rng):
         torch.testing.assert_close(got.cpu().double(), exact, rtol=1e-5, atol=1e-5)
 
 
+def test_risk_near_ties_every_backend_in_double(device, rng):
+    """sum_mean switches formula at |sum of centred scores| <= 1e-6 and std credit divides by
+    std + 1e-6: float32 rounding of near-tied scores flipped the reference (it worked in
+    float32) against the kernels (float64) in 1241 of 2000 cases (376916 against -0.646)."""
+    for _ in range(50):
+        base, d = torch.randint(-1000, 1000, (2,), generator=rng).double() / 7, torch.rand(1, generator=rng).item() * 3
+        s = torch.tensor([base[0] + d, base[0] - d, base[1] - d, base[1] + d, base[0], base[1]]).float()
+        ids = torch.tensor([0, 0, 1, 1, 2, 2])
+        for credit in ("sum_mean", "std"):
+            want = risk_reference(s.double(), ids, dict(bundle_size=2, credit=credit, natural_baseline=True))
+            for backend in ops.available_backends("risk_advantages", device.type):
+                with ops.use_backend(backend):
+                    got = ops.risk_advantages(s.to(device), ids.to(device), bundle_size=2, credit=credit)
+                torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_risk_by_hand_one_failure_among_seven_successes():
     """bundle_size=1, 0/1 rewards in a group of 8: -24 for the lone failure (credit std),
     0 when 0, 1 or 8 answers are correct; never positive."""
@@ -416,3 +433,32 @@ def test_the_kernels_reject_unknown_names_too():
         torch.ops.fastrl.group_advantages(torch.ones(2), torch.tensor([0, 0]), "ppo", 1e-6)
     with pytest.raises(ValueError, match="unknown credit 'mean'"):
         torch.ops.fastrl.risk_advantages(torch.ones(2), torch.tensor([0, 0]), 1, 0.2, 0.8, 1.5, True, "mean")
+
+
+def test_the_kernels_check_the_shapes_they_index_by(device):
+    """Called as torch.ops.fastrl.*, past the Python checks, the kernels took their sizes from
+    one tensor and read the others out of bounds (broadcast_to_tokens returned heap memory,
+    gae garbage rows), and a bundle size of 0 killed the process (a division by zero)."""
+    if not set(ops.available_backends("group_advantages", device.type)) & {"cpp", "cuda"}:
+        pytest.skip(f"no compiled kernels on {device.type}")
+    ones = functools.partial(torch.ones, device=device)
+    ids = torch.zeros(2, dtype=torch.int64, device=device)
+    fastrl = torch.ops.fastrl
+    with pytest.raises(ValueError, match="bundle_size must be >= 1, got 0"):
+        fastrl.risk_advantages(ones(2), ids, 0, 0.2, 0.8, 1.5, True, "std")
+    with pytest.raises(ValueError, match="bundle_size must be >= 1, got -1"):
+        fastrl.risk_advantages(ones(2), ids, -1, 0.2, 0.8, 1.5, True, "std")
+    with pytest.raises(ValueError, match=r"advantages must be \[B\] for a \[B, T\] mask"):
+        fastrl.broadcast_to_tokens(ones(1), ones(8, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="scores and group_ids must both be"):
+        fastrl.group_advantages(ones(6), ids[:1], "grpo", 1e-6)
+    with pytest.raises(ValueError, match="scores and group_ids must both be"):
+        fastrl.risk_advantages(ones(6), ids, 1, 0.2, 0.8, 1.5, True, "std")
+    with pytest.raises(ValueError, match=r"values must have the shape of rewards"):
+        fastrl.gae(ones(4, 3), ones(1, 3), ones(4, 3), 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"mask must have the shape of rewards"):
+        fastrl.discounted_returns(ones(4, 3), ones(4, 2), 1.0)
+    with pytest.raises(ValueError, match=r"step_mask must have the shape of scores"):
+        fastrl.min_form_returns(ones(4, 3), ones(3, 3), ones(4, 3), 0.1, "soft")
+    with pytest.raises(ValueError, match=r"rewards must be \[B, T\]"):
+        fastrl.discounted_returns(ones(4), ones(4), 1.0)

@@ -1,6 +1,7 @@
 // Host-side glue shared by the CPU and CUDA launchers: mask views, output
-// allocation and the dtype dispatch every op uses. Argument checking lives in
-// Python (fastrl/ops/_checks.py); these are only the invariants a kernel needs.
+// allocation, the dtype dispatch every op uses and the shape checks of the raw ops.
+// Argument checking lives in Python (fastrl/ops/_checks.py); these are only the
+// invariants a kernel needs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,6 +40,23 @@ inline at::Tensor mask_as_bytes(const at::Tensor& mask) {
 }
 
 inline const uint8_t* mask_data(const at::Tensor& bytes) { return static_cast<const uint8_t*>(bytes.data_ptr()); }
+
+// The raw ops (torch.ops.fastrl.*) skip the Python wrappers and their checks: the shapes and
+// sizes the kernels index by are checked here too, so a wrong call is an error, not an
+// out-of-bounds read (or, for a bundle size of 0, a division by zero).
+inline void check_tokens(const char* name, const at::Tensor& x, const char* like_name, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(like.dim() == 2, "fastrl: ", like_name, " must be [B, T], got shape ", like.sizes());
+  TORCH_CHECK_VALUE(x.sizes() == like.sizes(), "fastrl: ", name, " must have the shape of ", like_name, " ",
+                    like.sizes(), ", got ", x.sizes());
+}
+
+inline void check_groups(const at::Tensor& scores, const at::Tensor& group_ids) {
+  TORCH_CHECK_VALUE(scores.dim() == 1 && group_ids.dim() == 1 && group_ids.size(0) == scores.size(0),
+                    "fastrl: scores and group_ids must both be [B], got shapes ", scores.sizes(), " and ",
+                    group_ids.sizes());
+  TORCH_CHECK_TYPE(group_ids.scalar_type() == at::kLong, "fastrl: group_ids must be int64, got ",
+                   group_ids.scalar_type());
+}
 
 // Outputs are float32 for bf16/fp16/fp32 inputs and float64 for float64.
 inline at::Tensor empty_output(const at::Tensor& like) {
