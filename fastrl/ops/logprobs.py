@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from fastrl.ops import _checks, reference
 from fastrl.ops._registry import define
@@ -317,15 +318,11 @@ def _setup_linear(ctx, inputs, output):
     ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
 
 
-def _first_order_only(name):
-    """The backward kernels have no gradient of their own: a second derivative would come out
-    silently wrong (PyTorch only warns that no autograd kernel is registered)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise RuntimeError(f"{name} has no second derivative: backward with create_graph=True is not supported")
-
-
+# once_differentiable: the backward kernels have no gradient of their own, so a second derivative
+# came out silently wrong (PyTorch only warned that no autograd kernel is registered); now the
+# first-order gradients of create_graph=True are right and backpropagating through them is an error
+@once_differentiable
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
-    _first_order_only("linear_logprobs")
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
@@ -346,8 +343,8 @@ def _setup_logits(ctx, inputs, output):
     ctx.save_for_backward(logits, labels, output[3], output[1])
 
 
+@once_differentiable
 def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
-    _first_order_only("logprobs_from_logits")
     logits, labels, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)

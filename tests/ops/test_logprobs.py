@@ -345,16 +345,19 @@ def test_inplace_backward_in_float32_a_few_rows_at_a_time(dtype, monkeypatch, rn
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
 def test_no_second_derivative(op, device, rng):
-    """create_graph=True gave silently wrong second derivatives (the backward kernels have
-    no gradient): a clear error instead; first-order gradients are unaffected."""
+    """The backward kernels have no gradient: create_graph=True gave silently wrong second
+    derivatives. Now its first-order gradient is right (a gradient penalty elsewhere in the
+    graph still works) and backpropagating through it is an error."""
     args = op_args(op, device, rng)
     for backend in ["reference", *backends(op, device)]:
         leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                   for a in args]
         with ops.use_backend(backend):
-            out = getattr(ops, op)(*leaves)
-            with pytest.raises(RuntimeError, match="has no second derivative"):
-                torch.autograd.grad(out.logprob.sum(), leaves[0], create_graph=True)
+            (want,) = torch.autograd.grad(getattr(ops, op)(*leaves).logprob.sum(), leaves[0])
+            (got,) = torch.autograd.grad(getattr(ops, op)(*leaves).logprob.sum(), leaves[0], create_graph=True)
+            torch.testing.assert_close(got, want)
+            with pytest.raises(RuntimeError, match="does not require grad"):
+                torch.autograd.grad(got.square().sum(), leaves[0])
 
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
