@@ -100,14 +100,17 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "other GPU tests"
   ignore=$(for t in $SAMPLER_TESTS; do printf -- "--ignore=%s " "$t"; done)
   gpu_tests gpu_tests.log 200 $ignore tests
-  [ "${REST_BENCHMARKS:-all}" = scans ] && { stamp "bench_scans"; bench 240 benchmarks/bench_scans.py --device cuda --repeat 5; }
-fi
-if { [ "$STAGE" = all ] || [ "$STAGE" = rest ]; } && [ "${REST_BENCHMARKS:-all}" = all ]; then
-  stamp "benchmarks"
-  # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
-  bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5
-  bench 240 benchmarks/bench_scans.py --device cuda --repeat 5  # its loop baselines: 120 s was cut short
-  bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
+  benchmarks=${REST_BENCHMARKS:-all}
+  if [ "$benchmarks" = all ]; then
+    stamp "benchmarks"
+    # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
+    bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5
+  fi
+  if [ "$benchmarks" = all ] || [ "$benchmarks" = scans ]; then
+    stamp "bench_scans"
+    bench 240 benchmarks/bench_scans.py --device cuda --repeat 5  # its loop baselines: 120 s was cut short
+  fi
+  [ "$benchmarks" = all ] && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
 fi
 
 results=$(results_dir)

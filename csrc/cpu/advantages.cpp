@@ -96,8 +96,7 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
 at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& group_ids_, int64_t bundle_size,
                                double alpha, double beta, double omega, bool natural_baseline,
                                c10::string_view credit_) {
-  check_groups(scores_, group_ids_);
-  TORCH_CHECK_VALUE(bundle_size >= 1, "fastrl: bundle_size must be >= 1, got ", bundle_size);
+  check_risk_inputs(scores_, group_ids_, bundle_size);
   const RiskCredit credit = risk_credit(credit_);
   auto scores = scores_.contiguous();
   auto group_ids = group_ids_.contiguous();
@@ -176,9 +175,7 @@ at::Tensor risk_advantages_cpu(const at::Tensor& scores_, const at::Tensor& grou
 }
 
 at::Tensor broadcast_to_tokens_cpu(const at::Tensor& advantages_, const at::Tensor& mask_) {
-  TORCH_CHECK_VALUE(mask_.dim() == 2 && advantages_.dim() == 1 && advantages_.size(0) == mask_.size(0),
-                    "fastrl: advantages must be [B] for a [B, T] mask, got shapes ", advantages_.sizes(), " and ",
-                    mask_.sizes());
+  check_broadcast_inputs(advantages_, mask_);
   auto advantages = advantages_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());
   const int64_t B = mask.size(0), T = mask.size(1);

@@ -58,9 +58,7 @@ at::Tensor discounted_returns_cpu(const at::Tensor& rewards_, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards_, const at::Tensor& values_,
                                            const at::Tensor& mask_, double gamma, double lam) {
-  check_tokens("values", values_, "rewards", rewards_);
-  check_tokens("mask", mask_, "rewards", rewards_);
-  TORCH_CHECK_TYPE(values_.scalar_type() == rewards_.scalar_type(), "fastrl: values must have the dtype of rewards");
+  check_gae_inputs(rewards_, values_, mask_);
   auto rewards = rewards_.contiguous();
   auto values = values_.contiguous();
   auto mask = mask_as_bytes(mask_.contiguous());

@@ -58,6 +58,23 @@ inline void check_groups(const at::Tensor& scores, const at::Tensor& group_ids) 
                    group_ids.scalar_type());
 }
 
+inline void check_gae_inputs(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask) {
+  check_tokens("values", values, "rewards", rewards);
+  check_tokens("mask", mask, "rewards", rewards);
+  TORCH_CHECK_TYPE(values.scalar_type() == rewards.scalar_type(), "fastrl: values must have the dtype of rewards");
+}
+
+inline void check_risk_inputs(const at::Tensor& scores, const at::Tensor& group_ids, int64_t bundle_size) {
+  check_groups(scores, group_ids);
+  TORCH_CHECK_VALUE(bundle_size >= 1, "fastrl: bundle_size must be >= 1, got ", bundle_size);
+}
+
+inline void check_broadcast_inputs(const at::Tensor& advantages, const at::Tensor& mask) {
+  TORCH_CHECK_VALUE(mask.dim() == 2 && advantages.dim() == 1 && advantages.size(0) == mask.size(0),
+                    "fastrl: advantages must be [B] for a [B, T] mask, got shapes ", advantages.sizes(), " and ",
+                    mask.sizes());
+}
+
 // Outputs are float32 for bf16/fp16/fp32 inputs and float64 for float64.
 inline at::Tensor empty_output(const at::Tensor& like) {
   auto dtype = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
