@@ -71,7 +71,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "bench_sampling"
   bench 150 benchmarks/bench_sampling.py --device cuda
   stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
-  bench 120 benchmarks/sampling_ablation.py --variants "${SAMPLER_VARIANTS-,resolve,noise+resolve+zsum+max}" \
+  bench 150 benchmarks/sampling_ablation.py --variants "${SAMPLER_VARIANTS-,lagged,lagged+nocap,resolve,noise+resolve+zsum+max}" \
     --kernels "kernels/sampling.py${SAMPLER_BASELINE:+,$SAMPLER_BASELINE}"
 fi
 if [ "$STAGE" = sweep ]; then

@@ -51,13 +51,15 @@ ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
 
 
-def compile_sass(block_v, num_warps, filtered=False, split_row=True):
+def compile_sass(block_v, num_warps, filtered=False, split_row=True, lagged=False):
     fn = sampling._sample_kernel
     constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
                      RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
     constants.update({name: True for name in ("WORDS", "FUSED") if name in names})  # (older kernels lack them)
+    if "LAGGED" in names:
+        constants["LAGGED"] = lagged and not filtered
     source = tc.ASTSource(
         fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
         constexprs={(names.index(k),): v for k, v in constants.items()},
@@ -127,14 +129,14 @@ def loops(sass):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", default=None,
-                        help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p (default 8192x8, 8192x4, 8192x8f)")
+                        help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p, l: lagged (default 8192x8, 8192x4, 8192x8f)")
     args = parser.parse_args()
     span = sampling.span(torch.bfloat16)
     for config in args.config or ["8192x8", "8192x4", "8192x8f"]:
         block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
         if block_v != span:
             parser.error(f"--config {config}: per-token figures need BLOCK = the span, {span}")
-        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config)
+        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, lagged="l" in config)
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")

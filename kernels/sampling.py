@@ -40,6 +40,7 @@ GROUP_STREAM: tl.constexpr = tl.constexpr(0x5DEECE66D)  # the groups' Philox key
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
 ROWS: tl.constexpr = tl.constexpr(256)  # groups per span
+LAGGED_FLOOR: tl.constexpr = tl.constexpr(100.0)  # terms 2^-126 (flushed) are then under 2^-26 of the span's max term
 INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 NEG_INF_PAIR: tl.constexpr = tl.constexpr(-8323200)  # 0xFF80FF80: two bf16 -inf as one int32
 
@@ -239,17 +240,33 @@ def _group_pick(log_mass, v0, bits, best, best_group, RUN: tl.constexpr, FAST: t
 
 @triton.jit
 def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
-                FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
+                FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr, LAGGED: tl.constexpr = False):
     """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
     logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
     Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
     floats), so each token costs one FFMA, not a multiply and an add. x, odd: the span at v0
-    in float32 (_span's halves); ok, ok_odd: where their tokens are < V (MASKED)."""
-    m_new = tl.maximum(m, _group_max(x, odd) * scale)
+    in float32 (_span's halves); ok, ok_odd: where their tokens are < V (MASKED).
+    LAGGED: the exp2s against the max of the group's earlier spans, not through this one, so
+    they need not wait for this span's max; exact unless a sum overflows (a token over 2^128
+    above that max: s is then inf or NaN for good) or, where the group had no finite logit
+    before (reference 0), the span's max is under 2^-LAGGED_FLOOR (made NaN); the kernel then
+    reads the row again without."""
+    m_span = _group_max(x, odd) * scale
+    m_new = tl.maximum(m, m_span)
     m_ref = _reference(m_new)
-    r = m_ref[None, :, None]
-    mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
-    s = s * tl.exp2(m - m_ref) + mass
+    if LAGGED:
+        m_old = _reference(m)
+        r = m_old[None, :, None]
+        mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_old
+        # against 2^0 (no earlier finite logit) a span whose max is under 2^-LAGGED_FLOOR loses terms to float32's
+        # floor (2^-126 where subnormals flush): unsafe, and so made NaN
+        unsafe = (m == float("-inf")) & (m_span < -LAGGED_FLOOR) & (m_span > float("-inf"))
+        s = tl.where(unsafe, float("nan"), (s + mass) * tl.exp2(m_old - m_ref))
+        m_ref = m_old  # the reference of mass
+    else:
+        r = m_ref[None, :, None]
+        mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
+        s = s * tl.exp2(m - m_ref) + mass
     if MASKED:
         zsum += _group_sum(tl.where(ok, x, 0.0), tl.where(ok_odd, odd, 0.0))
     else:
@@ -371,25 +388,13 @@ def _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, po
     tl.store(mean_ptr + b, (zsum / V - lse) * LN2)
 
 
-@triton.jit(do_not_specialize=["shift", "spans", "chunks"])
-def _sample_kernel(
-    logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
-    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
-    FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
-    SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
-    FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
-):
-    """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
-    spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
-    their partials)."""
+@triton.jit
+def _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER: tl.constexpr, RUN: tl.constexpr,
+              FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
+              LAGGED: tl.constexpr):
+    """The first pass over tokens [start, stop) of a row (full: where its ragged span starts),
+    reduced to its scalars (_row_stats; zsum unscaled)."""
     SPAN: tl.constexpr = 4 * ROWS * RUN
-    b = tl.program_id(0)
-    row = b.to(tl.int64) * stride_b
-    key = tl.load(seeds_ptr + b) + shift
-    c = tl.program_id(1)
-    start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
-    stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
-    full = stop - (stop - start) % SPAN  # only the row's end is ragged
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
     zsum = tl.zeros([ROWS], tl.float32)
@@ -411,8 +416,35 @@ def _sample_kernel(
                 n0, n1, n2, n3 = _group_noise(key, v0, RUN)
         m, s, zsum, zmin, best, best_group = _first_pass(x, odd, ok, ok_odd, v0, scale,
                                                          _span_bits(v0, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best,
-                                                         best_group, False, FILTER, RUN, FAST)
-    m, s, zsum, zmin, top, group = _row_stats(m, s, zsum, zmin, best, best_group, FILTER, FUSED)
+                                                         best_group, False, FILTER, RUN, FAST, LAGGED)
+    return _row_stats(m, s, zsum, zmin, best, best_group, FILTER, FUSED)
+
+
+@triton.jit(do_not_specialize=["shift", "spans", "chunks"])
+def _sample_kernel(
+    logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
+    tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
+    FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
+    SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr, LAGGED: tl.constexpr,
+):
+    """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
+    spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
+    their partials)."""
+    SPAN: tl.constexpr = 4 * ROWS * RUN
+    b = tl.program_id(0)
+    row = b.to(tl.int64) * stride_b
+    key = tl.load(seeds_ptr + b) + shift
+    c = tl.program_id(1)
+    start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
+    stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
+    full = stop - (stop - start) % SPAN  # only the row's end is ragged
+    m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN, FAST,
+                                             STAGES, WORDS, FUSED, LAGGED)
+    if LAGGED:
+        if not s < float("inf"):  # a span's exp2s against an earlier max overflowed or vanished: once more, exactly
+            m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN,
+                                                     FAST, STAGES, WORDS, FUSED, False)
     zsum *= scale
     if SPLIT_ROW:
         # this chunk's draw, resolved now, while other programs still read: the last one only combines
@@ -453,8 +485,9 @@ def _sample_kernel(
             s_kept = tl.zeros([ROWS], tl.float32)
             best = tl.full([ROWS], float("-inf"), tl.float32)
             best_group = tl.zeros([ROWS], tl.int32)
+            n0, n1, n2, n3 = _group_noise(key, 0, RUN)
             for v0 in range(0, V, SPAN):
-                if (v0 // SPAN) % 4 == 0:
+                if ((v0 // SPAN) % 4 == 0) & (v0 > 0):
                     n0, n1, n2, n3 = _group_noise(key, v0, RUN)
                 s_kept, best, best_group = _draw_pass(logits_ptr, row, v0, V, scale,
                                                       _span_bits(v0, n0, n1, n2, n3, RUN), m, cutoff, s_kept, best,
@@ -506,7 +539,7 @@ def _multiprocessors(device):
 
 
 def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
-           stages=3, fused=None):
+           stages=3, fused=None, lagged=False):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
@@ -515,7 +548,9 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     for the cutoff search block_v (tokens per tile, a power of 2 >= 4) and split
     (thresholds per pass, a power of 2); fused: the row's end reduces its accumulators
     in one exchange between warps (default where compiled; Triton's interpreter runs that
-    element by element, several times slower, so it reduces them one by one)."""
+    element by element, several times slower, so it reduces them one by one); lagged
+    (plain sampling): each span's exp2s against the max before it (_first_pass's LAGGED:
+    rows where that is unsafe, e.g. at low temperatures, are read twice)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -541,6 +576,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages, WORDS=_as_words(logits), FUSED=not interpreted if fused is None else fused,
+        LAGGED=lagged and not filtered,
         num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean

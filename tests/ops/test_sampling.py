@@ -353,6 +353,42 @@ def test_triton_bf16_pairs_and_fused_reductions_change_no_token(options, device,
         torch.testing.assert_close(logprob[b].double(), kept[tokens[b]].log(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_triton_lagged_exp2s_change_no_token(dtype, chunks, device, rng):
+    """sample(lagged=True) takes each span's exp2s against the max of its group's earlier
+    spans: the same tokens and log-probabilities as the exact form, rows split over
+    programs or not. The rows make the lagged sums unsafe, so the kernel must notice and
+    read them again (each gives NaN or inf without that): a token 400 above the rest late
+    in the row (overflow at temperature 1), logits of -1e4 and of -75 - 8|N(0, 1)| whose
+    groups start in a span of the loop (against a reference of 0, terms of 2^-14427 vanish;
+    of 2^-108 and below keep their largest, but those under 2^-126 are flushed where
+    subnormals are, on a GPU), a first span of -inf; a temperature of 0.05 (every row unsafe)
+    beside 1 (the plain rows safe)."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    span = sampling.span(dtype)
+    v = 3 * span + 200
+    logits = torch.randn(6, v, generator=rng) * 3
+    logits[1] = -1e4 + torch.randn(v, generator=rng)
+    logits[5] = -75 - 8 * torch.randn(v, generator=rng).abs()
+    logits[2, 2 * span + 11] = 400.0
+    logits[3, :span] = float("-inf")
+    logits = logits.to(dtype).to(device)
+    seeds = torch.arange(6, device=device) * 13 + 2
+    for temperature in (0.05, 1.0):
+        exact, lagged = (sampling.sample(logits, temperature, 0, 1.0, seeds, 6, chunks=chunks, lagged=lagged)
+                         for lagged in (False, True))
+        assert torch.equal(lagged[0], exact[0])
+        for got, want in zip(lagged[1:], exact[1:]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    policy = torch.log_softmax(logits.cpu().double(), -1).gather(-1, lagged[0].cpu()[:, None])
+    rows = [0, 2, 3, 4]  # (float32's z of rows 1 and 5, -14427 and -108, and at temperature 0.05 are off by 1e-5 or more)
+    torch.testing.assert_close(lagged[2].cpu().double()[rows], policy[rows, 0], rtol=1e-5, atol=1e-5)
+
+
 def test_triton_frequencies_across_runs_groups_and_spans(device):
     """The two-level draw over a row of three spans (the last one ragged) whose only finite
     logits sit at the edges of 16-byte runs, of a group's four runs and of spans: most alone
