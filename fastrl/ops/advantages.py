@@ -167,10 +167,18 @@ def group_ids_from_uids(uids) -> torch.Tensor:
         uids = uids.tolist()
     if not isinstance(uids, Sequence) or isinstance(uids, (str, bytes)):
         raise TypeError(f"uids must be a sequence of hashable ids, got {type(uids).__name__}")
-    if _extension.module is not None and len(uids):
-        return torch.frombuffer(bytearray(_extension.module.group_ids_from_uids(uids)), dtype=torch.int64)
-    first_seen: dict = {}
-    return torch.tensor([first_seen.setdefault(u, len(first_seen)) for u in uids], dtype=torch.int64)
+    try:
+        if _extension.module is not None and len(uids):
+            return torch.frombuffer(bytearray(_extension.module.group_ids_from_uids(uids)), dtype=torch.int64)
+        first_seen: dict = {}
+        return torch.tensor([first_seen.setdefault(u, len(first_seen)) for u in uids], dtype=torch.int64)
+    except TypeError:
+        for i, u in enumerate(uids):
+            try:
+                hash(u)
+            except TypeError:
+                raise TypeError(f"uids[{i}] must be hashable, got {type(u).__name__}") from None
+        raise
 
 
 def _first_seen_ranks(ids: torch.Tensor) -> torch.Tensor:

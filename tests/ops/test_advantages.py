@@ -2,12 +2,14 @@
 import functools
 import sys
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 import fastrl.ops as ops
+from fastrl import _extension
 from fastrl.ops import reference
 from fastrl.ops.advantages import GROUP_METHODS, RISK_CREDITS
 
@@ -235,8 +237,12 @@ def test_group_ids_from_uids_equals_a_dict(rng):
 
 
 def test_group_ids_from_uids_errors():
-    with pytest.raises(TypeError, match="unhashable"):
-        ops.group_ids_from_uids([["a"], ["b"]])
+    for uids in ([["a"], ["b"]], ["a", "a", {"b": 1}], np.array(["a", ["b"]], dtype=object)):
+        with pytest.raises(TypeError, match=r"uids\[\d\] must be hashable, got (list|dict)"):
+            ops.group_ids_from_uids(uids)
+        with mock.patch.object(_extension, "module", None):  # the Python path
+            with pytest.raises(TypeError, match=r"uids\[\d\] must be hashable"):
+                ops.group_ids_from_uids(uids)
     with pytest.raises(TypeError, match="uids must be a sequence"):
         ops.group_ids_from_uids("abc")
     with pytest.raises(TypeError, match="1-D integer tensor"):

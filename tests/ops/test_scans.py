@@ -327,6 +327,21 @@ def test_strict_returns_never_decrease_up_to_the_last_step(case):
         assert (ret[0, pos[-1] + 1 :] == 0).all()
 
 
+@pytest.mark.parametrize("scores", [[0.9, 0.2, 0.7, 0.5], [0.2, 0.7, 0.5, 0.9]])
+def test_soft_weights_with_logits_past_float32(scores):
+    """At a temperature of 1e-39 (float32 scores) -s/T overflows to -inf; a step whose logit
+    is -inf weighs nothing wherever it comes in the row (first, the C++ scan's online
+    softmax summed exp(-inf - -inf) = NaN)."""
+    s = torch.tensor([scores])
+    ones = torch.ones(1, 4, dtype=torch.bool)
+    lowest = torch.tensor(scores).argmin().item()
+    want = torch.where(torch.arange(4) <= lowest, 0.2, 0.0)[None]
+    for backend in ops.available_backends("min_form_returns", "cpu"):
+        with ops.use_backend(backend):
+            _, ret = ops.min_form_returns(s, ones, ones, 1e-39, "soft")
+        torch.testing.assert_close(ret, want, msg=backend)
+
+
 @settings(max_examples=60, deadline=None)
 @given(row)
 def test_soft_tends_to_the_minimum_as_temperature_goes_to_zero(case):

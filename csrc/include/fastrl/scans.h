@@ -51,7 +51,7 @@ struct OnlineSoftmax {
     if (x > max) {
       sum = sum * exp_(max - x) + acc_t(1);
       max = x;
-    } else {
+    } else if (x != -infinity<acc_t>()) {  // weighs nothing, and before any finite x exp(-inf - -inf) is NaN
       sum += exp_(x - max);
     }
   }
