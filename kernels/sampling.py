@@ -381,11 +381,14 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED:
 
 
 @triton.jit
-def _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
+def _finish(b, m, log_s, log_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
+    """The outputs from the row's max, the log2 of its sum of exp2 (over 2^m) and of the kept
+    tokens' sum, taken as (z - m) - log_s: the log-sum-exp m + log_s would round log_s away
+    where |m| is large (a low temperature)."""
     tl.store(tokens_ptr + b, token.to(tl.int64))
-    tl.store(logprob_ptr + b, (z_tok - lse_kept) * LN2)
-    tl.store(policy_ptr + b, (z_tok - lse) * LN2)
-    tl.store(mean_ptr + b, (zsum / V - lse) * LN2)
+    tl.store(logprob_ptr + b, ((z_tok - m) - log_kept) * LN2)
+    tl.store(policy_ptr + b, ((z_tok - m) - log_s) * LN2)
+    tl.store(mean_ptr + b, ((zsum / V - m) - log_s) * LN2)
 
 
 @triton.jit
@@ -460,11 +463,11 @@ def _sample_kernel(
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
             m, s, zsum, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
-            lse = m + tl.log2(s)
-            _finish(b, lse, lse, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+            log_s = tl.log2(s)
+            _finish(b, m, log_s, log_s, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
-        lse = m + tl.log2(s)
-        lse_kept = lse
+        log_s = tl.log2(s)
+        log_kept = log_s
         cutoff = float("-inf")
         if FILTER:
             lo = _to_key(zmin)
@@ -493,9 +496,9 @@ def _sample_kernel(
                                                       _span_bits(v0, n0, n1, n2, n3, RUN), m, cutoff, s_kept, best,
                                                       best_group, RUN, FAST)
             _, group, _ = _best_token(best, best_group, best, FUSED)
-            lse_kept = m + tl.log2(tl.sum(s_kept, None))
+            log_kept = tl.log2(tl.sum(s_kept, None))
         token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST, FUSED)
-        _finish(b, lse, lse_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+        _finish(b, m, log_s, log_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
 MAX_CHUNKS = 64

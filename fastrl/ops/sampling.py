@@ -33,6 +33,24 @@ class Sampled(NamedTuple):
     mean_logp: torch.Tensor
 
 
+LOG2E = 1.4426950408889634
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _checked_op(implementation):
+    """An implementation of the op that checks what it indexes by (it can be called as
+    torch.ops.fastrl.sample, past sample()'s checks: the Triton kernel reads seed b for row
+    b) and keeps every token for top_k >= V, as sample() does."""
+
+    def run(logits, temperature, top_k, top_p, seeds, offset):
+        if seeds.dim() != 1 or seeds.shape[0] != logits.shape[0] or seeds.dtype != torch.int64:
+            raise ValueError(f"seeds must be int64 of shape [{logits.shape[0]}] (a seed per row of logits), "
+                             f"got {seeds.dtype} of shape {list(seeds.shape)}")
+        return implementation(logits, temperature, 0 if top_k >= logits.shape[1] else top_k, top_p, seeds, offset)
+
+    return run
+
+
 def _triton_sample(logits, *args):
     if logits.dtype == torch.float64:
         return _sample_torch(logits, *args)
@@ -55,9 +73,13 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     z = logits.to(reference.output_dtype(logits))
     if temperature != 1.0:
         z = z / temperature
+    if z.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=z.device), z[:, 0], z[:, 0], z[:, 0]
     v = z.shape[1]
     m = z.amax(-1, keepdim=True)
-    lse = torch.logsumexp(z, -1, keepdim=True)
+    # log-probabilities as (z - m) - log(sum): m + log(sum) first would round log(sum) away where |z| is large
+    log_sum = torch.exp(z - m).sum(-1, keepdim=True).log()
+    lse = m + log_sum
     values, index, cutoff = z, None, torch.full_like(m, float("-inf"))
     if top_k > 0:
         values, index = z.topk(top_k, -1)  # descending
@@ -87,12 +109,12 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     u = reference.counter_uniform(seeds, offset, 1)
     position = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=values.shape[1] - 1)
     tokens = position if index is None else index.gather(-1, position)
-    z_token = z.gather(-1, tokens)[:, 0]
+    shifted = (z.gather(-1, tokens) - m)[:, 0]
     return (
         tokens[:, 0],
-        z_token - (m + cdf[:, -1:].log().to(z.dtype))[:, 0],
-        z_token - lse[:, 0],
-        z.mean(-1) - lse[:, 0],
+        shifted - cdf[:, -1].log().to(z.dtype),
+        shifted - log_sum[:, 0],
+        (z.mean(-1) - m[:, 0]) - log_sum[:, 0],
     )
 
 
@@ -105,10 +127,10 @@ def _fake(logits, temperature, top_k, top_p, seeds, offset):
 define(
     "sample(Tensor logits, float temperature, int top_k, float top_p, Tensor seeds, int offset)"
     " -> (Tensor, Tensor, Tensor, Tensor)",
-    reference.sample,
+    _checked_op(reference.sample),
     _fake,
-    triton=_triton_sample,
-    torch_impl=_sample_torch,
+    triton=_checked_op(_triton_sample),
+    torch_impl=_checked_op(_sample_torch),
     differentiable=False,
 )
 
@@ -126,12 +148,18 @@ def sample(
     top_k: None or an int >= 1 (k >= V keeps everything); top_p: None or a float in
     (0, 1]; seeds: LongTensor[B] (None: drawn from torch's default generator);
     offset: an int >= 0, the decoding step. Returns Sampled, float32 (float64 for
-    float64 logits). No gradient.
+    float64 logits). No gradient. The kernels scale by log2(e) / temperature in float32: a
+    temperature that takes that out of float32's normal range is an error, and (where values
+    are checked: CPU, or FASTRL_CHECK=1) so is a row whose largest logit leaves float32's
+    range once scaled (mask tokens with -inf, not the dtype's lowest value).
     """
     _checks.floating("logits", logits, ndim=2)
     if logits.shape[1] == 0:
         raise ValueError("logits must have at least one column (V > 0)")
     temperature = _checks.positive("temperature", temperature)
+    if not 2.0**-126 <= LOG2E / temperature < FLOAT32_MAX:  # the kernels' float32 scale, log2(e) / temperature
+        raise ValueError(f"temperature must be in [{LOG2E / FLOAT32_MAX:.4g}, {LOG2E * 2.0**126:.4g}] "
+                         f"(log2(e) / temperature a normal float32), got {temperature}")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
@@ -152,6 +180,11 @@ def sample(
             raise ValueError(f"seeds must have one seed per row ({logits.shape[0]}), got {seeds.shape[0]}")
         _checks.same_device("seeds", seeds, "logits", logits)
     _checks.finite_or_neg_inf("logits", logits)
+    if _checks.values_checked(logits) and logits.numel():
+        largest = logits.amax(-1).abs().max().item()
+        if largest * LOG2E / temperature >= FLOAT32_MAX:
+            raise ValueError(f"logits / temperature leave float32's range: a row's largest logit is {largest:.4g} "
+                             f"at temperature {temperature} (mask tokens with -inf, not the dtype's lowest value)")
     if seeds is None:  # after every check: a call that fails leaves the global generator as it was
         seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
     k = 0 if top_k is None or top_k >= logits.shape[1] else top_k

@@ -125,6 +125,54 @@ def test_very_low_temperature_is_argmax(device, rng):
             assert torch.equal(out.tokens.cpu(), logits.argmax(-1)), backend
 
 
+@pytest.mark.parametrize("temperature", [1e-3, 1e-5, 1e-6])
+def test_log_probabilities_at_low_temperatures(temperature, device):
+    """Three bf16 tokens tied at the top: each has log-probability -log 3 under the policy
+    and the filtered distribution at any temperature. Taken as z - (m + log sum) it lost
+    log 3 to float32's rounding at |z| = 25 / temperature (-2 and 0 at 1e-6; the kernels
+    now take (z - m) - log sum)."""
+    logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(0)).clamp(max=20)
+    logits[:, [7, 200, 401]] = 25.0
+    logits = logits.to(torch.bfloat16).to(device)
+    for backend in backends(device):
+        for options in [dict(), dict(top_p=0.5)]:
+            with ops.use_backend(backend):
+                out = ops.sample(logits, temperature=temperature, seeds=torch.arange(3, device=device), **options)
+            assert set(out.tokens.tolist()) <= {7, 200, 401}, backend
+            third = torch.full((3,), -torch.tensor(3.0).log().item())
+            torch.testing.assert_close(out.logprob.cpu(), third, rtol=0, atol=1e-5, msg=backend)
+            torch.testing.assert_close(out.policy_logprob.cpu(), third, rtol=0, atol=1e-5, msg=backend)
+            mean = torch.log_softmax(logits.cpu().double() / temperature, -1).mean(-1).float()
+            torch.testing.assert_close(out.mean_logp.cpu(), mean, rtol=1e-5, atol=0, msg=backend)
+
+
+def test_the_op_checks_what_it_indexes_by(device):
+    """Called as torch.ops.fastrl.sample (past sample()'s checks), a seed tensor shorter than
+    the batch was read past its end by the Triton kernel (and broadcast by the others);
+    top_k >= V keeps every token on every backend, as sample() does (torch.topk raised)."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)).to(device)
+    seeds = torch.arange(4, device=device) + 3
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            with pytest.raises(ValueError, match=r"seeds must be int64 of shape \[4\]"):
+                torch.ops.fastrl.sample(logits, 1.0, 0, 1.0, seeds[:1], 0)
+            with pytest.raises(ValueError, match=r"seeds must be int64 of shape \[4\]"):
+                torch.ops.fastrl.sample(logits, 1.0, 0, 1.0, seeds.int(), 0)
+            every = torch.ops.fastrl.sample(logits, 1.0, 0, 0.9, seeds, 2)
+            for k in (50, 51, 10**6):
+                for got, want in zip(torch.ops.fastrl.sample(logits, 1.0, k, 0.9, seeds, 2), every):
+                    torch.testing.assert_close(got, want, msg=backend)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(top_k=3), dict(top_p=0.5)])
+def test_an_empty_batch(options, device):
+    for backend in backends(device):
+        for dtype in (torch.float32, torch.float64):
+            with ops.use_backend(backend):
+                out = ops.sample(torch.zeros(0, 10, dtype=dtype, device=device), **options)
+            assert out.tokens.shape == out.logprob.shape == out.mean_logp.shape == (0,), backend
+
+
 def test_same_seed_and_offset_same_token_other_offsets_independent(device):
     uniform = torch.zeros(16)
     for backend in backends(device):
@@ -253,6 +301,24 @@ def test_a_failing_call_leaves_the_global_generator_alone():
 def test_bad_arguments(kw, error, match):
     with pytest.raises(error, match=match):
         ops.sample(torch.zeros(4, 10), **kw)
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e39])
+def test_temperature_outside_float32s_scale(temperature):
+    with pytest.raises(ValueError, match=r"temperature must be in \[.*\] \(log2\(e\) / temperature a normal float32"):
+        ops.sample(torch.zeros(4, 10), temperature=temperature)
+
+
+@pytest.mark.parametrize("logits, temperature", [(torch.full((2, 6), torch.finfo(torch.float32).min), 1.0),
+                                                 (torch.tensor([[2.5e38, 0.0, 1.0]]), 1.0),
+                                                 (torch.tensor([[3.0, 0.0, 1.0]]), 1e-38)])
+def test_logits_whose_scaled_values_overflow_on_cpu(logits, temperature):
+    """The kernels scale by log2(e) / temperature in float32: a row whose largest logit
+    leaves its range then (a row masked with the dtype's lowest value rather than -inf, or
+    a huge logit, or a tiny temperature) gave NaN and wrong tokens on Triton."""
+    with pytest.raises(ValueError, match="logits / temperature leave float32's range"):
+        ops.sample(logits, temperature=temperature)
+    ops.sample(torch.where(torch.arange(logits.shape[1]) == 0, 1.0, torch.finfo(torch.float32).min)[None])
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
