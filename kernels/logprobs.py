@@ -53,14 +53,15 @@ def _online_update(z, cols, col_ok, labels, m, s, t, zsum, zlabel):
 @triton.jit
 def _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zsum, zlabel,
                  logprob_ptr, entropy_ptr, mean_ptr, lse_ptr, WANT_ENTROPY: tl.constexpr, WANT_MEAN: tl.constexpr):
-    lse = m + tl.log(s)
+    log_s = tl.log(s)
     valid = labels != ignore_index
-    tl.store(lse_ptr + rows, lse, mask=row_ok)
-    tl.store(logprob_ptr + rows, tl.where(valid, zlabel - lse, 0.0), mask=row_ok)
+    tl.store(lse_ptr + rows, m + log_s, mask=row_ok)
+    # (z - m) - log_s, as torch.log_softmax: z - (m + log_s) rounds log_s to the float spacing at |m|
+    tl.store(logprob_ptr + rows, tl.where(valid, (zlabel - m) - log_s, 0.0), mask=row_ok)
     if WANT_ENTROPY:
-        tl.store(entropy_ptr + rows, tl.where(valid, tl.log(s) - t / s, 0.0), mask=row_ok)
+        tl.store(entropy_ptr + rows, tl.where(valid, log_s - t / s, 0.0), mask=row_ok)
     if WANT_MEAN:
-        tl.store(mean_ptr + rows, tl.where(valid, zsum / V - lse, 0.0), mask=row_ok)
+        tl.store(mean_ptr + rows, tl.where(valid, (zsum / V - m) - log_s, 0.0), mask=row_ok)
 
 
 @triton.jit

@@ -165,7 +165,7 @@ def token_stats(logits, labels, temperature, ignore_index, entropy, mean_logp):
     ignored rows read 0 (lse is kept for every row). mean_logp has no gradient."""
     z = logits.to(output_dtype(logits)) / temperature
     lse = torch.logsumexp(z, -1)
-    logp = z - lse[:, None]
+    logp = torch.log_softmax(z, -1)  # (z - max) - log(sum): z - lse rounds log(sum) to the float spacing at |lse|
     valid = labels != ignore_index
     picked = logp.gather(-1, torch.where(valid, labels, 0)[:, None]).squeeze(-1)
     logprob = torch.where(valid, picked, 0.0)

@@ -1,6 +1,7 @@
 """Token log-probabilities against the materialised float64 reference (DESIGN 3.3, 4)
 on every backend present: torch (chunked), Triton under TRITON_INTERPRET=1 on CPU
 in fp32/fp64, Triton and bf16/fp16 on a GPU."""
+import math
 import warnings
 
 import pytest
@@ -246,6 +247,25 @@ def test_logits_no_less_accurate_than_pytorch(dtype, device, rng):
             err = (g.detach().cpu().double() - e).abs().max().item()
             eager_err = (p.detach().cpu().double() - e).abs().max().item()
             assert err <= 2 * eager_err + 1e-6 * max(1.0, e.abs().max().item()), (backend, err, eager_err)
+
+
+@pytest.mark.parametrize("temperature", [1e-2, 1e-4])
+def test_logits_log_probabilities_at_low_temperatures(temperature, device, rng):
+    """Three labels tied at the top: log-probability -log 3 and mean_logp as float64 gives
+    them, at any temperature (the Triton kernels and the reference took z - (m + log s),
+    which rounds log s to the float spacing at |m| = 25 / temperature: off by 5e-3 at 1e-4)."""
+    logits = (torch.randn(4, 700, generator=rng) * 3).clamp(max=20)
+    logits[:, [3, 300, 650]] = 25.0
+    labels = torch.tensor([3, 300, 650, 3])
+    mean = torch.log_softmax(logits.double() / temperature, -1).mean(-1)
+    for backend in ["reference", *backends("logprobs_from_logits", device)]:
+        with ops.use_backend(backend):
+            out = ops.logprobs_from_logits(logits.to(device), labels.to(device), temperature=temperature,
+                                           mean_logp=True)
+        third = torch.full((4,), -math.log(3), dtype=torch.float64)
+        torch.testing.assert_close(out.logprob.cpu().double(), third, rtol=0, atol=1e-6, msg=lambda m: f"{backend}: {m}")
+        torch.testing.assert_close(out.mean_logp.cpu().double(), mean, rtol=1e-6, atol=0,
+                                   msg=lambda m: f"{backend}: {m}")
 
 
 def test_inplace_backward_overwrites_the_logits_with_their_gradient(device, rng):
