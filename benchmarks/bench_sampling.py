@@ -23,10 +23,11 @@ Providers:
   of softmax_multinomial); compile time is reported in the note and counted
   against --compile-budget, after which the remaining compiled rows are
   skipped (their rows say so);
-- read_once_amax, read_once_triton (plain, CUDA): a row max, no sampling, by torch.amax
-  and by a Triton loop on the sampler's grid (its programs per row, tile, warps and
-  pipelining): what one read of the logits costs under this timing, beside the
-  copy-rate floor, and how much of the sampler's time its arithmetic adds;
+- read_once_amax, read_once_triton, read_once_tma (plain, CUDA): a row max, no sampling, by
+  torch.amax, by a Triton loop on the sampler's grid (its programs per row, tile, warps and
+  pipelining) and by that loop with TMA bulk copies for its tiles: what one read of the
+  logits costs under this timing, beside the copy-rate floor, and how much of the
+  sampler's time its arithmetic adds;
 - topk_multinomial (top_k+top_p): torch.topk(k), top-p on the k sorted values,
   softmax + multinomial over k, gather the index: the usual fast path when a
   small top-k is set (ties at the k-th value are not kept);
@@ -165,6 +166,53 @@ def read_once_triton(logits, chunks=None, stages=3, num_warps=8):
     return out
 
 
+TMA_BOX = (64, 128)  # rows of 128 tokens: a span of bf16 (8192 tokens) per load
+
+
+def read_once_tma(logits, chunks=None, stages=3, num_warps=8):
+    """read_once_triton's loop with each tile loaded by the Hopper tensor-memory accelerator
+    (a host-side TensorDescriptor over logits viewed as [B, V / 128, 128], boxes of 64 x 128,
+    Triton's pipelining of descriptor loads): whether bulk copies read faster than the
+    sampler's 16-byte cp.async tiles. V must be a multiple of 128, rows contiguous; the
+    box past a row's end reads zeros, not the next row. Timing only."""
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from fastrl.kernels import sampling
+
+    B, V = logits.shape
+    rows, cols = TMA_BOX
+    if V % cols or not logits.is_contiguous():
+        raise Skipped(f"read_once_tma needs contiguous rows of a multiple of {cols} tokens")
+    R = V // cols
+    chunks = sampling.programs_per_row(logits.device, B, triton.cdiv(R, rows), chunks)
+    chunk_rows = triton.cdiv(triton.cdiv(R, rows), chunks) * rows
+    chunks = triton.cdiv(R, chunk_rows)
+    desc = TensorDescriptor.from_tensor(logits.view(B, R, cols), [1, rows, cols])
+    out = torch.empty(B, chunks, dtype=torch.float32, device=logits.device)
+    _row_max_tma_kernel()[(B, chunks)](desc, out, R, chunk_rows, ROWS=rows, COLS=cols, STAGES=stages,
+                                       num_warps=num_warps)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _row_max_tma_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(desc, out_ptr, R, chunk_rows, ROWS: tl.constexpr, COLS: tl.constexpr, STAGES: tl.constexpr):
+        b = tl.program_id(0)
+        start = tl.program_id(1) * chunk_rows
+        stop = tl.minimum(start + chunk_rows, R)
+        best = tl.full([ROWS, COLS], float("-inf"), tl.float32)
+        for r0 in tl.range(start, stop, ROWS, num_stages=STAGES):
+            best = tl.maximum(best, desc.load([b, r0, 0]).reshape([ROWS, COLS]).to(tl.float32))
+        tl.store(out_ptr + b * tl.num_programs(1) + tl.program_id(1), tl.max(tl.max(best, 1), 0))
+
+    return kernel
+
+
 @functools.lru_cache(maxsize=None)
 def _row_max_kernel():  # built on first use: a CPU run never imports triton
     import triton
@@ -232,6 +280,8 @@ def providers(device, backend):
          "torch.amax(logits, -1): one read of the logits, no sampling"),
         ("read_once_triton", read_once, lambda x, k, p, seeds: read_once_triton(x),
          "a row max in Triton on the sampler's grid: one read, no sampling"),
+        ("read_once_tma", read_once, lambda x, k, p, seeds: read_once_tma(x),
+         "read_once_triton with each tile a TMA bulk copy (64 x 128 tokens): one read, no sampling"),
         ("hf_sort_eager", ("top_p", "top_k+top_p"), lambda x, k, p, seeds: hf_sample(x, k, p),
          "float(), HF TopK/TopP warpers (full sort), softmax + multinomial"),
         ("hf_sort_compiled", tuple(FILTERS), None,

@@ -99,7 +99,8 @@ def main():
     print(f"{harness.device_name(device)}, B={B} V={V} bf16, {args.chunks} program(s) per row, "
           f"floor {floor_ms * 1e3:.1f} us; median of {args.repeat}")
     with tempfile.TemporaryDirectory() as folder:
-        calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks))]
+        calls = [("read_once_triton", lambda: bench_sampling.read_once_triton(x, chunks=args.chunks)),
+                 ("read_once_tma", lambda: bench_sampling.read_once_tma(x, chunks=args.chunks))]
         variants = VARIANTS if args.variants is None else [tuple(part for part in v.split("+") if part)
                                                            for v in args.variants.split(",")]
         kernels = args.kernels.split(",")
@@ -109,7 +110,11 @@ def main():
             calls.append(("sampler " + (" + ".join(f"without {p}" if p in REMOVALS else p for p in removed) or "as is")
                           + source, lambda m=module: m.sample(x, 1.0, 0, 1.0, seeds, 0, chunks=args.chunks)))
         for name, call in calls:
-            ms = statistics.median(harness.time_ms(call, device, 3, args.repeat))
+            try:
+                ms = statistics.median(harness.time_ms(call, device, 3, args.repeat))
+            except Exception as error:  # (e.g. no TMA on this GPU or Triton): the other rows still run
+                print(f"  {name:<70} failed: {type(error).__name__}: {str(error)[:200]}")
+                continue
             rows.append({"variant": name, "median_ms": ms, "B": B, "V": V, "chunks": args.chunks,
                          "floor_ms": floor_ms, "device": harness.device_name(device)})
             print(f"  {name:<70} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")

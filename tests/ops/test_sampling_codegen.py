@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +61,20 @@ def test_ablation_variants_apply_to_the_kernel(tmp_path):
         variant = sampling_ablation.load_variant(removed, tmp_path)
         assert callable(variant.sample)
         assert ("= _resolve(" in Path(variant.__file__).read_text()) == ("resolve" not in removed)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the read-only loops on the interpreter")
+def test_read_only_loops_read_every_token():
+    """bench_sampling's read-only companions of the sampler (the 16-byte-tile loop and the
+    TMA one) read each row whole: their partial maxima give the row max, split or not."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_sampling
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    logits = torch.randn(3, 128 * 150, generator=torch.Generator().manual_seed(0)) - 10  # (TMA pads with 0)
+    logits[0, -1] = logits[1, 4000] = logits[2, 0] = 5.0
+    for read in (bench_sampling.read_once_triton, bench_sampling.read_once_tma):
+        for chunks in (1, 2):
+            partial = read(logits, chunks=chunks)
+            assert torch.equal(partial.amax(-1), torch.full((3,), 5.0)), (read.__name__, chunks)
