@@ -77,7 +77,7 @@ def pure_advantages(scores: torch.Tensor, step_mask: torch.Tensor, mask: torch.T
                     whiten: Callable = masked_whiten) -> Credit:
     """PURE's advantages (module docstring). scores [B, T]: step scores at the step_mask
     positions (others ignored); mask [B, T]: the response; group_ids [B]; solved [B]: the
-    verifiable reward in [0, 1] (None: PRM only); whiten(x, mask): batch whitening (a
+    verifiable reward in [0, 1], float or bool/integer verdicts (None: PRM only); whiten(x, mask): batch whitening (a
     distributed run passes one that reduces over all processes). Returns (advantages,
     returns), float32 (float64 for float64 scores)."""
     _checks.floating("scores", scores, ndim=2)
@@ -88,6 +88,9 @@ def pure_advantages(scores: torch.Tensor, step_mask: torch.Tensor, mask: torch.T
     check_group_ids(group_ids, scores)
     check_group_id_values(group_ids)
     if solved is not None:
+        _checks.tensor("solved", solved, ndim=1)
+        if not (solved.dtype.is_floating_point or solved.dtype.is_complex):
+            solved = solved.to(torch.float32)  # bool or integer verdicts: 1 solved, 0 not
         _checks.floating("solved", solved, ndim=1)
         if solved.shape[0] != scores.shape[0]:
             raise ValueError(f"solved must have one value per row of scores ({scores.shape[0]}), got {solved.shape[0]}")

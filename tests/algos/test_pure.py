@@ -102,6 +102,16 @@ def test_pure_keeps_reward_tokens_when_asked(rng):
     assert adv[steps & mask].abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.uint8])
+def test_solved_as_verdicts(rng, dtype):
+    """solved as 0/1 verdicts (bool or integer) is the float 0/1 reward (a TypeError before)."""
+    scores, steps, mask, groups, solved = inputs(rng)
+    want = pure_advantages(scores, steps, mask, groups, solved)
+    got = pure_advantages(scores, steps, mask, groups, solved.to(dtype))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 def test_loo_mean():
     v = torch.tensor([1.0, 2.0, 4.0, 5.0])
     torch.testing.assert_close(loo_mean(v, torch.tensor([0, 0, 0, 1])), torch.tensor([3.0, 2.5, 1.5, 0.0]))
@@ -133,7 +143,7 @@ def test_bad_inputs():
         pure_advantages(x, x, x, torch.zeros(2, dtype=torch.long), baseline="mean")
     ids = torch.zeros(2, dtype=torch.long)
     for solved, error in ((torch.ones(1), ValueError), (torch.ones(3), ValueError), (torch.ones(2, 1), ValueError),
-                          (torch.tensor([1.0, float("nan")]), ValueError), (torch.ones(2, dtype=torch.long), TypeError)):
+                          (torch.tensor([1.0, float("nan")]), ValueError), (torch.ones(2, dtype=torch.complex64), TypeError)):
         with pytest.raises(error, match="solved"):
             pure_advantages(x, x, x, ids, solved)
     for group_ids, error in ((torch.zeros(2), TypeError), (torch.tensor([0, 7]), ValueError),
