@@ -34,7 +34,6 @@ class Sampled(NamedTuple):
 
 
 LOG2E = 1.4426950408889634
-FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _checked_op(implementation):
@@ -148,18 +147,22 @@ def sample(
     top_k: None or an int >= 1 (k >= V keeps everything); top_p: None or a float in
     (0, 1]; seeds: LongTensor[B] (None: drawn from torch's default generator);
     offset: an int >= 0, the decoding step. Returns Sampled, float32 (float64 for
-    float64 logits). No gradient. The kernels scale by log2(e) / temperature in float32: a
-    temperature that takes that out of float32's normal range is an error, and (where values
-    are checked: CPU, or FASTRL_CHECK=1) so is a row whose largest logit leaves float32's
-    range once scaled (mask tokens with -inf, not the dtype's lowest value).
+    float64 logits). No gradient. The kernels scale by log2(e) / temperature in float32
+    (float64 for float64 logits): a temperature that takes that scale out of the normal
+    range is an error, and (where values are checked: CPU, or FASTRL_CHECK=1) so is a row
+    whose largest logit leaves the range once scaled (mask tokens with -inf, not the
+    dtype's lowest value).
     """
     _checks.floating("logits", logits, ndim=2)
     if logits.shape[1] == 0:
         raise ValueError("logits must have at least one column (V > 0)")
     temperature = _checks.positive("temperature", temperature)
-    if not 2.0**-126 <= LOG2E / temperature < FLOAT32_MAX:  # the kernels' float32 scale, log2(e) / temperature
-        raise ValueError(f"temperature must be in [{LOG2E / FLOAT32_MAX:.4g}, {LOG2E * 2.0**126:.4g}] "
-                         f"(log2(e) / temperature a normal float32), got {temperature}")
+    # the kernels work on logits * log2(e) / temperature in float32 (float64 logits: in float64)
+    accumulation = torch.finfo(reference.output_dtype(logits))
+    if not accumulation.tiny <= LOG2E / temperature < accumulation.max:
+        raise ValueError(f"temperature must be in [{LOG2E / accumulation.max:.4g}, {LOG2E / accumulation.tiny:.4g}] "
+                         f"for {logits.dtype} logits (log2(e) / temperature a normal {accumulation.dtype}), "
+                         f"got {temperature}")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
@@ -182,9 +185,10 @@ def sample(
     _checks.finite_or_neg_inf("logits", logits)
     if _checks.values_checked(logits) and logits.numel():
         largest = logits.amax(-1).abs().max().item()
-        if largest * LOG2E / temperature >= FLOAT32_MAX:
-            raise ValueError(f"logits / temperature leave float32's range: a row's largest logit is {largest:.4g} "
-                             f"at temperature {temperature} (mask tokens with -inf, not the dtype's lowest value)")
+        if largest * LOG2E / temperature >= accumulation.max:
+            raise ValueError(f"logits / temperature leave {accumulation.dtype}'s range: a row's largest logit is "
+                             f"{largest:.4g} at temperature {temperature} (mask tokens with -inf, not the dtype's "
+                             f"lowest value)")
     if seeds is None:  # after every check: a call that fails leaves the global generator as it was
         seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
     k = 0 if top_k is None or top_k >= logits.shape[1] else top_k

@@ -1,6 +1,8 @@
 """Q-softmax sampling (DESIGN 3.3) on every backend present: the reference (the CPU
 path), Triton under TRITON_INTERPRET=1 on CPU tensors (few rows: the interpreter runs
 a filtered row in ~0.1 s) and natively on a GPU (many rows)."""
+import math
+
 import pytest
 import torch
 
@@ -305,8 +307,11 @@ def test_bad_arguments(kw, error, match):
 
 @pytest.mark.parametrize("temperature", [1e-39, 1e39])
 def test_temperature_outside_float32s_scale(temperature):
-    with pytest.raises(ValueError, match=r"temperature must be in \[.*\] \(log2\(e\) / temperature a normal float32"):
+    with pytest.raises(ValueError, match=r"temperature must be in \[.*\] for torch.float32 logits \(log2\(e\) / "
+                                         r"temperature a normal float32"):
         ops.sample(torch.zeros(4, 10), temperature=temperature)
+    out = ops.sample(torch.zeros(4, 10, dtype=torch.float64), temperature=temperature)  # float64's range
+    torch.testing.assert_close(out.policy_logprob, torch.full((4,), -math.log(10), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("logits, temperature", [(torch.full((2, 6), torch.finfo(torch.float32).min), 1.0),
@@ -316,8 +321,9 @@ def test_logits_whose_scaled_values_overflow_on_cpu(logits, temperature):
     """The kernels scale by log2(e) / temperature in float32: a row whose largest logit
     leaves its range then (a row masked with the dtype's lowest value rather than -inf, or
     a huge logit, or a tiny temperature) gave NaN and wrong tokens on Triton."""
-    with pytest.raises(ValueError, match="logits / temperature leave float32's range"):
+    with pytest.raises(ValueError, match="logits / temperature leave float32.s range"):
         ops.sample(logits, temperature=temperature)
+    ops.sample(logits.double(), temperature=temperature)  # within float64's
     ops.sample(torch.where(torch.arange(logits.shape[1]) == 0, 1.0, torch.finfo(torch.float32).min)[None])
 
 
