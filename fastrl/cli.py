@@ -204,7 +204,7 @@ def train(args) -> int:
                       ("seed", "run.seed")):
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"{key}={value}")
+            overrides.append((key, value))  # as typed: "--output-dir '001'" is a folder, not YAML's 1
     if args.plot:
         overrides.append("run.plot=true")
     try:

@@ -9,7 +9,8 @@ A YAML (or JSON) file holds the sections below as mappings, e.g.::
 A key that is not listed here, a value of the wrong type or out of range raises
 ``ConfigError`` naming the key (``algo.clip_high``). ``TrainConfig.from_dict`` builds a
 config from nested mappings; ``overrides`` (``key.sub=value`` strings, values parsed as
-YAML) apply on top, as ``fastrl train --set``.
+YAML, as ``fastrl train --set``; or ``(key, value)`` pairs taken as they are, as its
+``--output-dir`` and other flags) apply on top.
 """
 from __future__ import annotations
 
@@ -428,17 +429,21 @@ def _merge_overrides(values: dict, overrides) -> dict:
 
     values = copy.deepcopy(values)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"an override must read section.key=value, got {item!r}")
+        if isinstance(item, tuple):  # (key, value): the value as given (a CLI flag's folder name is not YAML)
+            key, value = item
+        else:
+            key, sep, raw = item.partition("=")
+            if not sep or "." not in key:
+                raise ConfigError(f"an override must read section.key=value, got {item!r}")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
         section, name = key.split(".", 1)
         target = values.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"{section} must be a mapping, got {type(target).__name__}")
-        try:
-            target[name] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+        target[name] = value
     return values
 
 

@@ -234,6 +234,23 @@ def test_help_config_documents_every_key(capsys):
     assert any("One of: constant, cosine." in k for k in keys if k.startswith("  schedule:"))
 
 
+@pytest.mark.parametrize("folder", ["exp #2", "001", "2024-01-01", "on", "~", "@runs"])
+def test_cli_flags_are_values_not_yaml(folder, monkeypatch):
+    """--output-dir is a folder name as typed: read as YAML, "exp #2" was "exp" (and
+    --overwrite then removed that other run's checkpoints), "001" the int 1, "on" True."""
+    import fastrl.trainer.train as train_module
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen["output_dir"], seen["algo"] = config.run.output_dir, config.algo.name
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", capture)
+    assert main(["train", "--output-dir", folder, "--algo", "rloo"]) == 130
+    assert seen == {"output_dir": folder, "algo": "rloo"}
+
+
 def test_cli_names_the_missing_train_extra(tmp_path, monkeypatch, capsys):
     import fastrl.trainer.train as train_module
 
