@@ -87,6 +87,7 @@ def _braced(s: str, i: int):
 
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*")
+_BOX_TOKEN = re.compile(r"[^\s$]*")  # the answer of a brace-less "\boxed 5"
 _INNER_BOX = re.compile(r"\s*\\(?:boxed|fbox)\s*\{")
 _SPACE = re.compile(r"\s*")
 
@@ -109,8 +110,9 @@ def _boxed_all(s: str) -> list[str]:
                 i, j = inner.end() - 1, close[inner.end() - 1]
             out.append(s[i + 1 : j])
         else:  # "\boxed 5"
-            tok = re.match(r"[^\s$]+", s[i:])
-            out.append(tok.group(0) if tok else "")
+            tok = _BOX_TOKEN.match(s, i)  # (not s[i:]: a copy per box is quadratic in "\boxed\boxed...")
+            end = tok.end()
+            out.append(tok.group(0))
     return out
 
 
@@ -182,7 +184,7 @@ _UNITS = (
     r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*\w+|cm|mm|km|kg|mg|"
     r"meters?|metres?|feet|foot|ft|inches|inch|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|"
     r"days?|weeks?|months?|years?|degrees?|deg|liters?|litres?|ml|pounds?|lbs?|ounces?|oz|people|students|"
-    r"ways|cookies|apples|marbles|points|times|percent|grams?|kilograms?|yuan|euros?|"
+    r"ways|cookies|apples|marbles|points|times|grams?|kilograms?|yuan|euros?|"
     r"(?:km|m|mi|cm|ft|miles?|meters?|metres?|feet)\s*/\s*(?:h|hr|hours?|s|sec|seconds?|min|minutes?)(?:\^\{?2\}?)?)"
 )
 
@@ -228,6 +230,7 @@ def _normalise(s: str) -> str:
     # \text{...}/\mathrm{...}: units vanish, words stay as plain text
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname|mbox|textit|mathit)\s*\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"(\d)\s*\^?\{?(?:st|nd|rd|th)\}?(?![a-zA-Z])", r"\1", s)  # ordinals: 3rd, 12^{th}
+    s = re.sub(r"(?<=\d)\s*per\s*cent\s*$", "%", s, flags=re.I)  # "5 percent" is 5%, not 5 in a unit
     # qualifiers after the answer: "f(x) = 1 for all x", "\approx 1.36"
     s = re.sub(r"(?<=\S)\s+(?:for\s+all|for\s+every|for\s+any|for\s+some|where|when)\b.*$", "", s, flags=re.S)
     s = re.sub(r"(?<=\S)\s*\\approx.*$", "", s, flags=re.S)
@@ -409,11 +412,11 @@ def _latex_to_py(s: str) -> str | None:
         return None  # an unknown command: not something we evaluate
     s = re.sub(r"_\{\s*(\w+)\s*\}", r"_\1", s)  # x_{1} is x_1
     s = s.replace("{", "(").replace("}", ")").replace("^", "**")
-    # 1.5e3, 1.5e-3, 1e-10: scientific; a one-digit signed exponent on an integer is Euler's e
-    # as LaTeX means it ("2e+1" = 2e + 1, as math-verify reads it)
-    s = re.sub(r"(?<![\d.])(\d+\.\d+|\d+)[eE](\d+|[+-]\d+)(?![\d.])",
-               lambda m: m.group(0) if "." not in m.group(1) and re.fullmatch(r"[+-]\d", m.group(2))
-               else f"{m.group(1)}*10**({m.group(2)})", s)
+    # 1.5e3, 1.5e-3, 1e-10, 1E-6: scientific; a one-digit signed exponent on an integer after a
+    # lowercase e is Euler's e as LaTeX means it ("2e+1" = 2e + 1, as math-verify reads it)
+    s = re.sub(r"(?<![\d.])(\d+\.\d+|\d+)([eE])(\d+|[+-]\d+)(?![\d.])",
+               lambda m: m.group(0) if "." not in m.group(1) and m.group(2) == "e" and re.fullmatch(r"[+-]\d", m.group(3))
+               else f"{m.group(1)}*10**({m.group(3)})", s)
     s = re.sub(r"(?<![\d.\w])0+(?=\d)", "", s)  # 042 is 42 (Python reads "042" as 0 times 42)
     s = re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", s)
     s = re.sub(r"\bln\b", "log", s)
@@ -577,8 +580,9 @@ def _num_equal(a, b) -> bool:
             return False
         if d == 0:
             return True
-        # in sympy's floats, whose exponents do not overflow (10^{400} as a Python float is inf)
-        scale = max(sympy.Integer(1), abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
+        # relative (1.6e-19 is not 1.7e-19, nor 0), in sympy's floats, whose exponents do not overflow
+        # (10^{400} as a Python float is inf)
+        scale = max(abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
         return bool(abs(d) <= sympy.Float(1e-12) * scale)
     except Exception:
         return False
@@ -955,6 +959,8 @@ def _pool() -> _Pool:
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    if not 0 <= timeout < float("inf"):  # (NaN too: a check under it never ended)
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
     out: list = [None] * len(golds)
     pending = []
     for k, (g, a) in enumerate(zip(golds, answers)):

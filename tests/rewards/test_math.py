@@ -89,6 +89,8 @@ def test_extract_answer(completion, expected):
     "\\boxed{" * 4000 + "1" + "}" * 4000,  # a degenerate repetition loop, 32 kB
     "\\boxed{" * 14000,  # never closed
     "a{" * 20000 + "\\boxed{1}",
+    "\\boxed" * 8000,  # brace-less boxes: each copied the rest of the text (18 s)
+    "\\fbox" * 8000,
 ])
 def test_extraction_is_linear(completion):
     # each box's end is found in one pass over the text; a scan per box took 6 s on the first
@@ -134,6 +136,12 @@ def test_timeout_off_the_main_thread():
     th.join(10)
     assert not th.is_alive()
     assert out["ok"] is False and out["dt"] < 2.5
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0])
+def test_timeout_must_be_finite(timeout):
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds >= 0"):
+        vm.verify("1", "9^{9^{9^9}}", timeout=timeout)  # (NaN never returned)
 
 
 def test_verify_batch_equals_verify():
