@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from fastrl.trainer.config import ConfigError, TrainConfig, user_function
+from fastrl.trainer.rollout import position_ids
 
 
 def _gold(config: TrainConfig, row: dict) -> str:
@@ -99,7 +100,10 @@ class ProcessReward:
         last = step_mask & (step_mask.flip(-1).cumsum(-1).flip(-1) > 1)  # step ends but the final one
         ids = torch.cat([prompt_ids, torch.where(last, self.newline, response_ids)], 1)
         mask = torch.cat([prompt_mask, (response_mask != 0).long()], 1)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+        # positions over each row's own tokens (as the policy's): left padding must not shift a model with absolute
+        # position embeddings
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=position_ids(mask).to(self.device)).logits.float()
         p = logits[:, prompt_ids.shape[1]:].softmax(-1)
         return torch.where(step_mask, (p[..., 1] - p[..., 0]).to(out.device), out)
 

@@ -588,3 +588,25 @@ def test_resume_drops_a_log_line_cut_short(tmp_path, capsys):
         f.write('{"step": 3, "reward_me')
     assert [m["step"] for m in train(config(tmp_path, *args), resume=True).metrics] == [1, 2, 3]
     assert "cut short" in capsys.readouterr().out
+
+
+def test_process_reward_scores_do_not_depend_on_left_padding():
+    """The PRM reads prompt and response at the policy's positions: a prompt left-padded
+    beside a longer one scores the same (a GPT-2 PRM, absolute positions, scored
+    [0.0172, -0.0079] alone and [-0.0249, 0.0183] padded by 4 before)."""
+    transformers = pytest.importorskip("transformers")
+    from fastrl.trainer.scoring import ProcessReward
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=2)
+    prm = object.__new__(ProcessReward)  # the model path of scores() alone
+    prm.model, prm.fn, prm.device, prm.newline = transformers.GPT2ForTokenClassification(config).eval(), None, \
+        torch.device("cpu"), 7
+    response = torch.tensor([[20, 21, 7, 22, 23, 24]])
+    steps = torch.tensor([[False, False, True, False, False, True]])
+    alone = prm.scores(None, torch.tensor([[11, 12, 13]]), torch.ones(1, 3, dtype=torch.long), response,
+                       torch.ones_like(response), steps, None)
+    padded = prm.scores(None, torch.tensor([[0, 0, 0, 0, 11, 12, 13]]), torch.tensor([[0, 0, 0, 0, 1, 1, 1]]),
+                        response, torch.ones_like(response), steps, None)
+    assert alone[steps].abs().min() > 0
+    torch.testing.assert_close(padded, alone)
