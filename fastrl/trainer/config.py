@@ -48,8 +48,10 @@ class ModelConfig:
     """Width of the built-in tiny model (only when path is None)."""
     tiny_layers: int = 2
     """Layers of the built-in tiny model (only when path is None)."""
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
-    """Dtype of the weights. With float32 weights on a GPU, ``autocast_bf16`` decides."""
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    """Dtype of the weights, which AdamW updates in place (float16 is refused: its state and
+    eps underflow to NaN weights). bfloat16 weights lose updates under 2^-8 of a weight (at
+    lr 1e-6 most of them); float32 weights with ``autocast_bf16`` on a GPU do not."""
     autocast_bf16: bool = True
     """bf16 autocast for the forward passes on a GPU (ignored on CPU)."""
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
@@ -332,6 +334,9 @@ class TrainConfig:
             user_function(rw.process, "reward.process")
         if a.name not in ALGOS:
             raise ConfigError(f"algo.name must be one of {', '.join(ALGOS)}, got {a.name!r}")
+        if r.dynamic_sampling and r.group_size < 2:
+            raise ConfigError(f"rollout.dynamic_sampling needs rollout.group_size >= 2 (it drops groups whose rewards "
+                              f"are all equal, which every group of {r.group_size} is)")
         if a.name != "gae" and r.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2 for {a.name}, whose advantages compare the responses "
                               f"of a group, got {r.group_size}")

@@ -660,7 +660,7 @@ def _lr_factor(i: int, total: int, o) -> float:
         return (i + 1) / o.warmup_steps
     if o.schedule == "constant":
         return 1.0
-    progress = min(1.0, (i - o.warmup_steps) / max(1, total - o.warmup_steps))
+    progress = min(1.0, (i - o.warmup_steps) / max(1, total - 1 - o.warmup_steps))  # update total - 1 is the last
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -700,7 +700,7 @@ def _writers(cfg: TrainConfig, out: Path, step: int) -> list:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("run.tensorboard needs tensorboard (pip install tensorboard)") from None
-        tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+        tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)  # (from 0 too: a run that stopped first)
         writers.append(lambda m: [tb.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"])
     if cfg.run.wandb:
         try:

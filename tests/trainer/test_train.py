@@ -197,6 +197,9 @@ def test_default_run_learns(tmp_path, capsys):
     (["run.device=cuda:99"], "run.device 'cuda:99'"),
     (["data.split=train"], "data.split selects a split of a DatasetDict"),
     (["model.tokenizer=."], "model.tokenizer goes with model.path"),
+    (["model.dtype=float16"], "model.dtype must be one of"),  # AdamW in float16 made every weight NaN
+    (["algo.name=gae", "rollout.group_size=1", "rollout.dynamic_sampling=true"],
+     "rollout.dynamic_sampling needs rollout.group_size >= 2"),  # (every group dropped: no update, silently)
 ] + [(["rollout.group_size=1", f"algo.name={a}"], "rollout.group_size must be >= 2") for a in ALGOS if a != "gae"])
 def test_bad_configs(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -336,9 +339,9 @@ def test_learning_rate_schedule():
     from fastrl.trainer.train import _lr_factor
 
     o = OptimConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
-    factors = [_lr_factor(i, 20, o) for i in range(21)]
+    factors = [_lr_factor(i, 20, o) for i in range(20)]  # 20 updates: the last is min_lr_ratio (was at 21st)
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert factors[4] == pytest.approx(1.0) and factors[20] == pytest.approx(0.1)
+    assert factors[4] == pytest.approx(1.0) and factors[19] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
     assert _lr_factor(7, 20, OptimConfig()) == 1.0
 
@@ -610,3 +613,28 @@ def test_process_reward_scores_do_not_depend_on_left_padding():
                         response, torch.ones_like(response), steps, None)
     assert alone[steps].abs().min() > 0
     torch.testing.assert_close(padded, alone)
+
+
+def test_a_resume_from_step_0_drops_the_stopped_runs_tensorboard_steps(tmp_path):
+    """A run that stops before its first checkpoint resumes from step 0: its TensorBoard
+    log is cut back like metrics.jsonl (the stopped run's steps 1, 2 stayed: 1, 2, 1, 2, 3)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(tmp_path, "run.tensorboard=true", "run.checkpoint_every=10", "data.prompts_per_step=2",
+                 "rollout.group_size=2")
+    trainer = Trainer(cfg)
+    run_step = trainer.run_step
+
+    def stop_in_step_3(step):
+        if step == 2:
+            raise RuntimeError("stopped")
+        return run_step(step)
+
+    trainer.run_step = stop_in_step_3
+    with pytest.raises(RuntimeError, match="stopped"):
+        trainer.train()
+    train(cfg, resume=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward_mean")] == [1, 2, 3]
