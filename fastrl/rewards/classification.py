@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Iterable
 
 _TAG = re.compile(r"</?(?:think|answer)\s*>", re.IGNORECASE)
@@ -40,7 +41,14 @@ def normalize(text: str) -> str:
     prev = None
     while prev != text:  # nested wrappers: \text{\mathrm{cat}}
         prev, text = text, _WRAPPER.sub(r"\1", text)
-    return " ".join(text.lower().split()).strip(_STRIP)
+    text = " ".join(text.lower().split())
+    keep = [i for i, c in enumerate(text) if not _stripped(c)]
+    return text[keep[0]:keep[-1] + 1] if keep else ""
+
+
+def _stripped(c: str) -> bool:
+    """Punctuation (and $) of any script, as the ends of an answer: “cat”, cat。, «cat», cat…"""
+    return c in _STRIP or unicodedata.category(c).startswith(("P", "Z"))
 
 
 def format_reward(completion: str) -> float:

@@ -97,3 +97,9 @@ def test_bad_arguments():
 def test_gold_is_normalised_too():
     assert accuracy_reward("<answer>cat</answer>", "\\text{Cat}", LABELS) == 1.0
     assert normalize("  \\text{\\mathrm{Big  Cat}} ;") == "big cat"
+
+
+@pytest.mark.parametrize("answer", ["“cat”", "cat。", "«cat»", "cat…", "‘cat’", "¿cat?", "「cat」"])
+def test_punctuation_of_any_script_is_stripped(answer):
+    assert normalize(answer) == "cat"  # (ASCII punctuation only before: each scored 0)
+    assert accuracy_reward(f"<answer>{answer}</answer>", "cat", LABELS) == 1.0
