@@ -26,10 +26,12 @@ from typing import Literal, Optional
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
 # keys a --resume may change: how long the run goes, where it runs, how it is kept and
-# shown; any other change would continue a run the checkpoint's state does not belong to
+# shown, how long later prompts may be; any other change would continue a run the
+# checkpoint's state does not belong to
 RESUME_SAFE = ("run.steps", "run.output_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.plot",
                "run.tensorboard", "run.wandb", "run.wandb_project", "run.progress", "run.device", "run.distributed",
-               "model.attn_implementation", "model.gradient_checkpointing")
+               "model.attn_implementation", "model.gradient_checkpointing",
+               "data.max_prompt_tokens")  # (the way on past a step whose prompt is too long: see Trainer.collect)
 
 
 class ConfigError(ValueError):

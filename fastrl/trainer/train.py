@@ -350,8 +350,8 @@ class Trainer:
         if self.max_positions is not None and longest + cfg.rollout.max_new_tokens > self.max_positions:
             raise ConfigError(f"step {step + 1} has a prompt of {longest} tokens, and with rollout.max_new_tokens "
                               f"({cfg.rollout.max_new_tokens}) its sequences would exceed the model's "
-                              f"{self.max_positions} positions: lower rollout.max_new_tokens or "
-                              "data.max_prompt_tokens (prompts are cut from the left to it)")
+                              f"{self.max_positions} positions: lower data.max_prompt_tokens (prompts are cut "
+                              "from the left to it; it may change on --resume) or rollout.max_new_tokens (a new run)")
         group_ids = torch.arange(first, first + n, device=self.device).repeat_interleave(G)
         seeds = torch.tensor([sample_seed(cfg.run.seed, step, first + i, j) for i in range(n) for j in range(G)])
 

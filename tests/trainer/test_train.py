@@ -638,3 +638,18 @@ def test_a_resume_from_step_0_drops_the_stopped_runs_tensorboard_steps(tmp_path)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("reward_mean")] == [1, 2, 3]
+
+
+def test_a_prompt_too_long_midway_is_passed_by_resuming_with_shorter_prompts(tmp_path):
+    """The error a step with a too-long prompt raises says to lower data.max_prompt_tokens,
+    and --resume takes that change (it refused it: the steps done could not be continued)."""
+    rows = [{"prompt": f"{i},{(i * 3) % 10},1=", "answer": str(max(i, (i * 3) % 10, 1))} for i in range(4)]
+    rows += [{"prompt": "1," * 200 + "2=", "answer": "2"}, {"prompt": "3,1,2=", "answer": "3"}]  # step 3: 402 tokens
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [f"data.source={data}", "reward.kind=math", "data.prompts_per_step=2", "rollout.group_size=2",
+                 "data.shuffle=false", "run.checkpoint_every=1"]
+    with pytest.raises(ConfigError, match="step 3 has a prompt of .* lower data.max_prompt_tokens .* --resume"):
+        train(config(tmp_path, *overrides))
+    result = train(config(tmp_path, *overrides, "data.max_prompt_tokens=100"), resume=True)
+    assert [m["step"] for m in result.metrics][-1] == 3
