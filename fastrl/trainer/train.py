@@ -612,8 +612,9 @@ class Trainer:
                     bar.update()
                     bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
                     every = cfg.run.checkpoint_every
-                    # every process stops after the same step: Ctrl-C reaches them at different points of it
-                    stop = self.proc.any(self._stop, self.device)
+                    # every process stops after the same step: Ctrl-C reaches them at different points of it;
+                    # in the last step, the run just ends (final/ is written below, not left to a --resume)
+                    stop = self.proc.any(self._stop, self.device) and self.step < cfg.run.steps
                     if stop or (every and self.step % every == 0 and self.step < cfg.run.steps):
                         self._save()
                     if stop:

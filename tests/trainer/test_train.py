@@ -653,3 +653,23 @@ def test_a_prompt_too_long_midway_is_passed_by_resuming_with_shorter_prompts(tmp
         train(config(tmp_path, *overrides))
     result = train(config(tmp_path, *overrides, "data.max_prompt_tokens=100"), resume=True)
     assert [m["step"] for m in result.metrics][-1] == 3
+
+
+def test_an_interrupt_in_the_last_step_finishes_the_run(tmp_path):
+    """Ctrl-C during the last step: the run ends as if uninterrupted, final/ written (it
+    raised KeyboardInterrupt before final/, leaving it to a --resume)."""
+    trainer = Trainer(config(tmp_path, "run.steps=2", "data.prompts_per_step=2", "rollout.group_size=2"))
+    run_step = trainer.run_step
+
+    def interrupted_in_step_2(step):
+        if step == 1:
+            trainer._stop = True  # what Ctrl-C sets
+        return run_step(step)
+
+    trainer.run_step = interrupted_in_step_2
+    try:
+        result = trainer.train()
+    except KeyboardInterrupt:  # (pytest would stop the whole session on it)
+        pytest.fail("an interrupt in the last step stopped the run before final/")
+    assert [m["step"] for m in result.metrics] == [1, 2]
+    assert result.final_model.exists() and any(result.final_model.iterdir())
