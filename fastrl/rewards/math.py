@@ -437,11 +437,43 @@ def _latex_to_py(s: str) -> str | None:
             return "*".join(_LETTER_CONSTANTS.get(c, c) for c in w)
         raise ValueError(w)
 
+    s = _bare_function_arguments(s)
     try:
         s = re.sub(r"[A-Za-z_]\w*", ident, s)
     except ValueError:
         return None
     return re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)(?=[A-Za-z])", r"\1*", s)  # 2E is 2 * E, not the float 2e0
+
+
+_FUNCTION_WORD = re.compile(r"\b(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")\b")
+_POWER = re.compile(r"\s*\*\*\s*(?:\d+(?:\.\d+)?|[A-Za-z_]\w*|\([^()]*\))")
+_ATOM = re.compile(r"\s*(?:\d+(?:\.\d+)?|[A-Za-z_]\w*|\([^()]*\))")
+
+
+def _bare_function_arguments(s: str) -> str:
+    """A function written without brackets takes the factors up to the next operator or
+    function, as LaTeX means it: "sin x cos x" is sin(x)*cos(x), "sin 2x" sin(2x),
+    "ln 2 * 3" ln(2)*3, "sin**2 x" sin(x)**2; sympy's implicit application would make the
+    rest of the product its argument (sin(x*cos(x)))."""
+    out, i = [], 0
+    while m := _FUNCTION_WORD.search(s, i):
+        power = _POWER.match(s, m.end())
+        start = end = power.end() if power else m.end()
+        while (atom := _ATOM.match(s, end)) and not _FUNCTION_WORD.fullmatch(atom.group(0).strip()):
+            if atom.group(0).strip().startswith("(") and end == start:
+                break  # "sin(x)", "sin (x + 1)": bracketed, as written
+            end = atom.end()
+            if after := _POWER.match(s, end):  # "sin x**2" is sin(x**2)
+                end = after.end()
+        if end == start:
+            out.append(s[i:m.end()])
+            i = m.end()
+            continue
+        exponent = s[m.end():power.end()] if power else ""
+        out.append(f"{s[i:m.start()]}{m.group(1)}({s[start:end].strip()}){exponent}")
+        i = end
+    out.append(s[i:])
+    return "".join(out)
 
 
 _LETTER_CONSTANTS = {"e": "E", "i": "I"}  # Euler's number and the imaginary unit
