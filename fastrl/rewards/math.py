@@ -371,7 +371,7 @@ def _latex_to_py(s: str) -> str | None:
     s = re.sub(r"\\pi(?![a-zA-Z])", " pi ", s)
     s = re.sub(r"\\[lr]?vert(?![a-zA-Z])", "|", s)
     s = _log_bases(s)
-    s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh)(?![a-zA-Z])", r" \1", s)
+    s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh)(?![a-zA-Z])", r" \1 ", s)  # "\ln2" is ln 2
     for g in _GREEK:
         s = re.sub(r"\\" + g + r"(?![a-zA-Z])", " " + g + " ", s)
     # \frac{a}{b}, \frac12, \sqrt[n]{a}, \sqrt{a}, \sqrt2
