@@ -2,6 +2,8 @@
 the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import torch
@@ -45,7 +47,18 @@ def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], floa
 
         return lambda row, response: format_reward(response)
     fn = user_function(kind, "reward.kind")
-    return lambda row, response: float(fn(row["prompt"], response, row))
+    return lambda row, response: _number(fn(row["prompt"], response, row), f"reward.kind {kind!r}")
+
+
+def _number(value, source: str) -> float:
+    """A user function's reward or step score as a finite float, or an error naming the function."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{source} returned {value!r} ({type(value).__name__}); it must return a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{source} returned {number}; rewards and step scores must be finite")
+    return number
 
 
 def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
@@ -66,7 +79,7 @@ class ProcessReward:
     response_mask, step_mask, step_texts)`` -> [B, R] float32, the score of each step at its last token."""
 
     def __init__(self, config: TrainConfig, tokenizer, device, task=None):
-        spec = config.reward.process
+        spec = self.spec = config.reward.process
         self.tokenizer, self.device, self.model, self.fn = tokenizer, device, None, None
         if spec == "task":
             self.fn = lambda prompt, steps, row: task.step_scores(row, steps)
@@ -90,7 +103,7 @@ class ProcessReward:
         out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
         if self.fn is not None:
             for b, (row, steps) in enumerate(zip(rows, step_texts)):
-                values = list(map(float, self.fn(row["prompt"], steps, row)))
+                values = [_number(v, f"reward.process {self.spec!r}") for v in self.fn(row["prompt"], steps, row)]
                 if len(values) != len(steps):
                     raise ValueError(f"reward.process returned {len(values)} scores for {len(steps)} steps")
                 out[b, step_mask[b]] = torch.tensor(values, dtype=torch.float32, device=out.device)

@@ -61,6 +61,26 @@ def outcome(prompt, response, row):
     return float(response.endswith(row["answer"]))
 
 
+def no_reward(prompt, response, row):
+    return None
+
+
+def nan_reward(prompt, response, row):
+    return float("nan")
+
+
+@pytest.mark.parametrize("kind, error, match", [
+    ("test_train:no_reward", TypeError, r"reward.kind 'test_train:no_reward' returned None \(NoneType\); it must"),
+    ("test_train:nan_reward", ValueError, r"reward.kind 'test_train:nan_reward' returned nan; rewards and step"),
+])
+def test_a_user_reward_that_is_no_finite_number_is_named(tmp_path, kind, error, match):
+    """(float(None) was a bare TypeError; a NaN reward failed later in the advantages,
+    naming neither the function nor its key)"""
+    with pytest.raises(error, match=match):
+        train(config(tmp_path, f"reward.kind={kind}", "run.steps=1", "data.prompts_per_step=2",
+                     "rollout.group_size=2"))
+
+
 def test_metrics_log_plot_and_final_model(tmp_path):
     result = train(config(tmp_path, "run.plot=true", "model.reference=initial", "algo.kl_coef=0.05"))
     rows = [json.loads(line) for line in result.log.read_text().splitlines()]
