@@ -53,7 +53,11 @@ def bench(args) -> int:
     spec = importlib.util.spec_from_file_location(f"bench_{args.family}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(args.rest)
+    program, sys.argv[0] = sys.argv[0], f"fastrl bench {args.family}"  # its usage line names this command
+    try:
+        module.main(args.rest)
+    finally:
+        sys.argv[0] = program
     return 0
 
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -405,6 +408,8 @@ def user_function(spec: str, key: str):
     """The function named by a ``module:function`` config value (ConfigError naming key if
     it does not import)."""
     module, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # a module beside the config, as `python -m` finds it
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
@@ -537,5 +542,6 @@ def describe() -> str:
             hint = typing.get_type_hints(cls)[f.name]
             if typing.get_origin(hint) is typing.Literal:
                 doc += f" One of: {', '.join(map(str, typing.get_args(hint)))}."
-            lines.append(f"  {f.name}: {default!r}" + (f"  # {doc}" if doc else ""))
+            # as YAML reads it back (JSON is YAML: null, true, "float32"; a Python repr's None is the string "None")
+            lines.append(f"  {f.name}: {json.dumps(default)}" + (f"  # {doc}" if doc else ""))
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """The trainer on the built-in task with its tiny model: every algorithm learns on a fixed
 batch, resume equals an uninterrupted run, the default run learns, bad configs fail early."""
 import json
+import sys
 
 import pytest
 import torch
+import yaml
 
 transformers = pytest.importorskip("transformers")
 
@@ -255,6 +257,20 @@ def test_help_config_documents_every_key(capsys):
     keys = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert len(keys) > 70 and [k for k in keys if "  # " not in k] == []
     assert any("One of: constant, cosine." in k for k in keys if k.startswith("  schedule:"))
+    # pasted into a config it reads back as the defaults (it printed Python reprs: None read as "None")
+    printed = main(["train", "--help-config"]), capsys.readouterr().out
+    assert TrainConfig.from_dict(yaml.safe_load(printed[1])).to_dict() == TrainConfig.from_dict({}).to_dict()
+
+
+def test_a_user_function_beside_the_config_imports_from_the_working_directory(tmp_path, monkeypatch):
+    """module:function resolves from the working directory under the fastrl console script too
+    (only `python -m fastrl.cli` put it on sys.path: 'No module named ...')."""
+    from fastrl.trainer.config import user_function
+
+    (tmp_path / "userfns_beside.py").write_text("def reward(prompt, response, row):\n    return 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert user_function("userfns_beside:reward", "reward.kind")("p", "r", {}) == 1.0
 
 
 @pytest.mark.parametrize("folder", ["exp #2", "001", "2024-01-01", "on", "~", "@runs"])
