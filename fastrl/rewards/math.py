@@ -869,6 +869,11 @@ def _verdict(gold: str, answer: str) -> tuple[bool, str]:
 
 
 def _worker_main(conn):
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the caller decides what it means (a forked
+    # worker would run the caller's handler, e.g. the trainer's "interrupted" message, once more per worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             msg = conn.recv()

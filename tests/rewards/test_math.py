@@ -187,3 +187,19 @@ def test_verify_in_a_daemonic_worker():
     with mp.get_context("fork").Pool(1) as pool:
         ok, hung, seconds = pool.map(_verify_timed, [0])[0]
     assert ok is True and hung is False and seconds < 1.0 + 1.5
+
+
+def test_workers_leave_ctrl_c_to_the_caller():
+    """A terminal's Ctrl-C reaches the workers too (one process group): they ignore it, so
+    the caller's handler runs once (the trainer printed its message once per forked worker)."""
+    import os
+    import signal
+
+    assert vm.verify_batch(["\\frac12"], ["0.5"]) == [True]  # (not the fast path: a worker checks it)
+    workers = [w for w in vm._pool().idle if w.proc.is_alive()]
+    assert workers
+    for w in workers:
+        os.kill(w.proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    assert all(w.proc.is_alive() for w in workers)
+    assert vm.verify_batch(["\\frac12"], ["0.5"]) == [True]
