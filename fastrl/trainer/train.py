@@ -154,6 +154,7 @@ class Trainer:
 
         # data and rewards first: their errors come before any model is loaded
         self.prompts = Prompts(config.data, config.run.seed, self.task)
+        scoring.check_records(config, self.prompts.rows)
         self.reward = scoring.outcome_reward(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()

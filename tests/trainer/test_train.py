@@ -709,3 +709,12 @@ def test_an_interrupt_in_the_last_step_finishes_the_run(tmp_path):
         pytest.fail("an interrupt in the last step stopped the run before final/")
     assert [m["step"] for m in result.metrics] == [1, 2]
     assert result.final_model.exists() and any(result.final_model.iterdir())
+
+
+def test_a_record_without_the_answer_a_reward_reads_is_refused_at_load(tmp_path):
+    """(a KeyError at the step that first drew the record, after the model loaded)"""
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": "1,2=", "answer": "2"}) + "\n" + json.dumps({"prompt": "3,1="}) + "\n")
+    with pytest.raises(ConfigError, match=r"record 1 has no field 'answer' \(data.answer_key\), which reward.kind "
+                                          r"'math' reads"):
+        Trainer(config(tmp_path, f"data.source={data}", "reward.kind=math"))
