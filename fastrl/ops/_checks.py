@@ -117,10 +117,12 @@ def choice(name: str, value, options):
     return value
 
 
-def finite_or_neg_inf(name: str, x: torch.Tensor):
-    """Logits: -inf marks a token that cannot be drawn; NaN, +inf and rows without a finite value are errors."""
+def finite_or_neg_inf(name: str, x: torch.Tensor) -> torch.Tensor | None:
+    """Logits: -inf marks a token that cannot be drawn; NaN, +inf and rows without a finite value
+    are errors. Returns the rows' maxima where it read them (None where values are not checked)."""
     if not values_checked(x) or x.numel() == 0:
-        return
+        return None
     row_max = x.amax(-1)  # NaN propagates
     if not bool(torch.isfinite(row_max).all() & ~torch.isnan(x.amin())):
         raise ValueError(f"{name} contains NaN or +Inf, or a row without a finite value")
+    return row_max

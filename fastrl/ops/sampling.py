@@ -77,8 +77,8 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     v = z.shape[1]
     m = z.amax(-1, keepdim=True)
     # log-probabilities as (z - m) - log(sum): m + log(sum) first would round log(sum) away where |z| is large
-    log_sum = torch.exp(z - m).sum(-1, keepdim=True).log()
-    lse = m + log_sum
+    total = torch.exp(z - m).sum(-1, keepdim=True)
+    log_sum = total.log()
     values, index, cutoff = z, None, torch.full_like(m, float("-inf"))
     if top_k > 0:
         values, index = z.topk(top_k, -1)  # descending
@@ -86,7 +86,7 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         values, index = _with_ties(z, cutoff, values, index)
     if top_p < 1.0:
         pool = torch.where(values >= cutoff, torch.exp(values - m), 0.0).sum(-1, keepdim=True)
-        target = top_p * (pool if top_k > 0 else torch.exp(lse - m))
+        target = top_p * (pool if top_k > 0 else total)
         if top_k == 0:
             k = min(v, 256)
             while True:
@@ -182,16 +182,16 @@ def sample(
         if seeds.shape[0] != logits.shape[0]:
             raise ValueError(f"seeds must have one seed per row ({logits.shape[0]}), got {seeds.shape[0]}")
         _checks.same_device("seeds", seeds, "logits", logits)
-    _checks.finite_or_neg_inf("logits", logits)
-    if _checks.values_checked(logits) and logits.numel():
-        largest = logits.amax(-1).abs().max().item()
+    row_max = _checks.finite_or_neg_inf("logits", logits)
+    if row_max is not None:
+        largest = row_max.abs().max().item()
         if largest * LOG2E / temperature >= accumulation.max:
             raise ValueError(f"logits / temperature leave {accumulation.dtype}'s range: a row's largest logit is "
                              f"{largest:.4g} at temperature {temperature} (mask tokens with -inf, not the dtype's "
                              f"lowest value)")
     if seeds is None:  # after every check: a call that fails leaves the global generator as it was
         seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
-    k = 0 if top_k is None or top_k >= logits.shape[1] else top_k
+    k = 0 if top_k is None else top_k  # (k >= V: the op keeps every token)
     p = 1.0 if top_p is None else top_p
     # Through the op, not the implementation: under torch.compile its fake stands in for the
     # data-dependent cutoffs of the torch path; the op's fallback picks the backend when it runs.

@@ -3,7 +3,6 @@ the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
 import math
-
 from typing import Callable
 
 import torch
