@@ -43,10 +43,12 @@ def info(_args=None) -> int:
 
 def bench(args) -> int:
     script = BENCHMARKS / f"bench_{args.family}.py"
-    if not script.exists():
+    if args.family is None or not script.exists():
         known = sorted(p.stem[len("bench_"):] for p in BENCHMARKS.glob("bench_*.py"))
         if not known:
             print("fastrl bench needs the benchmarks/ folder of a source checkout", file=sys.stderr)
+        elif args.family is None:
+            print(f"fastrl bench: name a benchmark family: {', '.join(known)}", file=sys.stderr)
         else:
             print(f"unknown benchmark {args.family!r}; known: {', '.join(known)}", file=sys.stderr)
         return 2
@@ -340,7 +342,7 @@ def main(argv=None) -> int:
     x.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     sub.add_parser("info", help="versions, the extension, and which backend serves each op")
     b = sub.add_parser("bench", help="run benchmarks/bench_<family>.py and print a table")
-    b.add_argument("family", help="e.g. scans")
+    b.add_argument("family", nargs="?", help="e.g. scans (without one, the families are listed)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark (--quick, --device, ...)")
     e = sub.add_parser("eval", help="verify sampled completions and print pass@k and CoT-pass@k")
     e.add_argument("samples", help="JSONL rows {problem_id, gold, completion, optional cot_correct}")

@@ -119,6 +119,15 @@ def test_every_benchmark_takes_its_options_from_fastrl_bench(family, capsys):
     assert f"usage: fastrl bench {family} " in capsys.readouterr().out  # (it named the command "fastrl")
 
 
+def test_fastrl_bench_without_a_family_lists_the_families(capsys):
+    from fastrl import cli
+
+    assert cli.main(["bench"]) == 2
+    assert "name a benchmark family: advantages, logprobs, sampling, scans" in capsys.readouterr().err
+    assert cli.main(["bench", "nope"]) == 2
+    assert "unknown benchmark 'nope'; known: advantages," in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["scans", "--device", "gpu"], "--device: 'gpu' is no torch device"),
     (["logprobs", "--shape", "1,2"], "--shape '1,2': expected 3 comma-separated positive integers"),
