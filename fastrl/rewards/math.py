@@ -6,7 +6,8 @@ How a verdict is reached (``_check`` runs in a worker process):
 
 1. Hacking screen on the raw answer: empty, no letter or digit, prompt injection /
    self-grading words the gold lacks, unevaluated restatements (``\\int``, ``\\sum``,
-   ``\\lim`` ... the gold lacks) and equations whose left side is not a plain label
+   ``\\lim``, ``\\binom`` ... the gold lacks: "\\binom{5}{2}" is no answer to 10, though 10
+   answers a gold "\\binom{5}{2}") and equations whose left side is not a plain label
    ("7=3", "5+2=3") all reject.
 2. Normalisation: ``$``, ``\\boxed``, ``\\left/\\right``, spacing commands, ``\\text``/``\\mathrm``
    units, currency, ordinal suffixes, degrees, thousands separators ("1,000", "1\\,000",
@@ -21,7 +22,7 @@ How a verdict is reached (``_check`` runs in a worker process):
    variable become intervals.
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
-   absolute value and factorial, ``\\log_b x`` a logarithm to base b; "1.5e-3" is
+   absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" is
    scientific, "2e+1" is 2e + 1).  Integers and fractions compare exactly, other
    numbers at 30 digits (in sympy's floats: 10^{400} does not overflow).  Expressions compare by a
    numeric check at random points, and by ``simplify(gold - answer) == 0`` when the
@@ -374,9 +375,12 @@ def _latex_to_py(s: str) -> str | None:
     s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh)(?![a-zA-Z])", r" \1 ", s)  # "\ln2" is ln 2
     for g in _GREEK:
         s = re.sub(r"\\" + g + r"(?![a-zA-Z])", " " + g + " ", s)
-    # \frac{a}{b}, \frac12, \sqrt[n]{a}, \sqrt{a}, \sqrt2
+    # {n \choose k} is \binom{n}{k}
+    s = re.sub(r"\{([^{}]*)\\choose(?![a-zA-Z])([^{}]*)\}", r"\\binom{\1}{\2}", s)
+    s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    # \frac{a}{b}, \frac12, \binom{n}{k}, \sqrt[n]{a}, \sqrt{a}, \sqrt2
     for _ in range(50):
-        m = re.search(r"\\frac|\\sqrt", s)
+        m = re.search(r"\\frac|\\binom|\\sqrt", s)
         if not m:
             break
         i = m.end()
@@ -389,7 +393,7 @@ def _latex_to_py(s: str) -> str | None:
             if j < 0:
                 return None
             root, i = s[i + 1 : j], j + 1
-        for _k in range(2 if m.group(0) == "\\frac" else 1):
+        for _k in range(1 if m.group(0) == "\\sqrt" else 2):
             while i < len(s) and s[i] == " ":
                 i += 1
             if i < len(s) and s[i] == "{":
@@ -403,6 +407,9 @@ def _latex_to_py(s: str) -> str | None:
             args.append(a)
         if m.group(0) == "\\frac":
             rep = "((" + args[0] + ")/(" + args[1] + "))"
+        elif m.group(0) == "\\binom":  # in factorials: a scalar holds no comma (binomial(n, k))
+            n, k = args
+            rep = f"(factorial({n})/(factorial({k})*factorial(({n})-({k}))))"
         elif root is not None:
             rep = "((" + args[0] + ")**(1/(" + root + ")))"
         else:
