@@ -11,7 +11,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    ("7=3", "5+2=3") all reject.
 2. Normalisation: ``$``, ``\\boxed``, ``\\left/\\right``, spacing commands, ``\\text``/``\\mathrm``
    units, currency, ordinal suffixes, degrees, thousands separators ("1,000", "1\\,000",
-   "1{,}000"), leading zeros ("042" is 42), ``\\varnothing`` and ``\\mathbb{R}``; "x = 3" -> "3",
+   "1{,}000"), leading zeros ("042" is 42), ``\\varnothing`` and ``\\mathbb{R}`` (less listed
+   numbers, ``\\mathbb{R}\\setminus\\{0\\}`` or "x \\neq 0", as a union of open intervals); "x = 3" -> "3",
    "f(z) = 2z" -> "2z" with its variable renamed to the gold's.
 3. Structure: answers split at top-level commas (and "or"/"and").  The element count
    must equal the gold's, so listing extra candidates ("3 or 4" for 3, "A, B, C, D"
@@ -201,6 +202,24 @@ def _canon(s: str) -> str:
     return s.rstrip(".")
 
 
+_REALS = r"(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|ℝ|\\R)"
+_PLAIN_NUMBER = r"-?\d+(?:\.\d+)?"
+
+
+def _reals_without_points(s: str) -> str:
+    """The reals less a few numbers, "\\mathbb{R} \\setminus \\{1, 2\\}" or "x \\neq 1", as the union of
+    intervals it is: "(-\\infty, 1) \\cup (1, 2) \\cup (2, \\infty)"."""
+    m = (re.fullmatch(rf"\s*{_REALS}\s*(?:\\setminus|\\smallsetminus|\\backslash|-)\s*\\\{{(.*)\\\}}\s*", s)
+         or re.fullmatch(rf"\s*[a-zA-Z]\s*\\neq?\s*({_PLAIN_NUMBER})\s*", s))
+    if not m:
+        return s
+    points = [p.strip() for p in m.group(1).split(",")]
+    if not all(re.fullmatch(_PLAIN_NUMBER, p) for p in points):
+        return s
+    ends = ["-\\infty", *sorted(set(points), key=float), "\\infty"]
+    return " \\cup ".join(f"({a}, {b})" for a, b in zip(ends, ends[1:]))
+
+
 def _normalise(s: str) -> str:
     s = _strip_math_delims(s)
     b = _boxed_all(s)
@@ -222,7 +241,8 @@ def _normalise(s: str) -> str:
     s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("−", "-").replace("π", "\\pi").replace("∞", "\\infty")
     s = re.sub(r"(^|[\s(\[,=])–", r"\1-", s)  # an en dash where a minus sign stands ("–7"), not in a range "1–3"
     s = re.sub(r"\\varnothing|∅|\\\{\s*\\\}", r"\\emptyset", s)
-    s = re.sub(r"^\s*(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|ℝ|\\R)\s*$", r"(-\\infty, \\infty)", s)  # the reals
+    s = re.sub(rf"^\s*{_REALS}\s*$", r"(-\\infty, \\infty)", s)
+    s = _reals_without_points(s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "°", s)  # degrees: a marker, see _scalar_equal
     s = s.replace("\\%", "%")
     s = s.replace("\\$", "").replace("$", "")  # currency
