@@ -41,6 +41,9 @@ def selective_log_softmax(
     gradient. Returns a tensor shaped like index in TRL's dtype: the logits' dtype, but
     float32 for fp16/bf16 logits on CUDA/XPU where TRL's own fused kernel would run (index
     shaped [...], at most 3 dimensions). Computed in float32 (float64 for float64 logits).
+    One gradient differs from TRL's: where all K logits selected in a row are -inf, each
+    gets the one-hot alone, without TRL's -softmax term (its row log-sum-exp would take
+    another pass over the row).
     """
     _checks.floating("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] == 0:
@@ -73,8 +76,10 @@ def selective_log_softmax(
     pivot = torch.isfinite(raw).to(torch.uint8).argmax(-1, keepdim=True)  # 0 where none is finite
     first = logprobs_from_logits(logits, index.gather(-1, pivot)[..., 0], temperature).logprob
     selected = raw.to(first.dtype) / temperature
-    logps = selected - (selected.gather(-1, pivot) - first[..., None])
-    logps = torch.where(selected == float("-inf"), selected, logps)  # probability 0, also in a row of only those
+    lse = selected.gather(-1, pivot) - first[..., None]
+    # a -inf logit has log-probability -inf, and TRL's gradient, one-hot minus softmax, through lse;
+    # a row with no finite logit selected has no lse here (NaN): -inf with the one-hot alone
+    logps = torch.where((selected == float("-inf")) & lse.isnan(), selected, selected - lse)
     if row_mask is not None:
         logps = logps.masked_fill(row_mask == 0, 0.0)
     return logps.to(dtype)

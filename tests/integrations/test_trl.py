@@ -137,3 +137,17 @@ def test_top_k_with_a_masked_first_token():
     torch.testing.assert_close(got, want)
     got[torch.isfinite(got)].sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_top_k_gradient_through_a_masked_token_is_trls(trl_utils):
+    """A selected -inf logit: -inf, with TRL's gradient (one-hot minus softmax), where another
+    selected logit in the row is finite (before: the one-hot alone)."""
+    logits = torch.randn(3, 7, dtype=torch.float64)
+    logits[:, 2] = float("-inf")
+    index = torch.tensor([[2, 0], [1, 2], [2, 2]])  # the last row selects no finite logit
+    weights = torch.rand(3, 2, dtype=torch.float64)
+    (theirs, their_grad), (ours, our_grad) = both(trl_utils, logits, index, 1.0, None, weights)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(our_grad[:2], their_grad[:2])
+    torch.testing.assert_close(our_grad[2], torch.zeros(7, dtype=torch.float64).index_put_(
+        (torch.tensor([2]),), weights[2].sum()[None]))  # no lse for that row: the one-hot alone
