@@ -239,7 +239,10 @@ class RunConfig:
     tensorboard: bool = False
     """Also log the metrics to TensorBoard (output_dir/tensorboard)."""
     wandb: bool = False
-    """Also log the metrics to Weights & Biases (project wandb_project)."""
+    """Also log the metrics to Weights & Biases (project wandb_project). A --resume continues
+    the same W&B run, but W&B ignores a step below its last one (with a warning): the steps
+    a stopped run logged after its last checkpoint keep their first values there, whereas
+    metrics.jsonl and TensorBoard hold the resumed run's."""
     wandb_project: str = "fastrl"
     """The Weights & Biases project."""
     progress: bool = True
