@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -97,15 +98,21 @@ def eval_samples(args) -> int:
 
     from fastrl.metrics import majority, pass_at_k
 
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        print(f"fastrl eval: --plot: no folder {str(Path(args.plot).parent)!r} to write {args.plot!r} in", file=sys.stderr)
-        return 2
+    if args.plot:
+        if not Path(args.plot).resolve().parent.is_dir():
+            print(f"fastrl eval: --plot: no folder {str(Path(args.plot).parent)!r} to write {args.plot!r} in",
+                  file=sys.stderr)
+            return 2
+        if error := _image_format_error(args.plot):
+            print(f"fastrl eval: --plot {args.plot!r}: {error}", file=sys.stderr)
+            return 2
     score, description = _eval_verifier()
     problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
     golds: dict = {}  # problem_id -> (gold, the line that first gave it)
     any_cot = False
     try:
-        lines = Path(args.samples).read_text(encoding="utf-8").splitlines()
+        # JSON lines end at "\n" only: a string may hold U+2028 or U+0085, where splitlines() breaks too
+        lines = [line.removesuffix("\r") for line in Path(args.samples).read_text(encoding="utf-8").split("\n")]
     except OSError as e:
         print(f"fastrl eval: cannot read {args.samples}: {e.strerror}", file=sys.stderr)
         return 2
@@ -190,13 +197,27 @@ def eval_samples(args) -> int:
         fig.tight_layout()
         try:
             fig.savefig(args.plot)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             print(f"fastrl eval: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
             return 2
         finally:
             plt.close(fig)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _image_format_error(path: str):
+    """Why matplotlib cannot write an image named ``path`` (it takes the format from the
+    extension, and adds ".png" to a name without one), or None."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "name the image format by its extension, e.g. curves.png"
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return None  # the plot is skipped, with a note
+    formats = FigureCanvasBase.get_supported_filetypes()
+    return None if suffix in formats else f"no image format {suffix!r}; one of {', '.join(sorted(formats))}"
 
 
 def train(args) -> int:
@@ -261,7 +282,10 @@ def _seeds(text: str) -> tuple[int, ...]:
     parts = text.split(",")
     if not all(p.strip().isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"comma-separated integers >= 0, got {text!r}")
-    return tuple(int(p) for p in parts)
+    seeds = tuple(int(p) for p in parts)
+    if len(set(seeds)) < len(seeds):  # one seed twice would be two identical runs into one folder
+        raise argparse.ArgumentTypeError(f"each seed once, got {text!r}")
+    return seeds
 
 
 def experiment(args) -> int:
@@ -278,8 +302,8 @@ def _experiment(args) -> int:
     if args.setting not in settings:
         print(f"fastrl experiment {args.name}: --setting must be one of {', '.join(settings)}", file=sys.stderr)
         return 2
-    if args.lr is not None and (args.name != "pure" or args.lr <= 0):
-        why = "must be > 0" if args.name == "pure" else "is for pure only (riskpo and rover follow the issue's recipe)"
+    if args.lr is not None and (args.name != "pure" or not (math.isfinite(args.lr) and args.lr > 0)):
+        why = "must be a finite number > 0" if args.name == "pure" else "is for pure only (riskpo and rover follow the issue's recipe)"
         print(f"fastrl experiment {args.name}: --lr {why}, got {args.lr}", file=sys.stderr)
         return 2
     if args.policy is not None and args.name != "pure":
@@ -290,6 +314,9 @@ def _experiment(args) -> int:
               file=sys.stderr)
         return 2
     out = Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
+    if out.exists() and not out.is_dir():
+        print(f"fastrl experiment {args.name}: --output-dir {str(out)!r} is a file", file=sys.stderr)
+        return 2
     if args.name == "pure":
         plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=args.seeds or (0, 1))
         if args.lr is not None:

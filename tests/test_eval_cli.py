@@ -106,6 +106,26 @@ def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, mes
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name,message", [("p.txt", "no image format 'txt'; one of "),
+                                          ("p", "name the image format by its extension")])
+def test_eval_plot_in_an_unknown_format_is_refused_before_scoring(tmp_path, capsys, name, message):
+    pytest.importorskip("matplotlib")
+    assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and not captured.out, captured  # (no table: refused first)
+    assert not list(tmp_path.iterdir())
+
+
+def test_eval_reads_json_lines_split_at_newlines_only(tmp_path, capsys):
+    """U+2028, U+0085 and U+001E, written raw by json.dumps(ensure_ascii=False), are in a
+    string; splitlines() broke the line there."""
+    rows = [{"problem_id": "p", "gold": "7", "completion": f"line{c}two \\boxed{{7}}"} for c in "\u2028\x85\x1e"]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert main(["eval", str(path)]) == 0
+    assert "1 problems, 3 samples" in capsys.readouterr().out
+
+
 def test_eval_plot_into_a_missing_folder_is_refused_before_scoring(tmp_path, capsys):
     assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "no" / "p.png")]) == 2
     err = capsys.readouterr().err
@@ -115,6 +135,7 @@ def test_eval_plot_into_a_missing_folder_is_refused_before_scoring(tmp_path, cap
 @pytest.mark.parametrize("argv,message", [
     (["experiment", "pure", "--seeds", "a,b"], "comma-separated integers >= 0, got 'a,b'"),
     (["experiment", "pure", "--seeds", "0,,1"], "got '0,,1'"),
+    (["experiment", "rover", "--seeds", "0,1,0"], "each seed once, got '0,1,0'"),
 ])
 def test_experiment_seeds_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as done:

@@ -11,6 +11,13 @@ import numpy as np
 import torch
 
 
+def check_seeds(seeds) -> None:
+    """Each seed once: a seed twice would be two identical runs writing one folder, and
+    counted as two in a criterion over seeds."""
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must differ, got {list(seeds)}")
+
+
 def solution_batch(task, tokenizer, rows, rng: random.Random):
     """(input_ids, attention_mask, response_mask) for prompt + a correct solution + EOS."""
     seqs, masks = [], []

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from fastrl.experiments import recurrent  # noqa: F401 (registers the GRU policy with AutoModelForCausalLM)
-from fastrl.experiments.common import Workers, sample, smoothed, verdicts
+from fastrl.experiments.common import Workers, check_seeds, sample, smoothed, verdicts
 from fastrl.experiments.common import warm_up as warm_up_steps
 from fastrl.plotting import pyplot
 from fastrl.trainer import task as task_lib
@@ -233,6 +233,7 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     plan = plan or Plan(setting)
     if plan.policy not in POLICIES:
         raise ValueError(f"plan.policy must be one of {', '.join(POLICIES)}, got {plan.policy!r}")
+    check_seeds(plan.seeds)
     spec = SETTINGS[setting]
     steps = plan.rl_steps or spec["steps"]
     task = ArithTask(r_triv=spec["r_triv"])

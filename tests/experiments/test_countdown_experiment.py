@@ -31,6 +31,7 @@ def test_reward_and_form():
     assert task.outcome_reward(row, "9*7-5-3") == 1.0
     assert task.outcome_reward(row, "9*7-5-3+") == 0.0
     assert task.well_formed(row, "3+5+7+9") and not task.well_formed(row, "3+3+7+9")
+    assert not task.well_formed(row, "3+5+7+9\n") and task.outcome_reward({**row, "target": 24}, "3+5+7+9\n") == 0.0
 
 
 def test_canonical_merges_rearrangements_only():
@@ -51,5 +52,7 @@ def test_smoke_run(tmp_path, capsys, name, setting):
     assert len(summary["runs"]) == methods
     assert (out / f"{name}_{setting}.png").exists()
     assert "sanity" in printed or setting == "D"
+    top = max(loaded["runs"][next(iter(loaded["runs"]))]["end"]["pass@k"])  # the smoke plan's samples
+    assert top < 32 and f"pass@{top} " in printed and "pass@32" not in printed
     assert main(["experiment", name, "--setting", "B", "--smoke", "--output-dir", str(out)]) == 2
 

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from fastrl.cli import main  # noqa: E402
+from fastrl.experiments import pure  # noqa: E402
 from fastrl.experiments.pure import ArithTask, Plan, run, solve  # noqa: E402
 
 ROW = {"prompt": "3+5-2+9", "digits": [3, 5, 2, 9], "ops": ["+", "-", "+"], "answer": "5"}
@@ -71,8 +72,24 @@ def test_unknown_policy_is_refused(tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.parametrize("args,says", [(["pure", "--lr", "0"], "must be > 0"), (["rover", "--lr", "1e-3"], "pure only"),
+@pytest.mark.parametrize("args,says", [(["pure", "--lr", "0"], "must be a finite number > 0"),
+                                       (["pure", "--lr", "nan"], "must be a finite number > 0, got nan"),
+                                       (["pure", "--lr", "inf"], "got inf"),
+                                       (["rover", "--lr", "1e-3"], "pure only"),
                                        (["riskpo", "--policy", "gru"], "pure only")])
 def test_bad_options_are_refused(tmp_path, capsys, args, says):
     assert main(["experiment", *args, "--smoke", "--output-dir", str(tmp_path)]) == 2
     assert says in capsys.readouterr().err and not (tmp_path / "summary.json").exists()
+
+
+def test_a_file_as_output_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "afile").touch()
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(tmp_path / "afile")]) == 2
+    assert "--output-dir" in (err := capsys.readouterr().err) and "is a file" in err, err
+
+
+def test_a_seed_twice_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(pure, "Workers", None)  # refused before any job starts
+    with pytest.raises(ValueError, match=r"seeds must differ, got \[0, 0\]"):
+        run("A", tmp_path, Plan("A", seeds=(0, 0)))
+    assert not (tmp_path / "summary.json").exists()
