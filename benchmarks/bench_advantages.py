@@ -67,25 +67,26 @@ def grpo_index_add(scores, group_ids, eps=1e-6):
 def cases(shapes, device):
     found = []
 
-    def case(B, G, T, provider, fn, note="", compare_to=None):
+    def case(B, G, T, provider, fn, note="", compare_to=None, uids=False):
         def setup():
             x = make_inputs(B, G, T, device)
             return lambda: fn(x)
+        # from string uids every provider maps them on the host first: timed on the host
         found.append(harness.Case("group_advantages", {"B": B, "group": G, "T": T}, provider, setup, note,
-                                  compare_to=compare_to))
+                                  compare_to=compare_to, wall_clock=uids))
 
     for B, G, T in shapes:
         for name, ours in (("grpo", fastrl_verl.fastrl_grpo), ("rloo", fastrl_verl.fastrl_rloo)):
             case(B, G, T, f"fastrl_verl_{name}", lambda x, f=ours: f(x["rewards"], x["mask"], x["uids"]),
-                 "string uids, [B, T] out")
+                 "string uids, [B, T] out", uids=True)
             if core_algos is None:
                 continue
             loop = getattr(core_algos, f"compute_{name}_outcome_advantage")
             vectorized = getattr(core_algos, f"compute_{name}_vectorized_outcome_advantage")
             case(B, G, T, f"verl_{name}", lambda x, f=loop: f(x["rewards"].clone(), x["mask"], x["uids"]),
-                 compare_to=f"fastrl_verl_{name}")
+                 compare_to=f"fastrl_verl_{name}", uids=True)
             case(B, G, T, f"verl_{name}_vectorized", lambda x, f=vectorized: f(x["rewards"], x["mask"], x["uids"]),
-                 compare_to=f"fastrl_verl_{name}")
+                 compare_to=f"fastrl_verl_{name}", uids=True)
         if T == LENGTHS[0] or device.type == "cuda":
             case(B, G, T, "fastrl_op", lambda x: ops.group_advantages(x["scores"], x["group_ids"]),
                  "int64 ids, [B] out")
@@ -104,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.exit_status(main()))

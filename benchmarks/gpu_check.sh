@@ -23,6 +23,8 @@ cd "$(dirname "$0")/.."
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STAGE=${1:-all}
+case "$STAGE" in all|sampling|rest|sweep) ;; *) echo "gpu_check.sh: no stage '$STAGE' (all, sampling, rest or sweep)"; exit 2;; esac
+case "${REST_BENCHMARKS:-all}" in all|scans|none) ;; *) echo "gpu_check.sh: REST_BENCHMARKS must be all, scans or none, got '$REST_BENCHMARKS'"; exit 2;; esac
 LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
 SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
 # 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; c2 at B=256

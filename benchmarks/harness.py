@@ -42,7 +42,8 @@ class Case:
     op: str
     shape: dict
     provider: str
-    # Builds the inputs and returns the zero-argument call to time.
+    # Builds the inputs and returns the zero-argument call to time. A call that overwrites its
+    # inputs carries a ``reset`` attribute, run untimed before each run to restore them.
     setup: Callable[[], Callable[[], object]]
     note: str = ""
     # Bytes one call must read and write at the least: on a GPU the row then
@@ -50,6 +51,9 @@ class Case:
     bytes_moved: Optional[int] = None
     # The fastrl provider a baseline is compared with (default: the first fastrl row).
     compare_to: Optional[str] = None
+    # Time on the host, from the call to the GPU done: for calls with host work before their
+    # first kernel (mapping string uids), which the GPU's queued sleep would otherwise hide.
+    wall_clock: bool = False
 
 
 def device_name(device: torch.device) -> str:
@@ -82,21 +86,32 @@ QUEUE_AHEAD_CYCLES = 2_000_000  # about 1 ms of GPU time to queue the call behin
 L2_FLUSHES = ("clean", "dirty")
 
 
-def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int, l2_flush: str = "clean") -> list[float]:
+def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int, l2_flush: str = "clean",
+            wall_clock: bool = False) -> list[float]:
     if l2_flush not in L2_FLUSHES:
         raise ValueError(f"l2_flush must be one of {L2_FLUSHES}, got {l2_flush!r}")
+    reset = getattr(call, "reset", lambda: None)
     for _ in range(warmup):
+        reset()
         call()
     _sync(device)
     flush = torch.zeros(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
     times = []
     for _ in range(repeat):
+        reset()
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             if l2_flush == "clean":
                 flush.max()
             else:
                 flush.zero_()
+            if wall_clock:
+                torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                call()
+                torch.cuda.synchronize(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+                continue
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
             start.record()
             call()
@@ -240,9 +255,19 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
         args.repeat = 3 if args.quick else {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
     if args.warmup is None:
         args.warmup = {"cpu": 2, "cuda": 2, **(warmup or {})}[args.device.type]
+    # a run that picks cases (--quick, --only, --providers, ...) or measures otherwise (--l2-flush,
+    # --dtype) is partial: by default its rows do not replace the committed results
+    args._partial = [f"--{k.replace('_', '-')}" for k, v in sorted(vars(args).items())
+                     if k not in FULL_RUN_OPTIONS and v != parser.get_default(k)]
     if args.device.type == "cpu" and not args.malloc_default and args._probe is None:
         no_trim_malloc()
     return args
+
+
+# options that leave a run's cases and what they measure as they are (--shape names the shapes
+# of a full run: `make bench` names its CPU shapes)
+FULL_RUN_OPTIONS = {"device", "shape", "repeat", "warmup", "memory", "out", "malloc_default", "compile_budget",
+                    "_probe", "_skip"}
 
 
 def wanted_providers(option: str, known) -> set:
@@ -283,7 +308,8 @@ def no_trim_malloc():
         return
     os.environ.update(NO_TRIM)
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    # the command as typed (sys.argv[0] may be renamed for a usage line: "fastrl bench scans")
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> list[dict]:
@@ -305,10 +331,17 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         trimmed = "glibc defaults" if args.malloc_default else "no heap trimming (" + ", ".join(
             f"{k}={v}" for k, v in NO_TRIM.items()) + ")"
         print(f"malloc: {trimmed}")
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = RESULTS / device_slug(device) / f"bench_{family}{'.partial' if args._partial else ''}.json"
+        if args._partial:
+            print(f"a partial run ({', '.join(args._partial)}): its rows go to {out.name}, not bench_{family}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     for index, case in enumerate(cases):
         try:
             call = case.setup()
-            times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush)
+            times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush, case.wall_clock)
             peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
             error = None
         except Exception as exc:  # a baseline that cannot run at this shape is reported, not fatal
@@ -327,16 +360,29 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             "note": case.note, "error": error,
             "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
             "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
+            "wall_clock": case.wall_clock,
             "l2_flush": args.l2_flush if device.type == "cuda" else None,
         }
         rows.append(row)
         print(format_row(row), flush=True)
-    out = Path(args.out) if args.out else RESULTS / device_slug(device) / f"bench_{family}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+        write_json(out, rows)  # row by row: a run cut short by a time limit keeps what it measured
     print(f"\nwrote {len(rows)} rows to {out}")
     print_speedups(rows)
     return rows
+
+
+def write_json(path: Path, rows: list[dict]):
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(rows, indent=1))
+    os.replace(part, path)  # never a half-written file
+
+
+def exit_status(rows) -> int:
+    """1 where a fastrl row failed (a baseline's failure is only reported), else 0."""
+    failed = [r for r in rows or [] if r["error"] and r["provider"].startswith("fastrl")]
+    for r in failed:
+        print(f"FAILED: {r['op']} {r['provider']} at {r['shape']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def format_row(row: dict) -> str:

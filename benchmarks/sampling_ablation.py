@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -88,6 +89,10 @@ def main():
                         help="comma-separated sources of the kernel module, each timed with every variant")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if not re.fullmatch(r"[1-9]\d*,[1-9]\d*", args.shape):
+        parser.error(f"--shape {args.shape!r}: expected B,V, two positive integers, as in 256,151936")
+    if args.repeat < 1:
+        parser.error(f"--repeat: at least 1 timed run, got {args.repeat}")
     if not torch.cuda.is_available():
         raise SystemExit("sampling_ablation.py times the Triton sampler on a CUDA GPU; none is visible")
     device = torch.device("cuda")

@@ -133,7 +133,10 @@ def main():
     args = parser.parse_args()
     span = sampling.span(torch.bfloat16)
     for config in args.config or ["8192x8", "8192x4", "8192x8f"]:
-        block_v, num_warps = (int(v) for v in re.match(r"(\d+)x(\d+)", config).groups())
+        match = re.fullmatch(r"(\d+)x(\d+)[fl]*", config)
+        if not match:
+            parser.error(f"--config {config!r}: expected BLOCKxWARPS with f (top-p) or l (lagged) after, e.g. 8192x8f")
+        block_v, num_warps = (int(v) for v in match.groups())
         if block_v != span:
             parser.error(f"--config {config}: per-token figures need BLOCK = the span, {span}")
         registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, lagged="l" in config)

@@ -58,10 +58,11 @@ def bench(args) -> int:
     spec.loader.exec_module(module)
     program, sys.argv[0] = sys.argv[0], f"fastrl bench {args.family}"  # its usage line names this command
     try:
-        module.main(args.rest)
+        rows = module.main(args.rest)
     finally:
         sys.argv[0] = program
-    return 0
+    harness = getattr(module, "harness", None)  # (bench_verifier has its own table)
+    return harness.exit_status(rows) if harness else 0
 
 
 def _last_boxed(text: str) -> str | None:

@@ -128,6 +128,108 @@ def test_fastrl_bench_without_a_family_lists_the_families(capsys):
     assert "unknown benchmark 'nope'; known: advantages," in capsys.readouterr().err
 
 
+def test_fastrl_bench_runs_on_the_cpu_through_its_malloc_restart(tmp_path):
+    """On the CPU the harness restarts Python with other malloc settings: it restarted with
+    sys.argv, whose [0] the CLI had renamed for the usage line ("can't open file 'fastrl
+    bench scans'"); its tests all passed --malloc-default, which skips the restart."""
+    out = tmp_path / "scans.json"
+    done = run([sys.executable, "-m", "fastrl.cli", "bench", "scans", "--quick", "--only", "^gae/fastrl",
+                "--repeat", "1", "--warmup", "0", "--out", str(out)], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "malloc: no heap trimming" in done.stdout
+    assert len(__import__("json").loads(out.read_text())) == 4
+
+
+@pytest.mark.parametrize("cmd,message", [
+    (["bash", "benchmarks/gpu_check.sh", "sample"], "no stage 'sample' (all, sampling, rest or sweep)"),
+    (["bash", "benchmarks/gpu_check.sh", "rest"], "REST_BENCHMARKS must be all, scans or none, got 'scan'"),
+    ([sys.executable, "benchmarks/sampling_ablation.py", "--shape", "256"], "--shape '256': expected B,V"),
+    ([sys.executable, "benchmarks/sampling_sass.py", "--config", "foo"], "--config 'foo': expected BLOCKxWARPS"),
+])
+def test_gpu_scripts_refuse_bad_arguments_before_any_work(cmd, message):
+    """A mistyped stage ran nothing and exited 0; bad shapes and configs were tracebacks."""
+    done = run(cmd, cwd=ROOT, env={**os.environ, "REST_BENCHMARKS": "scan", "PYTHON": sys.executable})
+    assert done.returncode == 2 and message in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def harness_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import harness
+
+    return harness
+
+
+def test_a_failing_fastrl_row_fails_the_benchmark(tmp_path, monkeypatch, capsys):
+    """A baseline that cannot run is reported; a fastrl row that fails makes the exit status 1
+    (gpu_check.sh counted such a run as passed)."""
+    from fastrl import cli, ops
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(ops, "gae", broken)
+    argv = ["bench", "scans", "--quick", "--only", "^gae/", "--repeat", "1", "--warmup", "0", "--malloc-default",
+            "--out", str(tmp_path / "scans.json")]
+    assert cli.main(argv) == 1
+    assert "FAILED: gae fastrl_" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+
+
+def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch, capsys):
+    """--quick, --only, --providers ... without --out write bench_<family>.partial.json (a
+    smoke run replaced the committed results the README cites); rows are written as they
+    come, so a run cut short keeps them."""
+    from fastrl import cli
+
+    harness = harness_module()
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    assert cli.main(["bench", "scans", "--quick", "--only", "^gae/fastrl", "--repeat", "1", "--warmup", "0",
+                     "--malloc-default"]) == 0
+    assert [p.name for p in tmp_path.rglob("*.json")] == ["bench_scans.partial.json"]
+    assert "a partial run (--only, --quick)" in capsys.readouterr().out
+
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+
+        return lambda: None
+
+    cases = [harness.Case("op", {"i": i}, "fastrl_x", interrupted) for i in range(3)]
+    args = harness.parse_args("test", ["--repeat", "1", "--warmup", "0", "--malloc-default",
+                                       "--out", str(tmp_path / "cut.json")])
+    with pytest.raises(KeyboardInterrupt):
+        harness.run("test", cases, args, __file__, [])
+    assert [r["shape"] for r in __import__("json").loads((tmp_path / "cut.json").read_text())] == [{"i": 0}]
+
+
+def test_the_inplace_logprob_row_runs_every_time_on_the_same_logits():
+    """inplace_backward writes the gradient over the logits: each later warm-up and timed run
+    computed on the previous run's gradient, not on the inputs the other rows get."""
+    import torch
+
+    harness = harness_module()
+    import bench_logprobs
+
+    cpu = torch.device("cpu")
+    case = next(c for c in bench_logprobs.cases([(8, 4, 32)], cpu, torch.float32) if c.provider.endswith("_inplace"))
+    call = case.setup()
+    logits = bench_logprobs._LIVE[-1]["logits"]
+    before, seen = logits.detach().clone(), []
+
+    def spy():
+        seen.append(logits.detach().clone())
+        return call()
+
+    spy.reset = getattr(call, "reset", None)
+    harness.time_ms(spy, cpu, warmup=1, repeat=2)
+    assert len(seen) == 3 and all(torch.equal(s, before) for s in seen)
+    assert not torch.equal(logits, before)  # (the last run's gradient is there: the row does write in place)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["scans", "--device", "gpu"], "--device: 'gpu' is no torch device"),
     (["logprobs", "--shape", "1,2"], "--shape '1,2': expected 3 comma-separated positive integers"),
