@@ -105,6 +105,23 @@ def test_a_bad_forced_backend_is_one_line_from_the_cli():
                                    "got 'nope'"), done.stderr
 
 
+def test_the_sdist_holds_every_source_the_extension_builds_from(tmp_path):
+    """Without MANIFEST.in the sdist held the .cpp files only: building from it failed on
+    the first header ("fastrl/advantages.h: No such file or directory")."""
+    import tarfile
+
+    done = run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=ROOT,
+               env={**os.environ, "FASTRL_SKIP_EXT": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sdist,) = tmp_path.glob("fastrl-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cpp", ".cu")}
+    assert sources and sources <= names, sorted(sources - names)
+    assert {"pyproject.toml", "setup.py", "kernels/sampling.py", "fastrl/cli.py"} <= names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
 def test_version():
     assert fastrl.__version__
 
