@@ -28,7 +28,8 @@ def load():
         status = f"failed to load ({type(exc).__name__}: {exc})"
         warnings.warn(
             f"fastrl: the compiled kernels failed to load ({exc}); falling back to the reference "
-            "ops. Rebuild with `pip install --no-build-isolation -e .`.",
+            "ops. Reinstall fastrl against this torch (from a source checkout: "
+            "`pip install --no-build-isolation -e .`).",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -122,6 +122,15 @@ def test_the_sdist_holds_every_source_the_extension_builds_from(tmp_path):
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
 
+def test_a_reader_that_leaves_early_is_no_traceback():
+    """`fastrl info | head -1` ended in a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastrl.cli", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before it prints: importing torch takes it far longer
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 141 and "Traceback" not in err, err
+
+
 def test_version():
     assert fastrl.__version__
 

@@ -109,17 +109,20 @@ def rollout(
     seeds = seeds.to(device)
 
     positions = position_ids(mask)
-    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    takes = inspect.signature(model.forward).parameters
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+    # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
+    cache_name = "cache" if "cache" in takes else "past_key_values"
     step_ids, cache = input_ids, None
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     columns = []
     bar = tqdm(total=max_new_tokens, desc="rollout", unit="tok", disable=not progress, leave=False)
     for step in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, **keep_last)
-        cache = out.past_key_values
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_name: cache}, **keep_last)
+        cache = getattr(out, cache_name)
         if cache is None:
-            raise RuntimeError("the model returned no KV cache (past_key_values=None although use_cache=True: "
+            raise RuntimeError(f"the model returned no KV cache ({cache_name}=None although use_cache=True: "
                                "Hugging Face turns the cache off under gradient checkpointing in train mode); "
                                "call model.eval() or disable gradient checkpointing before the rollout")
         drawn = sample(out.logits[:, -1], temperature, top_k, top_p, seeds, offset=step)

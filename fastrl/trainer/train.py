@@ -137,6 +137,8 @@ class Trainer:
         self.out = Path(config.run.output_dir)
         self.log_path = self.out / "metrics.jsonl"
         self.ckpt_dir = self.out / "checkpoints"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"run.output_dir {str(self.out)!r} is a file, not a folder")
         self._check_layout()
         if resume and overwrite:
             raise ConfigError("--resume continues the run in run.output_dir and --overwrite starts it again: pass one")

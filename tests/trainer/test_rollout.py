@@ -84,6 +84,27 @@ def test_matches_plain_loop(rng, sampling, device):
         torch.testing.assert_close(r.logprob, r.policy_logprob)
 
 
+class CacheNamedCache(torch.nn.Module):
+    """A causal LM as transformers >= 5.2x has it: the KV cache is `cache` in and out
+    (`past_key_values` deprecated, to go in 5.40); there is no past_key_values here."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=use_cache)
+        return transformers.modeling_outputs.ModelOutput(logits=out.logits, cache=out.past_key_values)
+
+
+def test_a_model_whose_kv_cache_is_named_cache(rng):
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    r = rollout(CacheNamedCache(model), prompts, 8, EOS, PAD, seeds=seeds, progress=False)
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
+
+
 def test_float32_matches_plain_loop(rng, device):
     """float32 logits reach every sampling backend here (the Triton one under TRITON_INTERPRET=1)."""
     model = tiny_llama(rng, torch.float32).to(device)

@@ -238,6 +238,21 @@ def test_bad_layout_is_refused_before_training(tmp_path):
                        "algo.kl_in=reward"))
 
 
+def test_an_output_dir_that_is_a_file_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "afile").touch()  # (a FileExistsError traceback at the first write, after the model loaded)
+    assert main(["train", "--output-dir", str(tmp_path / "afile"), "--steps", "1"]) == 2
+    assert "run.output_dir" in (err := capsys.readouterr().err) and "is a file, not a folder" in err, err
+
+
+def test_the_readme_lists_every_key_a_resume_may_change():
+    from pathlib import Path
+
+    from fastrl.trainer.config import RESUME_SAFE
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert [k for k in RESUME_SAFE if f"`{k}`" not in readme] == []
+
+
 def test_cli_reports_config_errors(tmp_path, capsys):
     bad = tmp_path / "run.yaml"
     bad.write_text("algo:\n  name: grpo\n  clip: 0.2\n")
