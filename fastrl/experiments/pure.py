@@ -6,9 +6,11 @@ response writes one step per line, ``x o y=z``, then ``Az`` and EOS:
 ``3+5=8\\n\\n8-2=6\\n\\n6+9=5\\n\\nA5``; at most 40 response tokens, 17 symbols.
 
 Process reward (programmatic, and hackable as PRMs are): +1 for a correct step that makes
-progress (the correct answer included), ``r_triv`` for a valid restatement ``=z`` that
-makes none, -1 for an arithmetic error, a malformed step, a wrong or premature answer; an
-unfinished last step (the response was cut) and a missing answer score 0.
+progress (the correct answer, the first time, included), ``r_triv`` for a valid restatement
+that makes none (``=z``, or the correct answer again), -1 for an arithmetic error, a
+malformed step, a wrong or premature answer; a missing answer and a last step that looks
+unfinished score 0 (the response may have been cut there; the grader sees no EOS, so a
+response that stopped after such a step gets 0 too: it costs no more than stopping).
 
 Policy (``POLICIES``): a GRU of two layers of 128 followed by one attention layer over its
 states (``fastrl.experiments.recurrent``, about 268k parameters; ``policy="llama"``: a
@@ -103,7 +105,7 @@ class ArithTask:
         """(kind, score) per step: kind is progress, restate, error, answer, wrong_answer or
         unfinished."""
         values = solve(row["digits"], row["ops"])
-        value, done, out = row["digits"][0], 0, []
+        value, done, answered, out = row["digits"][0], 0, False, []
         for i, s in enumerate(steps):
             last = i == len(steps) - 1
             m = STEP.match(s)
@@ -115,7 +117,10 @@ class ArithTask:
                 out.append(("restate", self.r_triv))
             elif ANSWER.match(s):
                 right = done == len(values) and int(s[1]) == value
-                out.append(("answer", 1.0) if right else ("wrong_answer", -1.0))
+                # the answer again makes no progress: a restatement (it scored +1 each time)
+                out.append(("wrong_answer", -1.0) if not right else ("restate", self.r_triv) if answered
+                           else ("answer", 1.0))
+                answered = answered or right
             elif last and PARTIAL.match(s):
                 out.append(("unfinished", 0.0))
             else:

@@ -28,6 +28,8 @@ def test_solve_is_left_to_right_mod_10():
     (["3+5=8", "8-2=6", "6+"], [1, 1, 0]),  # cut by the length limit: not penalised
     (["3+5=8", "8*2"], [1, -1]),  # malformed
     (["3+5=8", "8-2=6"], [1, 1]),  # a missing answer costs nothing
+    (["3+5=8", "8-2=6", "6+9=5", "A5", "A5", "=5", "A5"], [1, 1, 1, 1, 0.8, 0.8, 0.8]),  # the answer again: r_triv
+    (["3+5=8", "8-2=6", "6+9=5", "A5", "A4"], [1, 1, 1, 1, -1]),
 ])
 def test_process_reward(steps, expected):
     assert ArithTask(r_triv=0.8).step_scores(ROW, steps) == expected
