@@ -16,8 +16,12 @@ class Prompts:
     def __init__(self, cfg: DataConfig, seed: int, task=None):
         """task: the task object serving data.source "task" (``fastrl.trainer.task.MaxTask``)."""
         self.cfg, self.seed, self.task = cfg, seed, task
-        self.rows = None if cfg.source == "task" else _load(cfg)
+        self.rows, self._lines = (None, None) if cfg.source == "task" else _load(cfg)
         self._epoch_order = (None, None)
+
+    def where(self, i: int) -> str:
+        """Record i's place, for errors: the file and line, or the dataset and index."""
+        return _place(self.cfg.source, self._lines, i)
 
     def batch(self, step: int) -> list[dict]:
         """The prompts_per_step records of training step ``step`` (0-based), each with at
@@ -43,17 +47,29 @@ class Prompts:
         return self._epoch_order[1]
 
 
-def _load(cfg: DataConfig) -> list[dict]:
+def _place(source, lines, i: int) -> str:
+    return f"{source}:{lines[i]}" if lines else f"data.source {source}: record {i}"
+
+
+def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
+    """The records, and for a JSONL file each one's line number."""
     path = Path(cfg.source)
+    lines = None
     if path.is_file():
-        rows = []
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{path}:{lineno}: not JSON ({e})") from None
+        rows, lines = [], []
+        try:
+            text = path.read_text(encoding="utf-8")  # JSON is UTF-8, whatever the locale
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        # lines end at "\n" only: a string may hold U+2028 or U+0085, where splitlines() breaks too
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path}:{lineno}: not JSON ({e})") from None
+                lines.append(lineno)
     else:
         import datasets
 
@@ -69,11 +85,11 @@ def _load(cfg: DataConfig) -> list[dict]:
     if not rows:
         raise ConfigError(f"data.source {path} holds no records")
     for i, row in enumerate(rows):
+        where = _place(path, lines, i)
         if not isinstance(row, dict) or not isinstance(row.get(cfg.prompt_key), str):
-            raise ConfigError(f"data.source {path}: record {i} has no string field {cfg.prompt_key!r} "
-                              "(data.prompt_key)")
+            raise ConfigError(f"{where} has no string field {cfg.prompt_key!r} (data.prompt_key)")
         if not row[cfg.prompt_key]:  # a tokenizer without BOS makes no tokens of it: the step drawing it would fail
-            raise ConfigError(f"data.source {path}: record {i} has an empty {cfg.prompt_key!r} (data.prompt_key)")
+            raise ConfigError(f"{where} has an empty {cfg.prompt_key!r} (data.prompt_key)")
         if cfg.prompt_key != "prompt":
             row["prompt"] = row[cfg.prompt_key]
-    return rows
+    return rows, lines

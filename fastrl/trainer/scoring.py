@@ -27,16 +27,16 @@ def _labels(config: TrainConfig, row: dict):
 CLASSIFICATION = ("classification", "classification_no_think")
 
 
-def check_records(config: TrainConfig, rows) -> None:
-    """The built-in rewards that read a gold answer find it in every record (checked at load, not
-    at the step that first draws the record)."""
-    if rows is None or config.reward.kind not in ("math", *CLASSIFICATION):
+def check_records(config: TrainConfig, prompts) -> None:
+    """The built-in rewards that read a gold answer find it in every record of ``prompts``
+    (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it)."""
+    if prompts.rows is None or config.reward.kind not in ("math", *CLASSIFICATION):
         return
     key = config.data.answer_key
-    missing = next((i for i, row in enumerate(rows) if key not in row), None)
+    missing = next((i for i, row in enumerate(prompts.rows) if key not in row), None)
     if missing is not None:
-        raise ConfigError(f"data.source {config.data.source}: record {missing} has no field {key!r} "
-                          f"(data.answer_key), which reward.kind {config.reward.kind!r} reads")
+        raise ConfigError(f"{prompts.where(missing)} has no field {key!r} (data.answer_key), which reward.kind "
+                          f"{config.reward.kind!r} reads")
 
 
 def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:

@@ -156,7 +156,7 @@ class Trainer:
 
         # data and rewards first: their errors come before any model is loaded
         self.prompts = Prompts(config.data, config.run.seed, self.task)
-        scoring.check_records(config, self.prompts.rows)
+        scoring.check_records(config, self.prompts)
         self.reward = scoring.outcome_reward(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
@@ -253,8 +253,8 @@ class Trainer:
 
             tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.path)
             model = self._from_pretrained(m.path)
-        if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        if m.gradient_checkpointing:  # (renamed activation checkpointing in transformers 5.2x)
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         return tokenizer, model
 
     def _lora(self, model):

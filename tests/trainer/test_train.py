@@ -1,6 +1,8 @@
 """The trainer on the built-in task with its tiny model: every algorithm learns on a fixed
 batch, resume equals an uninterrupted run, the default run learns, bad configs fail early."""
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -452,9 +454,34 @@ def test_an_empty_prompt_is_refused_when_the_data_loads(tmp_path):
     from fastrl.trainer.data import Prompts
 
     data = tmp_path / "rows.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": p, "answer": "1"}) for p in ["1+0=", "0+1=", ""]) + "\n")
-    with pytest.raises(ConfigError, match=f"data.source {data}: record 2 has an empty 'prompt'"):
+    data.write_text("\n\n".join(json.dumps({"prompt": p, "answer": "1"}) for p in ["1+0=", "0+1=", ""]) + "\n")
+    with pytest.raises(ConfigError, match=f"{data}:5 has an empty 'prompt'"):  # the line (blank lines between)
         Prompts(config(tmp_path, f"data.source={data}", "reward.kind=math").data, 0)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("café".encode("latin-1"), ":1: not UTF-8 text"),
+    ('{"prompt": "1+0="}\n\n{"prompt": 3}\n'.encode(), ":3 has no string field 'prompt'"),
+])
+def test_a_bad_jsonl_record_is_named_by_its_line(tmp_path, content, message):
+    from fastrl.trainer.data import Prompts
+
+    data = tmp_path / "rows.jsonl"
+    data.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        Prompts(config(tmp_path, f"data.source={data}", "reward.kind=math").data, 0)
+
+
+def test_jsonl_prompts_are_utf8_whatever_the_locale_and_hold_line_separators(tmp_path):
+    """The file was opened in the locale's encoding (ASCII under LC_ALL=POSIX: a UTF-8 prompt
+    failed); a U+2028 inside a string stays in it."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "é\u2028x", "answer": "1"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    code = (f"from fastrl.trainer.config import TrainConfig; from fastrl.trainer.data import Prompts; "
+            f"print(ascii(Prompts(TrainConfig.from_dict({{}}, ['data.source={data}', 'reward.kind=math']).data, 0).rows[0]['prompt']))")
+    env = {**os.environ, "LC_ALL": "POSIX", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == ascii("é\u2028x"), done.stderr[-2000:]
 
 
 def test_file_prompts_shuffle_once_per_epoch(tmp_path, monkeypatch):
@@ -730,6 +757,6 @@ def test_a_record_without_the_answer_a_reward_reads_is_refused_at_load(tmp_path)
     """(a KeyError at the step that first drew the record, after the model loaded)"""
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"prompt": "1,2=", "answer": "2"}) + "\n" + json.dumps({"prompt": "3,1="}) + "\n")
-    with pytest.raises(ConfigError, match=r"record 1 has no field 'answer' \(data.answer_key\), which reward.kind "
+    with pytest.raises(ConfigError, match=r"data.jsonl:2 has no field 'answer' \(data.answer_key\), which reward.kind "
                                           r"'math' reads"):
         Trainer(config(tmp_path, f"data.source={data}", "reward.kind=math"))
