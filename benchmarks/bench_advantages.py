@@ -70,7 +70,10 @@ def cases(shapes, device):
     def case(B, G, T, provider, fn, note="", compare_to=None, uids=False):
         def setup():
             x = make_inputs(B, G, T, device)
-            return lambda: fn(x)
+            call = lambda: fn(x)  # noqa: E731
+            # verl's estimators return (advantages, returns) over [B, T]: the advantages at valid tokens
+            call.comparable = lambda out: out[0] * x["mask"] if isinstance(out, tuple) else out
+            return call
         # from string uids every provider maps them on the host first: timed on the host
         found.append(harness.Case("group_advantages", {"B": B, "group": G, "T": T}, provider, setup, note,
                                   compare_to=compare_to, wall_clock=uids))

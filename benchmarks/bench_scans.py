@@ -151,7 +151,11 @@ def cases(shapes, device) -> list[harness.Case]:
             if device.type == "cpu":  # compilation and lazy initialisation before a memory probe's baseline
                 fn(make_inputs(min(B, 4), min(T, 16), device, seed=1))  # (dynamic: the full shape reuses the graph)
             x = make_inputs(B, T, device)
-            return lambda: fn(x)
+            call = lambda: fn(x)  # noqa: E731
+            # gae: the advantages, min-form: the returns, at valid tokens (masked ones hold anything)
+            call.comparable = lambda out: torch.where(x["mask"], out[op == "min_form_returns"] if isinstance(out, tuple)
+                                                      else out, 0.0)
+            return call
         shape = {"B": B, "T": T, **params}
         moved = B * T * BYTES_PER_TOKEN[op] if provider.startswith("fastrl") else None
         found.append(harness.Case(op, shape, provider, setup, note, moved))

@@ -43,7 +43,9 @@ class Case:
     shape: dict
     provider: str
     # Builds the inputs and returns the zero-argument call to time. A call that overwrites its
-    # inputs carries a ``reset`` attribute, run untimed before each run to restore them.
+    # inputs carries a ``reset`` attribute, run untimed before each run to restore them; one
+    # whose result can be checked against its fastrl row's carries ``comparable``: result ->
+    # tensor (e.g. the advantages at valid tokens), compared before timing (see ``disagreement``).
     setup: Callable[[], Callable[[], object]]
     note: str = ""
     # Bytes one call must read and write at the least: on a GPU the row then
@@ -322,6 +324,7 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         return []
     device = args.device
     rows, env = [], versions()
+    outputs = {}  # (op, shape, provider) -> a fastrl row's comparable output
     copy_rate = copy_rate_bytes_per_ms(device, args.l2_flush) if device.type == "cuda" else None
     if copy_rate:
         print(f"device copy rate {copy_rate / 1e9:.2f} TB/s (read + written); L2 flushed {args.l2_flush}")
@@ -339,8 +342,10 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             print(f"a partial run ({', '.join(args._partial)}): its rows go to {out.name}, not bench_{family}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     for index, case in enumerate(cases):
+        disagrees = None
         try:
             call = case.setup()
+            disagrees = check_output(case, call, outputs, cases)
             times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush, case.wall_clock)
             peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
             error = None
@@ -357,7 +362,7 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             "median_ms": statistics.median(times) if times else None,
             "min_ms": min(times) if times else None, "repeat": len(times),
             "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
-            "note": case.note, "error": error,
+            "note": case.note, "error": error, "disagrees": disagrees,
             "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
             "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
             "wall_clock": case.wall_clock,
@@ -377,11 +382,43 @@ def write_json(path: Path, rows: list[dict]):
     os.replace(part, path)  # never a half-written file
 
 
+def check_output(case: Case, call, outputs: dict, cases: list[Case]):
+    """A baseline's result against its fastrl row's (compare_to, else the first fastrl row of
+    its op and shape), where both are ``comparable``: None, or why they disagree. fastrl's
+    own are kept for the baselines after them (the tests check fastrl against references)."""
+    comparable = getattr(call, "comparable", None)
+    if comparable is None:
+        return None
+    value = comparable(call()).detach().double().cpu()
+    shape = json.dumps(case.shape)
+    if case.provider.startswith("fastrl"):
+        outputs[case.op, shape, case.provider] = value
+        return None
+    target = case.compare_to or next((c.provider for c in cases if c.op == case.op and c.shape == case.shape
+                                      and c.provider.startswith("fastrl")), None)
+    ours = outputs.get((case.op, shape, target))
+    if ours is None:
+        return None
+    return disagreement(value, ours, target, getattr(call, "tolerance", 1e-4))
+
+
+def disagreement(value: torch.Tensor, ours: torch.Tensor, name: str, tolerance: float):
+    """None where |value - ours| <= tolerance * max(1, max |ours|) everywhere, else a message."""
+    if value.shape != ours.shape:
+        return f"shape {tuple(value.shape)}, {name}'s {tuple(ours.shape)}"
+    both_nan = value.isnan() & ours.isnan()
+    diff = (value - ours).abs().masked_fill(both_nan, 0.0).nan_to_num(nan=float("inf"))
+    scale = max(1.0, float(ours.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) if ours.numel() else 1.0)
+    worst = float(diff.max()) if diff.numel() else 0.0
+    return None if worst <= tolerance * scale else f"differs from {name} by up to {worst:.3g} (allowed {tolerance * scale:.3g})"
+
+
 def exit_status(rows) -> int:
-    """1 where a fastrl row failed (a baseline's failure is only reported), else 0."""
-    failed = [r for r in rows or [] if r["error"] and r["provider"].startswith("fastrl")]
+    """1 where a fastrl row failed or a row's result disagrees with its fastrl row's (a
+    baseline that cannot run is only reported), else 0."""
+    failed = [r for r in rows or [] if (r["error"] and r["provider"].startswith("fastrl")) or r.get("disagrees")]
     for r in failed:
-        print(f"FAILED: {r['op']} {r['provider']} at {r['shape']}: {r['error']}", file=sys.stderr)
+        print(f"FAILED: {r['op']} {r['provider']} at {r['shape']}: {r['error'] or r['disagrees']}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -389,12 +426,13 @@ def format_row(row: dict) -> str:
     shape = " ".join(f"{k}={v}" for k, v in row["shape"].items())
     if row["error"]:
         return f"{row['op']:<22} {shape:<36} {row['provider']:<26} error: {row['error']}"
+    disagrees = f"  DISAGREES: {row['disagrees']}" if row.get("disagrees") else ""
     mem = "" if row["peak_memory_bytes"] is None else f" {row['peak_memory_bytes'] / 2**20:10.1f} MiB"
     floor = ""
     if row.get("bandwidth_floor_ms"):
         floor = (f"  {row['median_ms'] / row['bandwidth_floor_ms']:.2f}x the bandwidth floor, "
                  f"{row['kernels_per_call']} kernel(s)")
-    return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}{floor}"
+    return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}{floor}{disagrees}"
 
 
 def print_speedups(rows: list[dict]):
