@@ -103,7 +103,8 @@ class Workers:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self.pool = ProcessPoolExecutor(workers or len(os.sched_getaffinity(0)),
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # (macOS)
+        self.pool = ProcessPoolExecutor(workers or cores,
                                         mp_context=multiprocessing.get_context("spawn"),
                                         initializer=torch.set_num_threads, initargs=(1,))
         self.pending = {}

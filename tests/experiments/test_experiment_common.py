@@ -18,6 +18,13 @@ def test_workers_run_jobs_in_one_thread_processes_and_take_follow_ups():
     assert seen[0][2] == 1 and seen[1][2] != os.getpid()
 
 
+def test_workers_without_sched_getaffinity(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: Workers raised AttributeError there."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    with Workers() as workers:
+        assert workers.pool._max_workers == (os.cpu_count() or 1)
+
+
 def test_smoothed_and_verdicts():
     assert smoothed([0, 10, 20], window=2) == [0.0, 5.0, 15.0]
     lines = verdicts([{"criterion": "a", "measured": "1", "held": True}, {"criterion": "b", "measured": "2", "held": False},
