@@ -406,11 +406,12 @@ def disagreement(value: torch.Tensor, ours: torch.Tensor, name: str, tolerance: 
     """None where |value - ours| <= tolerance * max(1, max |ours|) everywhere, else a message."""
     if value.shape != ours.shape:
         return f"shape {tuple(value.shape)}, {name}'s {tuple(ours.shape)}"
-    both_nan = value.isnan() & ours.isnan()
-    diff = (value - ours).abs().masked_fill(both_nan, 0.0).nan_to_num(nan=float("inf"))
-    scale = max(1.0, float(ours.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) if ours.numel() else 1.0)
-    worst = float(diff.max()) if diff.numel() else 0.0
-    return None if worst <= tolerance * scale else f"differs from {name} by up to {worst:.3g} (allowed {tolerance * scale:.3g})"
+    if not ours.numel():
+        return None
+    diff = (value - ours).abs().masked_fill(value.isnan() & ours.isnan(), 0.0).nan_to_num(nan=float("inf"))
+    allowed = tolerance * max(1.0, float(ours.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()))
+    worst = float(diff.max())
+    return None if worst <= allowed else f"differs from {name} by up to {worst:.3g} (allowed {allowed:.3g})"
 
 
 def exit_status(rows) -> int:
