@@ -99,6 +99,7 @@ def eval_samples(args) -> int:
     import json
 
     from fastrl.metrics import majority, pass_at_k
+    from fastrl.trainer.data import json_lines
 
     if args.plot:
         if not Path(args.plot).resolve().parent.is_dir():
@@ -113,8 +114,7 @@ def eval_samples(args) -> int:
     golds: dict = {}  # problem_id -> (gold, the line that first gave it)
     any_cot = False
     try:
-        # JSON lines end at "\n" only: a string may hold U+2028 or U+0085, where splitlines() breaks too
-        lines = [line.removesuffix("\r") for line in Path(args.samples).read_text(encoding="utf-8").split("\n")]
+        lines = json_lines(Path(args.samples).read_text(encoding="utf-8"))
     except OSError as e:
         print(f"fastrl eval: cannot read {args.samples}: {e.strerror}", file=sys.stderr)
         return 2
@@ -305,7 +305,8 @@ def _experiment(args) -> int:
         print(f"fastrl experiment {args.name}: --setting must be one of {', '.join(settings)}", file=sys.stderr)
         return 2
     if args.lr is not None and (args.name != "pure" or not (math.isfinite(args.lr) and args.lr > 0)):
-        why = "must be a finite number > 0" if args.name == "pure" else "is for pure only (riskpo and rover follow the issue's recipe)"
+        why = ("must be a finite number > 0" if args.name == "pure"
+               else "is for pure only (riskpo and rover follow the issue's recipe)")
         print(f"fastrl experiment {args.name}: --lr {why}, got {args.lr}", file=sys.stderr)
         return 2
     if args.policy is not None and args.name != "pure":

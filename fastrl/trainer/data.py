@@ -47,6 +47,12 @@ class Prompts:
         return self._epoch_order[1]
 
 
+def json_lines(text: str) -> list[str]:
+    """A JSONL text's lines: split at "\n" only (a string may hold U+2028 or U+0085, where
+    str.splitlines() breaks too), a trailing "\r" dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _place(source, lines, i: int) -> str:
     return f"{source}:{lines[i]}" if lines else f"data.source {source}: record {i}"
 
@@ -62,8 +68,7 @@ def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
         except UnicodeDecodeError as e:
             line = path.read_bytes()[:e.start].count(b"\n") + 1
             raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        # lines end at "\n" only: a string may hold U+2028 or U+0085, where splitlines() breaks too
-        for lineno, line in enumerate(text.split("\n"), 1):
+        for lineno, line in enumerate(json_lines(text), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
