@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 PREFIX = "step_"
+ASIDE = ".old_"
 
 
 def _rng_state() -> dict:
@@ -78,8 +79,14 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             os.fsync(f.fileno())
         # the config alone too: --resume compares it before loading anything
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        shutil.rmtree(path, ignore_errors=True)
+        # the same step saved again (--resume of a finished run): the old one is set aside, not
+        # deleted, until the new one is in place; latest() falls back to it in between
+        aside = Path(folder) / f"{ASIDE}{path.name}"
+        if path.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
         os.replace(tmp, path)
+        shutil.rmtree(aside, ignore_errors=True)
         for old in sorted(Path(folder).glob(f"{PREFIX}*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     processes.barrier()
@@ -87,8 +94,11 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
 
 
 def latest(folder: Path) -> Path | None:
-    found = sorted(p for p in Path(folder).glob(f"{PREFIX}*") if (p / "state.pt").exists())
-    return found[-1] if found else None
+    found = {p.name: p for p in Path(folder).glob(f"{PREFIX}*") if (p / "state.pt").exists()}
+    for p in Path(folder).glob(f"{ASIDE}{PREFIX}*"):  # a crash while the same step was saved again
+        if (p / "state.pt").exists():
+            found.setdefault(p.name[len(ASIDE):], p)
+    return found[max(found)] if found else None
 
 
 def saved_config(path: Path) -> dict:

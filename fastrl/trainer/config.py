@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
+DYNAMIC_SAMPLING_ALGOS = ("grpo", "dr_grpo", "rloo", "rover")  # equal rewards in a group: zero advantages
 # keys a --resume may change: how long the run goes, where it runs, how it is kept and
 # shown, how long later prompts may be; any other change would continue a run the
 # checkpoint's state does not belong to
@@ -115,7 +116,8 @@ class RolloutConfig:
     """Nucleus sampling: the smallest set of most likely tokens with mass >= top_p, in (0, 1]; None: all."""
     dynamic_sampling: bool = False
     """DAPO: groups whose rewards are all equal take no part in the update (they are masked
-    out of the loss rather than replaced by new samples)."""
+    out of the loss rather than replaced by new samples). For grpo, dr_grpo, rloo and rover
+    without a KL in the reward: elsewhere such groups still have non-zero advantages."""
 
 
 @dataclass
@@ -348,6 +350,14 @@ class TrainConfig:
         if a.name != "gae" and r.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2 for {a.name}, whose advantages compare the responses "
                               f"of a group, got {r.group_size}")
+        # a group of equal rewards has zero advantages only where the advantage compares rewards within the group
+        if r.dynamic_sampling and (a.name not in DYNAMIC_SAMPLING_ALGOS or (a.kl_coef > 0 and a.kl_in == "reward")):
+            why = (f"algo.name {a.name!r} (its advantages are not zero there: bundles, process rewards or a value "
+                   "baseline)" if a.name not in DYNAMIC_SAMPLING_ALGOS else "algo.kl_in 'reward' (the KL penalty "
+                   "makes the group's scores differ)")
+            raise ConfigError(f"rollout.dynamic_sampling drops groups whose rewards are all equal, which carry no "
+                              f"signal only under {', '.join(DYNAMIC_SAMPLING_ALGOS)} without a KL in the reward; "
+                              f"with {why} it would drop real training signal")
         if a.name == "pure" and rw.process is None and d.source == "task":
             rw.process = "task"  # the built-in task brings its own step scores
         if a.name == "pure" and rw.process is None:

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -554,7 +555,10 @@ class Trainer:
                         raise ConfigError(f"{self.log_path}: line {i + 1} of {len(lines)} is not JSON") from None
                     self._say(f"--resume: dropping the last line of {self.log_path}, cut short (a crash while "
                               "writing it)")
-            self.log_path.write_text("".join(line + "\n" for line, s in zip(lines, steps) if s <= self.step))
+            # a new file renamed over the log: a crash while writing must not lose the steps kept
+            kept = self.log_path.with_name(self.log_path.name + ".tmp")
+            kept.write_text("".join(line + "\n" for line, s in zip(lines, steps) if s <= self.step))
+            os.replace(kept, self.log_path)
         if path is not None:
             self._say(f"resumed from {path} at step {self.step}")
 
