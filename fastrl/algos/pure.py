@@ -35,14 +35,16 @@ class Credit(NamedTuple):
     returns: Optional[torch.Tensor]
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, total=lambda t: t) -> torch.Tensor:
     """(x - mean) / sqrt(var + 1e-8) over the masked entries, unbiased variance (verl's
-    masked_whiten); 0 off the mask; a single entry has variance 0."""
+    masked_whiten); 0 off the mask; a single entry has variance 0. The moments are summed in
+    float64, through ``total`` (the sum over every process, under torchrun), so that N
+    processes whiten as one does."""
     valid = mask != 0
-    n = valid.sum()
-    mean = torch.where(valid, x, 0).sum() / n.clamp_min(1)
-    var = torch.where(valid, (x - mean) ** 2, 0).sum() / (n - 1).clamp_min(1)
-    return torch.where(valid, (x - mean) * torch.rsqrt(var + 1e-8), 0)
+    n = total(valid.sum().to(torch.float64))
+    mean = total(torch.where(valid, x, 0).sum().to(torch.float64)) / n.clamp_min(1)
+    var = total(torch.where(valid, (x - mean) ** 2, 0).sum().to(torch.float64)) / (n - 1).clamp_min(1)
+    return torch.where(valid, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0)
 
 
 def step_ends(ids: torch.Tensor, mask: torch.Tensor, token_texts: Sequence[str]) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from fastrl.algos.credit import Reduce
+from fastrl.algos.pure import masked_whiten
 
 
 def launched() -> bool:
@@ -64,13 +65,7 @@ class Processes(Reduce):
         return x
 
     def whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return super().whiten(x, mask)
-        valid = mask != 0
-        n = self.sum(valid.sum().to(torch.float64))
-        mean = self.sum(torch.where(valid, x, 0).sum().to(torch.float64)) / n.clamp_min(1)
-        var = self.sum(torch.where(valid, (x - mean) ** 2, 0).sum().to(torch.float64)) / (n - 1).clamp_min(1)
-        return torch.where(valid, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0)
+        return masked_whiten(x, mask, self.sum)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether flag is set on any process (every process gets the same answer)."""

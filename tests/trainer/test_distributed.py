@@ -1,6 +1,6 @@
 """Two CPU processes on gloo (torchrun): DDP and FSDP2 runs equal the single-process run
 on the same data. Each algorithm family that reduces across processes is covered: group
-statistics (grpo), bundles spanning processes (riskpo), whitening over all tokens (gae)."""
+statistics (grpo), bundles spanning processes (riskpo), whitening over all tokens (gae, pure)."""
 import json
 import os
 import re
@@ -45,24 +45,28 @@ def run(out, mode, overrides, processes, timeout=600):
     return AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float64).state_dict(), metrics
 
 
-@pytest.mark.parametrize("mode, overrides", [
-    ("ddp", ["algo.name=grpo", "algo.mini_batches=2", "algo.grad_accum=2"]),
-    ("ddp", ["algo.name=riskpo", "algo.riskpo_bundle_size=3"]),
-    ("fsdp2", ["algo.name=grpo", "algo.grad_accum=2"]),
-    ("fsdp2", ["algo.name=gae", "algo.aggregation=seq_mean_token_mean"]),
+@pytest.mark.parametrize("mode, overrides, tolerance", [
+    ("ddp", ["algo.name=grpo", "algo.mini_batches=2", "algo.grad_accum=2"], 1e-9),
+    ("ddp", ["algo.name=riskpo", "algo.riskpo_bundle_size=3"], 1e-9),
+    ("fsdp2", ["algo.name=grpo", "algo.grad_accum=2"], 1e-9),
+    ("fsdp2", ["algo.name=gae", "algo.aggregation=seq_mean_token_mean"], 1e-9),
+    # process rewards are float32 and each process pads its rows to its own longest: float32 roundings
+    # (advantages about 1e-7 apart), which Adam's normalisation turns into lr-sized steps where a
+    # gradient is near 0 (weights up to 4e-6 apart)
+    ("ddp", ["algo.name=pure", "reward.process=task"], 1e-5),
 ])
-def test_two_processes_equal_one(tmp_path, mode, overrides):
+def test_two_processes_equal_one(tmp_path, mode, overrides, tolerance):
     single, single_metrics = run(tmp_path / "one", mode, overrides, 1)
     multi, multi_metrics = run(tmp_path / "two", mode, overrides, 2)
     assert any(m["advantage_std"] > 0 for m in single_metrics)  # the runs did learn something
     assert single.keys() == multi.keys()
     for name in single:
-        torch.testing.assert_close(multi[name], single[name], rtol=1e-9, atol=1e-9, msg=name)  # float64 run
+        torch.testing.assert_close(multi[name], single[name], rtol=tolerance, atol=tolerance, msg=name)  # float64 run
     assert len(multi_metrics) == len(single_metrics)
     for a, b in zip(multi_metrics, single_metrics):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+            assert a[key] == pytest.approx(b[key], rel=tolerance, abs=tolerance), key
 
 
 def test_fsdp2_checkpoint_resumes_on_two_processes(tmp_path):
