@@ -70,8 +70,9 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
     path = Path(folder) / f"{PREFIX}{step:08d}"
     if processes.main:
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob(f".tmp_{PREFIX}*"):  # saves cut short (a second Ctrl-C), any step
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(folder) / f".tmp_{PREFIX}{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         with open(tmp / "state.pt", "wb") as f:
             torch.save(state, f)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from fastrl.algos.credit import Reduce
 from fastrl.algos.pure import masked_whiten
+from fastrl.trainer.config import ConfigError
 
 
 def launched() -> bool:
@@ -24,6 +25,9 @@ def setup(device: str) -> tuple["Processes", torch.device]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{local_rank}"
+    elif launched() and device.startswith("cuda:"):  # every process would take that one GPU
+        raise ConfigError(f"run.device {device!r} under torchrun: every process would use that GPU; set 'cuda' or "
+                          "'auto' (each process takes cuda:<LOCAL_RANK>) and choose GPUs with CUDA_VISIBLE_DEVICES")
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

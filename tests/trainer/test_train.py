@@ -814,3 +814,22 @@ def test_a_crash_while_resume_trims_the_log_keeps_it(tmp_path, monkeypatch):
         train(config(tmp_path, "run.steps=4", *args), resume=True)
     monkeypatch.undo()
     assert [m["step"] for m in train(config(tmp_path, "run.steps=4", *args), resume=True).metrics] == [1, 2, 3, 4]
+
+
+def test_a_numbered_gpu_under_torchrun_is_refused(monkeypatch):
+    """run.device cuda:1 under torchrun put every process on that one GPU (only "cuda" was
+    mapped to cuda:<LOCAL_RANK>)."""
+    from fastrl.trainer import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="run.device 'cuda:1' under torchrun: every process would use that GPU"):
+        distributed.setup("cuda:1")
+
+
+def test_a_save_clears_temporary_checkpoints_a_stopped_save_left(tmp_path):
+    stale = tmp_path / "run" / "checkpoints" / ".tmp_step_00000007"  # (another step than the one saved)
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"half")
+    result = train(config(tmp_path, "run.steps=1", "data.prompts_per_step=4"))  # (no run there: no --overwrite)
+    assert [p.name for p in (result.output_dir / "checkpoints").iterdir()] == ["step_00000001"]
