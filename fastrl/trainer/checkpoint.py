@@ -87,7 +87,8 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(path, aside)
         os.replace(tmp, path)
-        shutil.rmtree(aside, ignore_errors=True)
+        for done in Path(folder).glob(f"{ASIDE}{PREFIX}*"):  # this one's, or one a resume started from
+            shutil.rmtree(done, ignore_errors=True)
         for old in sorted(Path(folder).glob(f"{PREFIX}*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     processes.barrier()

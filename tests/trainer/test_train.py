@@ -792,6 +792,8 @@ def test_a_crash_while_a_checkpoint_is_saved_again_keeps_it(tmp_path, monkeypatc
     assert [m["step"] for m in again.metrics] == [1, 2]
     assert ".old_step_00000002 at step 2" in capsys.readouterr().out  # (not from step 0: nothing redone)
     assert [p.name for p in (first.output_dir / "checkpoints").iterdir()] == ["step_00000002"]
+    train(config(tmp_path, *args[:-1], "run.steps=3"), resume=True)  # the set-aside one goes once a step is saved
+    assert [p.name for p in (first.output_dir / "checkpoints").iterdir()] == ["step_00000003"]
 
 
 def test_a_crash_while_resume_trims_the_log_keeps_it(tmp_path, monkeypatch):
