@@ -58,6 +58,18 @@ def test_matches_reference_float64(method, case, ties, device, rng):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("method", GROUP_METHODS)
+def test_eps_reaches_every_backend(method, device, rng):
+    """Every other check used the default eps=1e-6: a kernel that ignored it passed."""
+    ids = random_groups(rng, CASES["unequal"](rng))
+    s = scores_for(ids, rng)
+    want = reference.group_advantages(s, ids, method, 0.5)
+    for backend in compiled_backends(device):
+        with ops.use_backend(backend):
+            got = ops.group_advantages(s.to(device), ids.to(device), method, 0.5)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("method", GROUP_METHODS)
 def test_no_less_accurate_than_pytorch(method, dtype, device, rng):
@@ -292,6 +304,9 @@ RISK_CONFIGS = [
     dict(bundle_size=5, natural_baseline=True, credit="sum_mean"),
     dict(bundle_size=2, natural_baseline=False, credit="sum_mean"),
     dict(bundle_size=1000, natural_baseline=True, credit="std"),  # one partial bundle
+    # quantiles and weight other than the defaults (every config above used 0.2, 0.8, 1.5)
+    dict(bundle_size=3, natural_baseline=True, credit="std", alpha=0.1, beta=0.6, omega=0.5),
+    dict(bundle_size=2, natural_baseline=False, credit="sum_mean", alpha=0.35, beta=0.95, omega=2.5),
 ]
 
 
@@ -303,8 +318,8 @@ def risk_backends(device):
 
 
 def risk_reference(s, ids, cfg):
-    return reference.risk_advantages(s, ids, cfg["bundle_size"], 0.2, 0.8, 1.5, cfg["natural_baseline"],
-                                     cfg["credit"])
+    return reference.risk_advantages(s, ids, cfg["bundle_size"], cfg.get("alpha", 0.2), cfg.get("beta", 0.8),
+                                     cfg.get("omega", 1.5), cfg["natural_baseline"], cfg["credit"])
 
 
 @pytest.mark.parametrize("ties", [False, True])
