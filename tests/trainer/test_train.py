@@ -57,10 +57,23 @@ def process_scores(prompt, steps, row):  # a user process reward: +1 per non-emp
     return [1.0 if s else -1.0 for s in steps]
 
 
-def test_user_reward_and_process_functions(tmp_path):
-    result = train(config(tmp_path, "algo.name=pure", "reward.process=test_train:process_scores",
-                          "reward.kind=test_train:outcome"))
-    assert len(result.metrics) == 3
+def test_user_reward_and_process_functions(tmp_path, monkeypatch):
+    cfg = config(tmp_path, "algo.name=pure", "reward.process=test_train:process_scores",
+                 "reward.kind=test_train:outcome")
+    trainer, seen = Trainer(cfg), []
+    scores = trainer.process.scores
+
+    def spy(*args):  # (the run's length alone passed with the user's scores zeroed)
+        seen.append((scores(*args), args[5]))
+        return seen[-1][0]
+
+    monkeypatch.setattr(trainer.process, "scores", spy)
+    trainer.collect(0)
+    (step_scores, step_mask), = seen
+    assert step_mask.any() and (step_scores[~step_mask] == 0).all()
+    assert set(step_scores[step_mask].tolist()) <= {1.0, -1.0} and 1.0 in step_scores[step_mask].tolist()
+    trainer.proc.close()
+    assert len(train(cfg).metrics) == 3
 
 
 def outcome(prompt, response, row):
