@@ -132,6 +132,10 @@ def test_float32_outputs_for_low_precision(rng, dtype):
         assert out.dtype == torch.float32
     tolerance = {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10, torch.float32: 1e-6}[dtype]
     assert float(low[2, 0] - exact[2, 0]) == pytest.approx(0, abs=1234.6 * 3 * tolerance)
+    # at a ratio of exactly 1 the loss is -advantage, to the float32 bit (the check above allows 29)
+    lp, ol, on = logp.to(dtype), old.to(dtype), mask.clone()
+    ol[2, 0], on[2, 0] = lp[2, 0], True
+    assert float(policy_loss(lp, ol, adv.float(), on).loss[2, 0]) == -float(torch.tensor(1234.567))
 
 
 def test_kl_is_bounded_per_token():
