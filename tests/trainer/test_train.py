@@ -76,6 +76,30 @@ def test_user_reward_and_process_functions(tmp_path, monkeypatch):
     assert len(train(cfg).metrics) == 3
 
 
+def test_pure_takes_the_tasks_step_scores(tmp_path, monkeypatch):
+    """With reward.process=task the credit receives, at each step's last token, the task's
+    score of that step's text (+1 right running maximum, -1 wrong, 0 empty), 0 elsewhere (the user
+    process-reward test checks the same for a user function; the DDP test, one process against two)."""
+    from fastrl.trainer import train as train_module
+
+    trainer = Trainer(config(tmp_path, "algo.name=pure", "reward.process=task"))
+    seen, assign = [], train_module.credit_lib.assign
+    monkeypatch.setattr(trainer.process, "scores", lambda *args: seen.append(args) or type(trainer.process).scores(
+        trainer.process, *args))
+    monkeypatch.setattr(train_module.credit_lib, "assign", lambda algo, inputs, *rest: seen.append(inputs) or assign(
+        algo, inputs, *rest))
+    batch = trainer.collect(0)
+    (rows, _, _, _, response_mask, steps, texts), inputs = seen
+    P = batch.input_ids.shape[1] - response_mask.shape[1]
+    want = torch.zeros(response_mask.shape)
+    for b, (row, texts_b) in enumerate(zip(rows, texts)):
+        want[b, steps[b]] = torch.tensor(trainer.task.step_scores(row, texts_b))
+    assert (want != 0).any()
+    assert torch.equal(inputs.step_mask[:, P:], steps) and not inputs.step_mask[:, :P].any()
+    assert torch.equal(inputs.step_scores[:, P:].cpu().float(), want) and not inputs.step_scores[:, :P].any()
+    trainer.proc.close()
+
+
 def outcome(prompt, response, row):
     return float(response.endswith(row["answer"]))
 
@@ -122,11 +146,26 @@ def test_lora_run_saves_the_adapter(tmp_path):
 
 
 def test_jsonl_prompts_with_the_math_verifier(tmp_path):
+    """Prompts come from data.prompt_key of a JSONL file, and each response's reward is the
+    math verifier's against its own record's answer."""
+    from fastrl.rewards.math import score
+
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{a},{b}=", "answer": str(max(a, b))}) + "\n"
-                            for a in range(3) for b in range(4)))
-    result = train(config(tmp_path, f"data.source={data}", "data.prompt_key=question", "reward.kind=math",
-                          "data.prompts_per_step=4", "rollout.group_size=2"))
+    records = [{"question": f"{a},{b}=", "answer": str(max(a, b))} for a in range(3) for b in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = config(tmp_path, f"data.source={data}", "data.prompt_key=question", "reward.kind=math",
+                 "data.prompts_per_step=4", "rollout.group_size=2")
+    trainer = Trainer(cfg)
+    batch = trainer.collect(0)
+    prompts = [trainer.tokenizer.decode(ids[(mask != 0) & (resp == 0)], skip_special_tokens=True)
+               for ids, mask, resp in zip(batch.input_ids, batch.attention_mask, batch.response_mask)]
+    assert prompts == [r["question"] for r in batch.rows]
+    assert batch.scores.tolist() == [score(r["answer"], t) for r, t in zip(batch.rows, batch.texts)]
+    row = batch.rows[0]
+    assert trainer.reward(row, f"so \\boxed{{{row['answer']}}}") == 1.0
+    assert trainer.reward(row, f"so \\boxed{{{int(row['answer']) + 1}}}") == 0.0
+    trainer.proc.close()
+    result = train(cfg)
     assert len(result.metrics) == 3
 
 
@@ -338,14 +377,27 @@ def test_cli_names_the_missing_train_extra(tmp_path, monkeypatch, capsys):
 
 
 def test_datasets_folder_and_tensorboard(tmp_path):
+    """Prompts come from a saved ``datasets`` folder; TensorBoard gets every logged metric at
+    every step, with the value of metrics.jsonl."""
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("tensorboard")
-    datasets.Dataset.from_list([{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(4) for b in range(4)]
-                               ).save_to_disk(str(tmp_path / "ds"))
-    result = train(config(tmp_path, f"data.source={tmp_path / 'ds'}", "reward.kind=test_train:outcome",
-                          "run.tensorboard=true", "data.prompts_per_step=4"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = [{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(4) for b in range(4)]
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
+    cfg = config(tmp_path, f"data.source={tmp_path / 'ds'}", "reward.kind=test_train:outcome",
+                 "run.tensorboard=true", "data.prompts_per_step=4")
+    trainer = Trainer(cfg)
+    assert all(r in records for r in trainer.collect(0).rows)
+    trainer.proc.close()
+    result = train(cfg)
     assert len(result.metrics) == 3
-    assert list((result.output_dir / "tensorboard").glob("events.*"))
+    events = EventAccumulator(str(result.output_dir / "tensorboard"))
+    events.Reload()
+    for name in result.metrics[0]:
+        if name != "step":
+            logged = [(e.step, e.value) for e in events.Scalars(name)]
+            assert logged == [(m["step"], pytest.approx(m[name], rel=1e-6)) for m in result.metrics], name
 
 
 def test_file_prompts_cycle_in_a_new_order_each_epoch(tmp_path):
