@@ -22,6 +22,7 @@ the criteria's measure, and as structures), share of well-formed outputs.
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import random
@@ -145,18 +146,24 @@ def warm_model(task, seed: int, out: Path, plan: Plan, rows: list[dict]) -> tupl
     tokenizer = task.tokenizer()
     recipe = {"seed": seed, "steps": plan.warmup_steps, "batch": 128, "lr": 3e-3, "schedule": "cosine"}
     marker = out / "warmup.json"
-    if marker.exists() and json.loads(marker.read_text()) == recipe:
-        line = f"  warm-up seed {seed}: reused {out}"
-    else:
-        model = task_lib.tiny_model(len(tokenizer), hidden_size=64, num_layers=2, seed=seed)
-        started = time.perf_counter()
-        warm_up(model, tokenizer, task, random.Random(f"countdown-warmup:{seed}"), recipe["batch"], recipe["lr"],
-                plan.warmup_steps, plan.warmup_steps, lambda step, loss: True, cosine=True)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        marker.write_text(json.dumps(recipe))
-        line = f"  warm-up seed {seed}: {plan.warmup_steps} steps in {time.perf_counter() - started:.0f} s"
-    start = evaluate(AutoModelForCausalLM.from_pretrained(out), tokenizer, task, rows, plan.samples, 7)
+    out.mkdir(parents=True, exist_ok=True)
+    # another command may share the folder: one makes the model while the others wait, then reuse it
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and json.loads(marker.read_text()) == recipe:
+            line = f"  warm-up seed {seed}: reused {out}"
+        else:
+            marker.unlink(missing_ok=True)  # written last: a run stopped while saving leaves no valid marker
+            model = task_lib.tiny_model(len(tokenizer), hidden_size=64, num_layers=2, seed=seed)
+            started = time.perf_counter()
+            warm_up(model, tokenizer, task, random.Random(f"countdown-warmup:{seed}"), recipe["batch"], recipe["lr"],
+                    plan.warmup_steps, plan.warmup_steps, lambda step, loss: True, cosine=True)
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            marker.write_text(json.dumps(recipe))
+            line = f"  warm-up seed {seed}: {plan.warmup_steps} steps in {time.perf_counter() - started:.0f} s"
+        model = AutoModelForCausalLM.from_pretrained(out)
+    start = evaluate(model, tokenizer, task, rows, plan.samples, 7)
     return out, start, line
 
 

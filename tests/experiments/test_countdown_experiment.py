@@ -56,3 +56,40 @@ def test_smoke_run(tmp_path, capsys, name, setting):
     assert top < 32 and f"pass@{top} " in printed and "pass@32" not in printed
     assert main(["experiment", name, "--setting", "B", "--smoke", "--output-dir", str(out)]) == 2
 
+
+
+def test_commands_sharing_a_warm_folder_make_the_model_once(tmp_path, monkeypatch):
+    """Two commands warming up the same seed at once: one trains while the other waits and
+    reuses its model (both trained and wrote the same files together); a warm-up stopped
+    while saving leaves no marker, so a later command does not reuse half-written weights."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow_warm_up(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(countdown, "warm_up", slow_warm_up)
+    monkeypatch.setattr(countdown, "evaluate", lambda *args: {})
+    task, plan, out = CountdownTask(), countdown.Plan.smoke_plan(), tmp_path / "seed0"
+    lines = []
+    threads = [threading.Thread(target=lambda: lines.append(countdown.warm_model(task, 0, out, plan, [])[2]))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sum("reused" in line for line in lines) == 1
+
+    other = countdown.Plan.smoke_plan()
+    other.warmup_steps += 1
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(countdown.task_lib, "tiny_model", lambda *a, **k: type("M", (), {"save_pretrained": fail})())
+    with pytest.raises(KeyboardInterrupt):
+        countdown.warm_model(task, 0, out, other, [])
+    assert not (out / "warmup.json").exists()
