@@ -69,6 +69,8 @@ def cases(shapes, device):
 
     def case(B, G, T, provider, fn, note="", compare_to=None, uids=False):
         def setup():
+            if device.type == "cpu":  # lazy initialisation before a memory probe's baseline
+                fn(make_inputs(2 * G, G, min(T, 16), device, seed=1))
             x = make_inputs(B, G, T, device)
             call = lambda: fn(x)  # noqa: E731
             # verl's estimators return (advantages, returns) over [B, T]: the advantages at valid tokens
