@@ -119,17 +119,44 @@ class ProcessReward:
                     raise ValueError(f"reward.process returned {len(values)} scores for {len(steps)} steps")
                 out[b, step_mask[b]] = torch.tensor(values, dtype=torch.float32, device=out.device)
             return out
-        # the PRM reads the prompt then the response, each step's separator replaced by one
-        # newline token, so positions stay aligned with the policy's
-        last = step_mask & (step_mask.flip(-1).cumsum(-1).flip(-1) > 1)  # step ends but the final one
-        ids = torch.cat([prompt_ids, torch.where(last, self.newline, response_ids)], 1)
-        mask = torch.cat([prompt_mask, (response_mask != 0).long()], 1)
-        # positions over each row's own tokens (as the policy's): left padding must not shift a model with absolute
-        # position embeddings
+        # the PRM reads each row's prompt then its steps, each step's trailing blank line
+        # replaced by one newline token (a token such as ".\n\n" keeps its "."; a blank line of
+        # two tokens becomes one), its score read there (the final step's: at its last token)
+        rows_ids, reads = [], []
+        for b in range(len(response_ids)):
+            ids = prompt_ids[b][prompt_mask[b] != 0].tolist()
+            start, ends = 0, step_mask[b].nonzero().flatten().tolist()
+            for i, end in enumerate(ends):
+                step = response_ids[b, start:end + 1].tolist()
+                ids += step if i == len(ends) - 1 else self._without_newlines(step) + [self.newline]
+                reads.append((b, len(ids) - 1))
+                start = end + 1
+            rows_ids.append(ids)
+        width = max(map(len, rows_ids))
+        ids = torch.zeros(len(rows_ids), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, row in enumerate(rows_ids):
+            ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+        # positions over each row's own tokens (as the policy's)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=position_ids(mask).to(self.device)).logits.float()
-        p = logits[:, prompt_ids.shape[1]:].softmax(-1)
-        return torch.where(step_mask, (p[..., 1] - p[..., 0]).to(out.device), out)
+        p = logits.softmax(-1)
+        read = torch.tensor(reads, dtype=torch.long).reshape(-1, 2).to(self.device)
+        out[step_mask] = (p[read[:, 0], read[:, 1], 1] - p[read[:, 0], read[:, 1], 0]).to(out.device)
+        return out
+
+    def _without_newlines(self, ids: list[int]) -> list[int]:
+        """A step's tokens without the newlines that end it (a token holding text before
+        them is re-encoded as that text)."""
+        while ids:
+            text = self.tokenizer.decode([ids[-1]])
+            if not text.endswith("\n"):
+                break
+            rest = text.rstrip("\n")
+            ids = ids[:-1] + (self.tokenizer.encode(rest, add_special_tokens=False) if rest else [])
+            if rest:
+                break
+        return ids
 
 
 def step_texts(tokenizer, response_ids: torch.Tensor, step_mask: torch.Tensor, valid: torch.Tensor) -> list[list[str]]:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -742,26 +743,82 @@ def test_resume_drops_a_log_line_cut_short(tmp_path, capsys):
     assert "cut short" in capsys.readouterr().out
 
 
+def word_tokenizer(symbols):
+    """A word-level tokenizer over symbols (0 padding, 1 EOS), longest symbol first."""
+    import re
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token=symbols[0]))
+    pattern = "|".join(re.escape(s) for s in sorted(symbols[2:], key=len, reverse=True))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=symbols[0], eos_token=symbols[1])
+
+
+def prm_scorer(model, tokenizer):
+    from fastrl.trainer.scoring import ProcessReward
+
+    prm = object.__new__(ProcessReward)  # the model path of scores() alone
+    prm.model, prm.fn, prm.device, prm.tokenizer = model.eval(), None, torch.device("cpu"), tokenizer
+    prm.newline = tokenizer.encode("\n")[0]
+    return prm
+
+
 def test_process_reward_scores_do_not_depend_on_left_padding():
-    """The PRM reads prompt and response at the policy's positions: a prompt left-padded
+    """The PRM reads prompt and response at their own positions: a prompt left-padded
     beside a longer one scores the same (a GPT-2 PRM, absolute positions, scored
     [0.0172, -0.0079] alone and [-0.0249, 0.0183] padded by 4 before)."""
     transformers = pytest.importorskip("transformers")
-    from fastrl.trainer.scoring import ProcessReward
-
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=2)
-    prm = object.__new__(ProcessReward)  # the model path of scores() alone
-    prm.model, prm.fn, prm.device, prm.newline = transformers.GPT2ForTokenClassification(config).eval(), None, \
-        torch.device("cpu"), 7
-    response = torch.tensor([[20, 21, 7, 22, 23, 24]])
+    tok = word_tokenizer(["<pad>", "<eos>", *"abcdefgh", "\n\n", "\n"])
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                     num_labels=2)
+    prm = prm_scorer(transformers.GPT2ForTokenClassification(config), tok)
+    response = torch.tensor([tok.encode("ab\n\ncde")])
     steps = torch.tensor([[False, False, True, False, False, True]])
-    alone = prm.scores(None, torch.tensor([[11, 12, 13]]), torch.ones(1, 3, dtype=torch.long), response,
+    alone = prm.scores(None, torch.tensor([tok.encode("fgh")]), torch.ones(1, 3, dtype=torch.long), response,
                        torch.ones_like(response), steps, None)
-    padded = prm.scores(None, torch.tensor([[0, 0, 0, 0, 11, 12, 13]]), torch.tensor([[0, 0, 0, 0, 1, 1, 1]]),
+    padded = prm.scores(None, torch.tensor([[0, 0, 0, 0, *tok.encode("fgh")]]), torch.tensor([[0, 0, 0, 0, 1, 1, 1]]),
                         response, torch.ones_like(response), steps, None)
     assert alone[steps].abs().min() > 0
     torch.testing.assert_close(padded, alone)
+
+
+@pytest.mark.parametrize("symbols, text", [
+    (["<pad>", "<eos>", "x", "=", "1", "2", "q", ".\n\n", "\n\n", "\n", "."], "x=1.\n\nx=2"),  # "." and blank line one token
+    (["<pad>", "<eos>", "x", "=", "1", "2", "q", "\n", "."], "x=1.\n\nx=2"),  # a blank line of two tokens
+    (["<pad>", "<eos>", "x", "=", "1", "2", "q", "\n\n", "\n", "."], "x=1.\n\n\nx=2"),  # three newlines
+])
+def test_the_prm_reads_each_steps_separator_as_one_newline(symbols, text):
+    """The PRM reads "x=1.\nx=2<eos>" whatever tokens the blank line came in: replacing the
+    step's last token lost the "." of a ".\n\n" token, and left "\n\n" where the blank line
+    was two tokens. Each step's score is read at its newline (the last: at its EOS), and
+    lands at the step's last token in the response."""
+    pytest.importorskip("transformers")
+    from fastrl.algos.pure import step_ends
+
+    tok = word_tokenizer(symbols)
+    seen = {}
+
+    class Stub(torch.nn.Module):  # label-1 logit = the token id: the score says which token was read
+        def forward(self, input_ids, attention_mask, position_ids):
+            seen["ids"] = input_ids
+            return SimpleNamespace(logits=torch.stack([torch.zeros_like(input_ids), input_ids], -1).double())
+
+    prm = prm_scorer(Stub(), tok)
+    response = torch.tensor([tok.encode(text) + [1]])
+    mask = torch.ones_like(response)
+    steps = step_ends(response, mask, [tok.decode([i]) for i in range(len(tok))])
+    assert steps.sum() == 2
+    prompt = torch.tensor([tok.encode("q")])
+    scores = prm.scores(None, prompt, torch.ones_like(prompt), response, mask, steps, None)
+    assert tok.decode(seen["ids"][0].tolist()) == "qx=1.\nx=2<eos>"
+    score = lambda token: torch.tensor([0.0, float(token)]).softmax(0).diff().item()  # noqa: E731
+    want = torch.zeros(response.shape)
+    want[steps] = torch.tensor([score(prm.newline), score(1)])
+    torch.testing.assert_close(scores, want)
 
 
 def test_a_resume_from_step_0_drops_the_stopped_runs_tensorboard_steps(tmp_path):
