@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import warnings
+from contextlib import nullcontext
 from typing import NamedTuple, Optional
 
 import torch
@@ -392,6 +393,20 @@ def _check_options(temperature, ignore_index, entropy, mean_logp):
     return temperature
 
 
+def _autocasting(device: torch.device) -> bool:
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+
+
+def _autocast(*tensors):
+    """The tensors in the autocast dtype where autocast is on for their device (float64
+    and non-tensors as they are), as autocast casts the inputs of a matmul."""
+    if not _autocasting(tensors[0].device):
+        return tensors
+    dtype = torch.get_autocast_dtype(tensors[0].device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
 def _token_stats(outputs, shape, entropy, mean_logp) -> TokenStats:
     logprob, ent, mean, _ = outputs
     return TokenStats(
@@ -416,8 +431,11 @@ def linear_logprobs(
     Returns TokenStats(logprob, entropy, mean_logp) shaped like labels, float32 (float64
     for float64 inputs), the last two None unless asked for; ignored labels read 0.
     Differentiable in hidden, weight and bias through logprob and entropy.
+    Under autocast it computes as ``F.linear`` would there: hidden, weight and bias (any
+    dtype but float64) in the autocast dtype.
     """
     _checks.floating("hidden", hidden)
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     if hidden.dim() < 1 or hidden.shape[-1] == 0:
         raise ValueError(f"hidden must be [..., H] with a hidden size H > 0, got shape {tuple(hidden.shape)}")
     _checks.floating("weight", weight, ndim=2)
@@ -438,10 +456,12 @@ def linear_logprobs(
     _checks.finite("weight", weight)
     if bias is not None:
         _checks.finite_or_neg_inf("bias", bias)  # -inf: a token that can never come out
-    outputs = torch.ops.fastrl.linear_logprobs(
-        hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(), bias,
-        temperature, ignore_index, entropy, mean_logp,
-    )
+    # the kernels run on the cast inputs as they would outside autocast (no second cast inside)
+    with torch.autocast(hidden.device.type, enabled=False) if _autocasting(hidden.device) else nullcontext():
+        outputs = torch.ops.fastrl.linear_logprobs(
+            hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).long(), bias,
+            temperature, ignore_index, entropy, mean_logp,
+        )
     return _token_stats(outputs, labels.shape, entropy, mean_logp)
 
 

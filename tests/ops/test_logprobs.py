@@ -194,6 +194,24 @@ def test_mean_logp_has_no_gradient(rng):
     assert out.logprob.requires_grad and not out.mean_logp.requires_grad
 
 
+def test_linear_under_autocast_computes_in_the_autocast_dtype(device, rng):
+    """Under bf16 autocast float32 hidden, weight and bias go through the kernels in bf16, as
+    F.linear's would (the trainer's forwards run under autocast on a GPU: the head ran in
+    float32): outputs and gradients equal those of the bf16 call, gradients in float32."""
+    args = to(linear_inputs((2, 9), 16, 40, torch.float32, rng), device)
+    weights = [torch.randn(2, 9, generator=rng, dtype=torch.float64) for _ in range(2)]
+    kw = dict(entropy=True, mean_logp=True)
+    for backend in [b for b in backends("linear_logprobs", device) if supports(b, device, torch.bfloat16)]:
+        want, want_grads = stats_and_grads(ops.linear_logprobs, to(args, device, torch.bfloat16), backend, weights,
+                                           **kw)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            got, grads = stats_and_grads(ops.linear_logprobs, args, backend, weights, **kw)
+        for a, b in zip(got, want):
+            assert a.dtype == torch.float32 and torch.equal(a, b), backend
+        for g, w in zip(grads, want_grads):
+            assert g.dtype == torch.float32 and torch.equal(g, w.float()), backend
+
+
 def test_frozen_weight_gets_no_gradient(device, rng):
     hidden, weight, labels, bias = to(linear_inputs((7,), 20, 30, torch.float64, rng), device)
     hidden.requires_grad_()
