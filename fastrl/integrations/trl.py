@@ -66,7 +66,7 @@ def selective_log_softmax(
     dtype = _trl_dtype(logits, index, row_mask)
 
     if not top_k:
-        labels = index if row_mask is None else index.masked_fill(row_mask == 0, _IGNORED)
+        labels = index if row_mask is None else index.long().masked_fill(row_mask == 0, _IGNORED)  # (uint8 wraps)
         return logprobs_from_logits(logits, labels, temperature, ignore_index=_IGNORED).logprob.to(dtype)
     if index.shape[-1] == 0:
         return logits[..., :0].to(dtype)  # empty, but in the graph: backward works, as TRL's does

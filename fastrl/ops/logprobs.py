@@ -376,6 +376,7 @@ def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignor
     if labels.device != device:
         raise ValueError(f"labels is on {labels.device} but {like_name} is on {device}")
     if _checks.values_checked(labels) and labels.numel():
+        labels = labels.long()  # compared in their own dtype, uint8 156 or int8 -100 can equal ignore_index
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
         if bool(bad.any()):
             raise ValueError(

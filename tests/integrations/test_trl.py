@@ -67,6 +67,23 @@ def test_equals_trl(trl_utils, dtype, shape, top_k, temperature, masked, rng):
         assert ((got_grad.double() - x.grad).abs() <= 2 ** -7 * (x.grad.abs() + terms)).all()
 
 
+def test_narrow_index_dtypes_with_a_row_mask(trl_utils, rng):
+    """A uint8 index with a row_mask: masked positions took -100, which wraps to 156 in uint8
+    (log p of token 156 came out, with its gradient). (TRL's own gather takes int32 and
+    int64 only: TRL runs on int64.)"""
+    logits = torch.randn(2, 5, 200, generator=rng, dtype=torch.float64)
+    index = torch.randint(0, 200, (2, 5), generator=rng)
+    row_mask = torch.rand(2, 5, generator=rng) > 0.4
+    weights = torch.randn(2, 5, generator=rng, dtype=torch.float64)
+    (want, want_grad), _ = both(trl_utils, logits, index, 1.0, row_mask, weights)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        x = logits.clone().requires_grad_()
+        got = selective_log_softmax(x, index.to(dtype), row_mask=row_mask)
+        (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=str(dtype))
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12, msg=str(dtype))
+
+
 def test_no_index_per_row_is_empty_and_differentiable(trl_utils):
     logits = torch.randn(2, 3, 11, requires_grad=True)
     index = torch.zeros(2, 3, 0, dtype=torch.long)

@@ -557,6 +557,16 @@ def test_label_out_of_range_on_cpu(rng):
         ops.logprobs_from_logits(torch.zeros(5, 10), labels)
 
 
+def test_narrow_integer_labels_are_checked_as_integers():
+    """Compared in their own dtype, uint8 156 and int8 -100 read as ignore_index (-100, 156):
+    the check passed them and the kernel failed on the index."""
+    logits = torch.zeros(2, 11)
+    with pytest.raises(ValueError, match="ignore_index=-100; found 156"):
+        ops.logprobs_from_logits(logits, torch.tensor([156, 3], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="ignore_index=156; found -100"):
+        ops.logprobs_from_logits(logits, torch.tensor([-100, 3], dtype=torch.int8), ignore_index=156)
+
+
 def test_shape_mismatches(rng):
     hidden, weight, labels, bias = linear_inputs((5,), 8, 10, torch.float32, rng)
     with pytest.raises(ValueError, match=r"weight must be \[V, 8\]"):
