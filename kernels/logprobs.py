@@ -34,24 +34,27 @@ def _acc_dtype(x: torch.Tensor):
 
 
 @triton.jit
-def _online_update(z, cols, col_ok, labels, m, s, t, zsum, zlabel):
-    """Fold a [R, BLOCK_V] tile of scaled logits (-inf outside the vocabulary) into the row statistics."""
+def _online_update(z, cols, col_ok, labels, m, s, t, zrel, zlabel, seen):
+    """Fold a [R, BLOCK_V] tile of scaled logits (-inf outside the vocabulary) into the row
+    statistics; ``seen`` columns came before it."""
     m_new = tl.maximum(m, tl.max(z, 1))
     # exp relative to 0 while every z so far is -inf (leading tiles of a masked vocabulary), not -inf - -inf = NaN
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_ref_old = tl.where(m == float("-inf"), 0.0, m)
     alpha = tl.exp(m - m_ref)
     shift = tl.where(s > 0, m - m_new, 0.0)  # s = 0 before the first finite z, where m = -inf
     d = z - m_ref[:, None]
     e = tl.exp(d)
     t = alpha * (t + shift * s) + tl.sum(e * tl.where(e > 0, d, 0.0), 1)  # 0, not 0 * -inf, off the vocabulary
     s = alpha * s + tl.sum(e, 1)
-    zsum += tl.sum(tl.where(col_ok[None, :], z, 0.0), 1)
+    # sum(z - m), not sum(z) - V m: a common offset of the logits would cost its float spacing
+    zrel += seen * (m_ref_old - m_ref) + tl.sum(tl.where(col_ok[None, :], d, 0.0), 1)
     zlabel += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), 1)
-    return m_new, s, t, zsum, zlabel
+    return m_new, s, t, zrel, zlabel
 
 
 @triton.jit
-def _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zsum, zlabel,
+def _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zrel, zlabel,
                  logprob_ptr, entropy_ptr, mean_ptr, lse_ptr, WANT_ENTROPY: tl.constexpr, WANT_MEAN: tl.constexpr):
     log_s = tl.log(s)
     valid = labels != ignore_index
@@ -61,7 +64,8 @@ def _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zsum, zlabel,
     if WANT_ENTROPY:
         tl.store(entropy_ptr + rows, tl.where(valid, log_s - t / s, 0.0), mask=row_ok)
     if WANT_MEAN:
-        tl.store(mean_ptr + rows, tl.where(valid, (zsum / V - m) - log_s, 0.0), mask=row_ok)
+        m_ref = tl.where(m == float("-inf"), 0.0, m)
+        tl.store(mean_ptr + rows, tl.where(valid, (zrel / V - (m - m_ref)) - log_s, 0.0), mask=row_ok)
 
 
 @triton.jit
@@ -81,14 +85,14 @@ def _linear_stats_kernel(
     m = tl.full([BLOCK_N], float("-inf"), ACC)
     s = tl.zeros([BLOCK_N], ACC)
     t = tl.zeros([BLOCK_N], ACC)
-    zsum = tl.zeros([BLOCK_N], ACC)
+    zrel = tl.zeros([BLOCK_N], ACC)
     zlabel = tl.zeros([BLOCK_N], ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         col_ok = cols < V
         acc = tl.zeros([BLOCK_N, BLOCK_V], ACC)
         for h0 in range(0, H, BLOCK_H):
-            ks = h0 + tl.arange(0, BLOCK_H)
+            ks = h0 + tl.arange(0, BLOCK_H).to(tl.int64)  # ks * stride_hh: int32 overflows past 2^31
             a = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hh,
                         mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
             b = tl.load(weight_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wh,
@@ -97,8 +101,8 @@ def _linear_stats_kernel(
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
         z = tl.where(col_ok[None, :], acc * inv_temperature, float("-inf"))
-        m, s, t, zsum, zlabel = _online_update(z, cols, col_ok, labels, m, s, t, zsum, zlabel)
-    _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zsum, zlabel,
+        m, s, t, zrel, zlabel = _online_update(z, cols, col_ok, labels, m, s, t, zrel, zlabel, v0)
+    _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zrel, zlabel,
                  logprob_ptr, entropy_ptr, mean_ptr, lse_ptr, WANT_ENTROPY, WANT_MEAN)
 
 
@@ -115,15 +119,15 @@ def _logits_stats_kernel(
     m = tl.full([1], float("-inf"), ACC)
     s = tl.zeros([1], ACC)
     t = tl.zeros([1], ACC)
-    zsum = tl.zeros([1], ACC)
+    zrel = tl.zeros([1], ACC)
     zlabel = tl.zeros([1], ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         x = tl.load(logits_ptr + rows[:, None] * stride_n + cols[None, :], mask=col_ok[None, :], other=0.0)
         z = tl.where(col_ok[None, :], x.to(ACC) * inv_temperature, float("-inf"))
-        m, s, t, zsum, zlabel = _online_update(z, cols, col_ok, labels, m, s, t, zsum, zlabel)
-    _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zsum, zlabel,
+        m, s, t, zrel, zlabel = _online_update(z, cols, col_ok, labels, m, s, t, zrel, zlabel, v0)
+    _store_stats(rows, row_ok, labels, ignore_index, V, m, s, t, zrel, zlabel,
                  logprob_ptr, entropy_ptr, mean_ptr, lse_ptr, WANT_ENTROPY, WANT_MEAN)
 
 
@@ -144,7 +148,7 @@ def _logits_grad_kernel(
         g_entropy = tl.where(valid, tl.load(grad_entropy_ptr + row).to(ACC), 0.0)
         entropy = tl.load(entropy_ptr + row).to(ACC)
     for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)  # cols * stride_v: int32 overflows past 2^31
         col_ok = cols < V
         z = tl.load(logits_ptr + row * stride_n + cols * stride_v, mask=col_ok, other=0.0).to(ACC) * inv_temperature
         logp = z - lse

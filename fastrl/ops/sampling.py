@@ -113,7 +113,7 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         tokens[:, 0],
         shifted - cdf[:, -1].log().to(z.dtype),
         shifted - log_sum[:, 0],
-        (z.mean(-1) - m[:, 0]) - log_sum[:, 0],
+        (z - m).mean(-1) - log_sum[:, 0],  # not z.mean() - m: a common offset would cost its float spacing
     )
 
 

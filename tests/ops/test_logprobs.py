@@ -138,6 +138,66 @@ def test_linear_fused_triton_forward_strided_bias(monkeypatch, device, rng):
     torch.testing.assert_close(got.cpu().double(), want.logprob, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("offset", [300.0, 3000.0])
+def test_mean_logp_of_logits_with_a_common_offset(offset, device, rng):
+    """mean_logp = mean(z) - logsumexp(z): the Triton kernels summed z and subtracted V m, so
+    an offset of 300 cost 8.6e-5 (3000: 6.4e-4) in float32, where the float32 reference is
+    off by 1.5e-6 (2.7e-6); every backend is now within twice it, plus 1e-6 relative."""
+    z = offset + torch.randn(8, 4097, generator=rng, dtype=torch.float64)
+    labels = torch.randint(0, 4097, (8,), generator=rng)
+    hidden = torch.randn(8, 16, generator=rng, dtype=torch.float64)
+    weight = torch.randn(300, 16, generator=rng, dtype=torch.float64) * 0.25
+    bias = offset + torch.randn(300, generator=rng, dtype=torch.float64)
+    for name, args in (("logprobs_from_logits", [z, labels]),
+                       ("linear_logprobs", [hidden, weight, labels % 300, bias])):
+        op = getattr(ops, name)
+        exact = op(*args, mean_logp=True).mean_logp
+        with ops.use_backend("reference"):
+            eager = (op(*to(args, "cpu", torch.float32), mean_logp=True).mean_logp.double() - exact).abs().max()
+        for backend in backends(name, device):
+            with ops.use_backend(backend):
+                got = op(*to(args, device, torch.float32), mean_logp=True).mean_logp.cpu().double()
+            assert (got - exact).abs().max() <= 2 * eager + 1e-6 * exact.abs().max(), (name, backend)
+
+
+def far_apart(shape, stride, dtype, device):
+    """A tensor of ``shape`` and ``stride`` whose elements lie more than 2^31 elements apart:
+    the storage is reserved, not touched (gigabytes of address space, a few bytes written)."""
+    span = sum((n - 1) * st for n, st in zip(shape, stride)) + 1
+    try:
+        base = torch.empty(span, dtype=dtype, device=device)
+    except (RuntimeError, MemoryError) as e:
+        pytest.skip(f"cannot reserve {span * dtype.itemsize / 2**30:.0f} GiB of address space: {e}")
+    return base.as_strided(shape, stride)
+
+
+def test_offsets_past_the_int32_range(monkeypatch, device, rng):
+    """Column offsets times a stride of 2^30 pass 2^31: the Triton kernels multiplied them in
+    int32 (the gradient of transposed logits, the fused forward's weight: a segmentation
+    fault under the interpreter). Every backend gives the float64 reference's values."""
+    logits = far_apart((2, 3), (1, 2**30), torch.float16, device)
+    logits.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]]))
+    labels = torch.tensor([2, 0], device=device)
+    exact = logits.detach().cpu().double().requires_grad_()
+    (want,) = torch.autograd.grad(ops.logprobs_from_logits(exact, labels.cpu()).logprob.sum(), exact)
+    for backend in backends("logprobs_from_logits", device):
+        leaf = logits.detach().requires_grad_()
+        with ops.use_backend(backend):
+            (got,) = torch.autograd.grad(ops.logprobs_from_logits(leaf, labels).logprob.sum(), leaf)
+        torch.testing.assert_close(got.cpu().double(), want, rtol=2e-3, atol=2e-3, msg=backend)
+
+    weight = far_apart((4, 3), (1, 2**30), torch.float32, device)  # [V, H], H the far dimension
+    weight.copy_(torch.randn(4, 3, generator=rng))
+    hidden, labels = torch.randn(2, 3, generator=rng).to(device), torch.tensor([1, 3], device=device)
+    want = ops.linear_logprobs(hidden.cpu().double(), weight.cpu().double(), labels.cpu()).logprob
+    for forward in ("chunked", "fused"):
+        monkeypatch.setattr(logprobs_module, "TRITON_LINEAR_FORWARD", forward)
+        for backend in backends("linear_logprobs", device):
+            with ops.use_backend(backend):
+                got = ops.linear_logprobs(hidden, weight, labels).logprob
+            torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-5, msg=f"{backend} {forward}")
+
+
 def test_linear_chunks_cover_every_row(monkeypatch, rng):
     """With a budget of a few rows (forward) or columns (backward) per chunk, the torch
     backend gives what one chunk gives; the label may fall in any vocabulary slice."""
