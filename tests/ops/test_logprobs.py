@@ -557,10 +557,28 @@ def op_args(op, device, rng):
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
 def test_opcheck(op, device, rng):
-    args = op_args(op, device, rng)
-    for i in (0, 1) if op == "linear_logprobs" else (0,):
-        args[i].requires_grad_()
-    torch.library.opcheck(getattr(torch.ops.fastrl, op).default, tuple(args))
+    """On every backend, the reference's too (its backward called torch.autograd.grad
+    inside the kernel, which records nothing under opcheck's schema-check mode)."""
+    for backend in ["reference", *backends(op, device)]:
+        args = op_args(op, device, rng)
+        for i in (0, 1) if op == "linear_logprobs" else (0,):
+            args[i].requires_grad_()
+        with ops.use_backend(backend):
+            torch.library.opcheck(getattr(torch.ops.fastrl, op).default, tuple(args))
+
+
+def test_backward_under_a_dispatch_mode(device, rng):
+    """The backward runs under a TorchDispatchMode (FlopCounterMode) on every backend."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for op in ("linear_logprobs", "logprobs_from_logits"):
+        for backend in ["reference", *backends(op, device)]:
+            args = op_args(op, device, rng)
+            args[0].requires_grad_()
+            with ops.use_backend(backend), FlopCounterMode(display=False):
+                out = torch.ops.fastrl.__getattr__(op)(*args)
+                (grad,) = torch.autograd.grad(out[0].sum() + out[1].sum(), args[0])
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0, (op, backend)
 
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
