@@ -96,10 +96,10 @@ void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* 
                     acc_t temperature, acc_t* rew, acc_t* ret) {
   OnlineSoftmax<acc_t> softmax[n];
   for (int64_t i = 0; i < n; ++i) {
-    softmax[i] = OnlineSoftmax<acc_t>::empty();
+    softmax[i] = OnlineSoftmax<acc_t>::empty(temperature);
     if (mode != MinFormMode::kSoft) continue;
     for (int64_t k = i * T; k < (i + 1) * T; ++k)
-      if (valid[k] && step_mask[k]) softmax[i].add(min_form_logit(static_cast<acc_t>(s[k]), temperature));
+      if (valid[k] && step_mask[k]) softmax[i].add(min_form_logit(static_cast<acc_t>(s[k])));
   }
   acc_t carry[n];
   for (int64_t i = 0; i < n; ++i) carry[i] = min_form_identity<acc_t, mode>();
@@ -109,7 +109,7 @@ void min_form_block(const scalar_t* s, const uint8_t* step_mask, const uint8_t* 
       const bool step = (valid[k] != 0) & (step_mask[k] != 0);  // mask bytes: any nonzero is valid, 2 & 1 is 0
       acc_t reward = 0;
       if (mode == MinFormMode::kSoft) {
-        if (step) reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(s[k]), temperature, softmax[i]);
+        if (step) reward = min_form_token_reward<acc_t, mode>(static_cast<acc_t>(s[k]), softmax[i]);
       } else {
         reward = step ? static_cast<acc_t>(s[k]) : acc_t(0);
       }

@@ -188,15 +188,15 @@ __global__ void min_form_returns_kernel(const scalar_t* __restrict__ scores,
   returns += off;
 
   // Pass 1 (soft only): the softmax normaliser over the row's step tokens.
-  OnlineSoftmax<acc_t> softmax = OnlineSoftmax<acc_t>::empty();
+  OnlineSoftmax<acc_t> softmax = OnlineSoftmax<acc_t>::empty(temperature);
   if (mode == MinFormMode::kSoft) {
     for (int64_t t = rc.lane; t < T; t += kWarp)
       if (mask[t] && step_mask[t])
-        softmax.add(min_form_logit(static_cast<acc_t>(scores[t]), temperature));
+        softmax.add(min_form_logit(static_cast<acc_t>(scores[t])));
 #pragma unroll
     for (int d = kWarp / 2; d > 0; d /= 2) {
       OnlineSoftmax<acc_t> other{__shfl_xor_sync(kFullMask, softmax.max, d),
-                                 __shfl_xor_sync(kFullMask, softmax.sum, d)};
+                                 __shfl_xor_sync(kFullMask, softmax.sum, d), temperature};
       softmax.merge(other);
     }
   }
@@ -214,8 +214,7 @@ __global__ void min_form_returns_kernel(const scalar_t* __restrict__ scores,
       const int64_t t = base + i;
       valid[i] = t < T && mask[t];
       step[i] = valid[i] && step_mask[t];
-      reward[i] = step[i] ? min_form_token_reward<acc_t, mode>(static_cast<acc_t>(scores[t]),
-                                                               temperature, softmax)
+      reward[i] = step[i] ? min_form_token_reward<acc_t, mode>(static_cast<acc_t>(scores[t]), softmax)
                           : acc_t(0);
       if (step[i]) lane_total = min_form_combine<acc_t, mode>(reward[i], lane_total);
     }

@@ -66,7 +66,9 @@ def min_form_returns(scores, step_mask, mask, temperature, mode):
     step = valid & (step_mask != 0)
     s = torch.where(step, scores.to(output_dtype(scores)), 0.0)
     if mode == "soft":
-        weights = torch.softmax(torch.where(step, -s / temperature, float("-inf")), dim=-1)
+        # the lowest score subtracted before dividing: -s / T itself may overflow (0.5 at T = 1e-39 in float32)
+        lowest = torch.where(step, s, float("inf")).amin(-1, keepdim=True) if s.shape[-1] else 0.0
+        weights = torch.softmax(torch.where(step, -(s - lowest) / temperature, float("-inf")), dim=-1)
         token_rewards = torch.where(step, weights * s, 0.0)  # rows without a step: NaN -> 0
     elif mode in ("strict", "sum"):
         token_rewards = s

@@ -109,6 +109,10 @@ def min_form_returns(
     _checks.mask("mask", mask, "scores", scores)
     temperature = _checks.positive("temperature", temperature)
     _checks.choice("mode", mode, MIN_FORM_MODES)
+    dtype = reference.output_dtype(scores)
+    if mode == "soft" and torch.tensor(temperature, dtype=dtype).item() == 0:
+        raise ValueError(f"temperature {temperature} is 0 in {str(dtype).removeprefix('torch.')}, the dtype the "
+                         "soft weights are computed in")
     if _checks.values_checked(scores):  # (not building the step mask where values go unchecked, as on a GPU)
         _checks.finite_where("scores", scores, (step_mask != 0) & (mask != 0))  # the step tokens': the rest is ignored
     return implementation("min_form_returns", scores.device)(scores, step_mask, mask, temperature, mode)

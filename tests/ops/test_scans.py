@@ -327,19 +327,30 @@ def test_strict_returns_never_decrease_up_to_the_last_step(case):
         assert (ret[0, pos[-1] + 1 :] == 0).all()
 
 
-@pytest.mark.parametrize("scores", [[0.9, 0.2, 0.7, 0.5], [0.2, 0.7, 0.5, 0.9]])
-def test_soft_weights_with_logits_past_float32(scores):
-    """At a temperature of 1e-39 (float32 scores) -s/T overflows to -inf; a step whose logit
-    is -inf weighs nothing wherever it comes in the row (first, the C++ scan's online
-    softmax summed exp(-inf - -inf) = NaN)."""
-    s = torch.tensor([scores])
-    ones = torch.ones(1, 4, dtype=torch.bool)
+@pytest.mark.parametrize("scores", [[0.9, 0.2, 0.7, 0.5], [0.2, 0.7, 0.5, 0.9], [0.5, 1.0, 0.7, 0.6],
+                                    [-0.5, 1.0, 0.7, 0.6], [0.7, -0.3, -0.2, 0.1]])
+def test_soft_weights_with_logits_past_float32(scores, device):
+    """At a temperature of 1e-39 (float32 scores) -s/T overflows: the lowest step takes all
+    the weight wherever it comes and whatever its sign (the C++ scan's online softmax
+    summed exp(-inf - -inf) = NaN where the first logit was -inf; every logit -inf (scores
+    of 0.5 and more) or one +inf (a negative score) made every backend NaN)."""
+    s = torch.tensor([scores], device=device)
+    ones = torch.ones(1, 4, dtype=torch.bool, device=device)
     lowest = torch.tensor(scores).argmin().item()
-    want = torch.where(torch.arange(4) <= lowest, 0.2, 0.0)[None]
-    for backend in ops.available_backends("min_form_returns", "cpu"):
-        with ops.use_backend(backend):
-            _, ret = ops.min_form_returns(s, ones, ones, 1e-39, "soft")
-        torch.testing.assert_close(ret, want, msg=backend)
+    want = torch.where(torch.arange(4) <= lowest, min(scores), 0.0)[None]
+    for backend in ops.available_backends("min_form_returns", device.type):
+        for temperature in (1e-39, 1e-45):
+            with ops.use_backend(backend):
+                _, ret = ops.min_form_returns(s, ones, ones, temperature, "soft")
+            torch.testing.assert_close(ret.cpu(), want, msg=f"{backend} {temperature}")
+
+
+def test_a_temperature_that_is_0_in_the_scores_dtype():
+    s = torch.ones(1, 3)
+    with pytest.raises(ValueError, match="temperature 1e-46 is 0 in float32"):
+        ops.min_form_returns(s, s, s, 1e-46, "soft")
+    ops.min_form_returns(s.double(), s, s, 1e-46, "soft")  # a float64 number
+    ops.min_form_returns(s, s, s, 1e-46, "strict")  # no weights
 
 
 @settings(max_examples=60, deadline=None)

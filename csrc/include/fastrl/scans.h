@@ -39,20 +39,22 @@ FASTRL_HD acc_t td_error(acc_t reward, acc_t value, acc_t next_value, acc_t gamm
   return reward + gamma * next_value - value;
 }
 
-// Online max and sum of exp over a stream, merged across lanes: the softmax
-// normaliser of PURE's soft min-form weights in one read of the row.
+// Online max and sum of exp(x / temperature) over a stream, merged across lanes: the
+// softmax normaliser of PURE's soft min-form weights in one read of the row. x stays
+// unscaled and only differences are divided by the temperature: x / T may overflow (a
+// score of 0.5 at T = 1e-39 in float32: every weight NaN) where (x - max) / T <= 0 cannot.
 template <typename acc_t>
 struct OnlineSoftmax {
-  acc_t max, sum;
+  acc_t max, sum, temperature;
 
-  FASTRL_HD static OnlineSoftmax empty() { return {-infinity<acc_t>(), acc_t(0)}; }
+  FASTRL_HD static OnlineSoftmax empty(acc_t temperature) { return {-infinity<acc_t>(), acc_t(0), temperature}; }
 
   FASTRL_HD void add(acc_t x) {
     if (x > max) {
-      sum = sum * exp_(max - x) + acc_t(1);
+      sum = sum * exp_((max - x) / temperature) + acc_t(1);  // 0 * exp(-inf) before the first x
       max = x;
-    } else if (x != -infinity<acc_t>()) {  // weighs nothing, and before any finite x exp(-inf - -inf) is NaN
-      sum += exp_(x - max);
+    } else {
+      sum += exp_((x - max) / temperature);
     }
   }
 
@@ -63,26 +65,25 @@ struct OnlineSoftmax {
       return;
     }
     acc_t m = max > other.max ? max : other.max;
-    sum = sum * exp_(max - m) + other.sum * exp_(other.max - m);
+    sum = sum * exp_((max - m) / temperature) + other.sum * exp_((other.max - m) / temperature);
     max = m;
   }
 
-  FASTRL_HD acc_t weight(acc_t x) const { return exp_(x - max) / sum; }
+  FASTRL_HD acc_t weight(acc_t x) const { return exp_((x - max) / temperature) / sum; }
 };
 
 enum class MinFormMode : int { kSoft = 0, kStrict = 1, kSum = 2 };
 
-// The softmax logit of a step score: lower scores weigh more.
+// The softmax logit of a step score, before the temperature: lower scores weigh more.
 template <typename acc_t>
-FASTRL_HD acc_t min_form_logit(acc_t score, acc_t temperature) {
-  return -score / temperature;
+FASTRL_HD acc_t min_form_logit(acc_t score) {
+  return -score;
 }
 
 // Token reward at a step token, given the row's softmax state (soft mode).
 template <typename acc_t, MinFormMode mode>
-FASTRL_HD acc_t min_form_token_reward(acc_t score, acc_t temperature,
-                                      const OnlineSoftmax<acc_t>& softmax) {
-  if (mode == MinFormMode::kSoft) return softmax.weight(min_form_logit(score, temperature)) * score;
+FASTRL_HD acc_t min_form_token_reward(acc_t score, const OnlineSoftmax<acc_t>& softmax) {
+  if (mode == MinFormMode::kSoft) return softmax.weight(min_form_logit(score)) * score;
   return score;
 }
 
