@@ -16,6 +16,11 @@ or from keyword arguments.
 Each takes verl's call (token_level_rewards [B, T], response_mask [B, T],
 index: the numpy object array of uids, config, ...) and returns
 (advantages, returns), both [B, T], as verl's own estimators do.
+
+GAE is not in that registry: verl's trainer calls
+``core_algos.compute_gae_advantage_return`` by name, with the critic's values.
+``fastrl_gae`` has its signature and results (advantages whitened over the
+batch, as verl does); ``use_fastrl_gae()`` puts it in that place.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 
 from fastrl.ops import _checks
 from fastrl.ops.advantages import broadcast_to_tokens, group_advantages, group_ids_from_uids, risk_advantages
+from fastrl.ops.scans import gae
 
 RISKPO_DEFAULTS = dict(bundle_size=5, alpha=0.2, beta=0.8, omega=1.5, natural_baseline=True, credit="std")
 
@@ -77,6 +83,20 @@ def fastrl_riskpo(token_level_rewards, response_mask, index, config=None, **kwar
         params.update({key: source[key] for key in RISKPO_DEFAULTS if key in source})
     return _outcome_advantages(token_level_rewards, response_mask, index,
                                lambda scores, ids: risk_advantages(scores, ids, **params))
+
+
+def fastrl_gae(token_level_rewards, values, response_mask, gamma=1.0, lam=1.0):
+    """verl's ``compute_gae_advantage_return``: one scan, advantages whitened over the valid tokens."""
+    with torch.no_grad():
+        return gae(token_level_rewards, values, response_mask, float(gamma), float(lam), whiten=True)
+
+
+def use_fastrl_gae() -> None:
+    """Make verl's GAE branch (``algorithm.adv_estimator=gae``) run ``fastrl_gae``: its
+    trainer calls ``core_algos.compute_gae_advantage_return`` through the module."""
+    from verl.trainer.ppo import core_algos
+
+    core_algos.compute_gae_advantage_return = fastrl_gae
 
 
 ESTIMATORS = {"fastrl_grpo": fastrl_grpo, "fastrl_dr_grpo": fastrl_dr_grpo, "fastrl_rloo": fastrl_rloo,
