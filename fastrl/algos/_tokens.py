@@ -9,6 +9,8 @@ def next_valid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """x at the first valid position strictly after t, per row of [B, T] (0 where there
     is none). A reverse running minimum over valid positions, so holes are skipped."""
     T = valid.shape[1]
+    if T == 0:
+        return x.new_zeros(x.shape)  # (the padding below would make it [B, 1])
     pos = torch.arange(T, device=valid.device).expand_as(valid)
     first_at_or_after = torch.where(valid, pos, T).flip(-1).cummin(-1).values.flip(-1)
     after = F.pad(first_at_or_after[:, 1:], (0, 1), value=T)

@@ -86,3 +86,14 @@ def test_riskpo_per_group_advantage_is_never_positive_with_binary_rewards(correc
         assert (adv == 0).all()
     if correct == 7:
         torch.testing.assert_close(adv, torch.tensor([0.0] * 7 + [-24.0]), atol=1e-3, rtol=0)
+
+
+def test_next_valid_skips_holes_and_keeps_the_shape():
+    from fastrl.algos._tokens import last_valid, next_valid
+
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    valid = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    assert next_valid(x, valid).tolist() == [[3.0, 3.0, 4.0, 0.0], [6.0, 0.0, 0.0, 0.0]]
+    assert last_valid(valid).tolist() == [[False, False, False, True], [False, True, False, False]]
+    empty = torch.zeros(2, 0)
+    assert next_valid(empty, empty.bool()).shape == last_valid(empty.bool()).shape == (2, 0)  # was [2, 1]
