@@ -322,6 +322,12 @@ class TrainConfig:
         _at_least("rollout.group_size", r.group_size, 1)
         _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
         _positive("rollout.temperature", r.temperature)
+        # the sampler scales by log2(e) / temperature in float32 (float64 for a float64 model): a normal number
+        tiny, huge = ((sys.float_info.min, sys.float_info.max) if m.dtype == "float64"
+                      else (2.0**-126, 3.4028234663852886e38))  # float32's smallest normal and largest
+        if not tiny <= math.log2(math.e) / r.temperature < huge:
+            raise ConfigError(f"rollout.temperature must be in [{math.log2(math.e) / huge:.4g}, "
+                              f"{math.log2(math.e) / tiny:.4g}] for a {m.dtype} model, got {r.temperature}")
         if r.top_k is not None:
             _at_least("rollout.top_k", r.top_k, 1)
         if r.top_p is not None and not 0 < r.top_p <= 1:
@@ -334,6 +340,9 @@ class TrainConfig:
         if rw.kind == "task" and d.source != "task":
             raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs data.source 'task', got "
                               f"{d.source!r}")
+        if rw.kind.startswith("classification") and d.source == "task":
+            raise ConfigError(f"reward.kind {rw.kind!r} reads each record's label set (data.labels_key); the built-in "
+                              "task has none: set data.source to a file or folder of labelled records")
         if rw.process is not None and rw.process != "task" and ":" not in rw.process \
                 and not Path(rw.process).exists():
             raise ConfigError(f"reward.process must be 'task', an existing PRM folder or 'module:function', "
@@ -465,7 +474,9 @@ def _merge_overrides(values: dict, overrides) -> dict:
             except yaml.YAMLError as e:
                 raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
         section, name = key.split(".", 1)
-        target = values.setdefault(section, {})
+        if values.get(section) is None:  # absent, or a YAML section whose keys are all commented out
+            values[section] = {}
+        target = values[section]
         if not isinstance(target, dict):
             raise ConfigError(f"{section} must be a mapping, got {type(target).__name__}")
         target[name] = value

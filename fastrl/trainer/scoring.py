@@ -32,11 +32,14 @@ def check_records(config: TrainConfig, prompts) -> None:
     (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it)."""
     if prompts.rows is None or config.reward.kind not in ("math", *CLASSIFICATION):
         return
-    key = config.data.answer_key
-    missing = next((i for i, row in enumerate(prompts.rows) if key not in row), None)
-    if missing is not None:
-        raise ConfigError(f"{prompts.where(missing)} has no field {key!r} (data.answer_key), which reward.kind "
-                          f"{config.reward.kind!r} reads")
+    keys = {config.data.answer_key: "data.answer_key"}
+    if config.reward.kind in CLASSIFICATION:
+        keys[config.data.labels_key] = "data.labels_key"
+    for key, option in keys.items():
+        missing = next((i for i, row in enumerate(prompts.rows) if key not in row), None)
+        if missing is not None:
+            raise ConfigError(f"{prompts.where(missing)} has no field {key!r} ({option}), which reward.kind "
+                              f"{config.reward.kind!r} reads")
 
 
 def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:

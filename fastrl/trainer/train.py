@@ -196,6 +196,9 @@ class Trainer:
         if not self.eos:
             raise ConfigError("the tokenizer has no eos_token_id: responses could never end")
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        if config.data.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("data.chat_template: the tokenizer has no chat template (set model.tokenizer to one "
+                              "that has, or data.chat_template false)")
         self.step = 0
         self._stop = False
 

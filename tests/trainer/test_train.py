@@ -271,6 +271,9 @@ def test_default_run_learns(tmp_path, capsys):
     (["reward.kind=test_train:nosuchfn"], "reward.kind: cannot load"),
     (["algo.name=pure", "reward.process=nosuchmodule:fn"], "reward.process: cannot load"),
     (["run.device=cuda:x"], "run.device must be"),
+    (["rollout.temperature=1e-300"], r"rollout.temperature must be in \[4.24e-39, 1.227e\+38\] for a float32 model"),
+    (["rollout.temperature=1e-300", "model.dtype=float64"], None),  # a float64 model samples in float64
+    (["reward.kind=classification"], "the built-in task has none"),
     (["run.device=cuda:99"], "run.device 'cuda:99'"),
     (["data.split=train"], "data.split selects a split of a DatasetDict"),
     (["model.tokenizer=."], "model.tokenizer goes with model.path"),
@@ -285,8 +288,20 @@ def test_default_run_learns(tmp_path, capsys):
      "with algo.kl_in 'reward'"),
 ] + [(["rollout.group_size=1", f"algo.name={a}"], "rollout.group_size must be >= 2") for a in ALGOS if a != "gae"])
 def test_bad_configs(overrides, match):
+    if match is None:
+        TrainConfig.from_dict({}, overrides)
+        return
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict({}, overrides)
+
+
+def test_an_empty_yaml_section_takes_overrides(tmp_path):
+    """A section whose keys are all commented out loads as None: accepted alone, it was
+    refused ('model must be a mapping') as soon as --set touched it."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  # lora_rank: 4\nrun:\n  steps: 2\n")
+    cfg = TrainConfig.load(path, ["model.lora_rank=4"])
+    assert cfg.model.lora_rank == 4 and cfg.run.steps == 2
 
 
 def test_bad_layout_is_refused_before_training(tmp_path):
@@ -888,6 +903,17 @@ def test_a_record_without_the_answer_a_reward_reads_is_refused_at_load(tmp_path)
     with pytest.raises(ConfigError, match=r"data.jsonl:2 has no field 'answer' \(data.answer_key\), which reward.kind "
                                           r"'math' reads"):
         Trainer(config(tmp_path, f"data.source={data}", "reward.kind=math"))
+    data.write_text(json.dumps({"prompt": "1,2=", "answer": "2", "labels": ["1", "2"]}) + "\n"
+                    + json.dumps({"prompt": "3,1=", "answer": "3"}) + "\n")
+    with pytest.raises(ConfigError, match=r"data.jsonl:2 has no field 'labels' \(data.labels_key\), which reward.kind "
+                                          r"'classification' reads"):
+        Trainer(config(tmp_path, f"data.source={data}", "reward.kind=classification"))
+
+
+def test_a_chat_template_the_tokenizer_lacks_is_refused_before_the_first_step(tmp_path):
+    """(a ValueError from apply_chat_template at step 1, a traceback from the CLI)"""
+    with pytest.raises(ConfigError, match="data.chat_template: the tokenizer has no chat template"):
+        Trainer(config(tmp_path, "data.chat_template=true"))
 
 
 def test_a_crash_while_a_checkpoint_is_saved_again_keeps_it(tmp_path, monkeypatch, capsys):
