@@ -137,6 +137,10 @@ def response_logprobs(
         if position_ids.dtype not in INT_DTYPES:
             raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
         _checks.same_device("position_ids", position_ids, "input_ids", input_ids)
+        if position_ids.dim() != 2 or position_ids.shape[1] != input_ids.shape[1] \
+                or position_ids.shape[0] not in (1, input_ids.shape[0]):
+            raise ValueError(f"position_ids must be [B, L] or [1, L] for input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(position_ids.shape)}")
     first = next(body.parameters(), None)  # the input embeddings, in transformers' bodies
     if first is not None and first.device.type != "meta" and first.device != input_ids.device:
         raise ValueError(f"input_ids is on {input_ids.device} but the model's body starts on {first.device}")

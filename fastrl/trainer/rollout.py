@@ -172,7 +172,9 @@ def _prompt_batch(prompts, attention_mask, pad_token_id, device):
         if bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
             raise ValueError("prompts must be left-padded: each attention_mask row zeros then ones, "
                              "ending with a token")
-        return prompts.to(device, torch.int64), mask.to(device)
+        # the padding's ids as pad_token_id: any id there (-100, say) would reach the embedding and the outputs
+        ids = torch.where(mask != 0, prompts.to(mask.device, torch.int64), pad_token_id)
+        return ids.to(device), mask.to(device)
     if attention_mask is not None:
         raise ValueError("attention_mask goes with a padded tensor of prompts, not with lists")
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:

@@ -183,5 +183,8 @@ def test_bad_arguments(rng):
         response_logprobs(model, input_ids, attention_mask, response, temperature=0.0)
     with pytest.raises(TypeError, match="position_ids must be an integer tensor"):
         response_logprobs(model, input_ids, attention_mask, response, position_ids=attention_mask.float())
+    for wrong in (attention_mask[:, 1:], attention_mask[:1].expand(3, -1), attention_mask[0], attention_mask[..., None]):
+        with pytest.raises(ValueError, match=r"position_ids must be \[B, L\] or \[1, L\]"):
+            response_logprobs(model, input_ids, attention_mask, response, position_ids=wrong)
     with pytest.raises(ValueError, match="input_ids is on meta"):
         response_logprobs(model, input_ids.to("meta"), attention_mask.to("meta"), response.to("meta"))

@@ -173,6 +173,9 @@ def test_tensor_prompts(rng):
     assert torch.equal(from_tensor.prompt_ids, from_lists.prompt_ids)
     assert torch.equal(from_tensor.prompt_mask, from_lists.prompt_mask)
     assert torch.equal(from_tensor.response_ids, from_lists.response_ids)
+    # whatever ids the padding holds (-100, as a collator writes): an IndexError in the embedding, and in prompt_ids
+    odd = rollout(model, torch.where(mask, ids, -100), 6, EOS, PAD, attention_mask=mask, seeds=seeds, progress=False)
+    assert torch.equal(odd.prompt_ids, from_lists.prompt_ids) and torch.equal(odd.response_ids, from_lists.response_ids)
     # an unpadded tensor needs no mask
     full = rollout(model, ids[:1], 6, EOS, PAD, seeds=seeds[:1], progress=False)
     assert torch.equal(full.response_ids, from_lists.response_ids[:1, :full.response_ids.shape[1]])
