@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fastrl.algos.credit import CREDIT, CreditInputs, assign
+from fastrl.algos.pure import pure_advantages
 from fastrl.ops import broadcast_to_tokens, gae, group_advantages, risk_advantages
 from fastrl.trainer.config import AlgoConfig
 
@@ -16,11 +17,12 @@ def inputs(rng, B=12, T=6):
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
-def test_outcome_methods(rng, name):
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_outcome_methods(rng, name, eps):
     x = inputs(rng)
-    adv, returns = assign(name, x, AlgoConfig())
+    adv, returns = assign(name, x, AlgoConfig(eps=eps))
     assert returns is None
-    torch.testing.assert_close(adv, broadcast_to_tokens(group_advantages(x.scores, x.group_ids, name), x.mask))
+    torch.testing.assert_close(adv, broadcast_to_tokens(group_advantages(x.scores, x.group_ids, name, eps), x.mask))
 
 
 def test_rover_advantage_is_grpo_or_centred(rng):
@@ -30,10 +32,16 @@ def test_rover_advantage_is_grpo_or_centred(rng):
     torch.testing.assert_close(assign("rover", x, centred).advantages, assign("dr_grpo", x, AlgoConfig()).advantages)
 
 
-def test_riskpo(rng):
-    x = inputs(rng)
-    cfg = AlgoConfig(riskpo_bundle_size=2)
-    expected = risk_advantages(x.scores, x.group_ids, bundle_size=2)
+@pytest.mark.parametrize("params", [
+    dict(bundle_size=2),
+    dict(bundle_size=3, alpha=0.3, beta=0.6, omega=0.5, natural_baseline=False, credit="sum_mean"),
+])
+def test_riskpo(rng, params):
+    """Every riskpo_* setting reaches the op (not the op's defaults)."""
+    x = inputs(rng, B=24)
+    x.scores = torch.rand(24, generator=rng)
+    cfg = AlgoConfig(**{f"riskpo_{k}": v for k, v in params.items()})
+    expected = risk_advantages(x.scores, x.group_ids, **params)
     torch.testing.assert_close(assign("riskpo", x, cfg).advantages, broadcast_to_tokens(expected, x.mask))
 
 
@@ -65,6 +73,25 @@ def test_gae_in_float32_whatever_the_value_head(rng):
     torch.testing.assert_close(got.returns, assign("gae", with_token_rewards, cfg).returns)
     first = x.mask.float().argmax(-1)
     torch.testing.assert_close(want.returns[torch.arange(12), first], x.scores)  # gamma = lam = 1, values 0 at the end
+
+
+@pytest.mark.parametrize("params", [
+    dict(),
+    dict(min_form="strict", baseline="step", verifiable_coef=0.3, zero_reward_tokens=False),
+    dict(min_form="soft", temperature=0.7, baseline="none", verifiable_coef=0.0),
+    dict(min_form="sum", baseline="token", verifiable_coef=2.0),
+])
+def test_pure(rng, params):
+    """Every pure_* setting reaches pure_advantages; group ids need not start at 0."""
+    x = inputs(rng)
+    x.group_ids = x.group_ids + 7
+    x.step_mask = x.mask & (torch.rand(x.mask.shape, generator=rng) > 0.5)
+    x.step_scores = torch.randn(x.mask.shape, generator=rng)
+    x.solved = x.scores
+    got = assign("pure", x, AlgoConfig(**{f"pure_{k}": v for k, v in params.items()}))
+    want = pure_advantages(x.step_scores, x.step_mask, x.mask, x.group_ids - 7, x.solved, **params)
+    torch.testing.assert_close(got.advantages, want.advantages)
+    torch.testing.assert_close(got.returns, want.returns)
 
 
 def test_unknown_name():

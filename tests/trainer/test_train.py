@@ -38,6 +38,13 @@ def test_each_algorithm_lowers_its_loss_on_a_fixed_batch(tmp_path, algo):
     losses = [trainer.update(batch)["loss"] for _ in range(8)]
     assert losses[-1] < losses[0] - 1e-3, losses
     assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    # in the advantages' direction: log-probs rose where A > 0 and fell where A < 0 (a
+    # sign slip anywhere, from credit to loss, lowers the loss just as well)
+    with torch.no_grad():
+        new, _ = trainer.module(batch.input_ids, batch.attention_mask, batch.loss_mask, trainer.cfg.rollout.temperature)
+    valid = batch.loss_mask != 0
+    gain = ((new.logprob - batch.old.logprob) * batch.credit.advantages)[valid]
+    assert gain.sum() > 0.05 * gain.abs().sum(), (gain.sum(), gain.abs().sum())
 
 
 def test_pure_with_a_process_reward_model(tmp_path):
@@ -138,6 +145,41 @@ def test_metrics_log_plot_and_final_model(tmp_path):
     state = torch.load(next((result.output_dir / "checkpoints").glob("step_*")) / "state.pt", weights_only=False)
     for name, p in reloaded.state_dict().items():
         torch.testing.assert_close(p, state["model"]["model." + name])
+
+
+def test_loss_and_metrics_against_an_independent_forward(tmp_path):
+    """After one update the policy has left the reference: the next step's loss is
+    -mean(A) + kl_coef mean(k3) - entropy_coef mean(H) at ratio 1, and its kl and entropy
+    metrics the means of k3 and H, all recomputed here from the models' full logits."""
+    from fastrl.trainer.rollout import position_ids
+
+    kl_coef, entropy_coef = 0.3, 0.02
+    trainer = Trainer(config(tmp_path, "model.reference=initial", f"algo.kl_coef={kl_coef}",
+                             f"algo.entropy_coef={entropy_coef}", "optim.lr=0.01"))
+    trainer.update(trainer.collect(0))
+    batch = trainer.collect(1)  # run_step(1) collects the same batch: same weights, same seeds
+    T = trainer.cfg.rollout.temperature
+
+    def token_stats(model):
+        with torch.no_grad():
+            logits = model(batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=position_ids(batch.attention_mask)).logits[:, :-1].double() / T
+        logp = logits.log_softmax(-1)
+        taken = logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        return torch.nn.functional.pad(taken, (1, 0)), torch.nn.functional.pad(-(logp.exp() * logp).sum(-1), (1, 0))
+
+    logp, entropy = token_stats(trainer.policy.causal_lm())
+    ref_logp, _ = token_stats(trainer.reference)
+    valid = batch.loss_mask != 0
+    d = ref_logp - logp
+    k3 = (d.exp() - d - 1)[valid].mean().item()
+    H = entropy[batch.response_mask != 0].mean().item()
+    assert k3 > 1e-4 and H > 0.1
+    metrics = trainer.run_step(1)
+    assert metrics["kl"] == pytest.approx(k3, rel=1e-4)
+    assert metrics["entropy"] == pytest.approx(H, rel=1e-4)
+    want_loss = -batch.credit.advantages[valid].double().mean().item() + kl_coef * k3 - entropy_coef * H
+    assert metrics["loss"] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
 
 
 def test_lora_run_saves_the_adapter(tmp_path):
