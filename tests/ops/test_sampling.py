@@ -47,7 +47,12 @@ def chi_square(tokens, probabilities):
     expected = probabilities * len(tokens)
     support = expected > 0
     assert counts[~support].sum() == 0, "drew a token outside the kept set"
-    return ((counts[support] - expected[support]) ** 2 / expected[support]).sum().item(), int(support.sum())
+    # cells expecting under 5 draws pooled into one, for the chi-square law to hold with few draws
+    rare = support & (expected < 5)
+    counts = torch.cat([counts[support & ~rare], counts[rare].sum()[None]])
+    expected = torch.cat([expected[support & ~rare], expected[rare].sum()[None]])
+    cells = expected > 0
+    return ((counts[cells] - expected[cells]) ** 2 / expected[cells]).sum().item(), int(cells.sum())
 
 
 # A threshold for chi-square over <= 12 cells far above the real sampler's statistic
@@ -63,9 +68,10 @@ def test_frequencies_match_the_exact_distribution(options, device):
                                        options.get("top_p"))
     for backend in backends(device):
         n = rows_for(backend, device, 20000)
+        # the interpreter's 100 draws catch only gross errors (always the argmax scores ~200 to
+        # 300), but in the filtered path, whose frequencies no other CPU test checks
         stat, cells = chi_square(draw(backend, LOGITS, n, device, **options).tokens, probabilities)
-        if n >= 20000:
-            assert stat < THRESHOLD, (backend, stat, cells)
+        assert stat < THRESHOLD, (backend, n, stat, cells)
 
 
 def test_a_biased_sampler_fails_the_frequency_test():
