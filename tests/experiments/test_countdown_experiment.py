@@ -40,6 +40,26 @@ def test_canonical_merges_rearrangements_only():
     assert canonical("3*5+7+9") != canonical("3+5*7+9")
 
 
+def test_evaluate_counts_on_fixed_samples(monkeypatch):
+    """pass@k, distinct answers and structures, well-formedness and entropy of known texts."""
+    import torch
+
+    rows = [{"prompt": "a", "numbers": [3, 5, 7, 9], "target": 55}, {"prompt": "b", "numbers": [3, 5, 7, 9], "target": 24}]
+    texts = ["9*7-5-3", "7*9-3-5", "5*9+7+3", "3+5+7+9",  # 3 right: 3 distinct, 2 structures; 1 wrong
+             "3+5+7+9", "3+3+7+9", "9*7-5-3", "9+7+5+3"]  # 2 right: 2 distinct, 1 structure; 1 ill-formed
+    surprise = torch.tensor([[1.0, 2.0]] * 4 + [[3.0, 4.0]] * 4)  # (surprisal sum, tokens) per text
+
+    def fixed(model, tokenizer, prompts, max_new_tokens, seed):
+        assert prompts == ["a"] * 4 + ["b"] * 4 and seed == 7
+        return texts, None, surprise
+
+    monkeypatch.setattr(countdown, "sample", fixed)
+    got = countdown.evaluate(None, None, CountdownTask(), rows, 4, 7)
+    assert got["pass@k"] == pytest.approx({1: (3 / 4 + 2 / 4) / 2, 2: (1 + 1 - 1 / 6) / 2, 3: 1.0, 4: 1.0})
+    assert got["distinct_correct"] == 2.5 and got["distinct_structures"] == 1.5
+    assert got["well_formed"] == 7 / 8 and got["entropy"] == pytest.approx(16 / 24)
+
+
 @pytest.mark.parametrize("name, setting", [("riskpo", "A"), ("rover", "A"), ("rover", "D")])
 def test_smoke_run(tmp_path, capsys, name, setting):
     out = tmp_path / f"{name}_{setting}"

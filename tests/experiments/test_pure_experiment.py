@@ -8,6 +8,7 @@ pytest.importorskip("transformers")
 
 from fastrl.cli import main  # noqa: E402
 from fastrl.experiments import pure  # noqa: E402
+from fastrl.experiments.common import verdicts  # noqa: E402
 from fastrl.experiments.pure import ArithTask, Plan, run, solve  # noqa: E402
 
 ROW = {"prompt": "3+5-2+9", "digits": [3, 5, 2, 9], "ops": ["+", "-", "+"], "answer": "5"}
@@ -65,7 +66,41 @@ def test_smoke_run(tmp_path, capsys, setting, lr, policy):
     assert warm.get("attention_heads") == {"llama": None, "gru": 0, None: 4}[policy]
     assert all(len(run["curve"]) == 3 for run in summary["runs"].values())
     assert (tmp_path / f"pure_{setting}.png").exists()
-    assert "HELD" in printed or "reported" in printed
+    assert summary["criteria"] == pure.criteria(summary)
+    assert all(line in printed for line in verdicts(summary["criteria"]))
+
+
+def _run(curve_acc, start, end, steps, spr_curve=3.0):
+    curve = [{"accuracy": a, "steps_per_response": spr_curve} for a in curve_acc]
+    return {"curve": curve, "start": {"sampled": {"accuracy": start}},
+            "end": {"sampled": {"accuracy": end, "steps_per_response": steps}}}
+
+
+@pytest.mark.parametrize("change, held", [
+    ({}, [True, True, True]),
+    ({"sum": _run([0.5] * 100, 0.5, 0.5, 12, spr_curve=12)}, [False, True, True]),  # sum form never collapsed
+    ({"sum": _run([0.05] * 100, 0.5, 0.05, 8, spr_curve=8)}, [False, True, True]),  # collapsed, but short answers
+    ({"soft_min": _run([], 0.5, 0.59, 4)}, [True, False, True]),  # gained < 0.1
+    ({"strict_min": _run([], 0.5, 0.7, 7)}, [True, True, False]),  # too many steps per response
+    ({"verifiable": _run([], 0.5, 0.9, 4)}, [True, False, False]),  # both 0.1 below verifiable
+])
+def test_setting_a_criteria(change, held):
+    runs = {"sum": _run([0.5] * 20 + [0.02] * 80, 0.5, 0.0, 12, spr_curve=12), "soft_min": _run([], 0.5, 0.8, 4),
+            "strict_min": _run([], 0.5, 0.78, 6), "verifiable": _run([], 0.5, 0.82, 4), **change}
+    rows = pure.criteria({"setting": "A", "seeds": [3], "runs": {f"{k}/seed3": v for k, v in runs.items()}})
+    assert [r["held"] for r in rows] == held
+    if not change:
+        assert [r["measured"] for r in rows] == [
+            "lowest smoothed accuracy 0.020, 12.0 steps/response at step 100",
+            "0.500 -> 0.800 (verifiable 0.820), 4.0 steps/response", "0.500 -> 0.780 (verifiable 0.820), 6.0 steps/response"]
+
+
+def test_setting_b_criteria():
+    runs = {f"{name}/seed{seed}": _run([], 0.4, end, 4) for seed, end in ((0, 0.7), (1, 0.69))
+            for name in ("strict_min", "soft_min")}
+    rows = pure.criteria({"setting": "B", "seeds": [0, 1], "runs": runs})
+    assert [r["held"] for r in rows] == [True, None, False, None]
+    assert rows[1]["measured"] == "0.400 -> 0.700"
 
 
 def test_unknown_policy_is_refused(tmp_path):

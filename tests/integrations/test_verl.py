@@ -40,13 +40,14 @@ def test_estimators_are_registered():
 
 
 @pytest.mark.parametrize("norm_by_std", [True, False])
-def test_grpo_equals_verl(norm_by_std, rng):
+@pytest.mark.parametrize("epsilon", [1e-6, 0.1])
+def test_grpo_equals_verl(norm_by_std, epsilon, rng):
     # against verl in float64: verl's float32 misses by up to 1e-3 where a group's scores
     # are 1e-4 apart (seed 1017483729); fastrl's float32 stays within about 1e-7 of it
     rewards, mask, uids = verl_batch(rng)
     want, want_ret = core_algos.compute_grpo_outcome_advantage(
-        rewards.double(), mask.double(), uids, norm_adv_by_std_in_grpo=norm_by_std)
-    got, got_ret = fastrl_verl.fastrl_grpo(rewards, mask, uids, norm_adv_by_std_in_grpo=norm_by_std)
+        rewards.double(), mask.double(), uids, epsilon=epsilon, norm_adv_by_std_in_grpo=norm_by_std)
+    got, got_ret = fastrl_verl.fastrl_grpo(rewards, mask, uids, epsilon=epsilon, norm_adv_by_std_in_grpo=norm_by_std)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_ret, want_ret.float(), rtol=1e-5, atol=1e-5)
@@ -91,6 +92,14 @@ def test_riskpo_adapter(rng):
     assert got is ret
     default, _ = fastrl_verl.fastrl_riskpo(rewards, mask, uids, bundle_size=1)
     torch.testing.assert_close(default, ops.broadcast_to_tokens(ops.risk_advantages(scores, ids, bundle_size=1), mask))
+    # every parameter reaches the op, from the config or (over it) as a keyword
+    params = dict(bundle_size=2, alpha=0.3, beta=0.6, omega=0.5, natural_baseline=False, credit="sum_mean")
+    want = ops.broadcast_to_tokens(ops.risk_advantages(scores, ids, **params), mask)
+    config = {"riskpo": {**params, "alpha": 0.1, "omega": 2.0}}
+    got, _ = core_algos.get_adv_estimator_fn("fastrl_riskpo")(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=config, alpha=0.3, omega=0.5)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, fastrl_verl.fastrl_riskpo(rewards, mask, uids, config=config)[0])
 
 
 @pytest.mark.parametrize("gamma, lam", [(1.0, 1.0), (0.99, 0.95)])
