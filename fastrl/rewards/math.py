@@ -133,8 +133,18 @@ def _after_mark(tail: str) -> str | None:
         return next(g for g in span.groups() if g is not None).strip() or None
     line = tail.split("\n", 1)[0]
     line = re.split(r"\.\s+(?=[A-Z])", line, 1)[0]  # "5. I hope it is correct."
-    line = re.sub(r"[\s*_]*\.?[\s*_]*$", "", line)  # trailing period and markdown emphasis
+    # a trailing period and markdown emphasis, by a scan from the end: the regex for it took
+    # time cubic in a run of spaces or underscores inside the line (8 s for 2000)
+    line = _rstrip_emphasis(line)
+    line = _rstrip_emphasis(line[:-1]) if line.endswith(".") else line
     return _strip_math_delims(line) or None
+
+
+def _rstrip_emphasis(s: str) -> str:
+    end = len(s)
+    while end and (s[end - 1].isspace() or s[end - 1] in "*_"):
+        end -= 1
+    return s[:end]
 
 
 def extract_answer(completion: str) -> str | None:
@@ -183,7 +193,7 @@ _INJECTION = re.compile(
 )
 _UNEVALUATED = re.compile(r"\\frac\s*\{\s*(?:d|\\mathrm\{d\})\^?\S*\s*\}\s*\{\s*(?:d|\\mathrm\{d\})\s*[a-z]|\\int|\\sum|\\prod|\\lim|\\oint|\\partial|\bd/d|\\binom|\\choose|\\mathrm\{d\}|Integral|Sum\(|Limit")
 _UNITS = (
-    r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*\w+|cm|mm|km|kg|mg|"
+    r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*(?:units?|ft|feet|m|meters?|metres?|cm|mm|km|in|inches|mi|miles?)\b|cm|mm|km|kg|mg|"
     r"meters?|metres?|feet|foot|ft|inches|inch|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|"
     r"days?|weeks?|months?|years?|degrees?|deg|liters?|litres?|ml|pounds?|lbs?|ounces?|oz|people|students|"
     r"ways|cookies|apples|marbles|points|times|grams?|kilograms?|yuan|euros?|"
@@ -322,8 +332,9 @@ def _strip_label(s: str):
     # "x = y = 3", "m_{\max} = 3", "\alpha = 3", "Maximum = 2", "Paolo: 18" (word labels), "(x, y) = (1, 2)"
     s = re.sub(r"^\s*\([a-zA-Z](?:\s*,\s*[a-zA-Z])+\)\s*=\s*(?=\()", "", s)
     m = re.fullmatch(r"\s*[A-Za-z]{3,}(?: [A-Za-z]+)*\s*[:=]\s*(.+)", s)  # a word of 3+ letters
-    if m and "=" not in m.group(1) and not re.search(r"\d", s.split(":")[0].split("=")[0]):
-        return m.group(1).strip(), None
+    label = re.split(r"[:=]", s, 1)[0]
+    if m and "=" not in m.group(1) and not re.search(r"\d", label) and not _HEDGE.search(label):
+        return m.group(1).strip(), None  # (a hedge is no label: "Maybe: 4", "not: 4")
     m = re.fullmatch(r"\s*((?:(?:[a-zA-Z](?:_\{[^{}]*\}|_\w)?|\\[a-zA-Z]+)\s*=\s*)+)(.+)", s)
     if m and "=" not in m.group(2):
         return m.group(2).strip(), None
@@ -677,6 +688,10 @@ def _expr_equal(a, b, rng: random.Random) -> bool:
 # words after a number that hedge or negate it: "3 or 4", "3 maybe", "3 is wrong"
 _HEDGE = re.compile(r"\b(?:not|no|never|or|and|except|nor|maybe|perhaps|probably|possibly|likely|unlikely|approx\w*|"
                     r"about|around|roughly|nearly|almost|guess\w*|unsure|uncertain|incorrect|wrong\w*|false)\b", re.I)
+# words after a number that compute with it: "5 plus x", "2 squared", "2 thirds", "5 dozen"
+_ARITHMETIC = re.compile(r"\b(?:plus|minus|times(?=\s+\S)|divided|over|multiplied|squared|cubed|sqrt|root|power|"
+                         r"halves|thirds|quarters|fourths|fifths|sixths|sevenths|eighths|ninths|tenths|hundredths|"
+                         r"thousandths|dozens?|score|less|more|fewer|than|recurring|repeating)\b", re.I)
 _SCALE_WORDS = {"hundred": 2, "thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 
 
@@ -690,7 +705,7 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     # "3 million" is 3 * 10^6)
     def unit_tail(x):
         m = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
-        if m and not _HEDGE.search(x) and m.group(2) not in _FUNCS | _GREEK:
+        if m and not _HEDGE.search(x) and not _ARITHMETIC.search(x) and m.group(2) not in _FUNCS | _GREEK:
             power = _SCALE_WORDS.get(m.group(2).lower())
             return m.group(1) if power is None else f"{m.group(1)} \\cdot 10^{{{power}}}"
         return x

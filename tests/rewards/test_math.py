@@ -40,7 +40,18 @@ HACKS = [
     ("C", "ABCD"), ("C", "\\text{C and D}"), ("3", "\\infty"), ("3", "__import__('os').system('echo hi')"),
     ("3", "3 \\text{ or } 4"), ("3", "3 3 3"), ("10", "9.999"), ("3", "2.9999"),
     ("\\{1, 2\\}", "\\{1, 2, 3\\}"), ("1, 2", "1, 2, 3"), ("3", "x"), ("3", "+"), ("3", "None"),
+    # a number and words that compute with it is no number with a unit; a hedge is no label
+    ("5", "5 plus x"), ("5", "5 minus two"), ("5", "5 times two"), ("5", "5 divided by two"),
+    ("5", "5 more than the answer"), ("5", "5 less than x"), ("2", "2 squared"), ("4", "4 sqrt"), ("2", "2 thirds"),
+    ("3", "3 quarters"), ("9", "9 hundredths"), ("5", "5 dozen"), ("4", "not: 4"), ("4", "Maybe: 4"),
+    ("4", "Wrong: 4"), ("4", "Guess = 4"),
 ]
+
+
+@pytest.mark.parametrize("gold,answer", [("5", "5 months"), ("12", "12 sq ft"), ("12", "12 sq. m"), ("3", "3 times"),
+                                         ("4", "Maximum = 4"), ("18", "Paolo: 18"), ("3000000", "3 million")])
+def test_units_and_labels_still_accepted(gold, answer):
+    assert vm.verify(gold, answer) is True, vm.explain(gold, answer)
 
 
 @pytest.mark.parametrize("gold,answer", HACKS)
@@ -91,6 +102,8 @@ def test_extract_answer(completion, expected):
     "a{" * 20000 + "\\boxed{1}",
     "\\boxed" * 8000,  # brace-less boxes: each copied the rest of the text (18 s)
     "\\fbox" * 8000,
+    "Final Answer: 5 " + "_" * 3000 + " x",  # a blank to fill in: the trailing-emphasis regex was cubic (8 s at 2000)
+    "The answer is 5" + " " * 6000 + ".",
 ])
 def test_extraction_is_linear(completion):
     # each box's end is found in one pass over the text; a scan per box took 6 s on the first
