@@ -253,23 +253,33 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
             re.compile(args.only)
         except re.error as e:
             parser.error(f"--only: {args.only!r} is no regular expression ({e})")
+    full_repeat = {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
     if args.repeat is None:
-        args.repeat = 3 if args.quick else {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
+        args.repeat = 3 if args.quick else full_repeat
     if args.warmup is None:
         args.warmup = {"cpu": 2, "cuda": 2, **(warmup or {})}[args.device.type]
     # a run that picks cases (--quick, --only, --providers, ...) or measures otherwise (--l2-flush,
     # --dtype) is partial: by default its rows do not replace the committed results
     args._partial = [f"--{k.replace('_', '-')}" for k, v in sorted(vars(args).items())
                      if k not in FULL_RUN_OPTIONS and v != parser.get_default(k)]
+    if args.repeat < full_repeat and "--quick" not in args._partial:
+        args._partial.append("--repeat")  # a median of fewer runs
     if args.device.type == "cpu" and not args.malloc_default and args._probe is None:
-        no_trim_malloc()
+        if argv is None or TYPED_COMMAND:
+            no_trim_malloc()
+        elif not all(os.environ.get(k) == v for k, v in NO_TRIM.items()):
+            # a Python caller's process is not re-run: it measures with glibc's defaults
+            print("malloc: called from Python, so glibc's defaults (run it from a shell for no heap trimming)")
+            args.malloc_default = True
+            args._partial.append("--malloc-default")
     return args
 
 
-# options that leave a run's cases and what they measure as they are (--shape names the shapes
-# of a full run: `make bench` names its CPU shapes)
-FULL_RUN_OPTIONS = {"device", "shape", "repeat", "warmup", "memory", "out", "malloc_default", "compile_budget",
-                    "_probe", "_skip"}
+# options that leave a run's cases and what they measure as they are (--shape: shapes() says
+# whether they are the device's ladder, as `make bench` names them)
+FULL_RUN_OPTIONS = {"device", "shape", "repeat", "warmup", "memory", "out", "compile_budget", "_probe", "_skip"}
+# set by `fastrl bench` when its command was typed in a shell: only that process is re-run
+TYPED_COMMAND = False
 
 
 def wanted_providers(option: str, known) -> set:
@@ -289,6 +299,9 @@ def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
             if len(shape) != len(cpu[0]) or len(text.split(",")) != len(shape):
                 raise SystemExit(f"--shape {text!r}: expected {len(cpu[0])} comma-separated positive integers, "
                                  f"as in {','.join(map(str, cpu[0]))}")
+        ladder = cuda if args.device.type == "cuda" else cpu
+        if not set(found) <= set(map(tuple, ladder)) and "--shape" not in args._partial:
+            args._partial.append("--shape")  # shapes off the committed ladder
         return found
     return quick if args.quick else cuda if args.device.type == "cuda" else cpu
 
@@ -340,7 +353,13 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         out = RESULTS / device_slug(device) / f"bench_{family}{'.partial' if args._partial else ''}.json"
         if args._partial:
             print(f"a partial run ({', '.join(args._partial)}): its rows go to {out.name}, not bench_{family}.json")
+    if not cases:
+        raise SystemExit(f"no case to run: --only {args.only!r} or the options picked none")
+    if out.is_dir():
+        raise SystemExit(f"--out {out}: is a folder; name a JSON file")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        print(f"replacing {out}")
     for index, case in enumerate(cases):
         disagrees = None
         try:

@@ -58,11 +58,14 @@ def bench(args) -> int:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     program, sys.argv[0] = sys.argv[0], f"fastrl bench {args.family}"  # its usage line names this command
+    harness = getattr(module, "harness", None)  # (bench_verifier has its own table)
+    if harness:
+        # only a command typed in a shell may be re-run with other malloc settings, not a Python caller's
+        harness.TYPED_COMMAND = args.typed
     try:
         rows = module.main(args.rest)
     finally:
         sys.argv[0] = program
-    harness = getattr(module, "harness", None)  # (bench_verifier has its own table)
     return harness.exit_status(rows) if harness else 0
 
 
@@ -340,6 +343,9 @@ def _experiment(args) -> int:
 def main(argv=None) -> int:
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # (train saves a checkpoint first; bench has written its rows so far)
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `fastrl info | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so the exit's flush does not fail too)
         return 141
@@ -386,6 +392,7 @@ def _main(argv=None) -> int:
     e.add_argument("samples", help="JSONL rows {problem_id, gold, completion, optional cot_correct}")
     e.add_argument("--plot", metavar="OUT.png", help="draw both curves (needs matplotlib)")
     args = parser.parse_args(argv)
+    args.typed = argv is None  # a command from the shell, not a Python caller's
     from fastrl.ops import _registry
 
     if error := _registry.forced_backend_error():

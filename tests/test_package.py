@@ -213,7 +213,28 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
     assert cli.main(["bench", "scans", "--quick", "--only", "^gae/fastrl", "--repeat", "1", "--warmup", "0",
                      "--malloc-default"]) == 0
     assert [p.name for p in tmp_path.rglob("*.json")] == ["bench_scans.partial.json"]
-    assert "a partial run (--only, --quick)" in capsys.readouterr().out
+    assert "a partial run (--malloc-default, --only, --quick)" in capsys.readouterr().out
+    # shapes off the device's ladder, fewer timed runs than a full run's, or glibc's malloc
+    # (a Python caller's process is not re-run without heap trimming) are partial too
+    for extra, why in ((["--shape", "4,8", "--malloc-default"], "--shape"), (["--repeat", "1"], "--repeat"),
+                       ([], "--malloc-default")):
+        args = harness.parse_args("test", extra, extra=lambda p: p.add_argument("--shape", action="append"))
+        harness.shapes(args, [(1, 2)], [(256, 1024)], [(256, 1024)])
+        assert why in args._partial, (extra, args._partial)
+    assert "malloc: called from Python, so glibc's defaults" in capsys.readouterr().out
+    args = harness.parse_args("test", ["--shape", "256,1024", "--malloc-default"],
+                              extra=lambda p: p.add_argument("--shape", action="append"))
+    harness.shapes(args, [(1, 2)], [(256, 1024)], [(256, 1024)])
+    assert "--shape" not in args._partial  # `make bench` names shapes of the ladder
+    # a run of no case is an error, not "wrote 0 rows"; a file replaced is said to be
+    with pytest.raises(SystemExit, match="no case to run: --only 'nomatch'"):
+        cli.main(["bench", "scans", "--quick", "--only", "nomatch", "--malloc-default"])
+    argv = ["bench", "scans", "--quick", "--only", "^gae/fastrl", "--repeat", "1", "--warmup", "0",
+            "--malloc-default", "--out", str(tmp_path / "again.json")]
+    assert cli.main(argv) == 0 and "replacing" not in capsys.readouterr().out
+    assert cli.main(argv) == 0 and f"replacing {tmp_path / 'again.json'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="is a folder"):
+        cli.main([*argv[:-1], str(tmp_path)])
 
     calls = []
 
