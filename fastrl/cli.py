@@ -23,7 +23,7 @@ def info(_args=None) -> int:
           f"GPU {'available' if torch.cuda.is_available() else 'not available'})")
     ext = _extension.module
     if ext is None:
-        print(f"extension fastrl._C: {_extension.status}; every op runs its reference")
+        print(f"extension fastrl._C: {_extension.status}; every op runs in plain PyTorch (torch or reference)")
     else:
         print(f"extension fastrl._C: {_extension.status}, built with torch {ext.built_with_torch}"
               f"{f' and CUDA {ext.built_with_cuda}' if ext.with_cuda else ' without CUDA'}")

@@ -141,6 +141,7 @@ def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.T
     if mask.dtype.is_complex:
         raise TypeError(f"mask must be bool, integer or float, got {mask.dtype}")
     _checks.same_device("mask", mask, "advantages", advantages)
+    _checks.finite("advantages", advantages)
     return implementation("broadcast_to_tokens", advantages.device)(advantages, mask)
 
 

@@ -5,7 +5,7 @@ Backends: ``triton`` (kernels/logprobs.py; the default on CUDA), ``torch``
 (chunked PyTorch; the default on CPU), ``reference`` (materialised
 log-softmax). No backend holds the [tokens x vocabulary] logits of
 ``linear_logprobs``: the forward sweeps the vocabulary with an online
-log-sum-exp, the backward recomputes the logits a chunk of tokens at a time
+log-sum-exp, the backward recomputes the logits a slice of the vocabulary at a time
 (four matmuls where a plain lm_head costs three).
 
 Each op returns (logprob, entropy, mean_logp, lse), the unrequested ones empty;

@@ -186,6 +186,9 @@ def test_broadcast_to_tokens():
     assert out.tolist() == [[1.5, 1.5, 0.0], [0.0, -2.0, -2.0]]
     with pytest.raises(ValueError, match="mask must have 2 rows"):
         ops.broadcast_to_tokens(adv, torch.ones(3, 4))
+    for bad in (float("nan"), float("inf")):  # README: value checks read the data on the CPU
+        with pytest.raises(ValueError, match="advantages contains NaN or Inf"):
+            ops.broadcast_to_tokens(torch.tensor([1.0, bad]), mask)
 
 
 def test_broadcast_to_tokens_mask_values(device):
