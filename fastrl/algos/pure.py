@@ -50,15 +50,33 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, total=lambda t: t) -> tor
 def step_ends(ids: torch.Tensor, mask: torch.Tensor, token_texts: Sequence[str]) -> torch.Tensor:
     """[B, T] bool: the last token of each step of the masked tokens: where the text so far
     ends in a blank line ("\\n\\n") and the next token does not continue the run of
-    newlines, plus each row's last valid token. token_texts[v] is the text of token v."""
+    newlines, plus each row's last valid token. A step of blank tokens only (whitespace, or
+    special tokens, whose texts token_texts gives as "") is no step: it joins the next one,
+    or the one before where it ends the row ("x=1\\n\\n" then EOS is one step, not two; a
+    response opening with a blank line has no empty first step). token_texts[v] is the text
+    of token v."""
     valid = mask != 0
-    table = torch.tensor([[t.endswith("\n\n"), t.endswith("\n"), t == "\n", t.startswith("\n")]
+    table = torch.tensor([[t.endswith("\n\n"), t.endswith("\n"), t == "\n", t.startswith("\n"), not t.strip()]
                           for t in token_texts], device=ids.device)
-    ends2, ends1, newline, starts_nl = table[ids.clamp(0, len(token_texts) - 1)].unbind(-1)
+    ends2, ends1, newline, starts_nl, blank_token = table[ids.clamp(0, len(token_texts) - 1)].unbind(-1)
     prev_ends1 = torch.nn.functional.pad((ends1 & valid)[:, :-1], (1, 0))
     blank = ends2 | (newline & prev_ends1)
     next_continues = torch.nn.functional.pad((starts_nl & valid)[:, 1:], (0, 1))
-    return valid & ((blank & ~next_continues) | last_valid(valid))
+    last = last_valid(valid)
+    ends = valid & ((blank & ~next_continues) | last)
+    words = (valid & ~blank_token).cumsum(1)  # the row's non-blank tokens up to each position
+
+    def blank_steps(ends):
+        """Ends of steps without a non-blank token (the words up to the step's end are those up to the previous end)."""
+        before = torch.nn.functional.pad(torch.where(ends, words, 0).cummax(1).values[:, :-1], (1, 0))
+        return ends & (words == before)
+
+    ends = ends & ~(blank_steps(ends) & ~last)  # into the next step
+    # a blank last step joins the one before: that step's end goes
+    ended_blank = (blank_steps(ends) & last).any(1, keepdim=True)
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ends)
+    previous = torch.where(ends & ~last, positions, -1).amax(1, keepdim=True)
+    return ends & ~(ended_blank & (positions == previous))
 
 
 def loo_mean(values: torch.Tensor, group_ids: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -188,7 +188,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: _lr_factor(i, total, o))
         self.process = (scoring.ProcessReward(config, self.tokenizer, self.device, self.task)
                         if config.algo.name == "pure" else None)
-        self.token_texts = ([self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
+        self.token_texts = ([self.tokenizer.decode([i], skip_special_tokens=True) for i in range(len(self.tokenizer))]
                             if config.algo.name == "pure" else None)
         eos = self.tokenizer.eos_token_id
         extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

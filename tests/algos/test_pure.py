@@ -133,6 +133,21 @@ def test_step_ends_at_blank_lines():
     assert got[1].tolist() == [False, False, False, True, True, False, False, False]
 
 
+@pytest.mark.parametrize("tokens, ends", [
+    (["x", "\n\n", "y", "\n\n", ""], [0, 1, 0, 0, 1]),  # a blank line then EOS ("") is no last step
+    (["\n\n", "x", "\n\n", "y"], [0, 0, 1, 1]),  # nor an opening blank line a first one
+    (["x", "\n\n", " ", "\n\n", "y", ""], [0, 1, 0, 0, 0, 1]),  # a blank step in the middle joins the next
+    (["x", "\n\n", " ", "\n\n", ""], [0, 0, 0, 0, 1]),  # blank steps at the end join the one before
+    (["\n\n", " ", ""], [0, 0, 1]),  # all blank: one step
+    (["x", "\n\n", "y", "\n\n", "z"], [0, 1, 0, 1, 1]),
+])
+def test_blank_steps_join_a_neighbour(tokens, ends):
+    texts = sorted(set(tokens))
+    ids = torch.tensor([[texts.index(t) for t in tokens] + [0]])  # and a padded position
+    mask = torch.tensor([[1] * len(tokens) + [0]])
+    assert step_ends(ids, mask, texts)[0].tolist() == [bool(e) for e in ends] + [False]
+
+
 def test_bad_inputs():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="min_form"):
