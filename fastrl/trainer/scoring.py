@@ -88,6 +88,24 @@ def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
     return lambda row, response, reward: reward >= threshold
 
 
+def _same_vocabulary(spec: str, prm, tokenizer):
+    """The PRM reads the policy's token ids: its tokenizer (where it has one) must be the
+    policy's, and its embedding must hold every id."""
+    from transformers import AutoTokenizer
+
+    try:
+        own = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError):  # a PRM folder without a tokenizer
+        own = None
+    if own is not None and own.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"reward.process: the PRM at {spec} has its own tokenizer ({len(own)} tokens), not the "
+                          f"policy's ({len(tokenizer)}): it reads the policy's token ids, so it must share them")
+    rows = prm.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        raise ConfigError(f"reward.process: the PRM at {spec} embeds {rows} token ids, the policy's tokenizer has "
+                          f"{len(tokenizer)}: it reads the policy's token ids, so it must share them")
+
+
 class ProcessReward:
     """Step scores for PURE: ``scores(rows, prompt_ids, prompt_mask, response_ids,
     response_mask, step_mask, step_texts)`` -> [B, R] float32, the score of each step at its last token."""
@@ -103,6 +121,7 @@ class ProcessReward:
             from transformers import AutoModelForTokenClassification
 
             self.model = AutoModelForTokenClassification.from_pretrained(spec).to(device).eval()
+            _same_vocabulary(spec, self.model, tokenizer)
             if self.model.config.num_labels < 2:
                 raise ConfigError(f"reward.process: the PRM at {spec} has {self.model.config.num_labels} label(s); "
                                   "p(label 1) - p(label 0) needs 2")

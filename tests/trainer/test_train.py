@@ -59,6 +59,19 @@ def test_pure_with_a_process_reward_model(tmp_path):
     assert torch.isfinite(batch.credit.advantages).all()
     losses = [trainer.update(batch)["loss"] for _ in range(8)]
     assert losses[-1] < losses[0] - 1e-3, losses
+    # it reads the policy's token ids: a PRM of another vocabulary is refused before any step
+    small = transformers.LlamaForTokenClassification(transformers.LlamaConfig(
+        vocab_size=len(tok) - 1, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_labels=2, pad_token_id=0))
+    small.save_pretrained(tmp_path / "small")
+    with pytest.raises(ConfigError, match=f"embeds {len(tok) - 1} token ids, the policy's tokenizer has {len(tok)}"):
+        Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'small'}"))
+    prm.save_pretrained(tmp_path / "other")
+    word_tokenizer(["<pad>", "<eos>", *"0123456789"]).save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="has its own tokenizer \\(12 tokens\\), not the policy's"):
+        Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'other'}"))
+    tok.save_pretrained(tmp_path / "prm")  # the policy's own tokenizer beside it is fine
+    assert Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'prm'}")).process is not None
 
 
 def process_scores(prompt, steps, row):  # a user process reward: +1 per non-empty step
