@@ -7,8 +7,10 @@
   the gold one. The answer is the content of the ``<answer>`` block when the completion
   has answer tags (several blocks, or an unclosed one: 0), else the whole completion
   (the no-thinking variant, where the model may answer bare). Both answer and labels are
-  normalised: lower case, ``\\text{}``/``\\mathrm{}``/``\\textbf{}``/``\\mathbf{}``/``\\boxed{}``
-  unwrapped, whitespace collapsed, punctuation (and ``$``) stripped from both ends.
+  normalised: NFKC and case-folded, ``\\text{}``/``\\mathrm{}``/``\\textbf{}``/``\\mathbf{}``/``\\boxed{}``
+  unwrapped, whitespace collapsed, sentence marks, quotes and brackets stripped from both
+  ends (the signs of "-1", "+1" and "C++" kept); where that matches no label, all
+  punctuation (and ``$``) stripped from both ends ("*cat*"), when that matches one label.
   The normalised answer must then *equal* one normalised label: a label merely
   appearing in the answer is not enough, which is what makes "not cat", "cat or dog",
   "cat, dog" and "it is a cat" score 0 (substring matching is what reward hacks exploit).
@@ -28,6 +30,7 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_TAG = re.compile(r"</?answer\s*>", re.IGNORECASE)  # any spelling _TAG counts, for the ambiguity check
 _WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mathbf|textit|boxed)\s*\{([^{}]*)\}")
 _STRIP = string.punctuation + string.whitespace
+_SENTENCE = set(".,;:!?\"'`$…。、，！？；：")
 
 
 def _check_str(name: str, value) -> None:
@@ -36,19 +39,37 @@ def _check_str(name: str, value) -> None:
 
 
 def normalize(text: str) -> str:
-    """Lower-cased, wrappers removed, whitespace collapsed, end punctuation stripped."""
+    """Unicode-normalised (NFKC) and case-folded, wrappers removed, whitespace collapsed,
+    punctuation stripped from both ends."""
+    return _trim(_unwrap(text), _stripped)
+
+
+def _exact(text: str) -> str:
+    """As ``normalize``, but only sentence marks, quotes and brackets stripped from the ends:
+    the signs of "-1" and "C++" kept."""
+    return _trim(_unwrap(text), _sentence_mark)
+
+
+def _unwrap(text: str) -> str:
     _check_str("text", text)
     prev = None
     while prev != text:  # nested wrappers: \text{\mathrm{cat}}
         prev, text = text, _WRAPPER.sub(r"\1", text)
-    text = " ".join(text.lower().split())
-    keep = [i for i, c in enumerate(text) if not _stripped(c)]
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _trim(text: str, stripped) -> str:
+    keep = [i for i, c in enumerate(text) if not stripped(c)]
     return text[keep[0]:keep[-1] + 1] if keep else ""
 
 
 def _stripped(c: str) -> bool:
     """Punctuation (and $) of any script, as the ends of an answer: “cat”, cat。, «cat», cat…"""
     return c in _STRIP or unicodedata.category(c).startswith(("P", "Z"))
+
+
+def _sentence_mark(c: str) -> bool:
+    return c in _SENTENCE or c.isspace() or unicodedata.category(c) in ("Ps", "Pe", "Pi", "Pf", "Zs")
 
 
 def format_reward(completion: str) -> float:
@@ -72,35 +93,46 @@ def extract_answer(completion: str) -> str | None:
     return block.group(1) if tags == ["<answer>", "</answer>"] and block else None
 
 
-def _label_index(gold: str, labels: Iterable[str]) -> tuple[dict[str, str], str]:
+def _label_matcher(gold: str, labels: Iterable[str]):
+    """(the gold label, answer -> the label it names or None). An answer names the label
+    it equals as ``_exact`` reads both, else the one label it equals as ``normalize`` does
+    ("*cat*"; none where two labels read alike that way: "-1" and "1")."""
     _check_str("gold", gold)
     if isinstance(labels, str):  # "cat" would otherwise be the label set {c, a, t}
         raise TypeError("labels must be a collection of class names, not a single str")
     labels = list(labels)
     if not labels:
         raise ValueError("labels must not be empty")
-    index: dict[str, str] = {}
+    exact: dict[str, str] = {}
+    loose: dict[str, set] = {}
     for label in labels:
         _check_str("each label", label)
-        key = normalize(label)
-        if not key:
+        key = _exact(label)
+        if not normalize(label):
             raise ValueError(f"label {label!r} is empty after normalisation")
-        if key in index and index[key] != label:
-            raise ValueError(f"labels {index[key]!r} and {label!r} are the same after normalisation")
-        index[key] = label
-    gold_key = normalize(gold)
-    if gold_key not in index:
+        if key in exact and exact[key] != label:
+            raise ValueError(f"labels {exact[key]!r} and {label!r} are the same after normalisation")
+        exact[key] = label
+        loose.setdefault(normalize(label), set()).add(key)
+
+    def match(text: str):
+        if (key := _exact(text)) in exact:
+            return exact[key]
+        keys = loose.get(normalize(text), ())
+        return exact[next(iter(keys))] if len(keys) == 1 else None
+
+    gold_label = match(gold)
+    if gold_label is None:
         raise ValueError(f"gold {gold!r} is not in the label set {labels!r}")
-    return index, gold_key
+    return gold_label, match
 
 
 def accuracy_reward(completion: str, gold: str, labels: Iterable[str]) -> float:
-    index, gold_key = _label_index(gold, labels)
+    gold_label, match = _label_matcher(gold, labels)
     answer = extract_answer(completion)
     if answer is None:
         return 0.0
-    key = normalize(answer)
-    return 1.0 if key in index and key == gold_key else 0.0
+    return 1.0 if match(answer) == gold_label else 0.0
 
 
 def reward(completion: str, gold: str, labels: Iterable[str], thinking: bool = True) -> float:

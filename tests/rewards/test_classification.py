@@ -103,3 +103,17 @@ def test_gold_is_normalised_too():
 def test_punctuation_of_any_script_is_stripped(answer):
     assert normalize(answer) == "cat"  # (ASCII punctuation only before: each scored 0)
     assert accuracy_reward(f"<answer>{answer}</answer>", "cat", LABELS) == 1.0
+
+
+@pytest.mark.parametrize("labels, answer, gold, expected", [
+    (["-1", "0", "1"], "-1", "-1", 1.0), (["-1", "0", "1"], "(-1).", "-1", 1.0), (["-1", "0", "1"], "1", "-1", 0.0),
+    (["-1", "0", "1"], "+1", "1", 0.0), (["-1", "0", "1"], "*1*", "1", 0.0),  # "*1*" reads as -1 or 1 loosely: none
+    (["C++", "C", "C#"], "c++", "C++", 1.0), (["C++", "C", "C#"], "C", "C++", 0.0), (["C++", "C", "C#"], "C#.", "C#", 1.0),
+    (["cat", "dog"], "*cat*", "cat", 1.0),  # no label keeps the asterisks: all punctuation goes
+    (["café", "tea"], "Cafe\u0301", "café", 1.0), (["cat", "dog"], "ｃａｔ", "cat", 1.0),
+    (["straße", "weg"], "STRASSE", "straße", 1.0),
+])
+def test_labels_that_differ_by_a_sign(labels, answer, gold, expected):
+    """Labels such as -1/0/1 or C++/C were refused as 'the same after normalisation'; Unicode
+    forms of one word (composed or not, full-width, case-folded) are one."""
+    assert accuracy_reward(f"<answer>{answer}</answer>", gold, labels) == expected
