@@ -306,7 +306,7 @@ def config_providers(configs):
     for config in configs.split(","):
         match = CONFIG.match(config)
         if not match:
-            raise SystemExit(f"--configs: {config!r} is not [once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]")
+            harness.usage_error(f"--configs: {config!r} is not [once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]")
         once, block_v, num_warps, split, chunks, stages, batch = match.groups()
         shape = (int(batch) if batch else ACCEPTANCE_GPU[0], ACCEPTANCE_GPU[1])
         knobs = dict(num_warps=int(num_warps), chunks=int(chunks) if chunks else None, stages=int(stages or 3))
@@ -468,7 +468,7 @@ def main(argv=None):
     filters = list(FILTERS) if args.filters is None else [f.strip() for f in args.filters.split(",") if f.strip()]
     unknown = [f for f in filters if f not in FILTERS]
     if unknown:
-        raise SystemExit(f"unknown filter(s) {unknown}; known: {', '.join(FILTERS)}")
+        harness.usage_error(f"unknown filter(s) {unknown}; known: {', '.join(FILTERS)}")
 
     compiled = CompileState(args.compile_budget, device)
     all_cases = cases(shapes, filters, device, dtype, args, compiled)

@@ -282,11 +282,17 @@ FULL_RUN_OPTIONS = {"device", "shape", "repeat", "warmup", "memory", "out", "com
 TYPED_COMMAND = False
 
 
+def usage_error(message: str):
+    """A bad command line: the message and exit status 2 (1 is a fastrl row that failed)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def wanted_providers(option: str, known) -> set:
     """--providers' comma-separated names, refused unless each is one of ``known``."""
     wanted, known = set(option.split(",")), set(known)
     if wanted - known:
-        raise SystemExit(f"--providers: unknown {', '.join(sorted(wanted - known))}; known: {', '.join(sorted(known))}")
+        usage_error(f"--providers: unknown {', '.join(sorted(wanted - known))}; known: {', '.join(sorted(known))}")
     return wanted
 
 
@@ -297,7 +303,7 @@ def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
         found = [tuple(int(v) for v in s.split(",") if re.fullmatch(r"\s*[1-9]\d*\s*", v)) for s in args.shape]
         for text, shape in zip(args.shape, found):
             if len(shape) != len(cpu[0]) or len(text.split(",")) != len(shape):
-                raise SystemExit(f"--shape {text!r}: expected {len(cpu[0])} comma-separated positive integers, "
+                usage_error(f"--shape {text!r}: expected {len(cpu[0])} comma-separated positive integers, "
                                  f"as in {','.join(map(str, cpu[0]))}")
         ladder = cuda if args.device.type == "cuda" else cpu
         if not set(found) <= set(map(tuple, ladder)) and "--shape" not in args._partial:
@@ -354,9 +360,9 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         if args._partial:
             print(f"a partial run ({', '.join(args._partial)}): its rows go to {out.name}, not bench_{family}.json")
     if not cases:
-        raise SystemExit(f"no case to run: --only {args.only!r} or the options picked none")
+        usage_error(f"no case to run: --only {args.only!r} or the options picked none")
     if out.is_dir():
-        raise SystemExit(f"--out {out}: is a folder; name a JSON file")
+        usage_error(f"--out {out}: is a folder; name a JSON file")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         print(f"replacing {out}")

@@ -276,7 +276,10 @@ class TrainConfig:
         if path is not None:
             import yaml
 
-            text = Path(path).read_text()
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             try:
                 values = yaml.safe_load(text) or {}
             except yaml.YAMLError as e:
@@ -414,6 +417,9 @@ class TrainConfig:
         _at_least("run.seed", run.seed, 0)
         _at_least("run.checkpoint_every", run.checkpoint_every, 0)
         _at_least("run.keep_checkpoints", run.keep_checkpoints, 1)
+        if not run.output_dir.strip():
+            # Path("") is the working directory, whose checkpoints/ and final/ --overwrite would remove
+            raise ConfigError("run.output_dir must name a folder, got an empty string")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device):
             raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {run.device!r}")
         if run.device.startswith("cuda"):

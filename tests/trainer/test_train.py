@@ -308,6 +308,7 @@ def test_default_run_learns(tmp_path, capsys):
     (["algo.clip_low=1.5"], r"algo.clip_low must be in \[0, 1\)"),
     (["run.steps=ten"], "run.steps must be an integer"),
     (["run.steps=0"], "run.steps must be >= 1"),
+    (["run.output_dir=' '"], "run.output_dir must name a folder"),  # (--overwrite would clear the working directory's)
     (["algo.aggregation=mean"], "algo.aggregation must be one of"),
     (["algo.kl_coef=0.1"], "needs model.reference"),
     (["model.path=/nonexistent"], "model.path"),
@@ -394,6 +395,9 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     bad.write_text("algo: {name: grpo\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+    bad.write_bytes(b"\xff\xfe")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
     assert main(["train", "--set", "model.lora_target_modules=[q_proj"]) == 2
     assert "--set 'model.lora_target_modules=[q_proj': the value is not valid YAML" in capsys.readouterr().err
 
