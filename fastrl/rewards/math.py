@@ -55,6 +55,7 @@ is linear in the input size.
 from __future__ import annotations
 
 import atexit
+import math
 import multiprocessing as mp
 import os
 import random
@@ -65,7 +66,20 @@ from multiprocessing.connection import wait as _mp_wait
 
 __all__ = ["extract_answer", "verify", "score", "verify_batch", "explain", "DEFAULT_TIMEOUT"]
 
-DEFAULT_TIMEOUT = float(os.environ.get("FASTRL_VERIFY_TIMEOUT", "5.0"))
+
+
+def _default_timeout() -> float:
+    raw = os.environ.get("FASTRL_VERIFY_TIMEOUT", "5.0")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"FASTRL_VERIFY_TIMEOUT must be a finite number of seconds >= 0, got {raw!r}")
+    return value
+
+
+DEFAULT_TIMEOUT = _default_timeout()
 _MAX_LEN = 2000  # longer "answers" are not answers; also bounds the work per check
 
 # --------------------------------------------------------------------------- extraction

@@ -216,3 +216,15 @@ def test_workers_leave_ctrl_c_to_the_caller():
     time.sleep(0.2)
     assert all(w.proc.is_alive() for w in workers)
     assert vm.verify_batch(["\\frac12"], ["0.5"]) == [True]
+
+
+@pytest.mark.parametrize("value", ["5s", "-1", "nan"])
+def test_a_bad_timeout_variable_is_named(value):
+    """'5s' failed at import with a bare float() error; -1 made every verify() raise."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import fastrl.rewards.math"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "FASTRL_VERIFY_TIMEOUT": value})
+    assert done.returncode == 1 and f"FASTRL_VERIFY_TIMEOUT must be a finite number of seconds >= 0, got '{value}'" \
+        in done.stderr
