@@ -147,6 +147,7 @@ def _after_mark(tail: str) -> str | None:
         return next(g for g in span.groups() if g is not None).strip() or None
     line = tail.split("\n", 1)[0]
     line = re.split(r"\.\s+(?=[A-Z])", line, 1)[0]  # "5. I hope it is correct."
+    line = re.split(r",?\s+(?:because|since)\b", line, 1)[0]  # "3 because 1+2=3" (a reason, not a hedge)
     # a trailing period and markdown emphasis, by a scan from the end: the regex for it took
     # time cubic in a run of spaces or underscores inside the line (8 s for 2000)
     line = _rstrip_emphasis(line)
@@ -168,8 +169,9 @@ def extract_answer(completion: str) -> str | None:
     so a model cannot hedge by boxing several values); else what follows the last "the
     answer is", "Final Answer:" or "Answer:" (markdown emphasis dropped; a ``$...$``,
     ``\\[...\\]`` or ``\\(...\\)`` right after it taken whole, else the rest of the
-    sentence); else a final bare expression (the last ``$...$`` of the last line, or a
-    short last line, or the last number).
+    sentence up to a "because" or "since"); else a final bare expression (the last ``$...$``
+    of the last line, or a short last line less an opening "Therefore,", "Thus", "Hence" or
+    "So", or the last number).
     """
     if not completion or not completion.strip():
         return None
@@ -181,7 +183,7 @@ def extract_answer(completion: str) -> str | None:
     if marks:
         return _after_mark(completion[marks[-1].end():])
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
-    last = lines[-1]
+    last = re.sub(r"^(?:therefore|thus|hence|so)\b,?\s*", "", lines[-1], flags=re.I) or lines[-1]  # "Therefore, x = 5"
     dollars = re.findall(r"\$\$?([^$]+)\$\$?", last)
     if dollars:
         return dollars[-1].strip()

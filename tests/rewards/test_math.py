@@ -66,6 +66,8 @@ def test_several_different_boxed_score_zero():
 
 
 @pytest.mark.parametrize("completion,expected", [
+    ("The answer is 3 because 1+2=3.", "3"), ("The answer is 5 since 2+3=5", "5"),  # a reason is cut off
+    ("We add.\nTherefore, x = 5", "x = 5"), ("Thus x=4", "x=4"),
     ("Thus \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
     ("\\boxed{x^{2}} then again \\boxed{ x^{2} }", "x^{2}"),
     ("\\boxed{1} and \\boxed{2}", None),
