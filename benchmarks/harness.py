@@ -267,7 +267,7 @@ def parse_args(description: str, argv=None, extra: Optional[Callable] = None, re
     if args.device.type == "cpu" and not args.malloc_default and args._probe is None:
         if argv is None or TYPED_COMMAND:
             no_trim_malloc()
-        elif not all(os.environ.get(k) == v for k, v in NO_TRIM.items()):
+        elif not _heap_trimming_off():
             # a Python caller's process is not re-run: it measures with glibc's defaults
             print("malloc: called from Python, so glibc's defaults (run it from a shell for no heap trimming)")
             args.malloc_default = True
@@ -304,7 +304,7 @@ def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
         for text, shape in zip(args.shape, found):
             if len(shape) != len(cpu[0]) or len(text.split(",")) != len(shape):
                 usage_error(f"--shape {text!r}: expected {len(cpu[0])} comma-separated positive integers, "
-                                 f"as in {','.join(map(str, cpu[0]))}")
+                            f"as in {','.join(map(str, cpu[0]))}")
         ladder = cuda if args.device.type == "cuda" else cpu
         if not set(found) <= set(map(tuple, ladder)) and "--shape" not in args._partial:
             args._partial.append("--shape")  # shapes off the committed ladder
@@ -313,6 +313,10 @@ def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
 
 
 NO_TRIM = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
+def _heap_trimming_off() -> bool:
+    return all(os.environ.get(k) == v for k, v in NO_TRIM.items())
 
 
 def no_trim_malloc():
@@ -325,7 +329,7 @@ def no_trim_malloc():
     allocator, these settings let every provider reuse its memory; pass
     --malloc-default to measure with glibc's defaults instead.
     """
-    if all(os.environ.get(k) == v for k, v in NO_TRIM.items()):
+    if _heap_trimming_off():
         return
     os.environ.update(NO_TRIM)
     sys.stdout.flush()

@@ -67,7 +67,7 @@ def step_ends(ids: torch.Tensor, mask: torch.Tensor, token_texts: Sequence[str])
     words = (valid & ~blank_token).cumsum(1)  # the row's non-blank tokens up to each position
 
     def blank_steps(ends):
-        """Ends of steps without a non-blank token (the words up to the step's end are those up to the previous end)."""
+        """Ends of steps without a non-blank token: as many words up to them as up to the previous end."""
         before = torch.nn.functional.pad(torch.where(ends, words, 0).cummax(1).values[:, :-1], (1, 0))
         return ends & (words == before)
 

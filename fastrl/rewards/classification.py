@@ -107,13 +107,13 @@ def _label_matcher(gold: str, labels: Iterable[str]):
     loose: dict[str, set] = {}
     for label in labels:
         _check_str("each label", label)
-        key = _exact(label)
-        if not normalize(label):
+        key, loose_key = _exact(label), normalize(label)
+        if not loose_key:
             raise ValueError(f"label {label!r} is empty after normalisation")
         if key in exact and exact[key] != label:
             raise ValueError(f"labels {exact[key]!r} and {label!r} are the same after normalisation")
         exact[key] = label
-        loose.setdefault(normalize(label), set()).add(key)
+        loose.setdefault(loose_key, set()).add(key)
 
     def match(text: str):
         if (key := _exact(text)) in exact:

@@ -55,7 +55,6 @@ is linear in the input size.
 from __future__ import annotations
 
 import atexit
-import math
 import multiprocessing as mp
 import os
 import random
@@ -67,19 +66,17 @@ from multiprocessing.connection import wait as _mp_wait
 __all__ = ["extract_answer", "verify", "score", "verify_batch", "explain", "DEFAULT_TIMEOUT"]
 
 
-
-def _default_timeout() -> float:
-    raw = os.environ.get("FASTRL_VERIFY_TIMEOUT", "5.0")
+def _seconds(name: str, value) -> float:
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"FASTRL_VERIFY_TIMEOUT must be a finite number of seconds >= 0, got {raw!r}")
-    return value
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 <= seconds < float("inf"):  # (NaN too: a check under it never ended)
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
 
 
-DEFAULT_TIMEOUT = _default_timeout()
+DEFAULT_TIMEOUT = _seconds("FASTRL_VERIFY_TIMEOUT", os.environ.get("FASTRL_VERIFY_TIMEOUT", "5.0"))
 _MAX_LEN = 2000  # longer "answers" are not answers; also bounds the work per check
 
 # --------------------------------------------------------------------------- extraction
@@ -209,7 +206,8 @@ _INJECTION = re.compile(
 )
 _UNEVALUATED = re.compile(r"\\frac\s*\{\s*(?:d|\\mathrm\{d\})\^?\S*\s*\}\s*\{\s*(?:d|\\mathrm\{d\})\s*[a-z]|\\int|\\sum|\\prod|\\lim|\\oint|\\partial|\bd/d|\\binom|\\choose|\\mathrm\{d\}|Integral|Sum\(|Limit")
 _UNITS = (
-    r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|sq\.?\s*(?:units?|ft|feet|m|meters?|metres?|cm|mm|km|in|inches|mi|miles?)\b|cm|mm|km|kg|mg|"
+    r"(?:dollars?|cents?|units?|square\s+(?:units|feet|meters|inches|cm|m)|"
+    r"sq\.?\s*(?:units?|ft|feet|m|meters?|metres?|cm|mm|km|in|inches|mi|miles?)\b|cm|mm|km|kg|mg|"
     r"meters?|metres?|feet|foot|ft|inches|inch|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|"
     r"days?|weeks?|months?|years?|degrees?|deg|liters?|litres?|ml|pounds?|lbs?|ounces?|oz|people|students|"
     r"ways|cookies|apples|marbles|points|times|grams?|kilograms?|yuan|euros?|"
@@ -1053,9 +1051,7 @@ def _pool() -> _Pool:
 
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
-    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-    if not 0 <= timeout < float("inf"):  # (NaN too: a check under it never ended)
-        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
+    timeout = DEFAULT_TIMEOUT if timeout is None else _seconds("timeout", timeout)
     out: list = [None] * len(golds)
     pending = []
     for k, (g, a) in enumerate(zip(golds, answers)):
