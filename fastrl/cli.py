@@ -84,18 +84,18 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _eval_verifier():
-    """(score(gold, completion) -> float, description). fastrl.rewards.math is imported
-    lazily, only here: it is heavier (sympy, a worker pool) and may not exist in a tree."""
+    """(score_batch(golds, completions) -> [float], description). fastrl.rewards.math is
+    imported lazily, only here: it is heavier (sympy, a worker pool) and may not exist in a tree."""
     try:
-        from fastrl.rewards.math import score
+        from fastrl.rewards.math import score_batch
     except ModuleNotFoundError as e:
         if e.name not in ("fastrl.rewards.math", "fastrl.rewards"):
             raise  # math.py exists but a dependency of it is missing: say so, do not hide it
-        def score(gold, completion):
-            return float(_last_boxed(completion) == gold.strip())
-        return score, ("FALLBACK verifier (fastrl.rewards.math not available): exact string "
-                       "match of the last \\boxed{} content against the gold")
-    return score, "verifier: fastrl.rewards.math.score"
+        def score_batch(golds, completions):
+            return [float(_last_boxed(c) == g.strip()) for g, c in zip(golds, completions)]
+        return score_batch, ("FALLBACK verifier (fastrl.rewards.math not available): exact string "
+                             "match of the last \\boxed{} content against the gold")
+    return score_batch, "verifier: fastrl.rewards.math.score_batch"
 
 
 def eval_samples(args) -> int:
@@ -112,9 +112,9 @@ def eval_samples(args) -> int:
         if error := _image_format_error(args.plot):
             print(f"fastrl eval: --plot {args.plot!r}: {error}", file=sys.stderr)
             return 2
-    score, description = _eval_verifier()
-    problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
-    golds: dict = {}  # problem_id -> (gold, the line that first gave it)
+    score_batch, description = _eval_verifier()
+    samples = []  # (problem_id, gold, completion, CoT judged correct), file order
+    golds: dict = {}  # problem_id as text -> (problem_id, gold, the line that first gave it)
     any_cot = False
     try:
         lines = json_lines(Path(args.samples).read_text(encoding="utf-8"))
@@ -149,7 +149,11 @@ def eval_samples(args) -> int:
                 print(f"{where}: {field} must be {names}, got {json.dumps(value)}", file=sys.stderr)
                 return 2
         gold = str(gold)
-        first_gold, first_line = golds.setdefault(pid, (gold, lineno))
+        first_pid, first_gold, first_line = golds.setdefault(str(pid), (pid, gold, lineno))
+        if pid != first_pid:  # 1 and "1": one problem written two ways, or two problems?
+            print(f"{where}: problem_id {json.dumps(pid)} here but {json.dumps(first_pid)} on line {first_line}; "
+                  "write each problem's id one way", file=sys.stderr)
+            return 2
         if gold != first_gold:
             print(f"{where}: problem_id {json.dumps(pid)} has gold {json.dumps(gold)} here but "
                   f"{json.dumps(first_gold)} on line {first_line}", file=sys.stderr)
@@ -159,15 +163,21 @@ def eval_samples(args) -> int:
         # one verdict (bool / "yes" / "no") or a list of judge verdicts, majority-voted;
         # an unjudged sample is not CoT-correct
         try:
+            if verdict == []:
+                raise ValueError("an empty list of verdicts; leave the field out for an unjudged sample")
             cot = verdict is not None and majority(verdict if isinstance(verdict, list) else [verdict])
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             print(f"{where}: cot_correct: {e}", file=sys.stderr)
             return 2
-        correct = score(gold, completion) >= 0.5
-        problems.setdefault(pid, []).append((correct, correct and cot))
-    if not problems:
+        samples.append((pid, gold, completion, cot))
+    if not samples:
         print(f"{args.samples}: no samples", file=sys.stderr)
         return 2
+    scores = score_batch([gold for _, gold, _, _ in samples], [completion for _, _, completion, _ in samples])
+    problems: dict = {}  # problem_id -> [(answer correct, CoT judged correct), ...], file order
+    for (pid, _, _, cot), reward in zip(samples, scores):
+        correct = reward >= 0.5
+        problems.setdefault(pid, []).append((correct, correct and cot))
     import numpy as np
 
     n = np.array([len(s) for s in problems.values()])

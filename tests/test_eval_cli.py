@@ -59,6 +59,16 @@ def test_eval_without_cot_verdicts(tmp_path, capsys):
     assert table[3][0] == 1.0
 
 
+def test_eval_judge_words_and_gsm8k_golds(tmp_path, capsys):
+    rows = [("Yes.", "\\boxed{72}"), (["**no**", "yes", "YES"], "The answer is 72."), ("No", "\\boxed{72}"),
+            (True, "\\boxed{71}")]
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"problem_id": "p", "gold": "She sold 72 clips.\n#### 72", "completion": c,
+                                     "cot_correct": v}) + "\n" for v, c in rows))
+    assert main(["eval", str(f)]) == 0
+    assert parse_table(capsys.readouterr().out)[1] == (0.75, 0.5)
+
+
 def test_eval_plot(tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is None:
         assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "p.png")]) == 0
@@ -95,6 +105,10 @@ def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
     ('{"problem_id": "p", "gold": "3", "completion": "3"}\n{"problem_id": "p", "gold": "4", "completion": "4"}\n',
      ':2: problem_id "p" has gold "4" here but "3" on line 1'),
     (b'{"problem_id": 1, "gold": "caf\xe9", "completion": "3"}\n', "not UTF-8 text"),
+    ('{"problem_id": 1, "gold": "3", "completion": "3", "cot_correct": []}\n',
+     ":1: cot_correct: an empty list of verdicts"),
+    ('{"problem_id": 1, "gold": "3", "completion": "3"}\n{"problem_id": "1", "gold": "3", "completion": "3"}\n',
+     ':2: problem_id "1" here but 1 on line 1'),
 ])
 def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, message):
     path = tmp_path / "samples.jsonl"

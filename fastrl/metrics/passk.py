@@ -2,8 +2,9 @@
 
 pass@k = 1 - C(n-c, k) / C(n, k): the chance that k of n samples drawn without
 replacement contain at least one of the c correct ones. The ratio is computed as the
-product prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al., 2021): binomials of n in the
-thousands overflow floats, the product of c factors in (0, 1] does not. It is 1 when
+product prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al., 2021), or its mirror image with c and
+k swapped, whichever has fewer factors: binomials of n in the thousands overflow floats,
+a product of factors in (0, 1] does not. It is 1 when
 n - c < k (every draw of k holds a correct sample).
 
 CoT-pass@k is the same formula with d = samples whose final answer *and* chain of
@@ -50,13 +51,20 @@ def pass_at_k(n, c, k):
         bad = np.argwhere(k > n)[0]
         raise ValueError(f"k={k[tuple(bad)]} exceeds the number of samples n={n[tuple(bad)]}; "
                          "pass@k needs k <= n")
-    # factor j is 1 - k/(n-j) for j < c; padded with 1 beyond each element's own c
-    ratio = np.ones(n.shape, dtype=np.float64)
     trivial = n - c < k  # a factor would be <= 0; the answer is exactly 1
-    live = ~trivial
-    for j in range(int(c.max(initial=0))):
-        use = live & (j < c)
-        ratio[use] *= 1.0 - k[use] / (n[use] - j)
+    ratio = np.ones(n.shape, dtype=np.float64)
+    live = np.flatnonzero(~trivial)
+    # C(n-c, k)/C(n, k) = C(n-k, c)/C(n, c): the product over min(c, k) factors
+    # 1 - max(c, k)/(n - j), so c near n (or k near n) costs no more than a small c
+    n, few, many = (a.ravel()[live] for a in (n, np.minimum(c, k), np.maximum(c, k)))
+    todo = int(few.max(initial=0))
+    block = max(1, min(todo, (1 << 20) // max(live.size, 1)))  # at most ~1M factors at once
+    flat = ratio.reshape(-1)
+    for start in range(0, todo, block):
+        rows = np.flatnonzero(few > start)
+        j = start + np.arange(block)
+        factors = np.where(j < few[rows, None], 1.0 - many[rows, None] / (n[rows, None] - j), 1.0)
+        flat[live[rows]] *= factors.prod(axis=1)
     out = np.where(trivial, 1.0, 1.0 - ratio)
     return float(out) if out.ndim == 0 else out
 
@@ -68,16 +76,21 @@ def cot_pass_at_k(n, d, k):
 
 
 def _verdict(v) -> bool:
+    """A bool, or "yes"/"no" in any case with whitespace, quotes, emphasis and a closing
+    mark around it ("Yes.", "**no**"), as LLM judges answer."""
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("yes", "no"):
-        return v.strip().lower() == "yes"
+    word = v.strip().strip("\"'*_`.!").strip().lower() if isinstance(v, str) else None
+    if word in ("yes", "no"):
+        return word == "yes"
     raise ValueError(f"a judge verdict must be a bool or 'yes'/'no', got {v!r}")
 
 
 def majority(verdicts: Iterable) -> bool:
     """True iff strictly more than half of the verdicts say yes; a tie (or no verdict)
     is not correct, so an undecided judge never inflates CoT-pass@k."""
+    if isinstance(verdicts, (str, bytes)):  # "yes" would otherwise be the verdicts y, e, s
+        raise TypeError("verdicts must be a collection of verdicts, not a single str")
     votes = [_verdict(v) for v in verdicts]
     return 2 * sum(votes) > len(votes)
 

@@ -74,11 +74,11 @@ def _sentence_mark(c: str) -> bool:
 
 def format_reward(completion: str) -> float:
     _check_str("completion", completion)
-    m = _FORMAT.match(completion)
-    # the non-greedy groups could still swallow a second or nested tag: reject any tag inside
-    if m is None or _TAG.search(m.group(1)) or _TAG.search(m.group(2)):
+    # exactly the four tags, in order, before the regex: counting is linear, while the
+    # regex's backtracking over repeated tags is quadratic in the completion's length
+    if _TAG.findall(completion) != ["<think>", "</think>", "<answer>", "</answer>"]:
         return 0.0
-    return 1.0
+    return 1.0 if _FORMAT.match(completion) else 0.0
 
 
 def extract_answer(completion: str) -> str | None:

@@ -1,6 +1,8 @@
 """Rule-based math answer verifier (DESIGN 3.5): extraction, sympy equivalence, hard time limit.
 
-Public API (DESIGN 3.6): ``extract_answer``, ``verify``, ``score``, ``verify_batch``, ``explain``.
+Public API (DESIGN 3.6): ``extract_answer``, ``verify``, ``score``, ``verify_batch``, ``explain``,
+and ``score_batch``. A gold is a str or a number (anything else is a TypeError); a GSM8K
+solution ("... #### 72") stands for its final answer.
 
 How a verdict is reached (``_check`` runs in a worker process):
 
@@ -23,8 +25,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    variable become intervals.
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
-   absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" is
-   scientific, "2e+1" is 2e + 1).  Integers and fractions compare exactly, other
+   absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" and
+   "1e-9" are scientific, "2e+1" is 2e + 1).  Integers and fractions compare exactly, other
    numbers at 30 digits (in sympy's floats: 10^{400} does not overflow).  Expressions compare by a
    numeric check at random points, and by ``simplify(gold - answer) == 0`` when the
    numeric check cannot decide.  Equations compare as "same solution set": the two
@@ -464,11 +466,12 @@ def _latex_to_py(s: str) -> str | None:
         return None  # an unknown command: not something we evaluate
     s = re.sub(r"_\{\s*(\w+)\s*\}", r"_\1", s)  # x_{1} is x_1
     s = s.replace("{", "(").replace("}", ")").replace("^", "**")
-    # 1.5e3, 1.5e-3, 1e-10, 1E-6: scientific; a one-digit signed exponent on an integer after a
-    # lowercase e is Euler's e as LaTeX means it ("2e+1" = 2e + 1, as math-verify reads it)
+    # 1.5e3, 1.5e-3, 1e-10, 1e-9, 1E-6: scientific; a one-digit signed exponent on an integer
+    # other than 1 after a lowercase e is Euler's e as LaTeX means it ("2e+1" = 2e + 1, as
+    # math-verify reads it; nobody writes e as "1e")
     s = re.sub(r"(?<![\d.])(\d+\.\d+|\d+)([eE])(\d+|[+-]\d+)(?![\d.])",
-               lambda m: m.group(0) if "." not in m.group(1) and m.group(2) == "e" and re.fullmatch(r"[+-]\d", m.group(3))
-               else f"{m.group(1)}*10**({m.group(3)})", s)
+               lambda m: m.group(0) if m.group(1) != "1" and "." not in m.group(1) and m.group(2) == "e"
+               and re.fullmatch(r"[+-]\d", m.group(3)) else f"{m.group(1)}*10**({m.group(3)})", s)
     s = re.sub(r"(?<![\d.\w])0+(?=\d)", "", s)  # 042 is 42 (Python reads "042" as 0 times 42)
     s = re.sub(r"(\d+(?:\.\d+)?)\s*%", r"(\1/100)", s)
     s = re.sub(r"\bln\b", "log", s)
@@ -1050,12 +1053,21 @@ def _pool() -> _Pool:
         return _POOL
 
 
+def _gold_text(gold) -> str:
+    """The gold as text: a str or a number; a GSM8K solution ("... #### 72") is its final answer."""
+    if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+        raise TypeError(f"gold must be a str or a number, got {type(gold).__name__}: {_short(repr(gold))}")
+    gold = str(gold)
+    return gold.rpartition("####")[2].strip() if "####" in gold else gold
+
+
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
     timeout = DEFAULT_TIMEOUT if timeout is None else _seconds("timeout", timeout)
+    golds = [_gold_text(g) for g in golds]  # every gold checked before any work starts
     out: list = [None] * len(golds)
     pending = []
     for k, (g, a) in enumerate(zip(golds, answers)):
-        g, a = "" if g is None else str(g), "" if a is None else str(a)
+        a = "" if a is None else str(a)
         why = _screen(g, a)
         if why:
             out[k] = (False, why)
@@ -1118,8 +1130,7 @@ def explain(gold: str, answer: str, *, timeout: float | None = None) -> str:
 
 def score(gold: str, completion: str, *, timeout: float | None = None) -> float:
     """1.0 iff the completion's extracted answer verifies against gold, else 0.0."""
-    ans = extract_answer(completion)
-    return 0.0 if ans is None else float(verify(gold, ans, timeout=timeout))
+    return score_batch([gold], [completion], 1, timeout=timeout)[0]
 
 
 def verify_batch(golds, answers, workers: int | None = None, *, timeout: float | None = None) -> list[bool]:
@@ -1128,3 +1139,12 @@ def verify_batch(golds, answers, workers: int | None = None, *, timeout: float |
     if len(golds) != len(answers):
         raise ValueError(f"{len(golds)} golds but {len(answers)} answers")
     return [bool(r[0]) for r in _run(golds, answers, workers, timeout)]
+
+
+def score_batch(golds, completions, workers: int | None = None, *, timeout: float | None = None) -> list[float]:
+    """``[score(g, c) for g, c in zip(golds, completions)]`` in parallel on the warm pool."""
+    golds, completions = list(golds), list(completions)
+    if len(golds) != len(completions):
+        raise ValueError(f"{len(golds)} golds but {len(completions)} completions")
+    answers = [extract_answer(c) for c in completions]  # None (no answer) is screened out as empty
+    return [float(ok) for ok in verify_batch(golds, answers, workers, timeout=timeout)]

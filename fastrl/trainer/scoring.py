@@ -11,11 +11,11 @@ from fastrl.trainer.config import ConfigError, TrainConfig, user_function
 from fastrl.trainer.rollout import position_ids
 
 
-def _gold(config: TrainConfig, row: dict) -> str:
+def _gold(config: TrainConfig, row: dict):
     if config.data.answer_key not in row:
         raise KeyError(f"record has no field {config.data.answer_key!r} (data.answer_key) for reward.kind "
                        f"{config.reward.kind!r}")
-    return str(row[config.data.answer_key])
+    return row[config.data.answer_key]
 
 
 def _labels(config: TrainConfig, row: dict):
@@ -40,28 +40,43 @@ def check_records(config: TrainConfig, prompts) -> None:
         if missing is not None:
             raise ConfigError(f"{prompts.where(missing)} has no field {key!r} ({option}), which reward.kind "
                               f"{config.reward.kind!r} reads")
+    key = config.data.answer_key
+    bad = next((i for i, row in enumerate(prompts.rows) if not _is_answer(row[key])), None)
+    if bad is not None:  # a list or an object would be compared as its repr, and never match
+        raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a number, "
+                          f"got {type(prompts.rows[bad][key]).__name__}: {prompts.rows[bad][key]!r:.60}")
 
 
-def outcome_reward(config: TrainConfig, task=None) -> Callable[[dict, str], float]:
-    """reward(row, response) -> float for config.reward.kind ("task": task.outcome_reward)."""
+def _is_answer(value) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def outcome_rewards(config: TrainConfig, task=None) -> Callable[[list, list], list]:
+    """rewards(rows, responses) -> [float per response] for config.reward.kind ("task":
+    task.outcome_reward); the math verifier checks the batch in parallel."""
     kind = config.reward.kind
-    if kind == "task":
-        return task.outcome_reward
     if kind == "math":
-        from fastrl.rewards.math import score
+        from fastrl.rewards.math import score_batch
 
-        return lambda row, response: score(_gold(config, row), response)
-    if kind in CLASSIFICATION:
+        return lambda rows, responses: score_batch([_gold(config, row) for row in rows], responses)
+    if kind == "task":
+        one = task.outcome_reward
+    elif kind in CLASSIFICATION:
         from fastrl.rewards.classification import reward
 
-        return lambda row, response: reward(response, _gold(config, row), _labels(config, row),
-                                            thinking=kind == "classification")
-    if kind == "format":
+        def one(row, response):
+            return reward(response, str(_gold(config, row)), _labels(config, row), thinking=kind == "classification")
+    elif kind == "format":
         from fastrl.rewards.classification import format_reward
 
-        return lambda row, response: format_reward(response)
-    fn = user_function(kind, "reward.kind")
-    return lambda row, response: _number(fn(row["prompt"], response, row), f"reward.kind {kind!r}")
+        def one(row, response):
+            return format_reward(response)
+    else:
+        fn = user_function(kind, "reward.kind")
+
+        def one(row, response):
+            return _number(fn(row["prompt"], response, row), f"reward.kind {kind!r}")
+    return lambda rows, responses: [float(one(row, response)) for row, response in zip(rows, responses)]
 
 
 def _number(value, source: str) -> float:
@@ -83,7 +98,7 @@ def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
     if config.reward.kind in CLASSIFICATION:
         from fastrl.rewards.classification import accuracy_reward
 
-        return lambda row, response, _: accuracy_reward(response, _gold(config, row), _labels(config, row)) == 1.0
+        return lambda row, response, _: accuracy_reward(response, str(_gold(config, row)), _labels(config, row)) == 1.0
     threshold = config.reward.correct_threshold
     return lambda row, response, reward: reward >= threshold
 

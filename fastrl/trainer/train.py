@@ -158,7 +158,7 @@ class Trainer:
         # data and rewards first: their errors come before any model is loaded
         self.prompts = Prompts(config.data, config.run.seed, self.task)
         scoring.check_records(config, self.prompts)
-        self.reward = scoring.outcome_reward(config, self.task)
+        self.rewards = scoring.outcome_rewards(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
         self.max_positions = _position_limit(model)
@@ -376,7 +376,7 @@ class Trainer:
                                             skip_special_tokens=True)
         # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
         dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
-        rewards = [float(self.reward(r, t)) for r, t in zip(rows, texts)]
+        rewards = self.rewards(rows, texts)
         scores = torch.tensor(rewards, device=self.device, dtype=dtype)
         correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, rewards)],
                                device=self.device, dtype=dtype)

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -58,9 +59,18 @@ def test_finite_in_unit_interval_for_large_n(args):
 
 def test_large_n_matches_exact_fraction():
     # math.comb stays exact where float binomials overflow
-    for n, c, k in [(3000, 7, 100), (4000, 1, 1000), (5000, 2500, 3)]:
+    for n, c, k in [(3000, 7, 100), (4000, 1, 1000), (5000, 2500, 3), (10**6, 1000, 1000),
+                    (10**6, 999_000, 2), (10**6, 2, 999_000)]:
         ref = 1 - math.comb(n - c, k) / math.comb(n, k)
         assert pass_at_k(n, c, k) == pytest.approx(ref, rel=1e-9)
+
+
+def test_cost_follows_the_smaller_of_c_and_k():
+    # a factor per correct sample took 5 s at c = 999,000; the mirror form takes min(c, k) = 1
+    t = time.monotonic()
+    assert pass_at_k(10**6, 999_000, 1) == pytest.approx(0.999, rel=1e-12)
+    assert pass_at_k(np.full(3, 10**6), [0, 500_000, 999_999], 1) == pytest.approx([0, 0.5, 0.999999])
+    assert time.monotonic() - t < 0.5
 
 
 @given(nck(), st.integers(0, 200))
@@ -115,6 +125,8 @@ def test_bool_counts_rejected():
     ([True, False], False),  # tie: not correct
     (["yes", "no", "yes", "no"], False),
     ([], False),
+    (["Yes.", "**no**", " 'yes'\n"], True),  # LLM judges close with a mark or add emphasis
+    (["No!", "yes", "NO"], False),
 ])
 def test_majority_and_tie_rule(verdicts, expected):
     assert majority(verdicts) is expected
@@ -123,6 +135,10 @@ def test_majority_and_tie_rule(verdicts, expected):
 def test_majority_rejects_unknown_verdict():
     with pytest.raises(ValueError, match="maybe"):
         majority(["yes", "maybe"])
+    with pytest.raises(ValueError, match="yes, really"):
+        majority(["yes, really"])
+    with pytest.raises(TypeError, match="single str"):
+        majority("yes")  # the letters y, e, s are not three verdicts
 
 
 def test_judge_chains_calls_judge_m_times_per_chain():

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from fastrl.rewards.classification import accuracy_reward, format_reward, normalize, reward
@@ -25,6 +27,17 @@ LABELS = ["cat", "dog", "golden retriever"]
 ])
 def test_format_reward(completion, expected):
     assert format_reward(completion) == expected
+
+
+@pytest.mark.parametrize("completion", [
+    "<think>a</think>" + "<answer></think>" * 6000,  # the regex's backtracking took 2.2 s on this
+    "<think>" + "</think>" * 13000,
+    "<think>x</think><answer>" + "</answer> x" * 10000,
+])
+def test_format_reward_linear_on_repeated_tags(completion):
+    t = time.monotonic()
+    assert format_reward(completion) == 0.0
+    assert time.monotonic() - t < 0.5
 
 
 @pytest.mark.parametrize("answer,gold,expected", [

@@ -120,6 +120,33 @@ def test_score():
     assert vm.score("3", "") == 0.0
 
 
+def test_gold_forms():
+    # numbers, and a GSM8K solution, whose final answer follows "####"
+    assert vm.score(72, "The answer is 72") == 1.0 and vm.score(0.5, "\\boxed{\\frac12}") == 1.0
+    gsm8k = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72"
+    assert vm.score(gsm8k, "so \\boxed{72}") == 1.0 and vm.score(gsm8k, "so \\boxed{24}") == 0.0
+    assert vm.verify_batch([gsm8k, "#### 1,000"], ["72", "1000"]) == [True, True]
+
+
+@pytest.mark.parametrize("gold", [["3"], None, True, {"answer": "3"}])
+def test_malformed_gold_raises(gold):
+    # a gold that is no answer used to read as its repr ("['3']") and score 0 on every sample;
+    # the check holds where the completion has no answer to compare as well
+    for call in (lambda: vm.score(gold, "\\boxed{3}"), lambda: vm.score(gold, ""),
+                 lambda: vm.verify(gold, "3"), lambda: vm.score_batch(["3", gold], ["3", "3"])):
+        with pytest.raises(TypeError, match="gold must be a str or a number"):
+            call()
+
+
+def test_score_batch_equals_score():
+    golds = ["3", "\\frac12", "x^2", "4", "#### 9", 7]
+    completions = ["\\boxed{3}", "The answer is 0.5.", "so $x\\cdot x$", "no idea", "9", "\\boxed{3}\\boxed{7}"]
+    assert vm.score_batch(golds, completions, workers=2) == [vm.score(g, c) for g, c in zip(golds, completions)]
+    assert vm.score_batch(golds, completions) == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="1 golds but 2 completions"):
+        vm.score_batch(["1"], ["1", "2"])
+
+
 def test_explain():
     assert vm.explain("3", "3 or 4").startswith("rejected:")
     assert vm.explain("\\frac12", "0.5").startswith("accepted:")

@@ -218,8 +218,8 @@ def test_jsonl_prompts_with_the_math_verifier(tmp_path):
     assert prompts == [r["question"] for r in batch.rows]
     assert batch.scores.tolist() == [score(r["answer"], t) for r, t in zip(batch.rows, batch.texts)]
     row = batch.rows[0]
-    assert trainer.reward(row, f"so \\boxed{{{row['answer']}}}") == 1.0
-    assert trainer.reward(row, f"so \\boxed{{{int(row['answer']) + 1}}}") == 0.0
+    assert trainer.rewards([row, row], [f"so \\boxed{{{row['answer']}}}", f"so \\boxed{{{int(row['answer']) + 1}}}"]) \
+        == [1.0, 0.0]
     trainer.proc.close()
     result = train(cfg)
     assert len(result.metrics) == 3
@@ -499,27 +499,39 @@ def test_dynamic_sampling_drops_groups_with_equal_rewards(tmp_path):
 
 
 def test_reward_kinds(tmp_path):
-    from fastrl.trainer.scoring import outcome_reward
+    from fastrl.trainer.scoring import outcome_rewards
 
     row = {"prompt": "?", "answer": "cat", "labels": ["cat", "dog"]}
     good = "<think>whiskers</think><answer>cat</answer>"
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(row) + "\n")
     cfg = config(tmp_path, f"data.source={data}", "reward.kind=classification")
-    assert outcome_reward(cfg)(row, good) == 2.0
+    assert outcome_rewards(cfg)([row, row], [good, "dog"]) == [2.0, 0.0]
     cfg.reward.kind = "classification_no_think"
-    assert outcome_reward(cfg)(row, "cat") == 1.0
+    assert outcome_rewards(cfg)([row], ["cat"]) == [1.0]
     cfg.reward.kind = "format"
-    assert outcome_reward(cfg)(row, good) == 1.0 and outcome_reward(cfg)(row, "cat") == 0.0
+    assert outcome_rewards(cfg)([row, row], [good, "cat"]) == [1.0, 0.0]
     cfg.reward.kind = "math"
-    assert outcome_reward(cfg)({"answer": "1/2"}, "so \\boxed{0.5}") == 1.0
+    rows = [{"answer": "1/2"}, {"answer": 7}, {"answer": "... #### 12"}, {"answer": "3"}]
+    assert outcome_rewards(cfg)(rows, ["so \\boxed{0.5}", "7", "The answer is 12.", "4"]) == [1.0, 1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["math", "classification"])
+def test_gold_that_is_no_answer_refused_at_load(tmp_path, kind):
+    from fastrl.trainer.config import ConfigError
+
+    rows = [{"prompt": "?", "answer": "3", "labels": ["3", "4"]}, {"prompt": "?", "answer": ["3"], "labels": ["3", "4"]}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"rows.jsonl.*2.*'answer'.*must be a string or a number, got list"):
+        Trainer(config(tmp_path, f"data.source={data}", f"reward.kind={kind}"))
 
 
 def test_a_well_formed_wrong_label_is_not_correct(tmp_path):
     """The classification reward is format + accuracy (0..2): a threshold on it (0.5 by
     default) counted a well-formed wrong answer as correct, so the logged accuracy was the
     format rate; correct is now the accuracy, whatever the format."""
-    from fastrl.trainer.scoring import outcome_correct, outcome_reward
+    from fastrl.trainer.scoring import outcome_correct, outcome_rewards
 
     row = {"prompt": "?", "answer": "cat", "labels": ["cat", "dog"]}
     data = tmp_path / "rows.jsonl"
@@ -528,7 +540,7 @@ def test_a_well_formed_wrong_label_is_not_correct(tmp_path):
     for response, correct in [("<think>fur</think><answer>dog</answer>", False),
                               ("<think>fur</think><answer>cat</answer>", True), ("<answer>cat</answer>", True),
                               ("dog", False)]:
-        assert outcome_correct(cfg)(row, response, outcome_reward(cfg)(row, response)) is correct, response
+        assert outcome_correct(cfg)(row, response, outcome_rewards(cfg)([row], [response])[0]) is correct, response
     cfg.reward.kind = "math"
     assert outcome_correct(cfg)({"answer": "2"}, "\\boxed{2}", 1.0) and not outcome_correct(cfg)({}, "", 0.4)
 
