@@ -308,10 +308,14 @@ def experiment(args) -> int:
         return _experiment(args)
     except ModuleNotFoundError as e:
         return _missing_extra(f"fastrl experiment {args.name}", e)
+    except KeyboardInterrupt:
+        print(f"\nfastrl experiment {args.name}: interrupted, its runs stopped; an experiment does not resume: "
+              "run it again with --overwrite", file=sys.stderr)
+        return 130
 
 
 def _experiment(args) -> int:
-    from fastrl.experiments import countdown, pure
+    from fastrl.experiments import common, countdown, pure
 
     settings = {"pure": ("A", "B"), "riskpo": ("A",), "rover": ("A", "D")}[args.name]
     if args.setting not in settings:
@@ -333,6 +337,15 @@ def _experiment(args) -> int:
     if out.exists() and not out.is_dir():
         print(f"fastrl experiment {args.name}: --output-dir {str(out)!r} is a file", file=sys.stderr)
         return 2
+    module = pure if args.name == "pure" else countdown
+    if held := common.previous_run(out, module.OUTPUTS):
+        names = ", ".join(path.name + "/" * path.is_dir() for path in held)
+        if not args.overwrite:
+            print(f"fastrl experiment {args.name}: {out} holds an earlier run ({names}): pass --overwrite to replace "
+                  "it, or another --output-dir", file=sys.stderr)
+            return 2
+        print(f"replacing the earlier run in {out}: {names}")
+        common.remove(held)
     if args.name == "pure":
         plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=args.seeds or (0, 1))
         if args.lr is not None:
@@ -346,7 +359,8 @@ def _experiment(args) -> int:
             plan.settings[args.setting] = {**plan.settings[args.setting], "seeds": args.seeds}
         summary = countdown.run(args.name, args.setting, out, plan)
         print(countdown.report(summary))
-    print(f"\nsummary: {out / 'summary.json'}; plots: {', '.join(str(p) for p in sorted(out.glob('*.png')))}")
+    plots = ", ".join(str(out / name) for name in summary["plots"]) or "none (matplotlib is not installed)"
+    print(f"\nsummary: {out / 'summary.json'}; plots: {plots}")
     return 0
 
 
@@ -387,7 +401,9 @@ def _main(argv=None) -> int:
     x.add_argument("--setting", choices=["A", "B", "D"], default="A",
                    help="pure: A (r_triv 1.0) or B (r_triv 0.8); riskpo: A; rover: A or D (8 epochs per batch)")
     x.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: the experiment's)")
-    x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting>")
+    x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting> (with --smoke: ..._smoke)")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in the output folder (its summary, plots and run folders)")
     x.add_argument("--lr", type=float, help="pure: the RL learning rate (default 2e-4)")
     x.add_argument("--policy", choices=["gru_attention", "llama", "gru"],
                    help="pure: the policy (fastrl.experiments.pure.POLICIES): a GRU with one attention layer over "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -16,6 +18,20 @@ def check_seeds(seeds) -> None:
     counted as two in a criterion over seeds."""
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"seeds must differ, got {list(seeds)}")
+
+
+def previous_run(out: Path, outputs) -> list[Path]:
+    """What an earlier run left in ``out``: the paths there matching an experiment's
+    ``outputs`` globs (its summary, plots and run folders; nothing else of the folder's)."""
+    return sorted({path for pattern in outputs for path in out.glob(pattern)}) if out.is_dir() else []
+
+
+def remove(paths) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def solution_batch(task, tokenizer, rows, rng: random.Random):
@@ -104,13 +120,20 @@ class Workers:
         from concurrent.futures import ProcessPoolExecutor
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # (macOS)
-        self.pool = ProcessPoolExecutor(workers or cores,
-                                        mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=torch.set_num_threads, initargs=(1,))
+        self.pool = ProcessPoolExecutor(workers or cores, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker)
         self.pending = {}
 
     def submit(self, fn: Callable, *args):
-        self.pending[self.pool.submit(fn, *args)] = (fn, args)
+        import signal
+
+        # a worker the pool starts here inherits the ignored Ctrl-C from its first instruction, so
+        # one still importing cannot die of it with a traceback (_start_worker comes too late)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.pending[self.pool.submit(fn, *args)] = (fn, args)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def finished(self) -> Iterator[tuple[Callable, tuple, object]]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -124,5 +147,15 @@ class Workers:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, error_type, *_):
+        if error_type is not None:  # Ctrl-C or a failed job: stop the running jobs too, not only queued ones
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
         self.pool.shutdown(cancel_futures=True)
+
+
+def _start_worker():
+    """One thread; Ctrl-C stays ignored (see ``submit``): it is the parent's to handle, by
+    stopping the workers; a worker's trainer would save a checkpoint and suggest a --resume
+    experiments lack."""
+    torch.set_num_threads(1)

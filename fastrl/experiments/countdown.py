@@ -194,6 +194,10 @@ def train_method(task, setting: str, method: str, seed: int, warm: Path, out: Pa
     return along, time.perf_counter() - started
 
 
+# what run() writes in output_dir: the summary, a plot per command and setting, a folder per setting
+OUTPUTS = ("summary.json", *sorted({f"{name}_*.png" for name, _ in EXPERIMENTS}), *sorted({s for _, s in EXPERIMENTS}))
+
+
 def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = None, log=print,
         warm_dir: str | Path | None = None) -> dict:
     """One command's setting: its methods on its seeds, in worker processes (one per
@@ -235,8 +239,8 @@ def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = Non
     summary["runs"] = {f"{setting}/{method}/seed{seed}": runs[method, seed] for seed in spec["seeds"] for method in methods}
     summary["seconds"] = time.perf_counter() - started
     summary["criteria"] = criteria(summary)
+    summary["plots"] = [path.name for path in plot(summary, out)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, out)
     return summary
 
 
@@ -290,10 +294,12 @@ def criteria(summary: dict) -> list[dict]:
     return rows
 
 
-def plot(summary: dict, out: Path):
+def plot(summary: dict, out: Path) -> list[Path]:
+    """The PNGs written (none without matplotlib)."""
     plt = pyplot()
     if plt is None:
-        return
+        return []
+    written = []
     for setting, spec in summary["settings"].items():
         fig, axes = plt.subplots(1, 5, figsize=(20, 3.6))
         colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -319,8 +325,10 @@ def plot(summary: dict, out: Path):
         axes[0].legend(fontsize=7)
         fig.suptitle(f"countdown-4, setting {setting}: {summary['experiment']}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / f"{summary['experiment']}_{setting}.png", dpi=100)
+        fig.savefig(path := out / f"{summary['experiment']}_{setting}.png", dpi=100)
         plt.close(fig)
+        written.append(path)
+    return written
 
 
 def report(summary: dict) -> str:

@@ -232,6 +232,9 @@ def train_variant(task, name: str, seed: int, warm: Path, out: Path, plan: Plan,
     return curve, end
 
 
+OUTPUTS = ("summary.json", "pure_*.png", "seed*")  # what run() writes in output_dir
+
+
 def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:
     """Every variant on every seed, in worker processes (one per core); writes
     summary.json and PNGs under output_dir and returns the summary (criteria included)."""
@@ -269,8 +272,8 @@ def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=prin
     summary["runs"] = {f"{name}/seed{seed}": runs[name, seed] for seed in plan.seeds for name in VARIANTS}
     summary["seconds"] = time.perf_counter() - started
     summary["criteria"] = criteria(summary)
+    summary["plots"] = [path.name for path in plot(summary, out)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, out)
     return summary
 
 
@@ -313,10 +316,11 @@ def criteria(summary: dict) -> list[dict]:
     return rows
 
 
-def plot(summary: dict, out: Path):
+def plot(summary: dict, out: Path) -> list[Path]:
+    """The PNGs written (none without matplotlib)."""
     plt = pyplot()
     if plt is None:
-        return
+        return []
     keys = ("accuracy", "steps_per_response", "no_progress_steps", "cut_at_limit", "prm_sum", "prm_min")
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     colors = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -332,8 +336,9 @@ def plot(summary: dict, out: Path):
     fig.suptitle(f"PURE toy experiment, setting {summary['setting']} (r_triv = {summary['r_triv']}); "
                  "solid/dashed: seeds", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / f"pure_{summary['setting']}.png", dpi=100)
+    fig.savefig(path := out / f"pure_{summary['setting']}.png", dpi=100)
     plt.close(fig)
+    return [path]
 
 
 def report(summary: dict) -> str:

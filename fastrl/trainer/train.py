@@ -605,7 +605,9 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
             self._say("interrupted: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
 
-        if threading.current_thread() is threading.main_thread():
+        # (a process that ignores Ctrl-C, as an experiment's worker does, keeps ignoring it)
+        handle_interrupt = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+        if handle_interrupt:
             signal.signal(signal.SIGINT, on_interrupt)
         bar = tqdm(total=cfg.run.steps, initial=self.step, desc="train", unit="step",
                    disable=not (cfg.run.progress and proc.main))
@@ -632,7 +634,7 @@ class Trainer:
                         break
         finally:
             bar.close()
-            if threading.current_thread() is threading.main_thread():
+            if handle_interrupt:
                 signal.signal(signal.SIGINT, previous)
         if interrupted:
             self._say(f"stopped at step {self.step}; continue with: fastrl train ... --resume "

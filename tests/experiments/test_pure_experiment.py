@@ -130,3 +130,58 @@ def test_a_seed_twice_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"seeds must differ, got \[0, 0\]"):
         run("A", tmp_path, Plan("A", seeds=(0, 0)))
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_an_earlier_run_is_refused_then_replaced(tmp_path, capsys, monkeypatch):
+    for name in ("summary.json", "pure_B.png", "seed7/warm/config.json", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    argv = ["experiment", "pure", "--smoke", "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} holds an earlier run (pure_B.png, seed7/, summary.json): pass --overwrite" in err, err
+    assert (tmp_path / "seed7" / "warm" / "config.json").exists()
+
+    def fake_run(setting, out, plan):  # what run() finds: the earlier run removed, the user's file kept
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+        return {"plots": []}
+
+    monkeypatch.setattr(pure, "run", fake_run)
+    monkeypatch.setattr(pure, "report", lambda summary: "report")
+    assert main([*argv, "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert f"replacing the earlier run in {tmp_path}: pure_B.png, seed7/, summary.json" in out
+    assert "plots: none (matplotlib is not installed)" in out
+
+
+def test_ctrl_c_stops_every_worker_and_says_there_is_no_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "fastrl.cli", "experiment", "pure", "--smoke", "--output-dir", str(tmp_path)]
+    # a terminal's Ctrl-C reaches the whole foreground process group, workers included
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = ""
+    for line in proc.stdout:  # a worker's trainer has started
+        seen += line
+        if line.startswith("fastrl train:"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    printed = seen + rest + err
+    assert proc.returncode == 130, printed
+    assert "an experiment does not resume: run it again with --overwrite" in err, printed
+    assert "--resume" not in printed and "Traceback" not in printed, printed
+    for _ in range(50):  # no worker outlives the command
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a process of the experiment is still running")
