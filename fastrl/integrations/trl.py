@@ -1,7 +1,9 @@
 """TRL's ``selective_log_softmax`` on fastrl's ``logprobs_from_logits``.
 
 Same signature and results as ``trl.trainer.utils.selective_log_softmax`` (TRL 1.16),
-so it can replace it where TRL's trainers import it; trl itself is never imported.
+for code that calls it: your own, or the ``trl.experimental`` trainers that import it.
+TRL 1.16's GRPOTrainer does not call it (its log-probs come from the model's fused
+head), so patching it there changes nothing; trl itself is never imported.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ with one line of config::
 ``fastrl_riskpo`` reads its parameters (bundle_size, alpha, beta, omega,
 natural_baseline, credit; defaults as ``fastrl.ops.risk_advantages``) from a
 ``riskpo`` section of the algorithm config (``+algorithm.riskpo.bundle_size=5``)
-or from keyword arguments.
+or from keyword arguments (which win); an unknown key in that section is an error.
 
 Each takes verl's call (token_level_rewards [B, T], response_mask [B, T],
 index: the numpy object array of uids, config, ...) and returns
@@ -37,6 +37,9 @@ def _outcome_advantages(token_level_rewards, response_mask, index, advantage_fn)
     """Sequence scores and group ids from verl's call, advantage_fn(scores, ids), broadcast to tokens."""
     _checks.floating("token_level_rewards", token_level_rewards, ndim=2)
     _checks.mask("response_mask", response_mask, "token_level_rewards", token_level_rewards)
+    if index is None:  # verl passes index only for a batch with a "uid" field
+        raise ValueError("index (the responses' uids) is required: grouped advantages need the prompt of each "
+                         "response, and verl passes them only when the batch has a 'uid' field")
     if len(index) != token_level_rewards.shape[0]:
         raise ValueError(f"index must have one uid per response ({token_level_rewards.shape[0]}), got {len(index)}")
     with torch.no_grad():
@@ -58,28 +61,35 @@ def _grouped(token_level_rewards, response_mask, index, method, epsilon):
                                lambda scores, ids: group_advantages(scores, ids, method, epsilon))
 
 
-def fastrl_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6,
-                norm_adv_by_std_in_grpo: bool = True, config=None, **kwargs):
-    """verl's ``grpo`` (``norm_adv_by_std_in_grpo=False``: Dr.GRPO), one fused op."""
-    norm_adv_by_std_in_grpo = _config_value(config, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+def fastrl_grpo(token_level_rewards, response_mask, index=None, epsilon: float = 1e-6,
+                norm_adv_by_std_in_grpo: bool | None = None, config=None, **kwargs):
+    """verl's ``grpo`` (``norm_adv_by_std_in_grpo=False``: Dr.GRPO), one fused op. verl's
+    trainer passes a registered estimator only ``config``, so the flag is read there; a
+    keyword passed here wins, as it does in verl's own function."""
+    if norm_adv_by_std_in_grpo is None:
+        norm_adv_by_std_in_grpo = _config_value(config, "norm_adv_by_std_in_grpo", True)
     method = "grpo" if norm_adv_by_std_in_grpo else "dr_grpo"
     return _grouped(token_level_rewards, response_mask, index, method, epsilon)
 
 
-def fastrl_dr_grpo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
+def fastrl_dr_grpo(token_level_rewards, response_mask, index=None, epsilon: float = 1e-6, config=None, **kwargs):
     """Dr.GRPO: the group mean subtracted, no std scaling."""
     return _grouped(token_level_rewards, response_mask, index, "dr_grpo", epsilon)
 
 
-def fastrl_rloo(token_level_rewards, response_mask, index, epsilon: float = 1e-6, config=None, **kwargs):
+def fastrl_rloo(token_level_rewards, response_mask, index=None, epsilon: float = 1e-6, config=None, **kwargs):
     """verl's ``rloo``: each score minus the mean of the other responses to its prompt."""
     return _grouped(token_level_rewards, response_mask, index, "rloo", epsilon)
 
 
-def fastrl_riskpo(token_level_rewards, response_mask, index, config=None, **kwargs):
+def fastrl_riskpo(token_level_rewards, response_mask, index=None, config=None, **kwargs):
     """RiskPO's risk-quantile advantages with question bundling (``fastrl.ops.risk_advantages``)."""
     params = dict(RISKPO_DEFAULTS)
-    for source in (_config_value(config, "riskpo", None) or {}, kwargs):
+    section = _config_value(config, "riskpo", None) or {}
+    if unknown := sorted(set(section) - set(RISKPO_DEFAULTS)):  # (keywords may hold verl's other inputs)
+        raise ValueError(f"config.riskpo: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"the keys are {', '.join(RISKPO_DEFAULTS)}")
+    for source in (section, kwargs):
         params.update({key: source[key] for key in RISKPO_DEFAULTS if key in source})
     return _outcome_advantages(token_level_rewards, response_mask, index,
                                lambda scores, ids: risk_advantages(scores, ids, **params))
@@ -87,6 +97,9 @@ def fastrl_riskpo(token_level_rewards, response_mask, index, config=None, **kwar
 
 def fastrl_gae(token_level_rewards, values, response_mask, gamma=1.0, lam=1.0):
     """verl's ``compute_gae_advantage_return``: one scan, advantages whitened over the valid tokens."""
+    for name, value in (("gamma", gamma), ("lam", lam)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     with torch.no_grad():
         return gae(token_level_rewards, values, response_mask, float(gamma), float(lam), whiten=True)
 

@@ -64,6 +64,10 @@ def test_grpo_reads_verls_config(rng, config):
     got, _ = core_algos.get_adv_estimator_fn("fastrl_grpo")(
         token_level_rewards=rewards, response_mask=mask, index=uids, config=config)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # a keyword passed with the config wins, as in verl's own function
+    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=True)
+    got, _ = fastrl_verl.fastrl_grpo(rewards, mask, uids, norm_adv_by_std_in_grpo=True, config=config)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_rloo_equals_verl(rng):
@@ -74,10 +78,17 @@ def test_rloo_equals_verl(rng):
     torch.testing.assert_close(got_ret, want_ret, rtol=1e-5, atol=1e-5)
 
 
-def test_bad_index_length(rng):
+def test_bad_arguments_are_named(rng):
     rewards, mask, uids = verl_batch(rng)
     with pytest.raises(ValueError, match="index must have one uid per response"):
         fastrl_verl.fastrl_grpo(rewards, mask, uids[:-1])
+    with pytest.raises(ValueError, match="index .* is required.*'uid' field"):  # verl's call without uids
+        core_algos.get_adv_estimator_fn("fastrl_rloo")(token_level_rewards=rewards, response_mask=mask, config={})
+    with pytest.raises(ValueError, match=r"config.riskpo: unknown key\(s\) 'bundel_size'; the keys are bundle_size"):
+        fastrl_verl.fastrl_riskpo(rewards, mask, uids, config={"riskpo": {"bundel_size": 3}})
+    for gamma, lam in ((None, 1.0), (1.0, "0.9")):
+        with pytest.raises(TypeError, match="gamma must be a number" if gamma is None else "lam must be a number"):
+            fastrl_verl.fastrl_gae(rewards, rewards, mask, gamma, lam)
 
 
 def test_riskpo_adapter(rng):
