@@ -11,7 +11,7 @@ Providers:
 Rewards: 0/1 at the last valid token plus noise; groups are consecutive, as verl
 lays them out.
 
-    python benchmarks/bench_advantages.py [--quick] [--device cuda]
+    python benchmarks/bench_advantages.py [--quick] [--device cuda] [--shape B,GROUP,T]
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def cases(shapes, device):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = harness.parse_args(__doc__.splitlines()[0], argv)
+    args = harness.parse_args(__doc__.splitlines()[0], "B,GROUP,T", argv)
     shapes = harness.shapes(args, QUICK, [(B, G, T) for B in BATCHES for G in GROUP_SIZES for T in LENGTHS], GPU)
     if core_algos is None:
         print("verl is not importable: its rows are left out (pip install verl==0.9.1)")

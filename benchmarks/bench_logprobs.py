@@ -395,8 +395,6 @@ def summarize(rows, device):
 
 
 def add_options(parser):
-    parser.add_argument("--shape", action="append", default=None,
-                        help="N,H,V (repeatable; default: the device's ladder)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--providers", default=None,
                         help="comma-separated providers to run (default: all that import)")
@@ -406,7 +404,7 @@ def add_options(parser):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # on the CPU a call takes seconds, and setup already ran each provider once
-    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options, repeat={"cpu": 3}, warmup={"cpu": 1})
+    args = harness.parse_args(__doc__.splitlines()[0], "N,H,V", argv, extra=add_options, repeat={"cpu": 3}, warmup={"cpu": 1})
     device = args.device
     dtype = DTYPES[args.dtype or ("fp32" if device.type == "cpu" else "bf16")]
     shapes = harness.shapes(args, QUICK_SHAPES, CPU_SHAPES, GPU_SHAPES)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import math
 import os
 import re
 import sys
@@ -325,7 +326,7 @@ def config_providers(configs):
 def cases(shapes, filters, device, dtype, args, compiled: CompileState):
     backend = ops.backend_for("sample", device.type)
     table = providers(device, backend)
-    if args.configs and device.type == "cuda":
+    if args.configs:
         table += config_providers(args.configs)
     if args.providers:
         wanted = harness.wanted_providers(args.providers, {p[0].split("[")[0] for p in table} | {"fastrl"})
@@ -435,8 +436,6 @@ def summarize(rows, device):
 
 
 def add_options(parser):
-    parser.add_argument("--shape", action="append", default=None,
-                        help="B,V (repeatable; default: the device's ladder)")
     parser.add_argument("--filters", default=None,
                         help=f"comma-separated, of {','.join(FILTERS)} (default: all)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp32 on CPU, bf16 on CUDA")
@@ -458,9 +457,15 @@ def add_options(parser):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = harness.parse_args(__doc__.splitlines()[0], argv, extra=add_options, repeat={"cpu": 5},
+    args = harness.parse_args(__doc__.splitlines()[0], "B,V", argv, extra=add_options, repeat={"cpu": 5},
                               warmup={"cpu": 1, "cuda": 3})
     device = args.device
+    if args.logit_scale is not None and not (math.isfinite(args.logit_scale) and args.logit_scale > 0):
+        harness.usage_error(f"--logit-scale: a finite number > 0, got {args.logit_scale}")
+    if args.compile_budget is not None and not args.compile_budget >= 0:  # (nan too)
+        harness.usage_error(f"--compile-budget: seconds >= 0, got {args.compile_budget}")
+    if args.configs and device.type != "cuda":
+        harness.usage_error("--configs: the Triton kernel's settings are timed on a CUDA device (--device cuda)")
     if args.compile_budget is None:
         args.compile_budget = 60.0 if device.type == "cpu" else 30.0
     dtype = DTYPES[args.dtype or ("fp32" if device.type == "cpu" else "bf16")]

@@ -12,7 +12,7 @@ Baselines, written here from the published formulas:
 Inputs: fp32 rewards/values/scores, a bool response mask with right padding
 (lengths uniform in [T/2, T]), one step token every 64 tokens plus the last.
 
-    python benchmarks/bench_scans.py [--quick] [--device cuda] [--memory]
+    python benchmarks/bench_scans.py [--quick] [--device cuda] [--memory] [--shape B,T]
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def cases(shapes, device) -> list[harness.Case]:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = harness.parse_args(__doc__.splitlines()[0], argv)
+    args = harness.parse_args(__doc__.splitlines()[0], "B,T", argv)
     shapes = harness.shapes(args, QUICK_SHAPES, SHAPES, GPU_SHAPES)
     return harness.run("scans", cases(shapes, args.device), args, __file__, argv)
 

@@ -49,26 +49,49 @@ def run_math_verify(golds, answers):
     return res, time.perf_counter() - t
 
 
+FIELDS = ("ground_truth", "fn_output", "tn_output", "split")
+RESULTS = Path(__file__).resolve().parent / "results" / f"cpu-{os.cpu_count()}core"
+
+
+def load_pairs(path: str, error) -> list[tuple[str, str, bool, str, str]]:
+    """(gold, answer, equivalent, split, kind) per pair of HardVerify-Math's items; error(message)
+    on a file that is not a list of items with the four string fields."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        error(f"--data: cannot read {path} as JSON ({e})")
+    if not isinstance(items, list) or not items:
+        error(f"--data: {path} must hold a non-empty JSON list of items")
+    pairs = []
+    for i, item in enumerate(items):
+        bad = [f for f in FIELDS if not isinstance(item, dict) or not isinstance(item.get(f), str)]
+        if bad:
+            error(f"--data: item {i} of {path} lacks string field(s) {', '.join(bad)} (HardVerify-Math's {FIELDS})")
+        for kind, equivalent in (("fn_output", True), ("tn_output", False)):
+            pairs.append((_strip_dollars(item["ground_truth"]), item[kind], equivalent, item["split"], kind))
+    return pairs
+
+
+def share(hits: list[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="fastrl bench verifier", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(DATA), help="HardVerify-Math.json (default: the team's shared copy)")
-    ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / f"cpu-{os.cpu_count()}core"
-                                          / "bench_verifier.json"), help="where the rows go ('' for nowhere)")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--json", default=None,
+                    help=f"where the rows go ('' for nowhere; default {RESULTS.name}/bench_verifier.json, or "
+                         "bench_verifier.partial.json for a run of other data, workers or providers)")
+    ap.add_argument("--workers", type=int, default=None, help="verifier processes (default: one per core)")
     ap.add_argument("--show-misses", action="store_true")
     ap.add_argument("--no-math-verify", action="store_true")
     args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers: at least 1, got {args.workers}")
     if not Path(args.data).is_file():
         ap.error(f"--data: no file {args.data} (HardVerify-Math.json from the HardVerify-Math dataset)")
-    items = json.loads(Path(args.data).read_text())
-    golds, answers, labels, splits, kinds = [], [], [], [], []
-    for it in items:
-        for kind, expect in (("fn_output", True), ("tn_output", False)):
-            golds.append(_strip_dollars(it["ground_truth"]))
-            answers.append(it[kind])
-            labels.append(expect)
-            splits.append(it["split"])
-            kinds.append(kind)
+    pairs = load_pairs(args.data, ap.error)
+    golds, answers, labels, splits, kinds = map(list, zip(*pairs))
     providers = {"fastrl": run_fastrl(golds, answers, args.workers)}
     if not args.no_math_verify:
         try:
@@ -78,32 +101,44 @@ def main(argv=None):
     rows = []
     print(f"{'provider':<12} {'split':<11} {'accepted(fn)':>13} {'rejected(tn)':>13}")
     for name, (res, secs) in providers.items():
-        for split in ("benchmarks", "big_math"):
+        for split in dict.fromkeys(splits):  # the file's splits, in order
             idx = [k for k in range(len(res)) if splits[k] == split]
-            fn = [k for k in idx if labels[k]]
-            tn = [k for k in idx if not labels[k]]
-            acc = sum(res[k] for k in fn) / max(1, len(fn))
-            rej = sum(not res[k] for k in tn) / max(1, len(tn))
-            # the pairs of both splits are verified in one timed run: one throughput per provider
-            rows.append(dict(provider=name, split=split, accepted=acc, rejected=rej, n_fn=len(fn), n_tn=len(tn),
+            acc = share([res[k] for k in idx if labels[k]])
+            rej = share([not res[k] for k in idx if not labels[k]])
+            # the pairs of all splits are verified in one timed run: one throughput per provider
+            rows.append(dict(provider=name, split=split, accepted=acc, rejected=rej,
+                             n_fn=sum(labels[k] for k in idx), n_tn=sum(not labels[k] for k in idx),
                              pairs_per_s_all_splits=len(res) / secs))
-            print(f"{name:<12} {split:<11} {acc:>12.1%} {rej:>13.1%}")
+            print(f"{name:<12} {split:<11} {'n/a' if acc is None else f'{acc:.1%}':>13} "
+                  f"{'n/a' if rej is None else f'{rej:.1%}':>13}")
         print(f"{name:<12} all {len(res)} pairs: {len(res) / secs:.1f} pairs/s")
         if args.show_misses and name == "fastrl":
             for k in range(len(res)):
                 if res[k] != labels[k]:
                     print(f"  MISS [{splits[k]}] {kinds[k]}: gold={golds[k]!r} answer={answers[k]!r}")
-    if args.json:
+    # the committed results are a full run: the team's data, both providers, every core
+    partial = [option for option, on in (("--data", Path(args.data).resolve() != DATA.resolve()),
+                                         ("--workers", args.workers is not None),
+                                         ("--no-math-verify", args.no_math_verify or "math-verify" not in providers))
+               if on]
+    out = args.json
+    if out is None:
+        out = str(RESULTS / f"bench_verifier{'.partial' if partial else ''}.json")
+        if partial:
+            print(f"a partial run ({', '.join(partial)}): not replacing the committed results")
+    if out:
         meta = dict(machine=platform.machine(), cpus=os.cpu_count(), python=platform.python_version(),
-                    workers=args.workers)
+                    workers=args.workers, data=Path(args.data).name, partial=partial)
         try:
             from importlib.metadata import version
             meta["math_verify"] = version("math-verify")
             meta["sympy"] = version("sympy")
         except Exception:
             pass
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        print(f"wrote {len(rows)} rows to {out}")
+    return rows
 
 
 if __name__ == "__main__":

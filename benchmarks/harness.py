@@ -214,12 +214,15 @@ def versions() -> dict:
     return found
 
 
-def parse_args(description: str, argv=None, extra: Optional[Callable] = None, repeat: Optional[dict] = None,
-               warmup: Optional[dict] = None):
-    """The common options (plus ``extra(parser)``'s). repeat / warmup: the defaults per
-    device type (default 10 and 2 runs; --quick repeats 3 times)."""
+def parse_args(description: str, shape: str, argv=None, extra: Optional[Callable] = None,
+               repeat: Optional[dict] = None, warmup: Optional[dict] = None):
+    """The common options (plus ``extra(parser)``'s). shape: the names of a shape's sizes
+    ("B,T"), for --shape. repeat / warmup: the defaults per device type (default 10 and
+    2 runs; --quick repeats 3 times)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", action="append", default=None,
+                        help=f"{shape} (repeatable; default: the device's ladder)")
     parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats (smoke test)")
     parser.add_argument("--repeat", type=int, default=None, help="timed runs per case (default by device, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per case (default by device)")
@@ -297,9 +300,9 @@ def wanted_providers(option: str, known) -> set:
 
 
 def shapes(args, quick: list, cpu: list, cuda: list) -> list[tuple]:
-    """The shapes to run: --shape's (comma-separated integers, where the script has it),
-    else the --quick ladder, else the device's."""
-    if getattr(args, "shape", None):
+    """The shapes to run: --shape's (comma-separated integers), else the --quick ladder,
+    else the device's."""
+    if args.shape:
         found = [tuple(int(v) for v in s.split(",") if re.fullmatch(r"\s*[1-9]\d*\s*", v)) for s in args.shape]
         for text, shape in zip(args.shape, found):
             if len(shape) != len(cpu[0]) or len(text.split(",")) != len(shape):
@@ -481,5 +484,6 @@ def print_speedups(rows: list[dict]):
             base = ours.get(r.get("compare_to") or first)
             if r["provider"] in ours or not r["median_ms"] or base is None:
                 continue
-            ratios.append(f"{r['provider']} {r['median_ms'] / base['median_ms']:.1f}x vs {base['provider']}")
+            # 3 significant digits: 0.04x and 250x alike (.1f printed 0.0x for a ratio under 0.05)
+            ratios.append(f"{r['provider']} {r['median_ms'] / base['median_ms']:.3g}x vs {base['provider']}")
         print(f"  {op:<22} {' '.join(f'{k}={v}' for k, v in json.loads(shape).items()):<36} {', '.join(ratios)}")

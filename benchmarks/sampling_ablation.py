@@ -100,6 +100,8 @@ def main():
     x = bench_sampling.make_logits(B, V, torch.bfloat16, device)
     seeds = torch.arange(B, dtype=torch.int64, device=device) * 7919 + 12345
     floor_ms = B * V * 2 / harness.copy_rate_bytes_per_ms(device)
+    out = Path(args.out or harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     print(f"{harness.device_name(device)}, B={B} V={V} bf16, {args.chunks} program(s) per row, "
           f"floor {floor_ms * 1e3:.1f} us; median of {args.repeat}")
@@ -123,9 +125,8 @@ def main():
             rows.append({"variant": name, "median_ms": ms, "B": B, "V": V, "chunks": args.chunks,
                          "floor_ms": floor_ms, "device": harness.device_name(device)})
             print(f"  {name:<70} {ms * 1e3:6.2f} us  {100 * floor_ms / ms:5.1f}% of the copy rate")
-    out = Path(args.out or harness.RESULTS / harness.device_slug(device) / f"sampling_ablation_c{args.chunks}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
+            out.write_text(json.dumps(rows, indent=1))  # each row as it comes: a run cut short keeps them
+    print(f"wrote {len(rows)} rows to {out}")
 
 
 if __name__ == "__main__":

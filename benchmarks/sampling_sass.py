@@ -137,6 +137,8 @@ def main():
         if not match:
             parser.error(f"--config {config!r}: expected BLOCKxWARPS with f (top-p) or l (lagged) after, e.g. 8192x8f")
         block_v, num_warps = (int(v) for v in match.groups())
+        if num_warps not in (1, 2, 4, 8, 16, 32):  # (Triton's own error is a traceback from its compiler)
+            parser.error(f"--config {config}: WARPS must be a power of two from 1 to 32, got {num_warps}")
         if block_v != span:
             parser.error(f"--config {config}: per-token figures need BLOCK = the span, {span}")
         registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, lagged="l" in config)

@@ -1,4 +1,5 @@
 """The package: install without the extension, `fastrl info`, extension loading."""
+import json
 import os
 import subprocess
 import sys
@@ -218,12 +219,11 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
     # (a Python caller's process is not re-run without heap trimming) are partial too
     for extra, why in ((["--shape", "4,8", "--malloc-default"], "--shape"), (["--repeat", "1"], "--repeat"),
                        ([], "--malloc-default")):
-        args = harness.parse_args("test", extra, extra=lambda p: p.add_argument("--shape", action="append"))
+        args = harness.parse_args("test", "B,T", extra)
         harness.shapes(args, [(1, 2)], [(256, 1024)], [(256, 1024)])
         assert why in args._partial, (extra, args._partial)
     assert "malloc: called from Python, so glibc's defaults" in capsys.readouterr().out
-    args = harness.parse_args("test", ["--shape", "256,1024", "--malloc-default"],
-                              extra=lambda p: p.add_argument("--shape", action="append"))
+    args = harness.parse_args("test", "B,T", ["--shape", "256,1024", "--malloc-default"])
     harness.shapes(args, [(1, 2)], [(256, 1024)], [(256, 1024)])
     assert "--shape" not in args._partial  # `make bench` names shapes of the ladder
     # a run of no case is an error, not "wrote 0 rows"; a file replaced is said to be
@@ -248,11 +248,11 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
         return lambda: None
 
     cases = [harness.Case("op", {"i": i}, "fastrl_x", interrupted) for i in range(3)]
-    args = harness.parse_args("test", ["--repeat", "1", "--warmup", "0", "--malloc-default",
+    args = harness.parse_args("test", "B,T", ["--repeat", "1", "--warmup", "0", "--malloc-default",
                                        "--out", str(tmp_path / "cut.json")])
     with pytest.raises(KeyboardInterrupt):
         harness.run("test", cases, args, __file__, [])
-    assert [r["shape"] for r in __import__("json").loads((tmp_path / "cut.json").read_text())] == [{"i": 0}]
+    assert [r["shape"] for r in json.loads((tmp_path / "cut.json").read_text())] == [{"i": 0}]
 
 
 def test_a_baseline_that_computes_something_else_fails_the_benchmark(tmp_path, capsys):
@@ -275,7 +275,7 @@ def test_a_baseline_that_computes_something_else_fails_the_benchmark(tmp_path, c
              harness.Case("op", {"B": 4}, "other", provider(lambda v: 0.99 * v.cumsum(-1))),
              harness.Case("op", {"B": 4}, "wider", provider(lambda v: v)),
              harness.Case("op", {"B": 4}, "shaped", provider(lambda v: v[:, :2]))]
-    args = harness.parse_args("test", ["--repeat", "1", "--warmup", "0", "--malloc-default",
+    args = harness.parse_args("test", "B,T", ["--repeat", "1", "--warmup", "0", "--malloc-default",
                                        "--out", str(tmp_path / "rows.json")])
     rows = harness.run("test", cases, args, __file__, [])
     verdicts = {r["provider"]: r["disagrees"] for r in rows}
@@ -284,6 +284,27 @@ def test_a_baseline_that_computes_something_else_fails_the_benchmark(tmp_path, c
     assert verdicts["shaped"] == "shape (4, 2), fastrl_x's (4, 8)"
     assert "DISAGREES" in capsys.readouterr().out
     assert harness.exit_status(rows) == 1 and harness.exit_status(rows[:2]) == 0
+
+
+def test_speedups_keep_three_significant_digits(capsys):
+    harness = harness_module()
+    rows = [{"op": "op", "shape": {"B": 4}, "provider": p, "median_ms": ms}
+            for p, ms in (("fastrl_x", 2.0), ("slow", 500.0), ("fast", 0.05), ("close", 2.1))]
+    harness.print_speedups(rows)
+    assert "slow 250x vs fastrl_x, fast 0.025x vs fastrl_x, close 1.05x vs fastrl_x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family,shape", [("scans", "8,16"), ("advantages", "16,4,8")])
+def test_every_family_takes_a_shape(tmp_path, monkeypatch, capsys, family, shape):
+    from fastrl import cli
+
+    harness = harness_module()
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    assert cli.main(["bench", family, "--shape", shape, "--only", "fastrl", "--repeat", "1", "--warmup", "0",
+                     "--malloc-default"]) == 0
+    rows = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    sizes = dict(zip(("B", "group", "T") if family == "advantages" else ("B", "T"), map(int, shape.split(","))))
+    assert rows and all({k: r["shape"][k] for k in sizes} == sizes for r in rows), rows
 
 
 def test_the_inplace_logprob_row_runs_every_time_on_the_same_logits():
@@ -319,7 +340,12 @@ def test_the_inplace_logprob_row_runs_every_time_on_the_same_logits():
     (["scans", "--only", "("], "--only: '(' is no regular expression"),
     (["sampling", "--providers", "nope"], "--providers: unknown nope; known:"),
     (["logprobs", "--providers", "fastrl"], "--providers: unknown fastrl; known:"),
-] + ([] if __import__("torch").cuda.is_available() else [(["scans", "--device", "cuda"], "sees no CUDA GPU")]))
+    (["sampling", "--logit-scale", "nan"], "--logit-scale: a finite number > 0, got nan"),
+    (["sampling", "--logit-scale", "-2"], "--logit-scale: a finite number > 0, got -2.0"),
+    (["sampling", "--compile-budget", "-1"], "--compile-budget: seconds >= 0, got -1.0"),
+    (["advantages", "--shape", "8,4"], "--shape '8,4': expected 3 comma-separated positive integers"),
+] + ([] if __import__("torch").cuda.is_available() else [(["scans", "--device", "cuda"], "sees no CUDA GPU"),
+                                                         (["sampling", "--configs", "4096x8"], "on a CUDA device")]))
 def test_bad_benchmark_options_are_refused_with_the_option_named(argv, message, capsys):
     from fastrl import cli
 
@@ -344,3 +370,37 @@ def test_a_missing_train_extra_is_named_not_a_traceback(monkeypatch, tmp_path, c
     assert "needs tokenizers" in err and "pip install 'fastrl[train]'" in err, err
     with pytest.raises(ModuleNotFoundError):  # not the extra's: a bug, raised as it is
         cli._missing_extra("fastrl train", ModuleNotFoundError("No module named 'nope'", name="nope"))
+
+
+def test_verifier_benchmark_checks_its_data_and_keeps_the_committed_results(tmp_path, monkeypatch, capsys):
+    """The splits are the file's (a file without "big_math" printed 0.0% for it, and one of
+    other splits nothing); other data, --workers or no math-verify write
+    bench_verifier.partial.json (a smoke run replaced the committed file)."""
+    harness_module()
+    import bench_verifier
+
+    monkeypatch.setattr(bench_verifier, "RESULTS", tmp_path)
+    items = [{"ground_truth": "$3$", "fn_output": "3.0", "tn_output": "4", "split": "benchmarks"},
+             {"ground_truth": "\\frac12", "fn_output": "0.5", "tn_output": "0.6", "split": "mine"}]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(items))
+    rows = bench_verifier.main(["--data", str(data), "--no-math-verify", "--workers", "1"])
+    assert [(r["split"], r["accepted"], r["rejected"], r["n_fn"]) for r in rows] == [
+        ("benchmarks", 1.0, 1.0, 1), ("mine", 1.0, 1.0, 1)]
+    printed = capsys.readouterr().out
+    assert "a partial run (--data, --workers, --no-math-verify)" in printed
+    assert [p.name for p in tmp_path.glob("*.json") if p != data] == ["bench_verifier.partial.json"]
+    for bad, says in ((items[:1] + [{"ground_truth": 3}], "item 1 of"), ({"a": 1}, "non-empty JSON list"),
+                      ([], "non-empty JSON list")):
+        data.write_text(json.dumps(bad))
+        with pytest.raises(SystemExit) as done:
+            bench_verifier.main(["--data", str(data), "--no-math-verify", "--json", ""])
+        assert done.value.code == 2 and says in capsys.readouterr().err
+    data.write_text("{not json")
+    with pytest.raises(SystemExit):
+        bench_verifier.main(["--data", str(data), "--json", ""])
+    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        bench_verifier.main(["--workers", "0", "--json", ""])
+    assert done.value.code == 2 and "--workers: at least 1, got 0" in capsys.readouterr().err
+    assert bench_verifier.share([]) is None and bench_verifier.share([True, False]) == 0.5
