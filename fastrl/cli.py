@@ -30,7 +30,7 @@ def info(_args=None) -> int:
     mismatch = _extension.build_mismatch()
     if mismatch:
         print(f"WARNING: {mismatch}")
-    forced = _registry._forced
+    forced = _registry.forced()
     if forced:
         print(f"backend forced to {forced!r} (FASTRL_BACKEND / use_backend) where an op has it")
     width = max(map(len, _registry.OPS))
@@ -265,6 +265,9 @@ def train(args) -> int:
         return 130
     except ModuleNotFoundError as e:
         return _missing_extra("fastrl train", e)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: the file and why, no traceback
+        print(f"fastrl train: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 1
     if result.metrics:
         first, last = result.reward_gain()
         fifth = max(1, len(result.metrics) // 5)

@@ -127,6 +127,12 @@ def _label_matcher(gold: str, labels: Iterable[str]):
     return gold_label, match
 
 
+def check_labels(gold: str, labels: Iterable[str]) -> None:
+    """The TypeError or ValueError ``accuracy_reward`` would raise for this gold and label set
+    (no collection of names, two labels alike, the gold not among them), ahead of any completion."""
+    _label_matcher(gold, labels)
+
+
 def accuracy_reward(completion: str, gold: str, labels: Iterable[str]) -> float:
     gold_label, match = _label_matcher(gold, labels)
     answer = extract_answer(completion)

@@ -292,12 +292,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self):
+        """Types and ranges of every key, for a config built or edited in Python too (the
+        trainer calls it); fills in what depends on other keys."""
+        hints = typing.get_type_hints(type(self))
+        for name, hint in hints.items():
+            section = getattr(self, name)
+            if not isinstance(section, hint):
+                raise ConfigError(f"{name} must be of type {hint.__name__}, got {type(section).__name__}")
+            checked = _build(hint, dataclasses.asdict(section), name + ".")
+            for key in (f.name for f in dataclasses.fields(hint)):
+                setattr(section, key, getattr(checked, key))
         m, d, r, rw, a, o, run = self.model, self.data, self.rollout, self.reward, self.algo, self.optim, self.run
         _at_least("model.tiny_hidden_size", m.tiny_hidden_size, 4)
         if m.tiny_hidden_size % 4:
             raise ConfigError(f"model.tiny_hidden_size must be a multiple of 4 (4 heads), got {m.tiny_hidden_size}")
         _at_least("model.tiny_layers", m.tiny_layers, 1)
         _at_least("model.lora_rank", m.lora_rank, 0)
+        if m.lora_rank and not m.lora_target_modules:
+            raise ConfigError("model.lora_target_modules must name at least one module when model.lora_rank > 0")
         if m.tokenizer is not None and m.path is None:
             raise ConfigError("model.tokenizer goes with model.path; the built-in tiny model (model.path unset) "
                               "uses the built-in task's tokenizer")
@@ -415,6 +427,8 @@ class TrainConfig:
             _positive("optim.max_grad_norm", o.max_grad_norm)
         _at_least("run.steps", run.steps, 1)
         _at_least("run.seed", run.seed, 0)
+        if run.seed >= 2**32:  # numpy's seed range
+            raise ConfigError(f"run.seed must be < 2**32, got {run.seed}")
         _at_least("run.checkpoint_every", run.checkpoint_every, 0)
         _at_least("run.keep_checkpoints", run.keep_checkpoints, 1)
         if not run.output_dir.strip():
@@ -512,6 +526,13 @@ def _build(cls, values, prefix):
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def _finite(number) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:  # an int beyond float's range (YAML reads 1 and 400 zeros as one)
+        return False
+
+
 def _coerce(key, hint, value):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -538,8 +559,8 @@ def _coerce(key, hint, value):
     if hint is float:
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r:.60}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

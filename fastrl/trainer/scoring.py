@@ -45,6 +45,15 @@ def check_records(config: TrainConfig, prompts) -> None:
     if bad is not None:  # a list or an object would be compared as its repr, and never match
         raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a number, "
                           f"got {type(prompts.rows[bad][key]).__name__}: {prompts.rows[bad][key]!r:.60}")
+    if config.reward.kind in CLASSIFICATION:
+        from fastrl.rewards.classification import check_labels
+
+        for i, row in enumerate(prompts.rows):  # a label set that is no list of names, or lacks the gold
+            try:
+                check_labels(str(row[key]), row[config.data.labels_key])
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{prompts.where(i)}: field {config.data.labels_key!r} (data.labels_key): "
+                                  f"{e}") from None
 
 
 def _is_answer(value) -> bool:

@@ -131,6 +131,7 @@ class Trainer:
         """task: the task serving data.source / reward.kind / reward.process "task" (default:
         the built-in ``MaxTask``); on_step(trainer, metrics, batch) -> more metrics for the
         log, called after each step on every process (experiments add their own)."""
+        config.validate()  # a config built or edited in Python has not been checked yet
         self.cfg = config
         self.task = task if task is not None else task_lib.MaxTask(config.data.operands)
         self.on_step = on_step
@@ -140,6 +141,9 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"run.output_dir {str(self.out)!r} is a file, not a folder")
+        place = next(p for p in (self.out, *self.out.absolute().parents) if p.exists())
+        if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):  # found now, not after the model loads
+            raise ConfigError(f"run.output_dir {str(self.out)!r}: cannot create or write in {str(place)!r}")
         self._check_layout()
         if resume and overwrite:
             raise ConfigError("--resume continues the run in run.output_dir and --overwrite starts it again: pass one")
@@ -221,6 +225,11 @@ class Trainer:
         path = checkpoint.latest(self.ckpt_dir)
         if path is None:
             return []
+        saved_step = int(path.name.rpartition("_")[2])
+        if saved_step > self.cfg.run.steps:  # (the run would end at once, reporting success)
+            raise ConfigError(f"--resume: the checkpoint {path} is at step {saved_step}, past run.steps "
+                              f"{self.cfg.run.steps}: nothing is left to train; set run.steps above {saved_step} "
+                              "to go on")
         changed = _config_changes(checkpoint.saved_config(path), self.cfg.to_dict())
         unsafe = [c for c in changed if c.partition(" ")[0] not in RESUME_SAFE]
         if unsafe:
@@ -267,6 +276,12 @@ class Trainer:
         except ImportError:
             raise ConfigError("model.lora_rank > 0 needs peft (pip install peft)") from None
         m = self.cfg.model
+        names = [name for name, _ in model.named_modules()]
+        # (peft's own error is a traceback naming no config key)
+        if missing := [t for t in m.lora_target_modules if not any(n == t or n.endswith("." + t) for n in names)]:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n, module in model.named_modules() if isinstance(module, nn.Linear)})
+            raise ConfigError(f"model.lora_target_modules: no module of the model is named {', '.join(missing)}; its "
+                              f"linear layers are named {', '.join(suffixes)}")
         lora = peft.LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                                target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
         return peft.get_peft_model(model, lora)
@@ -473,7 +488,7 @@ class Trainer:
             row_adv = (credit.advantages * valid).sum(-1) / valid.sum(-1).clamp_min(1)
         # loss, clipped tokens, tokens, gradient norm: summed on the device, read once at the end
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        updates, lr = 0, self.optimizer.param_groups[0]["lr"]
+        updates, nonfinite, lr = 0, 0, self.optimizer.param_groups[0]["lr"]
         # dynamic sampling dropped every group on every process: no gradient, so no optimizer
         # or scheduler step either (Adam's momentum and weight decay would still move the weights)
         skipped = int(proc.sum(valid.sum())) == 0
@@ -492,6 +507,7 @@ class Trainer:
                 units = proc.sum(aggregation_units(loss_mask[mini], a.aggregation).double())
                 token_units = proc.sum(valid[mini].sum().double())
                 micros = torch.tensor_split(mini, a.grad_accum)
+                update_loss = torch.zeros((), dtype=torch.float64, device=self.device)
                 for i, idx in enumerate(micros):
                     with self._no_sync(i < len(micros) - 1), self._autocast():
                         mask = loss_mask[idx]
@@ -520,18 +536,28 @@ class Trainer:
                         # DDP and FSDP average gradients over processes; the loss is already a
                         # share of the global mean
                         (loss * proc.world).backward()
-                    sums[0] += loss.detach()
+                    update_loss += loss.detach()
                     sums[2] += mask.ne(0).sum()
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf"))
-                sums[3] += norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-                self.optimizer.step()
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+                # a NaN/Inf gradient (an overflow, a bad sample) would make every weight NaN, and the
+                # next checkpoint would keep them: the update is dropped, as verl does (the norm is
+                # the same on every process: gradients are reduced before it)
+                if torch.isfinite(norm):
+                    sums[0] += update_loss
+                    sums[3] += norm
+                    self.optimizer.step()
+                    updates += 1
+                else:
+                    nonfinite += 1
+                    self._say(f"step {step + 1}: the gradient norm is {norm.item()}; that update is dropped")
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                updates += 1
         loss, clipped, tokens, grad_norm = torch.cat([proc.sum(sums[:3]), sums[3:]]).tolist()
-        # lr: the step's first update's (the scheduler has moved on since)
+        # lr: the step's first update's (the scheduler has moved on since); loss and grad_norm:
+        # means over the updates made
         out = {"loss": loss / max(updates, 1), "grad_norm": grad_norm / max(updates, 1), "lr": lr,
-               "update_skipped": int(skipped)}
+               "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
         if not rover:
             out["clip_fraction"] = clipped / max(tokens, 1)
         return out

@@ -1,6 +1,7 @@
 """The trainer on the built-in task with its tiny model: every algorithm learns on a fixed
 batch, resume equals an uninterrupted run, the default run learns, bad configs fail early."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -342,6 +343,9 @@ def test_default_run_learns(tmp_path, capsys):
     (["algo.name=pure", "reward.process=task", "rollout.dynamic_sampling=true"], "with algo.name 'pure'"),
     (["algo.kl_coef=0.1", "algo.kl_in=reward", "model.reference=initial", "rollout.dynamic_sampling=true"],
      "with algo.kl_in 'reward'"),
+    (["run.seed=4294967296"], r"run.seed must be < 2\*\*32, got 4294967296"),  # numpy's seed raised mid-start
+    (["optim.lr=1" + "0" * 400], "optim.lr must be a finite number"),  # an OverflowError traceback
+    (["model.lora_rank=2", "model.lora_target_modules=[]"], "model.lora_target_modules must name at least one"),
 ] + [(["rollout.group_size=1", f"algo.name={a}"], "rollout.group_size must be >= 2") for a in ALGOS if a != "gae"])
 def test_bad_configs(overrides, match):
     if match is None:
@@ -1054,3 +1058,77 @@ def test_a_save_clears_temporary_checkpoints_a_stopped_save_left(tmp_path):
     (stale / "state.pt").write_bytes(b"half")
     result = train(config(tmp_path, "run.steps=1", "data.prompts_per_step=4"))  # (no run there: no --overwrite)
     assert [p.name for p in (result.output_dir / "checkpoints").iterdir()] == ["step_00000001"]
+
+
+def test_a_nonfinite_gradient_drops_its_update(tmp_path, capsys):
+    """A NaN gradient made every weight NaN (and the next checkpoint kept them): the update
+    is dropped, as verl does, and counted; the other updates of the step go on."""
+    trainer = Trainer(config(tmp_path, "algo.mini_batches=2", "optim.lr=0.003"))
+    batch = trainer.collect(0)
+    before = {name: p.detach().clone() for name, p in trainer.module.named_parameters()}
+    calls = []
+
+    def poison_the_first(grad):
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 1 else grad
+
+    hook = trainer.params[0].register_hook(poison_the_first)
+    metrics = trainer.update(batch)
+    hook.remove()
+    assert metrics["updates_nonfinite"] == 1 and len(calls) == 2
+    assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+    after = dict(trainer.module.named_parameters())
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[name], p) for name, p in after.items())  # the second update was made
+    assert "step 1: the gradient norm is nan; that update is dropped" in capsys.readouterr().out
+    assert trainer.update(batch)["updates_nonfinite"] == 0
+
+
+def test_a_config_built_or_edited_in_python_is_checked(tmp_path):
+    """Trainer trained configs that validate() never saw: an algo.name 'pure' without its
+    filled-in reward.process, run.steps 0, a str learning rate each failed deep inside."""
+    from fastrl.trainer.config import AlgoConfig, RunConfig
+
+    with pytest.raises(ConfigError, match="run.steps must be >= 1, got 0"):
+        Trainer(TrainConfig(run=RunConfig(steps=0, output_dir=str(tmp_path / "a"))))
+    cfg = config(tmp_path)
+    cfg.optim.lr = "fast"
+    with pytest.raises(ConfigError, match="optim.lr must be a finite number, got 'fast'"):
+        Trainer(cfg)
+    cfg.optim.lr = "3e-3"  # (read as YAML reads it)
+    cfg.algo = {"name": "grpo"}
+    with pytest.raises(ConfigError, match="algo must be of type AlgoConfig, got dict"):
+        Trainer(cfg)
+    cfg.algo = AlgoConfig(name="pure")
+    trainer = Trainer(cfg)
+    assert trainer.cfg.optim.lr == 3e-3 and trainer.cfg.reward.process == "task"
+
+
+def test_classification_labels_are_checked_at_load(tmp_path):
+    rows = [{"prompt": "?", "answer": "cat", "labels": ["cat", "dog"]}, {"prompt": "?", "answer": "cat", "labels": "cat"},
+            {"prompt": "?", "answer": "cow", "labels": ["cat", "dog"]}]
+    data = tmp_path / "rows.jsonl"
+    for bad, says in ((1, "labels must be a collection of class names, not a single str"),
+                      (2, "gold 'cow' is not in the label set")):
+        data.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[bad]) + "\n")
+        with pytest.raises(ConfigError, match=rf"rows.jsonl:2: field 'labels' \(data.labels_key\): {says}"):
+            Trainer(config(tmp_path, f"data.source={data}", "reward.kind=classification"))
+
+
+def test_lora_targets_that_match_nothing_are_named(tmp_path):
+    pytest.importorskip("peft")
+    with pytest.raises(ConfigError, match=r"model.lora_target_modules: no module of the model is named qproj; its "
+                                          r"linear layers are named .*q_proj"):
+        Trainer(config(tmp_path, "model.lora_rank=2", "model.lora_target_modules=[q_proj, qproj]"))
+
+
+def test_resume_past_run_steps_is_refused(tmp_path):
+    train(config(tmp_path, "run.steps=2", "run.checkpoint_every=1", "data.prompts_per_step=2", "rollout.group_size=4"))
+    with pytest.raises(ConfigError, match=r"at step 2, past run.steps 1: nothing is left to train"):
+        Trainer(config(tmp_path, "run.steps=1", "data.prompts_per_step=2", "rollout.group_size=4"), resume=True)
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused_first(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=r"run.output_dir '.*afile/run': cannot create or write in '.*afile'"):
+        Trainer(config(tmp_path, f"run.output_dir={tmp_path / 'afile' / 'run'}"))
