@@ -404,3 +404,51 @@ def test_verifier_benchmark_checks_its_data_and_keeps_the_committed_results(tmp_
         bench_verifier.main(["--workers", "0", "--json", ""])
     assert done.value.code == 2 and "--workers: at least 1, got 0" in capsys.readouterr().err
     assert bench_verifier.share([]) is None and bench_verifier.share([True, False]) == 0.5
+
+
+def test_use_backend_is_scoped_to_its_thread_and_the_backward_follows_the_forward():
+    """use_backend was one process-wide variable: a block in one thread forced the ops of
+    every other; a forward's backward now runs on the forward's backend wherever autograd
+    runs it (a CUDA backward runs on autograd's own thread)."""
+    import threading
+
+    import torch
+
+    import fastrl.ops as ops
+    from fastrl.ops import _registry
+
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def hold_reference():
+        with ops.use_backend("reference"):
+            seen.append(ops.backend_for("gae", "cpu"))
+            inside.set()
+            release.wait()
+
+    default = ops.backend_for("gae", "cpu")
+    thread = threading.Thread(target=hold_reference)
+    thread.start()
+    inside.wait()
+    try:
+        assert ops.backend_for("gae", "cpu") == default and seen == ["reference"]
+    finally:
+        release.set()
+        thread.join()
+
+    used = []
+    real = _registry.backend_for
+
+    def spy(name, device_type):
+        used.append((name, _registry.forced()))
+        return real(name, device_type)
+
+    hidden, weight = torch.randn(6, 4, requires_grad=True), torch.randn(9, 4)
+    try:
+        _registry.backend_for = spy
+        with ops.use_backend("reference"):
+            out = ops.linear_logprobs(hidden, weight, torch.randint(0, 9, (6,)))
+        out.logprob.sum().backward()  # outside the block
+    finally:
+        _registry.backend_for = real
+    assert ("linear_logprobs_backward", "reference") in used, used
+    assert all(backend == "reference" for name, backend in used if name.startswith("linear_logprobs")), used

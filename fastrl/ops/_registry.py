@@ -21,6 +21,7 @@ tensors ``cpp``, ``torch``, ``reference``; CUDA tensors ``cuda``, ``triton``,
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
@@ -51,14 +52,21 @@ OPS: dict[str, OpEntry] = {}
 
 
 # Checked when an op is dispatched (backend_for), not on import, so that `fastrl` can name a
-# bad value in one line instead of a traceback from `import fastrl`.
-_forced: Optional[str] = os.environ.get("FASTRL_BACKEND") or None
+# bad value in one line instead of a traceback from `import fastrl`. A context variable:
+# use_backend in one thread (or asyncio task) leaves the others' ops alone.
+_FORCED: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "fastrl_backend", default=os.environ.get("FASTRL_BACKEND") or None)
+
+
+def forced() -> Optional[str]:
+    """The backend forced here and now (use_backend, else FASTRL_BACKEND), or None."""
+    return _FORCED.get()
 
 
 def forced_backend_error() -> Optional[str]:
     """What is wrong with the forced backend (FASTRL_BACKEND), or None."""
-    if _forced is not None and _forced not in BACKENDS:
-        return f"FASTRL_BACKEND must be one of {', '.join(BACKENDS)} or unset, got {_forced!r}"
+    if forced() is not None and forced() not in BACKENDS:
+        return f"FASTRL_BACKEND must be one of {', '.join(BACKENDS)} or unset, got {forced()!r}"
     return None
 
 
@@ -160,8 +168,8 @@ def backend_for(name: str, device_type: str) -> str:
     if error := forced_backend_error():
         raise ValueError(error)
     available = available_backends(name, device_type)
-    if _forced in available:
-        return _forced
+    if forced() in available:
+        return forced()
     for backend in _DEFAULT_ORDER.get(device_type, ("reference",)):
         if backend in available:
             return backend
@@ -198,15 +206,15 @@ def _backend_callable(name: str, device: torch.device) -> Callable:
 
 @contextlib.contextmanager
 def use_backend(name: Optional[str]):
-    """Force a backend (or ``None`` for the defaults) inside a ``with`` block."""
-    global _forced
+    """Force a backend (or ``None`` for the defaults) inside a ``with`` block, in this thread
+    (or asyncio task) only."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
-    previous, _forced = _forced, name
+    token = _FORCED.set(name)
     try:
         yield
     finally:
-        _forced = previous
+        _FORCED.reset(token)
 
 
 def load_extension():

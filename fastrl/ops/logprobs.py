@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fastrl.ops import _checks, reference
+from fastrl.ops import _checks, _registry, reference
 from fastrl.ops._registry import define
 
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -316,6 +316,7 @@ def _output_grads(grad_logprob, grad_entropy, lse, entropy):
 
 def _setup_linear(ctx, inputs, output):
     hidden, weight, labels, bias, ctx.temperature, ctx.ignore_index, _, _ = inputs
+    ctx.backend = _registry.forced()  # the backward runs where the forward did (a CUDA backward: another thread)
     ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
 
 
@@ -326,10 +327,11 @@ def _setup_linear(ctx, inputs, output):
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
-    grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
-        grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
-        ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1],
-    )
+    with _registry.use_backend(ctx.backend):
+        grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
+            grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
+            ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1],
+        )
     return (
         grad_hidden if ctx.needs_input_grad[0] else None,
         grad_weight if ctx.needs_input_grad[1] else None,
@@ -341,6 +343,7 @@ def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
 
 def _setup_logits(ctx, inputs, output):
     logits, labels, ctx.temperature, ctx.ignore_index, _, _, ctx.inplace = inputs
+    ctx.backend = _registry.forced()
     ctx.save_for_backward(logits, labels, output[3], output[1])
 
 
@@ -349,13 +352,14 @@ def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     logits, labels, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
     args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)
-    if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
-        torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
-        if not torch.compiler.is_compiling():  # a kernel's raw stores do not tell autograd: another use of the
-            torch.autograd.graph.increment_version(logits)  # logits (retain_graph, a z-loss) must then fail
-        grad = logits
-    else:
-        grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
+    with _registry.use_backend(ctx.backend):
+        if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
+            torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
+            if not torch.compiler.is_compiling():  # a kernel's raw stores do not tell autograd: another use of the
+                torch.autograd.graph.increment_version(logits)  # logits (retain_graph, a z-loss) must then fail
+            grad = logits
+        else:
+            grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
     return grad, None, None, None, None, None, None
 
 
