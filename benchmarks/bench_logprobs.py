@@ -224,7 +224,9 @@ def providers(device, backend_linear, backend_logits):
          lambda x: ops.logprobs_from_logits(x["logits"], x["labels"]).logprob, ("fwd", "fwd+bwd"),
          "one pass per row"),
         ("logits", f"fastrl_{backend_logits}_inplace", "logprob",
-         lambda x: ops.logprobs_from_logits(x["logits"], x["labels"], inplace_backward=True).logprob, ("fwd+bwd",),
+         # through a view, as the model's logits come (not a leaf, which is not overwritten in place)
+         lambda x: ops.logprobs_from_logits(x["logits"].view_as(x["logits"]), x["labels"],
+                                            inplace_backward=True).logprob, ("fwd+bwd",),
          "inplace_backward=True: the gradient is written over the logits"),
         ("logits", "eager", "logprob", lambda x: eager_logits(x["logits"], x["labels"]), ("fwd", "fwd+bwd"),
          "float() -> log_softmax -> gather"),

@@ -21,10 +21,10 @@ tensors ``cpp``, ``torch``, ``reference``; CUDA tensors ``cuda``, ``triton``,
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import os
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -52,15 +52,20 @@ OPS: dict[str, OpEntry] = {}
 
 
 # Checked when an op is dispatched (backend_for), not on import, so that `fastrl` can name a
-# bad value in one line instead of a traceback from `import fastrl`. A context variable:
-# use_backend in one thread (or asyncio task) leaves the others' ops alone.
-_FORCED: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "fastrl_backend", default=os.environ.get("FASTRL_BACKEND") or None)
+# bad value in one line instead of a traceback from `import fastrl`. Per thread: use_backend
+# in one thread leaves the others' ops alone (a threading.local, which torch.compile traces
+# and guards on; it cannot trace a ContextVar).
+class _Forced(threading.local):
+    def __init__(self):
+        self.name: Optional[str] = os.environ.get("FASTRL_BACKEND") or None
+
+
+_FORCED = _Forced()
 
 
 def forced() -> Optional[str]:
-    """The backend forced here and now (use_backend, else FASTRL_BACKEND), or None."""
-    return _FORCED.get()
+    """The backend forced in this thread (use_backend, else FASTRL_BACKEND), or None."""
+    return _FORCED.name
 
 
 def forced_backend_error() -> Optional[str]:
@@ -206,15 +211,14 @@ def _backend_callable(name: str, device: torch.device) -> Callable:
 
 @contextlib.contextmanager
 def use_backend(name: Optional[str]):
-    """Force a backend (or ``None`` for the defaults) inside a ``with`` block, in this thread
-    (or asyncio task) only."""
+    """Force a backend (or ``None`` for the defaults) inside a ``with`` block, in this thread only."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
-    token = _FORCED.set(name)
+    previous, _FORCED.name = _FORCED.name, name
     try:
         yield
     finally:
-        _FORCED.reset(token)
+        _FORCED.name = previous
 
 
 def load_extension():

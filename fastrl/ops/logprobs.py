@@ -237,15 +237,40 @@ def _fake_stats(x, entropy, mean_logp):
     return empty_stats(x, x.shape[0], entropy, mean_logp)
 
 
+def _checked_rows(implementation, vocabulary_of):
+    """The forward op's implementation behind the checks of what it indexes by: it can be
+    called as torch.ops.fastrl.*, past the wrappers' checks, and the Triton kernel reads label
+    r for row r (a short labels tensor was read past its end) and row r's logit at it."""
+
+    def run(x, *args):
+        weight_or_labels, *rest = args
+        labels, temperature, ignore_index = (rest[0], rest[2], rest[3]) if vocabulary_of == "weight" \
+            else (weight_or_labels, rest[0], rest[1])
+        vocab = weight_or_labels.shape[0] if vocabulary_of == "weight" else x.shape[-1]
+        if x.dim() != 2 or labels.dim() != 1 or labels.shape[0] != x.shape[0] or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 of shape [{x.shape[0]}] (a label per row of the [N, .] input), "
+                             f"got {labels.dtype} of shape {list(labels.shape)}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if labels.device.type == "cpu" and labels.numel():  # (on a GPU, a check would wait for the device)
+            bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+            if bad.any():
+                raise ValueError(f"labels must be in [0, {vocab}) or ignore_index ({ignore_index}), "
+                                 f"got {int(labels[bad][0])}")
+        return implementation(x, *args)
+
+    return run
+
+
 define(
     "linear_logprobs(Tensor hidden, Tensor weight, Tensor labels, Tensor? bias, float temperature,"
     " int ignore_index, bool entropy, bool mean_logp) -> (Tensor, Tensor, Tensor, Tensor)",
-    reference.linear_logprobs,
+    _checked_rows(reference.linear_logprobs, "weight"),
     lambda hidden, weight, labels, bias, temperature, ignore_index, entropy, mean_logp: _fake_stats(
         hidden, entropy, mean_logp
     ),
-    triton=_triton_linear_token_stats,
-    torch_impl=_linear_token_stats_torch,
+    triton=_checked_rows(_triton_linear_token_stats, "weight"),
+    torch_impl=_checked_rows(_linear_token_stats_torch, "weight"),
 )
 define(
     "linear_logprobs_backward(Tensor grad_logprob, Tensor grad_entropy, Tensor hidden, Tensor weight,"
@@ -264,12 +289,12 @@ define(
 define(
     "logprobs_from_logits(Tensor logits, Tensor labels, float temperature, int ignore_index, bool entropy,"
     " bool mean_logp, bool inplace_backward) -> (Tensor, Tensor, Tensor, Tensor)",
-    reference.logprobs_from_logits,
+    _checked_rows(reference.logprobs_from_logits, "logits"),
     lambda logits, labels, temperature, ignore_index, entropy, mean_logp, inplace_backward: _fake_stats(
         logits, entropy, mean_logp
     ),
-    triton=_triton_logits_token_stats,
-    torch_impl=_logits_token_stats_torch,
+    triton=_checked_rows(_triton_logits_token_stats, "logits"),
+    torch_impl=_checked_rows(_logits_token_stats_torch, "logits"),
 )
 
 
@@ -389,8 +414,13 @@ def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignor
             )
 
 
-def _check_options(temperature, ignore_index, entropy, mean_logp):
+def _check_options(temperature, ignore_index, entropy, mean_logp, like: torch.Tensor):
     temperature = _checks.positive("temperature", temperature)
+    # the kernels scale by 1 / temperature in float32 (float64 for float64 inputs): 1e-45 made it inf, and NaN
+    accumulation = torch.finfo(reference.output_dtype(like))
+    if not 1 / temperature < accumulation.max:
+        raise ValueError(f"temperature must be >= {1 / accumulation.max:.4g} for {like.dtype} inputs "
+                         f"(1 / temperature a finite {accumulation.dtype}), got {temperature}")
     _checks.int64("ignore_index", ignore_index)
     for name, flag in (("entropy", entropy), ("mean_logp", mean_logp)):
         if not isinstance(flag, bool):
@@ -455,7 +485,7 @@ def linear_logprobs(
         _checks.same_device("bias", bias, "hidden", hidden)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must be [{weight.shape[0]}] to match weight, got {tuple(bias.shape)}")
-    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)  # _check_labels uses ignore_index
+    temperature = _check_options(temperature, ignore_index, entropy, mean_logp, hidden)  # _check_labels uses ignore_index
     _check_labels(labels, "hidden", hidden.shape[:-1], weight.shape[0], ignore_index, hidden.device)
     _checks.finite("hidden", hidden)
     _checks.finite("weight", weight)
@@ -495,7 +525,7 @@ def logprobs_from_logits(
     _checks.floating("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(f"logits must be [..., V] with V > 0, got shape {tuple(logits.shape)}")
-    temperature = _check_options(temperature, ignore_index, entropy, mean_logp)
+    temperature = _check_options(temperature, ignore_index, entropy, mean_logp, logits)
     _check_labels(labels, "logits", logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {type(inplace_backward).__name__}")
@@ -507,6 +537,13 @@ def logprobs_from_logits(
             warnings.warn(
                 "logprobs_from_logits: inplace_backward=True, but the logits' rows share memory (e.g. an expand()): "
                 "the gradient goes to a new tensor instead", UserWarning, stacklevel=2,
+            )
+        elif logits.grad_fn is None:
+            inplace_backward = False  # the gradient would overwrite the leaf's own values, and .grad alias them
+            warnings.warn(
+                "logprobs_from_logits: inplace_backward=True, but the logits are a leaf tensor (no grad_fn): the "
+                "gradient goes to a new tensor instead; inplace_backward is for logits computed by the model",
+                UserWarning, stacklevel=2,
             )
         elif rows._base is None:
             warnings.warn(

@@ -15,6 +15,7 @@ to the torch path.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -45,6 +46,10 @@ def _checked_op(implementation):
         if seeds.dim() != 1 or seeds.shape[0] != logits.shape[0] or seeds.dtype != torch.int64:
             raise ValueError(f"seeds must be int64 of shape [{logits.shape[0]}] (a seed per row of logits), "
                              f"got {seeds.dtype} of shape {list(seeds.shape)}")
+        # the op's own conventions: top_k 0 and top_p 1 keep every token
+        if not (temperature > 0 and math.isfinite(temperature)) or top_k < 0 or not 0 < top_p <= 1 or offset < 0:
+            raise ValueError(f"the op needs temperature > 0 and finite, top_k >= 0 (0: all), top_p in (0, 1] and "
+                             f"offset >= 0, got {temperature}, {top_k}, {top_p} and {offset}")
         return implementation(logits, temperature, 0 if top_k >= logits.shape[1] else top_k, top_p, seeds, offset)
 
     return run
@@ -172,7 +177,9 @@ def sample(
         top_p = _checks.number("top_p", top_p)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
     _checks.int64("offset", offset)
     if seeds is not None:

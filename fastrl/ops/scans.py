@@ -45,7 +45,7 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     _checks.floating("rewards", rewards, ndim=2)
     _checks.mask("mask", mask, "rewards", rewards)
     gamma = _checks.in_range("gamma", gamma, 0.0, 1.0)
-    _checks.finite("rewards", rewards)
+    _checks.finite_where("rewards", rewards, mask != 0)  # masked tokens are skipped: they may hold anything
     return implementation("discounted_returns", rewards.device)(rewards, mask, gamma)
 
 
@@ -74,8 +74,10 @@ def gae(
     lam = _checks.in_range("lam", lam, 0.0, 1.0)
     if not isinstance(whiten, bool):
         raise TypeError(f"whiten must be a bool, got {type(whiten).__name__}")
-    _checks.finite("rewards", rewards)
-    _checks.finite("values", values)
+    if _checks.values_checked(rewards):  # (not building the mask where values go unchecked, as on a GPU)
+        valid = mask != 0  # masked tokens are skipped: they may hold anything, as in min_form_returns
+        _checks.finite_where("rewards", rewards, valid)
+        _checks.finite_where("values", values, valid)
     advantages, returns = implementation("gae", rewards.device)(rewards, values, mask, gamma, lam)
     if whiten:
         advantages = reference.masked_whiten(advantages, mask)

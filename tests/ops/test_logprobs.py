@@ -434,6 +434,55 @@ def test_inplace_backward_on_rows_sharing_memory(device, rng):
         torch.testing.assert_close(got, want)
 
 
+def test_inplace_backward_leaves_a_leaf_alone(device, rng):
+    """On a leaf the gradient overwrote the leaf's own values and .grad aliased them (an
+    optimizer step then computed x -= lr * x): a new tensor takes it, with a warning."""
+    logits, labels = to(logits_inputs((4,), 9, torch.float32, rng), device)
+    for backend in backends("logprobs_from_logits", device):
+        leaf = logits.clone().requires_grad_()
+        with ops.use_backend(backend), pytest.warns(UserWarning, match="the logits are a leaf tensor"):
+            ops.logprobs_from_logits(leaf, labels, inplace_backward=True).logprob.sum().backward()
+        assert torch.equal(leaf.detach(), logits) and leaf.grad.data_ptr() != leaf.data_ptr(), backend
+
+
+def test_the_raw_ops_check_what_they_index_by(device):
+    """torch.ops.fastrl.* skip the wrappers' checks: a labels tensor shorter than the rows was
+    read past its end by the Triton kernel (and gave fewer outputs than the fake on the others),
+    an out-of-range label gave -inf or a plausible value, a temperature of 0 NaN."""
+    logits, weight, hidden = torch.randn(3, 5, device=device), torch.randn(5, 4, device=device), \
+        torch.randn(3, 4, device=device)
+    raw = {"logprobs_from_logits": lambda labels, t=1.0: torch.ops.fastrl.logprobs_from_logits(
+               logits, labels, t, -100, False, False, False),
+           "linear_logprobs": lambda labels, t=1.0: torch.ops.fastrl.linear_logprobs(
+               hidden, weight, labels, None, t, -100, False, False)}
+    for op, call in raw.items():
+        for backend in ["reference", *backends(op, device)]:
+            with ops.use_backend(backend):
+                with pytest.raises(ValueError, match=r"labels must be int64 of shape \[3\]"):
+                    call(torch.zeros(2, dtype=torch.long, device=device))
+                with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+                    call(torch.zeros(3, dtype=torch.long, device=device), 0.0)
+                if device.type == "cpu":
+                    for bad in (5, -5):
+                        with pytest.raises(ValueError, match=rf"labels must be in \[0, 5\) or ignore_index \(-100\), "
+                                                             rf"got {bad}"):
+                            call(torch.tensor([0, bad, 1], device=device))
+                ok = call(torch.tensor([0, -100, 4], device=device))[0]
+                assert ok.shape == (3,) and ok[1] == 0, backend
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_temperature_whose_inverse_overflows_is_refused(dtype):
+    temperature = 1e-45 if dtype == torch.float32 else 1e-320  # gave NaN log-probs
+    logits, labels = torch.randn(3, 5, dtype=dtype), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=rf"temperature must be >= .* for {dtype} inputs"):
+        ops.logprobs_from_logits(logits, labels, temperature=temperature)
+    with pytest.raises(ValueError, match=rf"temperature must be >= .* for {dtype} inputs"):
+        ops.linear_logprobs(torch.randn(3, 4, dtype=dtype), torch.randn(5, 4, dtype=dtype), labels,
+                            temperature=temperature)
+    assert torch.isfinite(ops.logprobs_from_logits(logits, labels, temperature=1e-30).logprob).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_inplace_backward_in_float32_a_few_rows_at_a_time(dtype, monkeypatch, rng):
     """The torch backend's in-place backward of half-precision logits works on a few rows at

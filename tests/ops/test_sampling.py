@@ -187,6 +187,10 @@ def test_the_op_checks_what_it_indexes_by(device):
                 torch.ops.fastrl.sample(logits, 1.0, 0, 1.0, seeds[:1], 0)
             with pytest.raises(ValueError, match=r"seeds must be int64 of shape \[4\]"):
                 torch.ops.fastrl.sample(logits, 1.0, 0, 1.0, seeds.int(), 0)
+            for args in ((0.0, 0, 1.0, 0), (float("nan"), 0, 1.0, 0), (1.0, -3, 1.0, 0), (1.0, 0, 0.0, 0),
+                         (1.0, 0, 1.5, 0), (1.0, 0, 1.0, -1)):  # were accepted: nan tokens, or a ZeroDivisionError
+                with pytest.raises(ValueError, match="the op needs temperature > 0 and finite, top_k >= 0"):
+                    torch.ops.fastrl.sample(logits, args[0], args[1], args[2], seeds, args[3])
             every = torch.ops.fastrl.sample(logits, 1.0, 0, 0.9, seeds, 2)
             for k in (50, 51, 10**6):
                 for got, want in zip(torch.ops.fastrl.sample(logits, 1.0, k, 0.9, seeds, 2), every):
@@ -323,6 +327,7 @@ def test_a_failing_call_leaves_the_global_generator_alone():
     (dict(top_k=0), ValueError, "top_k must be >= 1"),
     (dict(top_k=2.5), TypeError, "top_k must be None or an int"),
     (dict(offset=-1), ValueError, "offset must be an int >= 0"),
+    (dict(offset=True), TypeError, "offset must be an int, got bool"),
     (dict(offset=2**63), ValueError, "offset must fit in int64"),
     (dict(seeds=torch.arange(3)), ValueError, "seeds must have one seed per row"),
     (dict(seeds=torch.arange(4, dtype=torch.int32)), TypeError, "seeds must be int64"),

@@ -475,6 +475,24 @@ def test_min_form_scores_off_the_step_tokens_are_ignored_on_cpu(device):
             ops.min_form_returns(s, step, mask)
 
 
+def test_scan_values_at_masked_tokens_are_ignored(device):
+    """Masked tokens are skipped (DESIGN 3.1), so NaN padding there is neither an error nor in
+    the result, as in min_form_returns; discounted_returns and gae refused it, on the CPU only."""
+    g = torch.Generator().manual_seed(3)
+    rewards, values = torch.randn(3, 6, generator=g).to(device), torch.randn(3, 6, generator=g).to(device)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0]], device=device)
+    padded = [torch.where(mask != 0, x, float("nan")) for x in (rewards, values)]
+    for backend in ops.available_backends("gae", device.type):
+        with ops.use_backend(backend):
+            assert torch.equal(ops.discounted_returns(padded[0], mask, 0.9), ops.discounted_returns(rewards, mask, 0.9))
+            for got, want in zip(ops.gae(*padded, mask, 0.9, 0.8), ops.gae(rewards, values, mask, 0.9, 0.8)):
+                assert torch.equal(got, want), backend
+    padded[1][0, 1] = float("inf")  # a valid token's: an error
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="values contains NaN or Inf"):
+            ops.gae(*padded, mask)
+
+
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_temperature_must_be_positive(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
