@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastrl.ops as ops
 from fastrl.ops import logprobs as logprobs_module
@@ -231,20 +232,25 @@ def test_linear_ignored_rows_are_zero_with_zero_gradient(device, rng):
 def test_linear_extreme_logits_stay_finite(device, rng):
     """Logits of about 4e4 (hidden * 300 at temperature 0.05): every output finite and equal,
     to 1e-6 of the largest (float32 rounds the logits by about 0.004), to the float64
-    reference on the same float32 inputs."""
+    reference on the same float32 inputs. The entropy of a near-one-hot row carries that
+    rounding (up to 7e-4 in 2% of seeds, in eager float32 PyTorch as much): it must be no
+    further from the reference than twice eager float32's entropy is."""
     hidden, weight, labels, bias = to(linear_inputs((16,), 32, 200, torch.float32, rng), device)
     hidden = hidden * 300
     kw = dict(temperature=0.05, entropy=True, mean_logp=True)
     with ops.use_backend("reference"):
         want = ops.linear_logprobs(*to([hidden, weight, labels, bias], "cpu", torch.float64), **kw)
     assert want.logprob.abs().max() > 1e4  # the case is extreme
+    eager = (F.linear(hidden, weight, bias) / kw["temperature"]).log_softmax(-1)
+    eager_entropy_error = (-(eager.exp() * eager).sum(-1).cpu().double() - want.entropy).abs().max().item()
     for backend in backends("linear_logprobs", device):
         with ops.use_backend(backend):
             out = ops.linear_logprobs(hidden, weight, labels, bias, **kw)
         for name, got, exact in zip(out._fields, out, want):
             assert torch.isfinite(got).all(), (backend, name)
             scale = exact.abs().max().item() + 1.0
-            torch.testing.assert_close(got.cpu().double(), exact, rtol=0, atol=1e-6 * scale,
+            atol = 1e-6 * scale + (2 * eager_entropy_error if name == "entropy" else 0.0)
+            torch.testing.assert_close(got.cpu().double(), exact, rtol=0, atol=atol,
                                        msg=lambda m: f"{backend} {name}: {m}")
 
 
