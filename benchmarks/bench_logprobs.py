@@ -116,7 +116,9 @@ def make_inputs(family, N, H, V, dtype, device, seed=0):
         x["weight"] = randn(V, H, std=H ** -0.5 * 2).requires_grad_()  # logits of std 2
         x["wrt"] = [x["hidden"], x["weight"]]
     else:
-        x["logits"] = randn(N, V, std=2.0).requires_grad_()
+        # computed, as a model's logits are (inplace_backward will not overwrite a leaf): a 0-dim zero that
+        # requires grad, added in place, so no second [N, V] tensor is made
+        x["logits"] = randn(N, V, std=2.0).add_(torch.zeros((), device=device, dtype=dtype, requires_grad=True))
         x["wrt"] = [x["logits"]]
     return x
 
@@ -224,9 +226,7 @@ def providers(device, backend_linear, backend_logits):
          lambda x: ops.logprobs_from_logits(x["logits"], x["labels"]).logprob, ("fwd", "fwd+bwd"),
          "one pass per row"),
         ("logits", f"fastrl_{backend_logits}_inplace", "logprob",
-         # through a view, as the model's logits come (not a leaf, which is not overwritten in place)
-         lambda x: ops.logprobs_from_logits(x["logits"].view_as(x["logits"]), x["labels"],
-                                            inplace_backward=True).logprob, ("fwd+bwd",),
+         lambda x: ops.logprobs_from_logits(x["logits"], x["labels"], inplace_backward=True).logprob, ("fwd+bwd",),
          "inplace_backward=True: the gradient is written over the logits"),
         ("logits", "eager", "logprob", lambda x: eager_logits(x["logits"], x["labels"]), ("fwd", "fwd+bwd"),
          "float() -> log_softmax -> gather"),

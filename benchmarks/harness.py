@@ -468,6 +468,11 @@ def format_row(row: dict) -> str:
     return f"{row['op']:<22} {shape:<36} {row['provider']:<26} {row['median_ms']:10.3f} ms{mem}{floor}{disagrees}"
 
 
+def _ratio(value: float) -> str:
+    """3 significant digits (.1f printed 0.0x for 0.04x), without an exponent (1230, not 1.23e+03)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def print_speedups(rows: list[dict]):
     """For each (op, shape): every provider's median over fastrl's, measured in this run."""
     groups: dict = {}
@@ -484,6 +489,5 @@ def print_speedups(rows: list[dict]):
             base = ours.get(r.get("compare_to") or first)
             if r["provider"] in ours or not r["median_ms"] or base is None:
                 continue
-            # 3 significant digits: 0.04x and 250x alike (.1f printed 0.0x for a ratio under 0.05)
-            ratios.append(f"{r['provider']} {r['median_ms'] / base['median_ms']:.3g}x vs {base['provider']}")
+            ratios.append(f"{r['provider']} {_ratio(r['median_ms'] / base['median_ms'])}x vs {base['provider']}")
         print(f"  {op:<22} {' '.join(f'{k}={v}' for k, v in json.loads(shape).items()):<36} {', '.join(ratios)}")

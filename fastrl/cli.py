@@ -340,8 +340,8 @@ def _experiment(args) -> int:
     if out.exists() and not out.is_dir():
         print(f"fastrl experiment {args.name}: --output-dir {str(out)!r} is a file", file=sys.stderr)
         return 2
-    module = pure if args.name == "pure" else countdown
-    if held := common.previous_run(out, module.OUTPUTS):
+    outputs = pure.OUTPUTS if args.name == "pure" else countdown.outputs(args.name, args.setting)
+    if held := common.previous_run(out, outputs):
         names = ", ".join(path.name + "/" * path.is_dir() for path in held)
         if not args.overwrite:
             print(f"fastrl experiment {args.name}: {out} holds an earlier run ({names}): pass --overwrite to replace "

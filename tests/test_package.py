@@ -289,9 +289,10 @@ def test_a_baseline_that_computes_something_else_fails_the_benchmark(tmp_path, c
 def test_speedups_keep_three_significant_digits(capsys):
     harness = harness_module()
     rows = [{"op": "op", "shape": {"B": 4}, "provider": p, "median_ms": ms}
-            for p, ms in (("fastrl_x", 2.0), ("slow", 500.0), ("fast", 0.05), ("close", 2.1))]
+            for p, ms in (("fastrl_x", 2.0), ("slow", 500.0), ("fast", 0.05), ("close", 2.1), ("slower", 2468.0))]
     harness.print_speedups(rows)
-    assert "slow 250x vs fastrl_x, fast 0.025x vs fastrl_x, close 1.05x vs fastrl_x" in capsys.readouterr().out
+    assert ("slow 250x vs fastrl_x, fast 0.025x vs fastrl_x, close 1.05x vs fastrl_x, slower 1234x vs fastrl_x"
+            in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("family,shape", [("scans", "8,16"), ("advantages", "16,4,8")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,9 +22,12 @@ def check_seeds(seeds) -> None:
 
 
 def previous_run(out: Path, outputs) -> list[Path]:
-    """What an earlier run left in ``out``: the paths there matching an experiment's
-    ``outputs`` globs (its summary, plots and run folders; nothing else of the folder's)."""
-    return sorted({path for pattern in outputs for path in out.glob(pattern)}) if out.is_dir() else []
+    """What an earlier run left in ``out``: the entries there whose names an experiment's
+    ``outputs`` regular expressions match whole (its summary, plots and run folders;
+    nothing else of the folder's: "seed_notes.txt" is no run folder)."""
+    if not out.is_dir():
+        return []
+    return sorted(path for path in out.iterdir() if any(re.fullmatch(pattern, path.name) for pattern in outputs))
 
 
 def remove(paths) -> None:

@@ -194,8 +194,10 @@ def train_method(task, setting: str, method: str, seed: int, warm: Path, out: Pa
     return along, time.perf_counter() - started
 
 
-# what run() writes in output_dir: the summary, a plot per command and setting, a folder per setting
-OUTPUTS = ("summary.json", *sorted({f"{name}_*.png" for name, _ in EXPERIMENTS}), *sorted({s for _, s in EXPERIMENTS}))
+def outputs(name: str, setting: str) -> tuple[str, ...]:
+    """The names run(name, setting, ...) writes in its output folder: the summary, its plot
+    and its setting's folder of runs."""
+    return r"summary\.json", re.escape(f"{name}_{setting}.png"), re.escape(setting)
 
 
 def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = None, log=print,

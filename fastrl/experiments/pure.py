@@ -232,7 +232,7 @@ def train_variant(task, name: str, seed: int, warm: Path, out: Path, plan: Plan,
     return curve, end
 
 
-OUTPUTS = ("summary.json", "pure_*.png", "seed*")  # what run() writes in output_dir
+OUTPUTS = (r"summary\.json", r"pure_[AB]\.png", r"seed\d+")  # the names run() writes in output_dir
 
 
 def run(setting: str, output_dir: str | Path, plan: Plan | None = None, log=print) -> dict:

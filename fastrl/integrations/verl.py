@@ -24,6 +24,8 @@ batch, as verl does); ``use_fastrl_gae()`` puts it in that place.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from fastrl.ops import _checks
@@ -98,7 +100,7 @@ def fastrl_riskpo(token_level_rewards, response_mask, index=None, config=None, *
 def fastrl_gae(token_level_rewards, values, response_mask, gamma=1.0, lam=1.0):
     """verl's ``compute_gae_advantage_return``: one scan, advantages whitened over the valid tokens."""
     for name, value in (("gamma", gamma), ("lam", lam)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):  # (numpy's too)
             raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
     with torch.no_grad():
         return gae(token_level_rewards, values, response_mask, float(gamma), float(lam), whiten=True)

@@ -252,6 +252,7 @@ def _checked_rows(implementation, vocabulary_of):
                              f"got {labels.dtype} of shape {list(labels.shape)}")
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        _check_inverse_temperature(temperature, x)
         if labels.device.type == "cpu" and labels.numel():  # (on a GPU, a check would wait for the device)
             bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
             if bad.any():
@@ -414,13 +415,17 @@ def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignor
             )
 
 
-def _check_options(temperature, ignore_index, entropy, mean_logp, like: torch.Tensor):
-    temperature = _checks.positive("temperature", temperature)
+def _check_inverse_temperature(temperature: float, like: torch.Tensor):
     # the kernels scale by 1 / temperature in float32 (float64 for float64 inputs): 1e-45 made it inf, and NaN
     accumulation = torch.finfo(reference.output_dtype(like))
     if not 1 / temperature < accumulation.max:
         raise ValueError(f"temperature must be >= {1 / accumulation.max:.4g} for {like.dtype} inputs "
                          f"(1 / temperature a finite {accumulation.dtype}), got {temperature}")
+
+
+def _check_options(temperature, ignore_index, entropy, mean_logp, like: torch.Tensor):
+    temperature = _checks.positive("temperature", temperature)
+    _check_inverse_temperature(temperature, like)
     _checks.int64("ignore_index", ignore_index)
     for name, flag in (("entropy", entropy), ("mean_logp", mean_logp)):
         if not isinstance(flag, bool):
@@ -538,10 +543,11 @@ def logprobs_from_logits(
                 "logprobs_from_logits: inplace_backward=True, but the logits' rows share memory (e.g. an expand()): "
                 "the gradient goes to a new tensor instead", UserWarning, stacklevel=2,
             )
-        elif logits.grad_fn is None:
-            inplace_backward = False  # the gradient would overwrite the leaf's own values, and .grad alias them
+        elif (logits if logits._base is None else logits._base).grad_fn is None:
+            # a leaf, or a view of one: the gradient would overwrite the leaf's own values, and .grad alias them
+            inplace_backward = False
             warnings.warn(
-                "logprobs_from_logits: inplace_backward=True, but the logits are a leaf tensor (no grad_fn): the "
+                "logprobs_from_logits: inplace_backward=True, but the logits are a leaf tensor (or a view of one): the "
                 "gradient goes to a new tensor instead; inplace_backward is for logits computed by the model",
                 UserWarning, stacklevel=2,
             )

@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -545,6 +546,8 @@ def _coerce(key, hint, value):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if origin is list:
+        if isinstance(value, tuple):  # (a config built in Python: betas=(0.9, 0.99))
+            value = list(value)
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
@@ -552,14 +555,14 @@ def _coerce(key, hint, value):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if hint is int:  # numbers.Integral: numpy's integers too
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
+        return int(value)
     if hint is float:
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r:.60}")
         return float(value)
     if hint is str:

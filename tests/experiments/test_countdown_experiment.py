@@ -113,3 +113,14 @@ def test_commands_sharing_a_warm_folder_make_the_model_once(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         countdown.warm_model(task, 0, out, other, [])
     assert not (out / "warmup.json").exists()
+
+
+def test_overwrite_removes_only_this_commands_outputs(tmp_path):
+    from fastrl.experiments.common import previous_run
+    from fastrl.experiments.countdown import outputs
+
+    for name in ("summary.json", "rover_D.png", "riskpo_A.png", "rover_D.png.bak"):
+        (tmp_path / name).write_text("")
+    for name in ("A", "D", "Data"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in previous_run(tmp_path, outputs("rover", "D"))] == ["D", "rover_D.png", "summary.json"]

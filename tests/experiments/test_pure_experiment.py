@@ -133,7 +133,8 @@ def test_a_seed_twice_is_refused(tmp_path, monkeypatch):
 
 
 def test_an_earlier_run_is_refused_then_replaced(tmp_path, capsys, monkeypatch):
-    for name in ("summary.json", "pure_B.png", "seed7/warm/config.json", "notes.txt"):
+    for name in ("summary.json", "pure_B.png", "seed7/warm/config.json", "notes.txt", "seed_notes.txt",
+                 "pure_B.png.bak"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}")
     argv = ["experiment", "pure", "--smoke", "--output-dir", str(tmp_path)]
@@ -143,7 +144,7 @@ def test_an_earlier_run_is_refused_then_replaced(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "seed7" / "warm" / "config.json").exists()
 
     def fake_run(setting, out, plan):  # what run() finds: the earlier run removed, the user's file kept
-        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "pure_B.png.bak", "seed_notes.txt"]
         return {"plots": []}
 
     monkeypatch.setattr(pure, "run", fake_run)

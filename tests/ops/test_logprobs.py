@@ -446,9 +446,11 @@ def test_inplace_backward_leaves_a_leaf_alone(device, rng):
     logits, labels = to(logits_inputs((4,), 9, torch.float32, rng), device)
     for backend in backends("logprobs_from_logits", device):
         leaf = logits.clone().requires_grad_()
-        with ops.use_backend(backend), pytest.warns(UserWarning, match="the logits are a leaf tensor"):
-            ops.logprobs_from_logits(leaf, labels, inplace_backward=True).logprob.sum().backward()
-        assert torch.equal(leaf.detach(), logits) and leaf.grad.data_ptr() != leaf.data_ptr(), backend
+        for view in (leaf, leaf.view(leaf.shape), leaf[:]):  # a view of a leaf writes over the leaf too
+            leaf.grad = None
+            with ops.use_backend(backend), pytest.warns(UserWarning, match="the logits are a leaf tensor"):
+                ops.logprobs_from_logits(view, labels, inplace_backward=True).logprob.sum().backward()
+            assert torch.equal(leaf.detach(), logits) and leaf.grad.data_ptr() != leaf.data_ptr(), backend
 
 
 def test_the_raw_ops_check_what_they_index_by(device):
@@ -468,6 +470,8 @@ def test_the_raw_ops_check_what_they_index_by(device):
                     call(torch.zeros(2, dtype=torch.long, device=device))
                 with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
                     call(torch.zeros(3, dtype=torch.long, device=device), 0.0)
+                with pytest.raises(ValueError, match="temperature must be >= .* for torch.float32 inputs"):
+                    call(torch.zeros(3, dtype=torch.long, device=device), 1e-45)
                 if device.type == "cpu":
                     for bad in (5, -5):
                         with pytest.raises(ValueError, match=rf"labels must be in \[0, 5\) or ignore_index \(-100\), "

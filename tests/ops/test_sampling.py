@@ -191,6 +191,8 @@ def test_the_op_checks_what_it_indexes_by(device):
                          (1.0, 0, 1.5, 0), (1.0, 0, 1.0, -1)):  # were accepted: nan tokens, or a ZeroDivisionError
                 with pytest.raises(ValueError, match="the op needs temperature > 0 and finite, top_k >= 0"):
                     torch.ops.fastrl.sample(logits, args[0], args[1], args[2], seeds, args[3])
+            with pytest.raises(ValueError, match="log2\\(e\\) / temperature a normal float32"):
+                torch.ops.fastrl.sample(logits, 1e-39, 0, 1.0, seeds, 0)
             every = torch.ops.fastrl.sample(logits, 1.0, 0, 0.9, seeds, 2)
             for k in (50, 51, 10**6):
                 for got, want in zip(torch.ops.fastrl.sample(logits, 1.0, k, 0.9, seeds, 2), every):
