@@ -4,6 +4,7 @@ statistics (grpo), bundles spanning processes (riskpo), whitening over all token
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def run(out, mode, overrides, processes, timeout=600):
         # a launch that died without a Python error in a worker (a rendezvous or gloo
         # connection failure on a busy machine) is tried once more; a worker error is not
         print("torchrun failed without a worker traceback; retrying once:\n" + done.stderr[-2000:])
+        if "--resume" not in overrides:  # a launch that aborted at teardown left its run: start again
+            shutil.rmtree(out, ignore_errors=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if not (out / "result.json").exists():  # an interrupted run
