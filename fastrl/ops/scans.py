@@ -45,7 +45,8 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     _checks.floating("rewards", rewards, ndim=2)
     _checks.mask("mask", mask, "rewards", rewards)
     gamma = _checks.in_range("gamma", gamma, 0.0, 1.0)
-    _checks.finite_where("rewards", rewards, mask != 0)  # masked tokens are skipped: they may hold anything
+    if _checks.values_checked(rewards):  # (not building the mask where values go unchecked, as on a GPU)
+        _checks.finite_where("rewards", rewards, mask != 0)  # masked tokens are skipped: they may hold anything
     return implementation("discounted_returns", rewards.device)(rewards, mask, gamma)
 
 
