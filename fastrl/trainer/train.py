@@ -555,11 +555,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
         loss, clipped, tokens, grad_norm = torch.cat([proc.sum(sums[:3]), sums[3:]]).tolist()
         # lr: the step's first update's (the scheduler has moved on since); loss and grad_norm:
-        # means over the updates made
-        out = {"loss": loss / max(updates, 1), "grad_norm": grad_norm / max(updates, 1), "lr": lr,
-               "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
-        if not rover:
-            out["clip_fraction"] = clipped / max(tokens, 1)
+        # means over the updates made, absent where none was (a 0.0 would plot as a real value)
+        out = {"lr": lr, "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
+        if updates:
+            out.update(loss=loss / updates, grad_norm=grad_norm / updates)
+        if not rover and tokens:
+            out["clip_fraction"] = clipped / tokens
         return out
 
     # ---- the run -------------------------------------------------------------------

@@ -759,6 +759,7 @@ def test_no_update_when_dynamic_sampling_drops_every_group(tmp_path):
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
     metrics = trainer.run_step(0)
     assert metrics["update_skipped"] == 1 and metrics["kept_fraction"] == 0
+    assert not {"loss", "grad_norm", "clip_fraction"} & metrics.keys()  # no update: nothing to report as 0.0
     assert trainer.scheduler.last_epoch == 0 and not trainer.optimizer.state
     for name, value in trainer.policy.state_dict().items():
         assert torch.equal(value, before[name]), name
@@ -1082,6 +1083,12 @@ def test_a_nonfinite_gradient_drops_its_update(tmp_path, capsys):
     assert any(not torch.equal(before[name], p) for name, p in after.items())  # the second update was made
     assert "step 1: the gradient norm is nan; that update is dropped" in capsys.readouterr().out
     assert trainer.update(batch)["updates_nonfinite"] == 0
+
+    # every update dropped: loss and grad_norm are absent, not a 0.0 that plots as a real value
+    hook = trainer.params[0].register_hook(lambda grad: grad * float("nan"))
+    metrics = trainer.update(batch)
+    hook.remove()
+    assert metrics["updates_nonfinite"] == 2 and not {"loss", "grad_norm"} & metrics.keys()
 
 
 def test_a_config_built_or_edited_in_python_is_checked(tmp_path):
