@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -129,15 +130,14 @@ class Workers:
         self.pending = {}
 
     def submit(self, fn: Callable, *args):
-        import signal
-
-        # a worker the pool starts here inherits the ignored Ctrl-C from its first instruction, so
-        # one still importing cannot die of it with a traceback (_start_worker comes too late)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a worker the pool starts here inherits this thread's blocked Ctrl-C from its first
+        # instruction, so one still importing cannot die of it with a traceback (_start_worker then
+        # ignores it); the parent's other threads still take it, so it raises here, not lost
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self.pending[self.pool.submit(fn, *args)] = (fn, args)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def finished(self) -> Iterator[tuple[Callable, tuple, object]]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -159,7 +159,9 @@ class Workers:
 
 
 def _start_worker():
-    """One thread; Ctrl-C stays ignored (see ``submit``): it is the parent's to handle, by
-    stopping the workers; a worker's trainer would save a checkpoint and suggest a --resume
-    experiments lack."""
+    """One thread; Ctrl-C ignored (see ``submit``): it is the parent's to handle, by stopping
+    the workers; a worker's trainer would save a checkpoint and suggest a --resume experiments
+    lack."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the unblock: a Ctrl-C held meanwhile is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(1)

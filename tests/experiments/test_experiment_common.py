@@ -1,5 +1,10 @@
 """What the experiments share: worker processes, running means, verdict lines."""
+import multiprocessing
 import os
+import signal
+import time
+
+import pytest
 
 import torch
 
@@ -23,6 +28,31 @@ def test_workers_without_sched_getaffinity(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     with Workers() as workers:
         assert workers.pool._max_workers == (os.cpu_count() or 1)
+
+
+def ctrl_c_state():
+    return signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_a_ctrl_c_while_a_job_is_submitted_stops_the_workers(monkeypatch):
+    """Ctrl-C was ignored while submit started a worker: pressed then, it was lost. It raises,
+    and leaving the block stops the worker; workers ignore Ctrl-C and do not keep it blocked."""
+    with Workers(workers=1) as workers:
+        workers.submit(ctrl_c_state)
+        assert [result for *_, result in workers.finished()] == [(signal.SIG_IGN, False)]
+    with pytest.raises(KeyboardInterrupt):
+        with Workers(workers=1) as workers:
+            submit = workers.pool.submit
+
+            def pressed_as_the_worker_starts(*args):
+                future = submit(*args)
+                os.kill(os.getpid(), signal.SIGINT)
+                return future
+
+            monkeypatch.setattr(workers.pool, "submit", pressed_as_the_worker_starts)
+            workers.submit(time.sleep, 60)
+    assert not multiprocessing.active_children()
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
 
 def test_smoothed_and_verdicts():
