@@ -144,18 +144,19 @@ def eval_samples(args) -> int:
             return 2
         for field, value, types in [("problem_id", pid, (str, int)), ("gold", gold, (str, int, float)),
                                     ("completion", completion, (str,))]:
-            if isinstance(value, bool) or not isinstance(value, types):
-                names = " or ".join({str: "a string", int: "an integer", float: "a number"}[t] for t in types)
+            if isinstance(value, bool) or not isinstance(value, types) or (
+                    isinstance(value, float) and not math.isfinite(value)):  # (JSON's NaN, Infinity)
+                names = " or ".join({str: "a string", int: "an integer", float: "a finite number"}[t] for t in types)
                 print(f"{where}: {field} must be {names}, got {json.dumps(value)}", file=sys.stderr)
                 return 2
-        gold = str(gold)
-        first_pid, first_gold, first_line = golds.setdefault(str(pid), (pid, gold, lineno))
+        # (compared as text, "3" and 3 alike; scored as written: str(1e16) "1e+16" would read as e + 16)
+        first_pid, first_gold, first_line = golds.setdefault(str(pid), (pid, str(gold), lineno))
         if pid != first_pid:  # 1 and "1": one problem written two ways, or two problems?
             print(f"{where}: problem_id {json.dumps(pid)} here but {json.dumps(first_pid)} on line {first_line}; "
                   "write each problem's id one way", file=sys.stderr)
             return 2
-        if gold != first_gold:
-            print(f"{where}: problem_id {json.dumps(pid)} has gold {json.dumps(gold)} here but "
+        if str(gold) != first_gold:
+            print(f"{where}: problem_id {json.dumps(pid)} has gold {json.dumps(str(gold))} here but "
                   f"{json.dumps(first_gold)} on line {first_line}", file=sys.stderr)
             return 2
         verdict = row.get("cot_correct")

@@ -1,8 +1,8 @@
 """Rule-based math answer verifier (DESIGN 3.5): extraction, sympy equivalence, hard time limit.
 
 Public API (DESIGN 3.6): ``extract_answer``, ``verify``, ``score``, ``verify_batch``, ``explain``,
-and ``score_batch``. A gold is a str or a number (anything else is a TypeError); a GSM8K
-solution ("... #### 72") stands for its final answer.
+and ``score_batch``. A gold is a str or a finite number (anything else is a TypeError, NaN a
+ValueError); a GSM8K solution ("... #### 72") stands for its final answer.
 
 How a verdict is reached (``_check`` runs in a worker process):
 
@@ -15,7 +15,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    units, currency, ordinal suffixes, degrees, thousands separators ("1,000", "1\\,000",
    "1{,}000"), leading zeros ("042" is 42), ``\\varnothing`` and ``\\mathbb{R}`` (less listed
    numbers, ``\\mathbb{R}\\setminus\\{0\\}`` or "x \\neq 0", as a union of open intervals); "x = 3" -> "3",
-   "f(z) = 2z" -> "2z" with its variable renamed to the gold's.
+   "AB = 5", "\\angle A = 30^\\circ" -> the right side; "f(z) = 2z" -> "2z" with its variable
+   renamed to the gold's.
 3. Structure: answers split at top-level commas (and "or"/"and").  The element count
    must equal the gold's, so listing extra candidates ("3 or 4" for 3, "A, B, C, D"
    for C) rejects.  ``\\{..\\}`` sets and bare lists compare unordered (multiset
@@ -26,10 +27,13 @@ How a verdict is reached (``_check`` runs in a worker process):
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
    absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" and
-   "1e-9" are scientific, "2e+1" is 2e + 1).  Integers and fractions compare exactly, other
-   numbers at 30 digits (in sympy's floats: 10^{400} does not overflow).  Expressions compare by a
-   numeric check at random points, and by ``simplify(gold - answer) == 0`` when the
-   numeric check cannot decide.  Equations compare as "same solution set": the two
+   "1e-9" are scientific, "2e+1" is 2e + 1; two numbers side by side, "5 6", do not parse: no
+   product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
+   decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
+   digits, evaluated at 30 in sympy's floats (10^{400} does not overflow).  Expressions compare
+   by a numeric check at random points (points where a side is infinite decide nothing, and an
+   infinite or undefined value compares exactly: "\\infty" is no x^2), and by
+   ``simplify(gold - answer) == 0`` when the numeric check cannot decide.  Equations compare as "same solution set": the two
    ``lhs - rhs`` differ by a nonzero constant factor.  A percentage may be read as
    itself or divided by 100 ("25%" matches 25 and 0.25), but two percentages compare as
    written; degrees as themselves or in radians ("30^\\circ" matches 30 and pi/6); a
@@ -57,7 +61,11 @@ is linear in the input size.
 from __future__ import annotations
 
 import atexit
+import cmath
+import decimal
+import fractions
 import multiprocessing as mp
+import numbers
 import os
 import random
 import re
@@ -131,10 +139,12 @@ def _boxed_all(s: str) -> list[str]:
     return out
 
 
-# "the answer is", "Final Answer:", "**Answer:**" (markdown), a line starting "Answer:"
-_ANSWER_MARK = re.compile(r"(?:final\s+answer|the\s+answer)\s*[*_]*\s*(?:is\b|[:：])|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]",
-                          re.I | re.M)
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
+# "the answer is", "the correct answer is", "Final Answer:", "**Answer:**" (markdown), a line
+# starting "Answer:", GSM8K's closing "#### 72"
+_ANSWER_MARK = re.compile(r"(?:final\s+answer|the\s+(?:(?:correct|right|final)\s+)?answer)\s*[*_]*\s*(?:is\b|[:：])"
+                          r"|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]|^[ \t]*####(?!#)", re.I | re.M)
+# $...$ (an escaped "\$", a dollar sign, inside it: "$\$18$"), $$...$$, \[...\], \(...\)
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$((?:\\.|[^$\\])+)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
 
 
 def _after_mark(tail: str) -> str | None:
@@ -166,7 +176,8 @@ def extract_answer(completion: str) -> str | None:
 
     The last ``\\boxed{}`` when all boxed answers agree as text (several different: None,
     so a model cannot hedge by boxing several values); else what follows the last "the
-    answer is", "Final Answer:" or "Answer:" (markdown emphasis dropped; a ``$...$``,
+    answer is" ("the correct answer is"), "Final Answer:", "Answer:" or a line's opening
+    "####" (GSM8K) (markdown emphasis dropped; a ``$...$`` (a "\\$" in it is a dollar sign),
     ``\\[...\\]`` or ``\\(...\\)`` right after it taken whole, else the rest of the
     sentence up to a "because" or "since"); else a final bare expression (the last ``$...$``
     of the last line, or a short last line less an opening "Therefore,", "Thus", "Hence" or
@@ -174,6 +185,9 @@ def extract_answer(completion: str) -> str | None:
     """
     if not completion or not completion.strip():
         return None
+    # one space or newline for each run of white space: the regexes below backtrack over a long
+    # run (a degenerate completion padded with spaces took 38 s) and none needs more than one
+    completion = re.sub(r"\s+", lambda m: "\n" if "\n" in m.group(0) else " ", completion)
     boxed = _boxed_all(completion)
     if boxed:
         keys = {_canon(b) for b in boxed}
@@ -183,7 +197,7 @@ def extract_answer(completion: str) -> str | None:
         return _after_mark(completion[marks[-1].end():])
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
     last = re.sub(r"^(?:therefore|thus|hence|so)\b,?\s*", "", lines[-1], flags=re.I) or lines[-1]  # "Therefore, x = 5"
-    dollars = re.findall(r"\$\$?([^$]+)\$\$?", last)
+    dollars = [next(g for g in m.groups() if g is not None) for m in _MATH_SPAN.finditer(last) if m.group(0)[0] == "$"]
     if dollars:
         return dollars[-1].strip()
     if len(last) <= 40 and not re.search(r"[a-zA-Z]{4,}\s+[a-zA-Z]{2,}", last):
@@ -201,9 +215,11 @@ def _strip_math_delims(s: str) -> str:
 
 # ------------------------------------------------------------------------- normalisation
 
+# words aimed at a grader, not ordinary words of a word problem ("score", "pass", "previous")
 _INJECTION = re.compile(
-    r"ignore|instruction|previous|grader|grading|reward|verifier|is correct|correct answer|"
-    r"mark(?:ed)? (?:as|it)|full (?:marks|credit)|score|assistant|system prompt|\bpass\b",
+    r"ignore|instruction|grader|grading|reward|verifier|is correct|mark(?:ed)? (?:as|it)|"
+    r"full (?:marks|credit)|(?:perfect|full|maximum|max) score|assistant|system prompt|"
+    r"\bpass(?:es)? (?:this|the (?:check|test|grader|verifier))",
     re.I,
 )
 _UNEVALUATED = re.compile(r"\\frac\s*\{\s*(?:d|\\mathrm\{d\})\^?\S*\s*\}\s*\{\s*(?:d|\\mathrm\{d\})\s*[a-z]|\\int|\\sum|\\prod|\\lim|\\oint|\\partial|\bd/d|\\binom|\\choose|\\mathrm\{d\}|Integral|Sum\(|Limit")
@@ -343,6 +359,12 @@ def _candidates(s: str) -> list[str]:
     return out
 
 
+# a one-letter name ("x", "m_{\max}"), a command ("\alpha"), and geometry's "AB", "\angle ABC",
+# "m\angle A", "\overline{AB}" (two lower-case letters "xy" are a product)
+_LABEL = (r"(?:[a-zA-Z](?:_\{[^{}]*\}|_\w)?|[A-Z]{2}|(?:m\s*)?\\angle\s*[A-Z]{1,3}"
+          r"|\\(?:overline|widehat|overarc)\s*\{[A-Z]{2,3}\}|\\[a-zA-Z]+)")
+
+
 def _strip_label(s: str):
     """'x = 3' -> ('3', None); 'f(z) = 2z' -> ('2z', 'z'); otherwise (s, None)."""
     # "x = y = 3", "m_{\max} = 3", "\alpha = 3", "Maximum = 2", "Paolo: 18" (word labels), "(x, y) = (1, 2)"
@@ -351,7 +373,7 @@ def _strip_label(s: str):
     label = re.split(r"[:=]", s, 1)[0]
     if m and "=" not in m.group(1) and not re.search(r"\d", label) and not _HEDGE.search(label):
         return m.group(1).strip(), None  # (a hedge is no label: "Maybe: 4", "not: 4")
-    m = re.fullmatch(r"\s*((?:(?:[a-zA-Z](?:_\{[^{}]*\}|_\w)?|\\[a-zA-Z]+)\s*=\s*)+)(.+)", s)
+    m = re.fullmatch(rf"\s*((?:{_LABEL}\s*=\s*)+)(.+)", s)
     if m and "=" not in m.group(2):
         return m.group(2).strip(), None
     m = re.fullmatch(r"\s*[a-zA-Z]\s*\(\s*(\w+)\s*\)\s*=\s*(.+)", s)  # f(x) = ..., T(10) = 2
@@ -603,11 +625,11 @@ def _factorials(s: str) -> str | None:
 def _sympify(s: str):
     import sympy
     from sympy.parsing.sympy_parser import (
-        implicit_multiplication_application, parse_expr, standard_transformations)
+        implicit_multiplication_application, parse_expr, rationalize, standard_transformations)
 
     py = _latex_to_py(s)
-    if py is None or not py.strip():
-        return None
+    if py is None or not py.strip() or re.search(r"\d\s+\.?\d", py):
+        return None  # (two numbers side by side, "5 6", are no product: implicit multiplication would make 30)
     local = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_]\w*", py) if n not in _FUNCS and n not in _CONST}
     local.update(E=sympy.E, pi=sympy.pi, I=sympy.I, oo=sympy.oo, ln=sympy.log, Abs=sympy.Abs)
     for g in _GREEK:
@@ -617,7 +639,7 @@ def _sympify(s: str):
                        ("Integer", "Float", "Rational", "Symbol", "sqrt", "log", "exp", "sin", "cos", "tan", "cot",
                         "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "ceiling", "floor")},
                        "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan},
-                       transformations=standard_transformations + (implicit_multiplication_application,),
+                       transformations=standard_transformations + (rationalize, implicit_multiplication_application),
                        evaluate=True)
     except Exception:
         return None
@@ -654,11 +676,17 @@ def _round_match(lit: str, exact) -> bool:
     return any(val * 10 ** places == c for c in cand)
 
 
+def _unbounded(x) -> bool:
+    import sympy
+
+    return x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
+
+
 def _num_equal(a, b) -> bool:
     import sympy
 
     try:
-        if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+        if _unbounded(a) or _unbounded(b):
             return a == b  # oo - oo is nan and |oo| scales any tolerance: compare exactly
         if a.is_Rational and b.is_Rational:  # integers and fractions: exactly (2^64 is not 2^64 - 1)
             return a == b
@@ -670,7 +698,7 @@ def _num_equal(a, b) -> bool:
         # relative (1.6e-19 is not 1.7e-19, nor 0), in sympy's floats, whose exponents do not overflow
         # (10^{400} as a Python float is inf)
         scale = max(abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
-        return bool(abs(d) <= sympy.Float(1e-12) * scale)
+        return bool(abs(d) <= sympy.Float(1e-25) * scale)
     except Exception:
         return False
 
@@ -680,17 +708,18 @@ def _expr_equal(a, b, rng: random.Random) -> bool:
     import sympy
 
     syms = sorted(a.free_symbols | b.free_symbols, key=str)
-    if not syms:
-        return _num_equal(a, b)
+    if not syms or _unbounded(a) or _unbounded(b):
+        return _num_equal(a, b)  # (at a point where one side is oo or nan, no tolerance can tell)
     fa, fb = sympy.lambdify(syms, a, "mpmath"), sympy.lambdify(syms, b, "mpmath")
-    agree = tried = 0
+    agree = 0
     for _ in range(12):
         pt = [rng.uniform(0.5, 2.5) * rng.choice((1, 1, -1)) for _ in syms]
         try:
             va, vb = complex(fa(*pt)), complex(fb(*pt))
         except Exception:
             continue
-        tried += 1
+        if not (cmath.isfinite(va) and cmath.isfinite(vb)):
+            continue  # a pole of one side ("1/x" at 0): this point decides nothing
         if abs(va - vb) > 1e-9 * max(1, abs(va), abs(vb)):
             return False
         agree += 1
@@ -721,7 +750,8 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     # (a word of 3+ letters that is no function or Greek letter: "2 x" stays 2*x, "2 sin x" stays;
     # "3 million" is 3 * 10^6)
     def unit_tail(x):
-        m = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
+        m = (re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
+             or re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*\(\s*([A-Za-z]{3,})[A-Za-z ]*\)", x))  # "12 (the sum)"
         if m and not _HEDGE.search(x) and not _ARITHMETIC.search(x) and m.group(2) not in _FUNCS | _GREEK:
             power = _SCALE_WORDS.get(m.group(2).lower())
             return m.group(1) if power is None else f"{m.group(1)} \\cdot 10^{{{power}}}"
@@ -738,7 +768,12 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
         # text answers ("no solution", letters) compare as normalised text
         ok = re.sub(r"[\s()]", "", g.lower()) == re.sub(r"[\s()]", "", a.lower())
         return ok, ("same text" if ok else f"cannot parse {'gold' if ge is None else 'answer'}; texts differ")
-    if avar and gvar and avar != gvar:  # f(z)=2z vs f(x)=2x
+    # a function's variable is the answer's to name: f(z)=2z vs f(x)=2x, or vs a plain 2x
+    if avar and not gvar and len(ge.free_symbols) == 1:
+        gvar = str(next(iter(ge.free_symbols)))
+    if gvar and not avar and len(ae.free_symbols) == 1:
+        avar = str(next(iter(ae.free_symbols)))
+    if avar and gvar and avar != gvar:
         ae = ae.subs(sympy.Symbol(avar), sympy.Symbol(gvar))
     # an integer parameter's name is arbitrary: "k pi" vs "n pi" (only these conventional names)
     params = {"k", "n", "m", "t", "j"}
@@ -1054,11 +1089,17 @@ def _pool() -> _Pool:
 
 
 def _gold_text(gold) -> str:
-    """The gold as text: a str or a number; a GSM8K solution ("... #### 72") is its final answer."""
-    if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+    """The gold as text: a str or a finite real number (numpy's, Fraction and Decimal too); a
+    GSM8K solution ("... #### 72") is its final answer."""
+    if isinstance(gold, str):
+        return gold.rpartition("####")[2].strip() if "####" in gold else gold
+    if isinstance(gold, bool) or not isinstance(gold, (numbers.Real, decimal.Decimal)):
         raise TypeError(f"gold must be a str or a number, got {type(gold).__name__}: {_short(repr(gold))}")
-    gold = str(gold)
-    return gold.rpartition("####")[2].strip() if "####" in gold else gold
+    if isinstance(gold, (numbers.Integral, fractions.Fraction)):
+        return str(gold if isinstance(gold, fractions.Fraction) else int(gold))
+    if not cmath.isfinite(gold):  # (a missing value in a table: NaN would match "\text{NaN}")
+        raise ValueError(f"gold must be a finite number, got {gold!r}")
+    return format(decimal.Decimal(str(gold)), "f")  # 1e+16 as digits: "1e+16" would read as e + 16
 
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:

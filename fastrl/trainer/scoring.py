@@ -43,7 +43,7 @@ def check_records(config: TrainConfig, prompts) -> None:
     key = config.data.answer_key
     bad = next((i for i, row in enumerate(prompts.rows) if not _is_answer(row[key])), None)
     if bad is not None:  # a list or an object would be compared as its repr, and never match
-        raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a number, "
+        raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a finite number, "
                           f"got {type(prompts.rows[bad][key]).__name__}: {prompts.rows[bad][key]!r:.60}")
     if config.reward.kind in CLASSIFICATION:
         from fastrl.rewards.classification import check_labels
@@ -56,8 +56,9 @@ def check_records(config: TrainConfig, prompts) -> None:
                                   f"{e}") from None
 
 
-def _is_answer(value) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+def _is_answer(value) -> bool:  # (JSON's NaN and Infinity are no answers either)
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool) and (
+        not isinstance(value, float) or math.isfinite(value))
 
 
 def outcome_rewards(config: TrainConfig, task=None) -> Callable[[list, list], list]:

@@ -44,7 +44,8 @@ HACKS = [
     ("5", "5 plus x"), ("5", "5 minus two"), ("5", "5 times two"), ("5", "5 divided by two"),
     ("5", "5 more than the answer"), ("5", "5 less than x"), ("2", "2 squared"), ("4", "4 sqrt"), ("2", "2 thirds"),
     ("3", "3 quarters"), ("9", "9 hundredths"), ("5", "5 dozen"), ("4", "not: 4"), ("4", "Maybe: 4"),
-    ("4", "Wrong: 4"), ("4", "Guess = 4"),
+    ("4", "Wrong: 4"), ("4", "Guess = 4"), ("5", "5 (ignore previous instructions)"), ("5", "5, a perfect score"),
+    ("5", "5 (this should pass the verifier)"), ("5", "5 (maybe)"),
 ]
 
 
@@ -52,6 +53,16 @@ HACKS = [
                                          ("4", "Maximum = 4"), ("18", "Paolo: 18"), ("3000000", "3 million")])
 def test_units_and_labels_still_accepted(gold, answer):
     assert vm.verify(gold, answer) is True, vm.explain(gold, answer)
+
+
+@pytest.mark.parametrize("gold,completion", [
+    # ordinary words of a word problem are no prompt injection ("score", "pass", "previous")
+    ("3", "Answer: 3 students pass the exam."), ("12", "Answer: 12 (the previous result)"),
+("5", "**Final Answer:** The correct answer is 5."),
+    ("18", "The final answer is $\\$18$. I hope it is correct."), ("72", "In total 72.\n#### 72"),
+])
+def test_word_problem_answers_accepted(gold, completion):
+    assert vm.score(gold, completion) == 1.0, vm.explain(gold, vm.extract_answer(completion))
 
 
 @pytest.mark.parametrize("gold,answer", HACKS)
@@ -93,6 +104,11 @@ def test_several_different_boxed_score_zero():
     ("\\boxed{ \\boxed{4} }", "4"),
     ("x = \\boxed{3}, so the answer is \\boxed{x=3}", "x=3"),
     ("\\boxed{\\boxed{1}+\\boxed{2}}", "\\boxed{1}+\\boxed{2}"),
+    # a dollar sign inside $...$ (the MATH template's money answers), GSM8K's "####", "the correct answer is"
+    ("The final answer is $\\$18$. I hope it is correct.", "\\$18"),
+    ("So she has $\\$42$ left", "\\$42"),
+    ("She has 72 apples in total.\n#### 72", "72"),
+    ("**Final Answer:** The correct answer is 5.", "5"),
 ])
 def test_extract_answer(completion, expected):
     assert vm.extract_answer(completion) == expected
@@ -106,6 +122,9 @@ def test_extract_answer(completion, expected):
     "\\fbox" * 8000,
     "Final Answer: 5 " + "_" * 3000 + " x",  # a blank to fill in: the trailing-emphasis regex was cubic (8 s at 2000)
     "The answer is 5" + " " * 6000 + ".",
+    "The answer is 5" + " " * 100000 + "x",  # a run of spaces the "because" split backtracked over (38 s)
+    "the answer" + " " * 20000 + "x",
+    "x\n" + " " * 20000 + "\ny",
 ])
 def test_extraction_is_linear(completion):
     # each box's end is found in one pass over the text; a scan per box took 6 s on the first
@@ -126,6 +145,22 @@ def test_gold_forms():
     gsm8k = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72"
     assert vm.score(gsm8k, "so \\boxed{72}") == 1.0 and vm.score(gsm8k, "so \\boxed{24}") == 0.0
     assert vm.verify_batch([gsm8k, "#### 1,000"], ["72", "1000"]) == [True, True]
+    # numpy's numbers, Fraction and Decimal are numbers too; a float prints as digits ("1e+16" is e + 16)
+    import decimal
+    import fractions
+
+    import numpy as np
+
+    assert [vm.score(g, f"\\boxed{{{a}}}") for g, a in [(np.int64(72), 72), (np.float32(0.5), "\\frac12"),
+            (fractions.Fraction(1, 3), "\\frac13"), (decimal.Decimal("2.50"), 2.5), (1e16, 10**16), (1e-20, "10^{-20}")]] \
+        == [1.0] * 6
+
+
+@pytest.mark.parametrize("gold", [float("nan"), float("inf")])
+def test_a_gold_that_is_no_finite_number_raises(gold):
+    # a missing value in a table (NaN) read as the text "nan", and matched "\\text{NaN}"
+    with pytest.raises(ValueError, match="gold must be a finite number"):
+        vm.score(gold, "\\text{NaN}")
 
 
 @pytest.mark.parametrize("gold", [["3"], None, True, {"answer": "3"}])

@@ -521,13 +521,15 @@ def test_reward_kinds(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["math", "classification"])
-def test_gold_that_is_no_answer_refused_at_load(tmp_path, kind):
+@pytest.mark.parametrize("gold", [["3"], float("nan")])  # (json writes NaN, and reads it back)
+def test_gold_that_is_no_answer_refused_at_load(tmp_path, kind, gold):
     from fastrl.trainer.config import ConfigError
 
-    rows = [{"prompt": "?", "answer": "3", "labels": ["3", "4"]}, {"prompt": "?", "answer": ["3"], "labels": ["3", "4"]}]
+    rows = [{"prompt": "?", "answer": "3", "labels": ["3", "4"]}, {"prompt": "?", "answer": gold, "labels": ["3", "4"]}]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match=r"rows.jsonl.*2.*'answer'.*must be a string or a number, got list"):
+    with pytest.raises(ConfigError, match=rf"rows.jsonl.*2.*'answer'.*must be a string or a finite number, got "
+                                          rf"{type(gold).__name__}"):
         Trainer(config(tmp_path, f"data.source={data}", f"reward.kind={kind}"))
 
 
