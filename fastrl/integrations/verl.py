@@ -102,8 +102,12 @@ def fastrl_gae(token_level_rewards, values, response_mask, gamma=1.0, lam=1.0):
     for name, value in (("gamma", gamma), ("lam", lam)):
         if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):  # (numpy's too)
             raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    # verl's critic may hand over bf16 values with float32 rewards, and verl's loop computes in
+    # the promoted dtype; fastrl's op, like every op, wants one dtype
+    dtype = torch.promote_types(token_level_rewards.dtype, values.dtype)
     with torch.no_grad():
-        return gae(token_level_rewards, values, response_mask, float(gamma), float(lam), whiten=True)
+        return gae(token_level_rewards.to(dtype), values.to(dtype), response_mask, float(gamma), float(lam),
+                   whiten=True)
 
 
 def use_fastrl_gae() -> None:

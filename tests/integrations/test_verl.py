@@ -124,6 +124,13 @@ def test_gae_equals_verl(gamma, lam, rng, monkeypatch):
     got = fastrl_verl.fastrl_gae(rewards, values, mask, gamma, lam)
     for g, w in zip(got, want):
         torch.testing.assert_close(g * mask, w * mask, rtol=1e-5, atol=1e-5)
+    # a bf16 critic's values with float32 rewards: verl computes in float32, and so does the adapter
+    values = values.bfloat16()
+    want = core_algos.compute_gae_advantage_return(rewards, values, mask, gamma, lam)
+    got = fastrl_verl.fastrl_gae(rewards, values, mask, gamma, lam)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g * mask, w * mask, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(core_algos, "compute_gae_advantage_return", core_algos.compute_gae_advantage_return)
     fastrl_verl.use_fastrl_gae()
     assert core_algos.compute_gae_advantage_return is fastrl_verl.fastrl_gae
