@@ -90,13 +90,14 @@ def outcome_rewards(config: TrainConfig, task=None) -> Callable[[list, list], li
 
 
 def _number(value, source: str) -> float:
-    """A user function's reward or step score as a finite float, or an error naming the function."""
+    """A user function's reward or step score as a finite float, or a ConfigError naming the
+    function's key (the CLI prints it in one line)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{source} returned {value!r} ({type(value).__name__}); it must return a number") from None
+        raise ConfigError(f"{source} returned {value!r} ({type(value).__name__}); it must return a number") from None
     if not math.isfinite(number):
-        raise ValueError(f"{source} returned {number}; rewards and step scores must be finite")
+        raise ConfigError(f"{source} returned {number}; rewards and step scores must be finite")
     return number
 
 
@@ -113,22 +114,32 @@ def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
     return lambda row, response, reward: reward >= threshold
 
 
-def _same_vocabulary(spec: str, prm, tokenizer):
-    """The PRM reads the policy's token ids: its tokenizer (where it has one) must be the
-    policy's, and its embedding must hold every id."""
+def check_same_vocabulary(key: str, path: str, model, tokenizer):
+    """A model that reads the policy's token ids (the PRM, the KL reference): its tokenizer
+    (where its folder has one) must be the policy's, and its embedding must hold every id."""
     from transformers import AutoTokenizer
 
     try:
-        own = AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError):  # a PRM folder without a tokenizer
+        own = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):  # a folder without a tokenizer
         own = None
     if own is not None and own.get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"reward.process: the PRM at {spec} has its own tokenizer ({len(own)} tokens), not the "
+        raise ConfigError(f"{key}: the model at {path} has its own tokenizer ({len(own)} tokens), not the "
                           f"policy's ({len(tokenizer)}): it reads the policy's token ids, so it must share them")
-    rows = prm.get_input_embeddings().num_embeddings
+    rows = model.get_input_embeddings().num_embeddings
     if rows < len(tokenizer):
-        raise ConfigError(f"reward.process: the PRM at {spec} embeds {rows} token ids, the policy's tokenizer has "
+        raise ConfigError(f"{key}: the model at {path} embeds {rows} token ids, the policy's tokenizer has "
                           f"{len(tokenizer)}: it reads the policy's token ids, so it must share them")
+
+
+def load_pretrained(key: str, path: str, load, hint: str = ""):
+    """load(path), a Hugging Face from_pretrained, or a ConfigError naming key: a folder that
+    holds no such model failed with transformers' traceback, naming no key."""
+    try:
+        return load(path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key}: {path!r} does not load ({first}){hint}") from e
 
 
 class ProcessReward:
@@ -145,8 +156,9 @@ class ProcessReward:
         else:
             from transformers import AutoModelForTokenClassification
 
-            self.model = AutoModelForTokenClassification.from_pretrained(spec).to(device).eval()
-            _same_vocabulary(spec, self.model, tokenizer)
+            self.model = load_pretrained("reward.process", spec, AutoModelForTokenClassification.from_pretrained)
+            self.model = self.model.to(device).eval()
+            check_same_vocabulary("reward.process", spec, self.model, tokenizer)
             if self.model.config.num_labels < 2:
                 raise ConfigError(f"reward.process: the PRM at {spec} has {self.model.config.num_labels} label(s); "
                                   "p(label 1) - p(label 0) needs 2")
@@ -163,7 +175,8 @@ class ProcessReward:
             for b, (row, steps) in enumerate(zip(rows, step_texts)):
                 values = [_number(v, f"reward.process {self.spec!r}") for v in self.fn(row["prompt"], steps, row)]
                 if len(values) != len(steps):
-                    raise ValueError(f"reward.process returned {len(values)} scores for {len(steps)} steps")
+                    raise ConfigError(f"reward.process {self.spec!r} returned {len(values)} scores for "
+                                      f"{len(steps)} steps")
                 out[b, step_mask[b]] = torch.tensor(values, dtype=torch.float32, device=out.device)
             return out
         # the PRM reads each row's prompt then its steps, each step's trailing blank line

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -170,9 +171,13 @@ class Trainer:
             raise ConfigError(f"rollout.max_new_tokens ({config.rollout.max_new_tokens}) leaves no room for a prompt "
                               f"in the model's {self.max_positions} positions")
         self.reference = None
-        if config.model.reference is not None:
-            self.reference = (copy.deepcopy(model) if config.model.reference == "initial"
-                              else self._from_pretrained(config.model.reference)).to(self.device).eval()
+        if config.model.reference == "initial":
+            self.reference = copy.deepcopy(model)
+        elif config.model.reference is not None:
+            self.reference = self._from_pretrained("model.reference", config.model.reference)
+            scoring.check_same_vocabulary("model.reference", config.model.reference, self.reference, self.tokenizer)
+        if self.reference is not None:
+            self.reference = self.reference.to(self.device).eval()
             self.reference.requires_grad_(False)
         if config.model.lora_rank:
             model = self._lora(model)
@@ -240,19 +245,21 @@ class Trainer:
 
     def _attention(self) -> str:
         wanted = self.cfg.model.attn_implementation
+        flash = importlib.util.find_spec("flash_attn") is not None and self.device.type == "cuda"
+        if wanted == "flash_attention_2" and not flash:  # (transformers' own error is a traceback)
+            raise ConfigError("model.attn_implementation flash_attention_2 needs the flash_attn package and a "
+                              f"CUDA device ({'flash_attn is not installed' if self.device.type == 'cuda' else f'run.device is {self.device}'}); "
+                              "'auto' picks it where it works, else sdpa")
         if wanted != "auto":
             return wanted
-        try:
-            import flash_attn  # noqa: F401
-            return "flash_attention_2" if self.device.type == "cuda" else "sdpa"
-        except ImportError:
-            return "sdpa"
+        return "flash_attention_2" if flash else "sdpa"
 
-    def _from_pretrained(self, path):
+    def _from_pretrained(self, key, path):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.cfg.model.dtype),
-                                                    attn_implementation=self._attention())
+        attention = self._attention()
+        return scoring.load_pretrained(key, path, lambda p: AutoModelForCausalLM.from_pretrained(
+            p, dtype=getattr(torch, self.cfg.model.dtype), attn_implementation=attention))
 
     def _load_model(self):
         m = self.cfg.model
@@ -264,8 +271,10 @@ class Trainer:
         else:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.path)
-            model = self._from_pretrained(m.path)
+            tokenizer = scoring.load_pretrained("model.tokenizer" if m.tokenizer else "model.path", m.tokenizer or m.path,
+                                                AutoTokenizer.from_pretrained,
+                                                "" if m.tokenizer else "; model.tokenizer may name a folder with its tokenizer")
+            model = self._from_pretrained("model.path", m.path)
         if m.gradient_checkpointing:  # (renamed activation checkpointing in transformers 5.2x)
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         return tokenizer, model

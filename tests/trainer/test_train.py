@@ -75,6 +75,69 @@ def test_pure_with_a_process_reward_model(tmp_path):
     assert Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'prm'}")).process is not None
 
 
+def test_a_model_folder_that_does_not_load_or_does_not_fit_is_named(tmp_path):
+    """transformers' own errors were tracebacks naming no key, and a reference of a smaller
+    vocabulary failed after the first rollout with an IndexError."""
+    tok = task.MaxTask().tokenizer()
+
+    def causal_lm(vocab_size, folder, tokenizer=None):
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2)).save_pretrained(tmp_path / folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp_path / folder)
+        return tmp_path / folder
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"model.path: '.*empty' does not load \(.*\); model.tokenizer may name"):
+        Trainer(config(tmp_path, f"model.path={tmp_path / 'empty'}"))
+    no_tokenizer = causal_lm(len(tok), "bare")
+    with pytest.raises(ConfigError, match=r"model.path: '.*bare' does not load .*model.tokenizer may name"):
+        Trainer(config(tmp_path, f"model.path={no_tokenizer}"))
+    tok.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(ConfigError, match=r"model.path: '.*empty' does not load"):
+        Trainer(config(tmp_path, f"model.path={tmp_path / 'empty'}", f"model.tokenizer={tmp_path / 'tokenizer'}"))
+    assert Trainer(config(tmp_path, f"model.path={no_tokenizer}", f"model.tokenizer={tmp_path / 'tokenizer'}"))
+    with pytest.raises(ConfigError, match=r"model.reference: '.*empty' does not load"):
+        Trainer(config(tmp_path, f"model.reference={tmp_path / 'empty'}", "algo.kl_coef=0.1"))
+    with pytest.raises(ConfigError, match=f"model.reference: the model at .* embeds {len(tok) - 3} token ids, the "
+                                          f"policy's tokenizer has {len(tok)}"):
+        Trainer(config(tmp_path, f"model.reference={causal_lm(len(tok) - 3, 'small')}", "algo.kl_coef=0.1"))
+    other = causal_lm(len(tok), "other", word_tokenizer(["<pad>", "<eos>", *"0123456789"]))
+    with pytest.raises(ConfigError, match=r"model.reference: the model at .* has its own tokenizer \(12 tokens\)"):
+        Trainer(config(tmp_path, f"model.reference={other}", "algo.kl_coef=0.1"))
+    assert Trainer(config(tmp_path, f"model.reference={causal_lm(len(tok), 'same', tok)}", "algo.kl_coef=0.1"))
+    with pytest.raises(ConfigError, match=r"model.reference: the model at .*embeds"):
+        Trainer(config(tmp_path, f"model.reference={tmp_path / 'small'}", "algo.kl_coef=0.1"))
+    with pytest.raises(ConfigError, match="reward.process: '.*empty' does not load"):
+        Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'empty'}"))
+
+
+def test_flash_attention_without_flash_attn_or_a_gpu_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.attn_implementation flash_attention_2 needs the flash_attn package "
+                                          r"and a CUDA device \(run.device is cpu\)"):
+        Trainer(config(tmp_path, "model.attn_implementation=flash_attention_2", "run.device=cpu"))
+
+
+def wrong_step_count(prompt, steps, row):
+    return [1.0]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("reward.kind=test_train:no_reward", "reward.kind 'test_train:no_reward' returned None (NoneType); it must "
+                                         "return a number"),
+    ("reward.process=test_train:wrong_step_count", "reward.process 'test_train:wrong_step_count' returned 1 scores "
+                                                   "for "),
+])
+def test_a_user_function_gone_wrong_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys, setting, message):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    algo = ["--algo", "pure"] if "process" in setting else []
+    code = main(["train", *algo, "--output-dir", str(tmp_path / "run"), "--steps", "1", "--set", setting,
+                 "--set", "data.prompts_per_step=2", "--set", "rollout.group_size=2", "--set", "run.progress=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"fastrl train: {message}" in err and "Traceback" not in err, err
+
+
 def process_scores(prompt, steps, row):  # a user process reward: +1 per non-empty step
     return [1.0 if s else -1.0 for s in steps]
 
@@ -135,8 +198,8 @@ def nan_reward(prompt, response, row):
 
 
 @pytest.mark.parametrize("kind, error, match", [
-    ("test_train:no_reward", TypeError, r"reward.kind 'test_train:no_reward' returned None \(NoneType\); it must"),
-    ("test_train:nan_reward", ValueError, r"reward.kind 'test_train:nan_reward' returned nan; rewards and step"),
+    ("test_train:no_reward", ConfigError, r"reward.kind 'test_train:no_reward' returned None \(NoneType\); it must"),
+    ("test_train:nan_reward", ConfigError, r"reward.kind 'test_train:nan_reward' returned nan; rewards and step"),
 ])
 def test_a_user_reward_that_is_no_finite_number_is_named(tmp_path, kind, error, match):
     """(float(None) was a bare TypeError; a NaN reward failed later in the advantages,
