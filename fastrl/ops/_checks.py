@@ -2,11 +2,15 @@
 
 Shape, rank, dtype and device are always checked. Value checks (NaN/Inf, ids
 or labels out of range) read the data: they always run on CPU, and on CUDA
-only with ``FASTRL_CHECK=1``, since there they would sync with the host.
+only with ``FASTRL_CHECK=1``, since there they would sync with the host. Under
+torch.compile a CPU value check is an assert op of the graph, which raises a
+RuntimeError with the same message when it runs (on CUDA none is made there: a
+failed device assert would end the process's use of the GPU).
 """
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -15,8 +19,17 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def values_checked(x: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
-        return False
+        return x.device.type == "cpu"
     return x.device.type == "cpu" or os.environ.get("FASTRL_CHECK") == "1"
+
+
+def require(ok: torch.Tensor, message: str, found: Callable[[], str] | None = None):
+    """ValueError(message + found()) unless the bool tensor ``ok`` holds; under torch.compile an
+    assert op of the graph (``found`` reads the data: eager only)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(message if found is None else message + found())
 
 
 def tensor(name: str, x, ndim: int | None = None) -> torch.Tensor:
@@ -65,8 +78,7 @@ def finite(name: str, x: torch.Tensor):
     if not values_checked(x) or x.numel() == 0:
         return
     low, high = torch.aminmax(x)  # NaN propagates; one pass, no [B, T] temporary
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError(f"{name} contains NaN or Inf")
+    require(torch.isfinite(low) & torch.isfinite(high), f"{name} contains NaN or Inf")
 
 
 def finite_where(name: str, x: torch.Tensor, valid: torch.Tensor):
@@ -123,6 +135,6 @@ def finite_or_neg_inf(name: str, x: torch.Tensor) -> torch.Tensor | None:
     if not values_checked(x) or x.numel() == 0:
         return None
     row_max = x.amax(-1)  # NaN propagates
-    if not bool(torch.isfinite(row_max).all() & ~torch.isnan(x.amin())):
-        raise ValueError(f"{name} contains NaN or +Inf, or a row without a finite value")
+    require(torch.isfinite(row_max).all() & ~torch.isnan(x.amin()),
+            f"{name} contains NaN or +Inf, or a row without a finite value")
     return row_max

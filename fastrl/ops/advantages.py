@@ -118,9 +118,8 @@ def check_group_id_values(group_ids: torch.Tensor):
     """Ids in [0, B), read where values are checked (CPU, or FASTRL_CHECK=1)."""
     if _checks.values_checked(group_ids) and group_ids.numel():
         low, high = torch.aminmax(group_ids)
-        if low < 0 or high >= group_ids.numel():
-            raise ValueError(f"group_ids must be in [0, {group_ids.numel()}), "
-                             f"got values in [{int(low)}, {int(high)}]")
+        _checks.require((low >= 0) & (high < group_ids.numel()), f"group_ids must be in [0, {group_ids.numel()})",
+                        lambda: f", got values in [{int(low)}, {int(high)}]")
 
 
 def check_values(op: str, scores: torch.Tensor, group_ids: torch.Tensor):

@@ -408,11 +408,8 @@ def _check_labels(labels, like_name: str, leading: torch.Size, vocab: int, ignor
     if _checks.values_checked(labels) and labels.numel():
         labels = labels.long()  # compared in their own dtype, uint8 156 or int8 -100 can equal ignore_index
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
-        if bool(bad.any()):
-            raise ValueError(
-                f"labels must be in [0, {vocab}) or ignore_index={ignore_index}; "
-                f"found {int(labels[bad].flatten()[0])}"
-            )
+        _checks.require(~bad.any(), f"labels must be in [0, {vocab}) or ignore_index={ignore_index}",
+                        lambda: f"; found {int(labels[bad].flatten()[0])}")
 
 
 def _check_inverse_temperature(temperature: float, like: torch.Tensor):
@@ -524,7 +521,8 @@ def logprobs_from_logits(
     needs logits that reshape to [N, V] without a copy: not a slice along a leading
     dimension such as the shifted ``logits[:, :-1]``, whose gradient then goes to a copy
     (correct, but no memory is saved; a UserWarning says so). Slice the hidden states
-    before the lm_head instead, or pass the whole logits with ignore_index labels.
+    before the lm_head instead, or pass the whole logits with ignore_index labels. Under
+    torch.compile it is off (its checks on the logits do not trace).
     Returns TokenStats shaped like labels, as ``linear_logprobs``.
     """
     _checks.floating("logits", logits)
@@ -536,7 +534,11 @@ def logprobs_from_logits(
         raise TypeError(f"inplace_backward must be a bool, got {type(inplace_backward).__name__}")
     _checks.finite_or_neg_inf("logits", logits)
     rows = logits.reshape(-1, logits.shape[-1])
-    if inplace_backward and logits.requires_grad and not torch.compiler.is_compiling():
+    if inplace_backward and torch.compiler.is_compiling():
+        # the checks below (shared rows, a leaf) do not trace: compiled, a leaf was overwritten and
+        # expand()ed rows got a wrong gradient; the compiled graph plans its own memory anyway
+        inplace_backward = False
+    if inplace_backward and logits.requires_grad:
         if torch._debug_has_internal_overlap(rows) != 0:  # e.g. expand()ed rows: one gradient would overwrite another
             inplace_backward = False
             warnings.warn(

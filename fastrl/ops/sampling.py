@@ -198,11 +198,11 @@ def sample(
         _checks.same_device("seeds", seeds, "logits", logits)
     row_max = _checks.finite_or_neg_inf("logits", logits)
     if row_max is not None:
-        largest = row_max.abs().max().item()
-        if largest * LOG2E / temperature >= accumulation.max:
-            raise ValueError(f"logits / temperature leave {accumulation.dtype}'s range: a row's largest logit is "
-                             f"{largest:.4g} at temperature {temperature} (mask tokens with -inf, not the dtype's "
-                             f"lowest value)")
+        largest = row_max.abs().max()
+        _checks.require(largest * LOG2E / temperature < accumulation.max,
+                        f"logits / temperature leave {accumulation.dtype}'s range at temperature {temperature} (mask "
+                        "tokens with -inf, not the dtype's lowest value)",
+                        lambda: f": a row's largest logit is {largest.item():.4g}")
     if seeds is None:  # after every check: a call that fails leaves the global generator as it was
         seeds = torch.randint(0, 2**62, (logits.shape[0],)).to(logits.device)
     k = 0 if top_k is None else top_k  # (k >= V: the op keeps every token)

@@ -1,5 +1,4 @@
 """What the experiments share: worker processes, running means, verdict lines."""
-import multiprocessing
 import os
 import signal
 import time
@@ -40,18 +39,20 @@ def test_a_ctrl_c_while_a_job_is_submitted_stops_the_workers(monkeypatch):
     with Workers(workers=1) as workers:
         workers.submit(ctrl_c_state)
         assert [result for *_, result in workers.finished()] == [(signal.SIG_IGN, False)]
+    started = []
     with pytest.raises(KeyboardInterrupt):
         with Workers(workers=1) as workers:
             submit = workers.pool.submit
 
             def pressed_as_the_worker_starts(*args):
                 future = submit(*args)
+                started.extend(workers.pool._processes.values())
                 os.kill(os.getpid(), signal.SIGINT)
                 return future
 
             monkeypatch.setattr(workers.pool, "submit", pressed_as_the_worker_starts)
             workers.submit(time.sleep, 60)
-    assert not multiprocessing.active_children()
+    assert started and not any(process.is_alive() for process in started)
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
 
