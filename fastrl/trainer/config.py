@@ -200,7 +200,7 @@ class AlgoConfig:
     rover_rho: float = 1.0
     """ROVER: rho, the scale of Q = rho (log pi - log pi_old) (> 0)."""
     rover_kappa: float = 1.0
-    """ROVER: kappa, the weight of the look-ahead mean log-prob in the target."""
+    """ROVER: kappa, the weight of the look-ahead mean log-prob in the target (>= 0; 0: no look-ahead)."""
     rover_centred: bool = False
     """ROVER: advantages s - mean of the group (Dr.GRPO) instead of GRPO-normalised."""
 
@@ -418,6 +418,7 @@ class TrainConfig:
                               f"got {a.riskpo_alpha}, {a.riskpo_beta}")
         _at_least("algo.riskpo_omega", a.riskpo_omega, 0)
         _positive("algo.rover_rho", a.rover_rho)
+        _at_least("algo.rover_kappa", a.rover_kappa, 0)  # (a negative weight would push the target away from the look-ahead)
         _positive("optim.lr", o.lr)
         _at_least("optim.weight_decay", o.weight_decay, 0)
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):

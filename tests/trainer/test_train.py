@@ -374,6 +374,7 @@ def test_default_run_learns(tmp_path, capsys):
     (["run.steps=0"], "run.steps must be >= 1"),
     (["run.output_dir=' '"], "run.output_dir must name a folder"),  # (--overwrite would clear the working directory's)
     (["algo.aggregation=mean"], "algo.aggregation must be one of"),
+    (["algo.rover_kappa=-1"], "algo.rover_kappa must be >= 0, got -1"),
     (["algo.kl_coef=0.1"], "needs model.reference"),
     (["model.path=/nonexistent"], "model.path"),
     (["data.source=/nonexistent.jsonl"], "data.source"),
