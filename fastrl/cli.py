@@ -149,7 +149,7 @@ def eval_samples(args) -> int:
                 names = " or ".join({str: "a string", int: "an integer", float: "a finite number"}[t] for t in types)
                 print(f"{where}: {field} must be {names}, got {json.dumps(value)}", file=sys.stderr)
                 return 2
-        # (compared as text, "3" and 3 alike; scored as written: str(1e16) "1e+16" would read as e + 16)
+        # (compared as text, "3" and 3 alike; scored as the verifier reads a number gold)
         first_pid, first_gold, first_line = golds.setdefault(str(pid), (pid, str(gold), lineno))
         if pid != first_pid:  # 1 and "1": one problem written two ways, or two problems?
             print(f"{where}: problem_id {json.dumps(pid)} here but {json.dumps(first_pid)} on line {first_line}; "

@@ -69,6 +69,15 @@ def test_eval_judge_words_and_gsm8k_golds(tmp_path, capsys):
     assert parse_table(capsys.readouterr().out)[1] == (0.75, 0.5)
 
 
+def test_eval_number_golds_are_scored_as_numbers(tmp_path, capsys):
+    # numbers, not strings: each is checked and scored as the verifier reads a number gold
+    f = tmp_path / "s.jsonl"
+    f.write_text("".join(json.dumps({"problem_id": pid, "gold": gold, "completion": c}) + "\n" for pid, gold, c in
+                         [(1, 1e16, "\\boxed{10000000000000000}"), (2, 0.5, "\\boxed{\\frac12}"), (3, 7, "\\boxed{7}")]))
+    assert main(["eval", str(f)]) == 0
+    assert parse_table(capsys.readouterr().out)[1] == (1.0, None)
+
+
 def test_eval_plot(tmp_path, capsys):
     if importlib.util.find_spec("matplotlib") is None:
         assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "p.png")]) == 0

@@ -1099,7 +1099,7 @@ def _gold_text(gold) -> str:
         return str(gold if isinstance(gold, fractions.Fraction) else int(gold))
     if not cmath.isfinite(gold):  # (a missing value in a table: NaN would match "\text{NaN}")
         raise ValueError(f"gold must be a finite number, got {gold!r}")
-    return format(decimal.Decimal(str(gold)), "f")  # 1e+16 as digits: "1e+16" would read as e + 16
+    return format(decimal.Decimal(str(gold)), "f")  # (1e16 as its digits: no exponent rule to go through)
 
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:
