@@ -7,7 +7,8 @@ order of the authors' released code:
    comparison);
 2. a leave-one-out baseline over the group is subtracted from the step rewards
    (``token``: the others' total reward over their total length, times the step's token
-   count; ``step``: the mean over the others of total reward / number of steps, at every
+   count less its last token, the separator or final token, as the authors' code counts;
+   ``step``: the mean over the others of total reward / number of steps, at every
    step; ``none``);
 3. the verifiable reward, if any, v = solved - 1, leave-one-out centred, times
    ``verifiable_coef``, is added at the final token;
@@ -126,7 +127,9 @@ def pure_advantages(scores: torch.Tensor, step_mask: torch.Tensor, mask: torch.T
     if baseline == "token":
         count = valid.cumsum(-1)
         before = torch.where(steps, count, 0).cummax(-1).values
-        tokens_in_step = count - torch.nn.functional.pad(before[:, :-1], (1, 0))
+        # the step's tokens less its last (the separator or the final token), as the authors
+        # count them (num_tokens_per_step in their experience maker); the rate's lengths are whole
+        tokens_in_step = (count - torch.nn.functional.pad(before[:, :-1], (1, 0)) - 1).clamp_min(0)
         per_token = loo_mean(total, group_ids, valid.sum(-1).to(total.dtype))
         rewards = rewards - torch.where(steps, per_token[:, None] * tokens_in_step, 0)
     elif baseline == "step":

@@ -40,7 +40,7 @@ def direct(scores, steps, mask, groups, solved, min_form, temperature, baseline,
             per_token = sum(totals[j] for j in others) / sum(lengths[j] for j in others)
             prev = -1
             for t in ks:
-                count = sum(1 for u in idx if prev < u <= t)
+                count = sum(1 for u in idx if prev < u < t)  # (the step-end token is not counted, as in PURE's code)
                 rewards[b][t] -= per_token * count
                 prev = t
         elif baseline == "step" and others:
@@ -92,6 +92,25 @@ def test_pure_matches_direct(rng, min_form, baseline, verifiable):
     e_adv, e_returns = direct(scores, steps, mask, groups, solved, min_form, 0.3, baseline, 0.7, True)
     torch.testing.assert_close(returns, e_returns)
     torch.testing.assert_close(adv, e_adv)
+
+
+def test_token_baseline_counts_steps_as_the_authors_code():
+    """PURE's experience maker counts a step's tokens without its separator (or final) token
+    (num_tokens_per_step), while the rate's lengths are whole responses; fastrl counted the
+    step-end token too. Expected values worked by hand from the authors' code."""
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    steps = torch.tensor([[0, 0, 1, 0, 1], [0, 1, 0, 1, 0]], dtype=torch.bool)
+    scores = torch.tensor([[0, 0, 0.4, 0, -0.2], [0, 0.6, 0, 0.8, 0]], dtype=torch.float64)
+    _, returns = pure_advantages(scores, steps, mask, torch.tensor([0, 0]), None, "soft", 0.1, "token", 1.0)
+    soft = [torch.softmax(-torch.tensor(s, dtype=torch.float64) / 0.1, 0) * torch.tensor(s, dtype=torch.float64)
+            for s in ([0.4, -0.2], [0.6, 0.8])]
+    totals = [float(r.sum()) for r in soft]
+    rate = [totals[1] / 4, totals[0] / 5]  # the other response's total over its length
+    r0 = [float(soft[0][0]) - rate[0] * 2, float(soft[0][1]) - rate[0] * 1]  # steps of 3 and 2 tokens
+    r1 = [float(soft[1][0]) - rate[1] * 1, float(soft[1][1]) - rate[1] * 1]  # 2 and 2
+    want = torch.tensor([[r0[0] + r0[1]] * 3 + [r0[1]] * 2, [r1[0] + r1[1]] * 2 + [r1[1]] * 2 + [0.0]],
+                        dtype=torch.float64)
+    torch.testing.assert_close(returns, want)
 
 
 def test_pure_keeps_reward_tokens_when_asked(rng):
