@@ -15,6 +15,8 @@ A PEFT model is passed as ``peft_model.get_base_model()``, with the head not ada
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,6 +100,15 @@ def _is_dtensor(x: torch.Tensor) -> bool:
     return isinstance(x, DTensor)
 
 
+def count_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over each row's own tokens, as generate numbers them (padding gets
+    0: it is masked anyway). fastrl's rollout and the trainer's forwards use them, so that a
+    left-padded prompt starts at 0 in training as in sampling, and a model with absolute
+    position embeddings (GPT-2) sees in training what it saw sampling."""
+    valid = attention_mask != 0
+    return (valid.long().cumsum(-1) - 1).masked_fill(~valid, 0)
+
+
 def response_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -115,8 +126,9 @@ def response_logprobs(
     means set. The token at position t is predicted from the hidden state at t - 1, so
     response_mask may not mark position 0. The body sees exactly what
     ``model(input_ids, attention_mask=attention_mask, position_ids=position_ids)`` gives
-    it (with position_ids None the model picks its own, as it would there), so the results
-    equal ``log_softmax(model(...).logits[:, t - 1] / temperature)[input_ids[:, t]]``.
+    it, so the results equal ``log_softmax(model(...).logits[:, t - 1] / temperature)[input_ids[:, t]]``.
+    position_ids None: ``count_positions(attention_mask)``, as the rollout and generate number
+    a left-padded row (a body that takes no position ids, Mamba's, gets none).
 
     Returns TokenStats(logprob, entropy, mean_logp) of [B, L] tensors, float32 (float64
     for a float64 model), 0 wherever response_mask is 0; entropy and mean_logp are None
@@ -153,6 +165,10 @@ def response_logprobs(
         if bool((response & (attention_mask == 0)).any()):
             raise ValueError("response_mask marks a position where attention_mask is 0 (padding)")
 
+    if position_ids is None and "position_ids" in inspect.signature(body.forward).parameters:
+        # (the model's own default numbers a left-padded row from its padding: with learned
+        # absolute positions its log-probs were not the sampler's)
+        position_ids = count_positions(attention_mask)
     extra = {} if position_ids is None else {"position_ids": position_ids}
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)[0]
     predicts = response[:, 1:]  # the state at t - 1 predicts the token at t

@@ -98,7 +98,8 @@ class DataConfig:
     chat_template: bool = False
     """Wrap each prompt as a user message with the tokenizer's chat template."""
     max_prompt_tokens: int = 1024
-    """Longer prompts are cut from the left."""
+    """Longer prompts are cut from the left, after the chat template, as verl's truncation='left'
+    (a chat prompt cut so loses its template's opening, a plain one its BOS)."""
     shuffle: bool = True
     """File datasets: a new permutation every epoch, seeded by run.seed and the epoch."""
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fastrl.integrations.hf import count_positions
 from fastrl.ops import _checks, sample
 from fastrl.ops.logprobs import TokenStats
 
@@ -108,11 +109,14 @@ def rollout(
         raise ValueError(f"seeds must have one seed per prompt ({B}), got {seeds.shape[0]}")
     seeds = seeds.to(device)
 
-    positions = position_ids(mask)
+    positions = count_positions(mask)
     takes = inspect.signature(model.forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
     # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
-    cache_name = "cache" if "cache" in takes else "past_key_values"
+    cache_name = next((name for name in ("cache", "past_key_values") if name in takes), None)
+    if cache_name is None:  # (Mamba's forward takes cache_params: getattr(out, ...) failed after a step)
+        raise TypeError(f"rollout needs a model whose forward takes a KV cache (past_key_values or cache); "
+                        f"{type(model).__name__}'s takes neither")
     step_ids, cache = input_ids, None
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     columns = []
@@ -141,15 +145,6 @@ def rollout(
     token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
     return Rollout(input_ids, mask[:, :input_ids.shape[1]], token, live.long(), logprob, policy_logprob,
                    mean_logp, ended, seeds)
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over each row's own tokens, as generate numbers them (padding gets
-    0: it is masked anyway). The trainer's forwards use them too, so that a left-padded
-    prompt starts at 0 there as here, and a model with absolute position embeddings sees
-    in training what it saw sampling."""
-    valid = attention_mask != 0
-    return (valid.long().cumsum(-1) - 1).masked_fill(~valid, 0)
 
 
 def _prompt_batch(prompts, attention_mask, pad_token_id, device):

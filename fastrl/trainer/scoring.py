@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from fastrl.trainer.config import ConfigError, TrainConfig, user_function
-from fastrl.trainer.rollout import position_ids
+from fastrl.integrations.hf import count_positions
 
 
 def _gold(config: TrainConfig, row: dict):
@@ -199,7 +199,7 @@ class ProcessReward:
             ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row, dtype=torch.long), 1
         # positions over each row's own tokens (as the policy's)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=position_ids(mask).to(self.device)).logits.float()
+                            position_ids=count_positions(mask).to(self.device)).logits.float()
         p = logits.softmax(-1)
         read = torch.tensor(reads, dtype=torch.long).reshape(-1, 2).to(self.device)
         out[step_mask] = (p[read[:, 0], read[:, 1], 1] - p[read[:, 0], read[:, 1], 0]).to(out.device)

@@ -43,14 +43,14 @@ from fastrl.algos import credit as credit_lib
 from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
 from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
-from fastrl.integrations.hf import response_logprobs
+from fastrl.integrations.hf import count_positions, response_logprobs
 from fastrl.ops.logprobs import TokenStats
 from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
-from fastrl.trainer.rollout import position_ids, rollout
+from fastrl.trainer.rollout import rollout
 
 # what a run writes in run.output_dir (--overwrite removes them)
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb",
@@ -72,7 +72,7 @@ class Policy(nn.Module):
 
     def forward(self, input_ids, attention_mask, response_mask, temperature, entropy=False, mean_logp=False):
         stats, hidden = response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
-                                          entropy, mean_logp, position_ids(attention_mask), return_hidden=True)
+                                          entropy, mean_logp, count_positions(attention_mask), return_hidden=True)
         if self.value_head is None:
             return stats, None
         # V(s) at token t is read from the state that predicts t
@@ -291,6 +291,11 @@ class Trainer:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n, module in model.named_modules() if isinstance(module, nn.Linear)})
             raise ConfigError(f"model.lora_target_modules: no module of the model is named {', '.join(missing)}; its "
                               f"linear layers are named {', '.join(suffixes)}")
+        head = next((n for n, module in model.named_modules() if module is model.get_output_embeddings()), None)
+        if head is not None and (hit := [t for t in m.lora_target_modules if head == t or head.endswith("." + t)]):
+            # the log-prob ops read the head's weight as one matrix: an adapter on it would be skipped
+            raise ConfigError(f"model.lora_target_modules: {', '.join(hit)} is the output head ({head}), which "
+                              "LoRA may not adapt here (fastrl's log-prob ops read its weight directly)")
         lora = peft.LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                                target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
         return peft.get_peft_model(model, lora)
@@ -412,7 +417,7 @@ class Trainer:
             ref_logp = None
             if self.reference is not None:
                 ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T,
-                                             position_ids=position_ids(attention_mask)).logprob
+                                             position_ids=count_positions(attention_mask)).logprob
         self.module.train()
 
         keep = torch.ones_like(scores, dtype=torch.bool)

@@ -10,7 +10,7 @@ if os.environ.get("FASTRL_REQUIRE_ANCHORS") == "1":
 else:
     transformers = pytest.importorskip("transformers")
 
-from fastrl.integrations.hf import response_logprobs, split_causal_lm  # noqa: E402
+from fastrl.integrations.hf import count_positions, response_logprobs, split_causal_lm  # noqa: E402
 
 VOCAB = 97
 BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -56,7 +56,9 @@ def batch(rng, padding, B=4, L=13):
 
 
 def full_model_stats(model, input_ids, attention_mask, response, temperature, **kwargs):
-    """log_softmax of the full model's logits: logprob, entropy, mean at response positions."""
+    """log_softmax of the full model's logits: logprob, entropy, mean at response positions
+    (positions counted from each row's first token unless given, as response_logprobs does)."""
+    kwargs.setdefault("position_ids", count_positions(attention_mask))
     logits = model(input_ids, attention_mask=attention_mask, **kwargs).logits[:, :-1]
     logp = torch.log_softmax(logits.double() / temperature, -1)
     logprob = logp.gather(-1, input_ids[:, 1:, None])[..., 0]
@@ -107,6 +109,22 @@ def test_equals_full_model(arch, tie, padding, dtype, device, rng):
 def test_biased_and_rescaled_heads(arch, rng):
     model = tiny(rng, arch, dtype=torch.float64)
     check_equals_full_model(model, *batch(rng, "left"), 0.8, rng, TOL[torch.float64])
+
+
+def test_positions_default_to_the_rollouts_on_absolute_position_embeddings(rng):
+    """With position_ids None the model numbered a left-padded row from its padding: on GPT-2
+    (learned absolute positions) the log-probs differed from the sampler's by 0.44. The
+    default is the rollout's count from each row's first real token."""
+    from fastrl.trainer.rollout import rollout
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)).double().eval()
+    prompts = [[3, 4, 6, 7, 8, 9, 10], [12, 13]]
+    out = rollout(model, prompts, max_new_tokens=5, eos_token_id=2, pad_token_id=0, seeds=torch.tensor([5, 6]))
+    input_ids, attention_mask, response_mask = out.sequences()
+    got = response_logprobs(model, input_ids, attention_mask, response_mask).logprob
+    want = out.sampler_stats(weights_identical=True).logprob
+    torch.testing.assert_close(got[response_mask], want[response_mask].to(got), rtol=1e-6, atol=1e-6)
 
 
 def test_explicit_position_ids(rng):

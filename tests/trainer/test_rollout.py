@@ -108,6 +108,26 @@ def test_a_model_whose_kv_cache_is_named_cache(rng):
     assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
 
 
+def test_a_model_without_a_kv_cache_argument_is_refused(rng):
+    """A Mamba-style forward (cache_params) failed after the first step, with an AttributeError."""
+    model = tiny_llama(rng)
+
+    class StateSpace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, cache_params=None):
+            return self.inner(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    prompts, seeds = prompts_and_seeds(rng, B=2)
+    with pytest.raises(TypeError, match="rollout needs a model whose forward takes a KV cache .*StateSpace's takes"):
+        rollout(StateSpace(), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
+
+
 def test_float32_matches_plain_loop(rng, device):
     """float32 logits reach every sampling backend here (the Triton one under TRITON_INTERPRET=1)."""
     model = tiny_llama(rng, torch.float32).to(device)

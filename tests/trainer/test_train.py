@@ -113,6 +113,13 @@ def test_a_model_folder_that_does_not_load_or_does_not_fit_is_named(tmp_path):
         Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'empty'}"))
 
 
+def test_lora_on_the_output_head_is_refused(tmp_path):
+    pytest.importorskip("peft")
+    # (it was accepted, then the first rollout failed: "output head must be an nn.Linear, ... is Linear")
+    with pytest.raises(ConfigError, match=r"model.lora_target_modules: lm_head is the output head \(lm_head\)"):
+        Trainer(config(tmp_path, "model.lora_rank=4", "model.lora_target_modules=[lm_head, q_proj]"))
+
+
 def test_flash_attention_without_flash_attn_or_a_gpu_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"model.attn_implementation flash_attention_2 needs the flash_attn package "
                                           r"and a CUDA device \(run.device is cpu\)"):
@@ -228,7 +235,7 @@ def test_loss_and_metrics_against_an_independent_forward(tmp_path):
     """After one update the policy has left the reference: the next step's loss is
     -mean(A) + kl_coef mean(k3) - entropy_coef mean(H) at ratio 1, and its kl and entropy
     metrics the means of k3 and H, all recomputed here from the models' full logits."""
-    from fastrl.trainer.rollout import position_ids
+    from fastrl.integrations.hf import count_positions
 
     kl_coef, entropy_coef = 0.3, 0.02
     trainer = Trainer(config(tmp_path, "model.reference=initial", f"algo.kl_coef={kl_coef}",
@@ -240,7 +247,7 @@ def test_loss_and_metrics_against_an_independent_forward(tmp_path):
     def token_stats(model):
         with torch.no_grad():
             logits = model(batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=position_ids(batch.attention_mask)).logits[:, :-1].double() / T
+                           position_ids=count_positions(batch.attention_mask)).logits[:, :-1].double() / T
         logp = logits.log_softmax(-1)
         taken = logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
         return torch.nn.functional.pad(taken, (1, 0)), torch.nn.functional.pad(-(logp.exp() * logp).sum(-1), (1, 0))
