@@ -27,8 +27,8 @@ bench: $(BIN)/fastrl
 	$(BIN)/fastrl info
 	$(BIN)/fastrl bench scans
 	$(BIN)/fastrl bench advantages
-	$(BIN)/fastrl bench logprobs --memory --shape 4096,1024,32768
-	$(BIN)/fastrl bench sampling --shape 64,151936
+	$(BIN)/fastrl bench logprobs --memory
+	$(BIN)/fastrl bench sampling
 
 cuda-build:
 	bash .ci/cuda_build.sh

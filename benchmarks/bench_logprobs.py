@@ -76,7 +76,7 @@ try:
 except Exception as exc:  # the liger rows are left out
     LIGER_MISSING = f"{type(exc).__name__}: {exc}"[:200]
 
-CPU_SHAPES = [(2048, 1024, 32768), (4096, 1024, 32768)]
+CPU_SHAPES = [(4096, 1024, 32768)]
 ACCEPTANCE_CPU = (4096, 1024, 32768)
 GPU_SHAPES = [(8192, 4096, 32000), (32768, 3584, 151936)]
 QUICK_SHAPES = [(512, 128, 4096)]
@@ -444,4 +444,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.exit_status(main()))
+    harness.command_line(main)

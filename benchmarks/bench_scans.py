@@ -215,4 +215,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.exit_status(main()))
+    harness.command_line(main)

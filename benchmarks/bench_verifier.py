@@ -91,6 +91,13 @@ def main(argv=None):
     if not Path(args.data).is_file():
         ap.error(f"--data: no file {args.data} (HardVerify-Math.json from the HardVerify-Math dataset)")
     pairs = load_pairs(args.data, ap.error)
+    if args.json:  # before the work: a path it cannot write lost the whole run's results
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json + ".part").touch()
+            Path(args.json + ".part").unlink()
+        except OSError as e:
+            ap.error(f"--json {args.json}: cannot write there ({e.strerror or e})")
     golds, answers, labels, splits, kinds = map(list, zip(*pairs))
     providers = {"fastrl": run_fastrl(golds, answers, args.workers)}
     if not args.no_math_verify:

@@ -225,7 +225,11 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
     assert "malloc: called from Python, so glibc's defaults" in capsys.readouterr().out
     args = harness.parse_args("test", "B,T", ["--shape", "256,1024", "--malloc-default"])
     harness.shapes(args, [(1, 2)], [(256, 1024)], [(256, 1024)])
-    assert "--shape" not in args._partial  # `make bench` names shapes of the ladder
+    assert "--shape" not in args._partial  # the whole ladder, named
+    # a subset of the ladder is partial too: its rows replaced the whole grid's (60 rows -> 10)
+    args = harness.parse_args("test", "B,T", ["--shape", "256,1024", "--malloc-default"])
+    harness.shapes(args, [(1, 2)], [(256, 1024), (64, 1024)], [(256, 1024)])
+    assert "--shape" in args._partial
     # a run of no case is an error, not "wrote 0 rows"; a file replaced is said to be
     with pytest.raises(SystemExit) as done:
         cli.main(["bench", "scans", "--quick", "--only", "nomatch", "--malloc-default"])
@@ -237,6 +241,10 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as done:
         cli.main([*argv[:-1], str(tmp_path)])
     assert done.value.code == 2 and "is a folder" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")  # a folder that cannot be made: refused before timing, not a traceback
+    with pytest.raises(SystemExit) as done:
+        cli.main([*argv[:-1], str(tmp_path / "a_file" / "x.json")])
+    assert done.value.code == 2 and "--out " in (err := capsys.readouterr().err) and "cannot write there" in err
 
     calls = []
 
