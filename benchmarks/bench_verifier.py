@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,8 +95,7 @@ def main(argv=None):
     if args.json:  # before the work: a path it cannot write lost the whole run's results
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json + ".part").touch()
-            Path(args.json + ".part").unlink()
+            tempfile.TemporaryFile(dir=Path(args.json).parent).close()
         except OSError as e:
             ap.error(f"--json {args.json}: cannot write there ({e.strerror or e})")
     golds, answers, labels, splits, kinds = map(list, zip(*pairs))

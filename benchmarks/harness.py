@@ -28,6 +28,7 @@ import platform
 import re
 import resource
 import statistics
+import tempfile
 import subprocess
 import sys
 import time
@@ -199,8 +200,10 @@ def probe(case: Case):
     call = case.setup()
     # what setup freed goes back to the OS: with heap trimming off the call reused it unseen
     # (gae's two 4 MiB outputs measured 5 MiB in all)
-    if ctypes.util.find_library("c"):
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    libc = ctypes.util.find_library("c")
+    trim = libc and getattr(ctypes.CDLL(libc), "malloc_trim", None)  # (glibc's; musl and macOS lack it)
+    if trim:
+        trim(0)
     _reset_peak_rss()
     before = _peak_rss_bytes()
     call()
@@ -418,8 +421,7 @@ def writable(path: Path, option: str):
     """Refuse, before any timing, a path the results could not be written to."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name(path.name + ".part").touch()
-        path.with_name(path.name + ".part").unlink()
+        tempfile.TemporaryFile(dir=path.parent).close()  # (not the .part name: another run may be writing it)
     except OSError as e:
         usage_error(f"{option} {path}: cannot write there ({e.strerror or e})")
 

@@ -133,11 +133,11 @@ class Workers:
         # a worker the pool starts here inherits this thread's blocked Ctrl-C from its first
         # instruction, so one still importing cannot die of it with a traceback (_start_worker then
         # ignores it); the parent's other threads still take it, so it raises here, not lost
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self.pending[self.pool.submit(fn, *args)] = (fn, args)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (the caller's own mask, as it was)
 
     def finished(self) -> Iterator[tuple[Callable, tuple, object]]:
         from concurrent.futures import FIRST_COMPLETED, wait

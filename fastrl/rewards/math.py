@@ -140,9 +140,9 @@ def _boxed_all(s: str) -> list[str]:
 
 
 # "the answer is", "the correct answer is", "Final Answer:", "**Answer:**" (markdown), a line
-# starting "Answer:", GSM8K's closing "#### 72"
+# starting "Answer:", GSM8K's closing "#### 72" (on the last line: elsewhere "####" opens a heading)
 _ANSWER_MARK = re.compile(r"(?:final\s+answer|the\s+(?:(?:correct|right|final)\s+)?answer)\s*[*_]*\s*(?:is\b|[:：])"
-                          r"|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]|^[ \t]*####(?!#)", re.I | re.M)
+                          r"|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]|^[ \t]*####(?!#)(?=[^\n]*\s*\Z)", re.I | re.M)
 # $...$ (an escaped "\$", a dollar sign, inside it: "$\$18$"), $$...$$, \[...\], \(...\)
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$((?:\\.|[^$\\])+)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
 
@@ -374,7 +374,7 @@ def _strip_label(s: str):
     if m and "=" not in m.group(1) and not re.search(r"\d", label) and not _HEDGE.search(label):
         return m.group(1).strip(), None  # (a hedge is no label: "Maybe: 4", "not: 4")
     m = re.fullmatch(rf"\s*((?:{_LABEL}\s*=\s*)+)(.+)", s)
-    if m and "=" not in m.group(2):
+    if m and "=" not in m.group(2) and not _HEDGE.search(m.group(1)):  # ("NO = 4", "OR = 4": no label)
         return m.group(2).strip(), None
     m = re.fullmatch(r"\s*[a-zA-Z]\s*\(\s*(\w+)\s*\)\s*=\s*(.+)", s)  # f(x) = ..., T(10) = 2
     if m and "=" not in m.group(2):
@@ -766,7 +766,8 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     ge, ae = _sympify(g.rstrip("%")), _sympify(a.rstrip("%"))
     if ge is None or ae is None:
         # text answers ("no solution", letters) compare as normalised text
-        ok = re.sub(r"[\s()]", "", g.lower()) == re.sub(r"[\s()]", "", a.lower())
+        # (white space between two digits stays: "5 6" is no 56)
+        ok = re.sub(r"(?<!\d)\s+|\s+(?!\d)|[()]", "", g.lower()) == re.sub(r"(?<!\d)\s+|\s+(?!\d)|[()]", "", a.lower())
         return ok, ("same text" if ok else f"cannot parse {'gold' if ge is None else 'answer'}; texts differ")
     # a function's variable is the answer's to name: f(z)=2z vs f(x)=2x, or vs a plain 2x
     if avar and not gvar and len(ge.free_symbols) == 1:
@@ -1095,11 +1096,19 @@ def _gold_text(gold) -> str:
         return gold.rpartition("####")[2].strip() if "####" in gold else gold
     if isinstance(gold, bool) or not isinstance(gold, (numbers.Real, decimal.Decimal)):
         raise TypeError(f"gold must be a str or a number, got {type(gold).__name__}: {_short(repr(gold))}")
-    if isinstance(gold, (numbers.Integral, fractions.Fraction)):
-        return str(gold if isinstance(gold, fractions.Fraction) else int(gold))
-    if not cmath.isfinite(gold):  # (a missing value in a table: NaN would match "\text{NaN}")
+    if isinstance(gold, numbers.Integral):
+        return str(int(gold))
+    if isinstance(gold, numbers.Rational):  # (Fraction, sympy's Rational): "1/3"
+        return str(fractions.Fraction(int(gold.numerator), int(gold.denominator)))
+    finite = gold.is_finite() if isinstance(gold, decimal.Decimal) else cmath.isfinite(float(gold))
+    if not finite:  # (a missing value in a table: NaN would match "\text{NaN}")
         raise ValueError(f"gold must be a finite number, got {gold!r}")
-    return format(decimal.Decimal(str(gold)), "f")  # (1e16 as its digits: no exponent rule to go through)
+    if isinstance(gold, decimal.Decimal):
+        return format(gold, "f")  # (exact, as written)
+    # a binary float is its value to the digits its type holds (15, float32's 6), as a decimal the
+    # rounding rule matches: 2/3 stored as 0.6666666666666666 is no exact 2/3, but rounds to it
+    digits = 6 if type(gold).__name__ == "float32" else 3 if type(gold).__name__ == "float16" else 15
+    return format(decimal.Decimal(format(float(gold), f".{digits}g")), "f")
 
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:

@@ -113,8 +113,9 @@ def rollout(
     takes = inspect.signature(model.forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
     # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
-    cache_name = next((name for name in ("cache", "past_key_values") if name in takes), None)
-    if cache_name is None:  # (Mamba's forward takes cache_params: getattr(out, ...) failed after a step)
+    cache_name = "cache" if "cache" in takes else "past_key_values"
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())  # (a wrapper, torch.compile's)
+    if cache_name not in takes and not passes_on:  # (Mamba's takes cache_params: getattr(out, ...) failed after a step)
         raise TypeError(f"rollout needs a model whose forward takes a KV cache (past_key_values or cache); "
                         f"{type(model).__name__}'s takes neither")
     step_ids, cache = input_ids, None

@@ -573,8 +573,8 @@ class Trainer:
         out = {"lr": lr, "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
         if updates:
             out.update(loss=loss / updates, grad_norm=grad_norm / updates)
-        if not rover and tokens:
-            out["clip_fraction"] = clipped / tokens
+        if not rover and updates:
+            out["clip_fraction"] = clipped / max(tokens, 1)
         return out
 
     # ---- the run -------------------------------------------------------------------

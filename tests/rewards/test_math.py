@@ -45,7 +45,8 @@ HACKS = [
     ("5", "5 more than the answer"), ("5", "5 less than x"), ("2", "2 squared"), ("4", "4 sqrt"), ("2", "2 thirds"),
     ("3", "3 quarters"), ("9", "9 hundredths"), ("5", "5 dozen"), ("4", "not: 4"), ("4", "Maybe: 4"),
     ("4", "Wrong: 4"), ("4", "Guess = 4"), ("5", "5 (ignore previous instructions)"), ("5", "5, a perfect score"),
-    ("5", "5 (this should pass the verifier)"), ("5", "5 (maybe)"),
+    ("5", "5 (this should pass the verifier)"), ("5", "5 (maybe)"), ("4", "NO = 4"), ("4", "OR = 4"),
+    ("56", "5 6"), ("12", "1 2"),  # (unparsed, "5 6" was compared as the text 56)
 ]
 
 
@@ -108,6 +109,9 @@ def test_several_different_boxed_score_zero():
     ("The final answer is $\\$18$. I hope it is correct.", "\\$18"),
     ("So she has $\\$42$ left", "\\$42"),
     ("She has 72 apples in total.\n#### 72", "72"),
+    # "####" elsewhere than on the last line opens a markdown heading, no answer
+    ("The answer is 5.\n\n#### Verification\nWe check that 5 works.", "5"),
+    ("#### Step 1\nCompute 2+3.\n#### Step 2\nSo the total is 5", "5"),
     ("**Final Answer:** The correct answer is 5.", "5"),
 ])
 def test_extract_answer(completion, expected):
@@ -145,15 +149,20 @@ def test_gold_forms():
     gsm8k = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72"
     assert vm.score(gsm8k, "so \\boxed{72}") == 1.0 and vm.score(gsm8k, "so \\boxed{24}") == 0.0
     assert vm.verify_batch([gsm8k, "#### 1,000"], ["72", "1000"]) == [True, True]
-    # numpy's numbers, Fraction and Decimal are numbers too; a float prints as digits ("1e+16" is e + 16)
+    # numpy's numbers, Fraction and Decimal are numbers too; a binary float is its value to the
+    # digits its type holds, so 2/3 stored as 0.6666666666666666 still matches \frac23 (by the
+    # rounding rule), and 0.1 + 0.2 matches 0.3
     import decimal
     import fractions
+    import math
 
     import numpy as np
 
-    assert [vm.score(g, f"\\boxed{{{a}}}") for g, a in [(np.int64(72), 72), (np.float32(0.5), "\\frac12"),
-            (fractions.Fraction(1, 3), "\\frac13"), (decimal.Decimal("2.50"), 2.5), (1e16, 10**16), (1e-20, "10^{-20}")]] \
-        == [1.0] * 6
+    assert [vm.score(g, f"\\boxed{{{a}}}") for g, a in [
+            (np.int64(72), 72), (np.float32(0.5), "\\frac12"), (fractions.Fraction(1, 3), "\\frac13"),
+            (decimal.Decimal("2.50"), 2.5), (1e16, 10**16), (1e-20, "10^{-20}"), (2 / 3, "\\frac23"),
+            (math.sqrt(2) / 2, "\\frac{\\sqrt2}{2}"), (0.1 + 0.2, 0.3), (np.float32(1 / 3), "\\frac13")]] == [1.0] * 10
+    assert vm.score(2 / 3, "\\boxed{0.67}") == 0.0  # (too few digits for the rounding rule)
 
 
 @pytest.mark.parametrize("gold", [float("nan"), float("inf")])

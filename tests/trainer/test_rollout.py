@@ -128,6 +128,26 @@ def test_a_model_without_a_kv_cache_argument_is_refused(rng):
         rollout(StateSpace(), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
 
 
+def test_a_model_that_passes_keywords_on_is_run(rng):
+    """A wrapper (or torch.compile's module) whose forward takes **kwargs passes the KV cache on."""
+    model = tiny_llama(rng)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    prompts, seeds = prompts_and_seeds(rng)
+    r = rollout(Wrapper(), prompts, 8, EOS, PAD, seeds=seeds, progress=False)
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
+
+
 def test_float32_matches_plain_loop(rng, device):
     """float32 logits reach every sampling backend here (the Triton one under TRITON_INTERPRET=1)."""
     model = tiny_llama(rng, torch.float32).to(device)
