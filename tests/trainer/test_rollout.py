@@ -108,43 +108,38 @@ def test_a_model_whose_kv_cache_is_named_cache(rng):
     assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
 
 
+class Wrapper(torch.nn.Module):
+    """A model around a causal LM whose forward passes every keyword on (as torch.compile's module)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+class StateSpace(Wrapper):
+    """A Mamba-style forward: its recurrent state is cache_params, no KV cache."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, cache_params=None):
+        return self.inner(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
 def test_a_model_without_a_kv_cache_argument_is_refused(rng):
-    """A Mamba-style forward (cache_params) failed after the first step, with an AttributeError."""
-    model = tiny_llama(rng)
-
-    class StateSpace(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
-        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, cache_params=None):
-            return self.inner(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-
+    """(it failed after the first step, with an AttributeError)"""
     prompts, seeds = prompts_and_seeds(rng, B=2)
     with pytest.raises(TypeError, match="rollout needs a model whose forward takes a KV cache .*StateSpace's takes"):
-        rollout(StateSpace(), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
+        rollout(StateSpace(tiny_llama(rng)), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
 
 
 def test_a_model_that_passes_keywords_on_is_run(rng):
-    """A wrapper (or torch.compile's module) whose forward takes **kwargs passes the KV cache on."""
     model = tiny_llama(rng)
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
-        def forward(self, *args, **kwargs):
-            return self.inner(*args, **kwargs)
-
     prompts, seeds = prompts_and_seeds(rng)
-    r = rollout(Wrapper(), prompts, 8, EOS, PAD, seeds=seeds, progress=False)
+    r = rollout(Wrapper(model), prompts, 8, EOS, PAD, seeds=seeds, progress=False)
     assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
 
 
