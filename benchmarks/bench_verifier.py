@@ -14,9 +14,12 @@ import argparse
 import json
 import os
 import platform
-import tempfile
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import writable  # noqa: E402  (not `import harness`: fastrl bench would read its rows as timings)
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "verifier" / "HardVerify-Math.json"
 
@@ -93,11 +96,7 @@ def main(argv=None):
         ap.error(f"--data: no file {args.data} (HardVerify-Math.json from the HardVerify-Math dataset)")
     pairs = load_pairs(args.data, ap.error)
     if args.json:  # before the work: a path it cannot write lost the whole run's results
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=Path(args.json).parent).close()
-        except OSError as e:
-            ap.error(f"--json {args.json}: cannot write there ({e.strerror or e})")
+        writable(Path(args.json), "--json")
     golds, answers, labels, splits, kinds = map(list, zip(*pairs))
     providers = {"fastrl": run_fastrl(golds, answers, args.workers)}
     if not args.no_math_verify:

@@ -766,8 +766,10 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     ge, ae = _sympify(g.rstrip("%")), _sympify(a.rstrip("%"))
     if ge is None or ae is None:
         # text answers ("no solution", letters) compare as normalised text
-        # (white space between two digits stays: "5 6" is no 56)
-        ok = re.sub(r"(?<!\d)\s+|\s+(?!\d)|[()]", "", g.lower()) == re.sub(r"(?<!\d)\s+|\s+(?!\d)|[()]", "", a.lower())
+        def squeezed(text):  # (white space between two digits stays: "5 6" is no 56)
+            return re.sub(r"(?<!\d)\s+|\s+(?!\d)|[()]", "", text.lower())
+
+        ok = squeezed(g) == squeezed(a)
         return ok, ("same text" if ok else f"cannot parse {'gold' if ge is None else 'answer'}; texts differ")
     # a function's variable is the answer's to name: f(z)=2z vs f(x)=2x, or vs a plain 2x
     if avar and not gvar and len(ge.free_symbols) == 1:
@@ -1105,9 +1107,11 @@ def _gold_text(gold) -> str:
         raise ValueError(f"gold must be a finite number, got {gold!r}")
     if isinstance(gold, decimal.Decimal):
         return format(gold, "f")  # (exact, as written)
-    # a binary float is its value to the digits its type holds (15, float32's 6), as a decimal the
-    # rounding rule matches: 2/3 stored as 0.6666666666666666 is no exact 2/3, but rounds to it
-    digits = 6 if type(gold).__name__ == "float32" else 3 if type(gold).__name__ == "float16" else 15
+    # a binary float is its value to the digits its type holds (15, numpy's float32 6), as a decimal
+    # the rounding rule matches: 2/3 stored as 0.6666666666666666 is no exact 2/3, but rounds to it
+    import numpy as np
+
+    digits = np.finfo(gold.dtype).precision if hasattr(gold, "dtype") else 15
     return format(decimal.Decimal(format(float(gold), f".{digits}g")), "f")
 
 

@@ -43,7 +43,7 @@ from fastrl.algos import credit as credit_lib
 from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
 from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
-from fastrl.integrations.hf import count_positions, response_logprobs
+from fastrl.integrations.hf import response_logprobs
 from fastrl.ops.logprobs import TokenStats
 from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
@@ -72,7 +72,7 @@ class Policy(nn.Module):
 
     def forward(self, input_ids, attention_mask, response_mask, temperature, entropy=False, mean_logp=False):
         stats, hidden = response_logprobs(self.causal_lm(), input_ids, attention_mask, response_mask, temperature,
-                                          entropy, mean_logp, count_positions(attention_mask), return_hidden=True)
+                                          entropy, mean_logp, return_hidden=True)
         if self.value_head is None:
             return stats, None
         # V(s) at token t is read from the state that predicts t
@@ -286,13 +286,17 @@ class Trainer:
             raise ConfigError("model.lora_rank > 0 needs peft (pip install peft)") from None
         m = self.cfg.model
         names = [name for name, _ in model.named_modules()]
+
+        def targets(name, target):  # peft's rule: the whole name or its last dotted parts
+            return name == target or name.endswith("." + target)
+
         # (peft's own error is a traceback naming no config key)
-        if missing := [t for t in m.lora_target_modules if not any(n == t or n.endswith("." + t) for n in names)]:
+        if missing := [t for t in m.lora_target_modules if not any(targets(n, t) for n in names)]:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n, module in model.named_modules() if isinstance(module, nn.Linear)})
             raise ConfigError(f"model.lora_target_modules: no module of the model is named {', '.join(missing)}; its "
                               f"linear layers are named {', '.join(suffixes)}")
         head = next((n for n, module in model.named_modules() if module is model.get_output_embeddings()), None)
-        if head is not None and (hit := [t for t in m.lora_target_modules if head == t or head.endswith("." + t)]):
+        if head is not None and (hit := [t for t in m.lora_target_modules if targets(head, t)]):
             # the log-prob ops read the head's weight as one matrix: an adapter on it would be skipped
             raise ConfigError(f"model.lora_target_modules: {', '.join(hit)} is the output head ({head}), which "
                               "LoRA may not adapt here (fastrl's log-prob ops read its weight directly)")
@@ -416,8 +420,7 @@ class Trainer:
                                           mean_logp=cfg.algo.name == "rover")
             ref_logp = None
             if self.reference is not None:
-                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T,
-                                             position_ids=count_positions(attention_mask)).logprob
+                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T).logprob
         self.module.train()
 
         keep = torch.ones_like(scores, dtype=torch.bool)
@@ -573,8 +576,8 @@ class Trainer:
         out = {"lr": lr, "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
         if updates:
             out.update(loss=loss / updates, grad_norm=grad_norm / updates)
-        if not rover and updates:
-            out["clip_fraction"] = clipped / max(tokens, 1)
+            if not rover:
+                out["clip_fraction"] = clipped / max(tokens, 1)
         return out
 
     # ---- the run -------------------------------------------------------------------
