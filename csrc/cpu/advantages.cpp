@@ -76,11 +76,11 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores_, const at::Tensor& gro
       for (int64_t i = 0; i < B; ++i) all.m2 += (static_cast<double>(s[i]) - all.mean) * (static_cast<double>(s[i]) - all.mean);
       batch_std = unbiased_std(all.count, all.m2);
     }
-    for (auto& g : stats) {  // the group's coefficients replace its stats: shift in mean, scale in m2
+    for (auto& g : stats) {  // the group's coefficients replace its stats: shift in mean, divisor in m2
       if (g.count == 0) continue;
       const GroupCoefficients c = group_coefficients(method, g, eps, batch_std);
       g.mean = c.shift;
-      g.m2 = c.scale;
+      g.m2 = c.divisor;
     }
     acc_t* out = advantages.data_ptr<acc_t>();
     for (int64_t i = 0; i < B; ++i) {

@@ -63,12 +63,12 @@ __global__ void __launch_bounds__(kThreads)
     batch_std = unbiased_std(static_cast<double>(B), block_sum(local, shared));
   }
   __syncthreads();
-  // The group's coefficients replace its stats: shift in `mean`, scale in `m2`.
+  // The group's coefficients replace its stats: shift in `mean`, divisor in `m2`.
   for (int64_t g = threadIdx.x; g < B; g += blockDim.x)
     if (count[g] > 0) {
       const GroupCoefficients c = group_coefficients(method, GroupStats{count[g], mean[g], m2[g]}, eps, batch_std);
       mean[g] = c.shift;
-      m2[g] = c.scale;
+      m2[g] = c.divisor;
     }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < B; i += blockDim.x)

@@ -8,8 +8,8 @@ head, and the logits of the others exist a chunk (on GPU a tile) at a time.
 transformers is never imported: any model whose forward is ``lm_head(body(...)[0])``
 works, where lm_head is an ``nn.Linear`` and the body is the model's one other
 submodule. The logit rescalings that transformers' own causal LMs apply after the
-head are folded into the temperature (see ``LOGIT_SCALES``); soft-capping, a tanh, is
-refused. The head's weight must be whole on one device: not an FSDP2/tensor-parallel
+head are folded into the temperature (see ``LOGIT_SCALES``); soft-capping, a tanh, and
+masking vocabulary columns after the head (``MASKED_LOGITS``) are refused. The head's weight must be whole on one device: not an FSDP2/tensor-parallel
 DTensor nor an offloaded (meta) parameter, since the head's forward hooks never run.
 A PEFT model is passed as ``peft_model.get_base_model()``, with the head not adapted.
 """
@@ -45,6 +45,10 @@ LOGIT_SCALES = {
 }
 SCALE_FIELDS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
 
+# model_type -> what its forward masks after the head (finfo.min in those columns): the fused
+# head would normalise over tokens the model never emits.
+MASKED_LOGITS = {"chameleon": "its image tokens"}
+
 
 def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
     """(body, lm_head, scale) of a causal LM whose logits are ``lm_head(body(...)[0]) * scale``.
@@ -77,6 +81,9 @@ def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
                              "is not a linear map of the hidden state; compute its logits and use "
                              "fastrl.ops.logprobs_from_logits instead")
     scale, model_type = 1.0, getattr(config, "model_type", None)
+    if model_type in MASKED_LOGITS:
+        raise ValueError(f"{name} masks {MASKED_LOGITS[model_type]} out of its logits after the head (model_type "
+                         f"{model_type!r}); compute its logits and use fastrl.ops.logprobs_from_logits instead")
     for field in SCALE_FIELDS:
         value = getattr(text_config, field, None)
         if value is None:

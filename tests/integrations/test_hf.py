@@ -157,6 +157,10 @@ def test_soft_capped_head_is_refused(rng):
 def test_unknown_heads_are_refused(rng):
     model = tiny(rng)
     input_ids, attention_mask, response = batch(rng, "left")
+    model.config.model_type = "chameleon"  # its forward masks the image tokens' logits after the head
+    with pytest.raises(ValueError, match="masks its image tokens out of its logits"):
+        response_logprobs(model, input_ids, attention_mask, response)
+    model.config.model_type = "llama"
     model.config.logit_scale = 2.0  # a field Llama does not apply, but other models do
     with pytest.raises(ValueError, match="config.logit_scale=2.0"):
         response_logprobs(model, input_ids, attention_mask, response)

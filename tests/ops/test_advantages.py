@@ -109,6 +109,17 @@ def test_all_equal_group_gives_zeros(device):
                 assert (ops.group_advantages(torch.full((8,), 0.5, device=device), ids, method) == 0).all()
 
 
+def test_all_equal_group_gives_zeros_at_a_subnormal_eps(device):
+    """1 / (0 + 1e-310) overflows to inf: a kernel that multiplied by it read 0 * inf = NaN."""
+    s = torch.tensor([1.0, 1.0, 0.0, 2.0], dtype=torch.float64, device=device)
+    ids = torch.tensor([0, 0, 1, 1], device=device)
+    for backend in ops.available_backends("group_advantages", device.type):
+        with ops.use_backend(backend):
+            got = ops.group_advantages(s, ids, "grpo", eps=1e-310).cpu()
+            assert got[:2].eq(0).all() and got[2:].isfinite().all(), (backend, got)
+            assert ops.group_advantages(s.fill_(0.5), ids, "batch_std", eps=1e-310).eq(0).all(), backend
+
+
 @pytest.mark.parametrize("n", [7, 8, 16])
 @pytest.mark.parametrize("value", [0.7, 0.1, 1 / 3])
 def test_every_backend_accumulates_in_double(value, n, device):

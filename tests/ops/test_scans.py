@@ -345,6 +345,19 @@ def test_soft_weights_with_logits_past_float32(scores, device):
             torch.testing.assert_close(ret.cpu(), want, msg=f"{backend} {temperature}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_soft_weights_at_a_temperature_past_the_accumulator(dtype, device):
+    """A temperature of 1e300 is inf in float32, what float32, bf16 and fp16 accumulate in:
+    the weights are uniform, as the limit (the C++ scan's first step divided -inf by inf: NaN)."""
+    s = torch.tensor([[0.5, -0.25, 1.0]], dtype=dtype, device=device)
+    ones = torch.ones(1, 3, dtype=torch.bool, device=device)
+    want = torch.tensor([[5 / 12, 1 / 4, 1 / 3]], dtype=reference.output_dtype(s))
+    for backend in ops.available_backends("min_form_returns", device.type):
+        with ops.use_backend(backend):
+            _, ret = ops.min_form_returns(s, ones, ones, 1e300, "soft")
+        torch.testing.assert_close(ret.cpu(), want, msg=backend)
+
+
 def test_a_temperature_that_is_0_in_the_scores_dtype():
     s = torch.ones(1, 3)
     with pytest.raises(ValueError, match="temperature 1e-46 is 0 in float32"):

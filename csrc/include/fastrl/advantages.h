@@ -33,11 +33,12 @@ FASTRL_HD double unbiased_std(double count, double m2) {
   return count > 1 ? sqrt(m2 / (count - 1)) : 0.0;
 }
 
-// A group's advantages are (s - shift) * scale for each score s in it;
-// computed once per group so the per-response pass is a subtract and a multiply.
+// A group's advantages are (s - shift) / divisor for each score s in it, computed once per
+// group. A divisor, not its reciprocal: 1 / (0 + eps) overflows for a subnormal eps, and the
+// equal scores of a group would read 0 * inf = NaN where they read 0.
 struct GroupCoefficients {
-  double shift, scale;
-  FASTRL_HD double operator()(double s) const { return (s - shift) * scale; }
+  double shift, divisor;
+  FASTRL_HD double operator()(double s) const { return (s - shift) / divisor; }
 };
 
 // Singletons follow verl's loop estimators: grpo takes mean 0 and std 1,
@@ -47,14 +48,14 @@ FASTRL_HD GroupCoefficients group_coefficients(GroupMethod method, GroupStats g,
   const double mean = single ? 0.0 : g.mean;
   switch (method) {
     case GroupMethod::kGrpo:
-      return {mean, 1.0 / ((single ? 1.0 : unbiased_std(g.count, g.m2)) + eps)};
+      return {mean, (single ? 1.0 : unbiased_std(g.count, g.m2)) + eps};
     case GroupMethod::kDrGrpo:
       return {mean, 1.0};
     case GroupMethod::kRloo:
       // s minus the mean of the other members: (s - mean) * n / (n - 1)
-      return {mean, single ? 1.0 : g.count / (g.count - 1)};
+      return {mean, single ? 1.0 : (g.count - 1) / g.count};
     default:
-      return {mean, 1.0 / (batch_std + eps)};
+      return {mean, batch_std + eps};
   }
 }
 

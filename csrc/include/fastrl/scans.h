@@ -50,8 +50,11 @@ struct OnlineSoftmax {
   FASTRL_HD static OnlineSoftmax empty(acc_t temperature) { return {-infinity<acc_t>(), acc_t(0), temperature}; }
 
   FASTRL_HD void add(acc_t x) {
-    if (x > max) {
-      sum = sum * exp_((max - x) / temperature) + acc_t(1);  // 0 * exp(-inf) before the first x
+    if (sum == acc_t(0)) {  // the first x: (-inf - x) / T is NaN where T is inf in acc_t
+      max = x;
+      sum = acc_t(1);
+    } else if (x > max) {
+      sum = sum * exp_((max - x) / temperature) + acc_t(1);
       max = x;
     } else {
       sum += exp_((x - max) / temperature);
