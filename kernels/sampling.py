@@ -229,11 +229,15 @@ def _span_bits(v0, n0, n1, n2, n3, RUN: tl.constexpr):
 
 
 @triton.jit
-def _group_pick(log_mass, v0, bits, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
+def _group_pick(log_mass, shift, v0, bits, best, best_group, RUN: tl.constexpr, FAST: tl.constexpr):
     """The running Gumbel-max over the groups of the span at v0, log_mass[r] the log2 mass of
-    group g = v0 / (4 RUN) + r, bits its noise (_span_bits); replaced on a strictly larger
-    value (ties, which need equal float keys: the first seen)."""
+    group g = v0 / (4 RUN) + r over 2^(the slot's reference), bits its noise (_span_bits);
+    replaced on a strictly larger value (ties, which need equal float keys: the first seen).
+    Values are relative to the slot's reference (shift: its old one minus its new one, for
+    best): z ~ 3.6e7 (logit 25 at temperature 1e-6) is 4 float32 spacings from the next
+    float, so z + noise rounds the noise away and tokens tied there would go to the first."""
     g = log_mass + _gumbel(bits, FAST)
+    best = best + shift
     better = g > best
     return tl.where(better, g, best), tl.where(better, tl.arange(0, ROWS) + v0 // (4 * RUN), best_group)
 
@@ -253,20 +257,20 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
     reads the row again without."""
     m_span = _group_max(x, odd) * scale
     m_new = tl.maximum(m, m_span)
-    m_ref = _reference(m_new)
+    m_old, m_ref = _reference(m), _reference(m_new)
     if LAGGED:
-        m_old = _reference(m)
         r = m_old[None, :, None]
         mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_old
         # against 2^0 (no earlier finite logit) a span whose max is under 2^-LAGGED_FLOOR loses terms to float32's
         # floor (2^-126 where subnormals flush): unsafe, and so made NaN
         unsafe = (m == float("-inf")) & (m_span < -LAGGED_FLOOR) & (m_span > float("-inf"))
         s = tl.where(unsafe, float("nan"), (s + mass) * tl.exp2(m_old - m_ref))
-        m_ref = m_old  # the reference of mass
+        mass_ref = m_old
     else:
         r = m_ref[None, :, None]
         mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
         s = s * tl.exp2(m - m_ref) + mass
+        mass_ref = m_ref
     if MASKED:
         zsum += _group_sum(tl.where(ok, x, 0.0), tl.where(ok_odd, odd, 0.0))
     else:
@@ -276,15 +280,18 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
             x, odd = tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))
         zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
     else:
-        best, best_group = _group_pick(m_ref + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
+        best, best_group = _group_pick(_log2(mass, FAST) + (mass_ref - m_ref), m_old - m_ref, v0, bits, best,
+                                       best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 
 @triton.jit
 def _stats_combine(m, s, zsum, best, index, other_m, other_s, other_zsum, other_best, other_index):
-    """tl.reduce's combine for the accumulators of two slots (or chunks): s is over 2^_reference(m)."""
+    """tl.reduce's combine for the accumulators of two slots (or chunks): s and best are over
+    (relative to) 2^_reference(m)."""
     m_new = tl.maximum(m, other_m)
     m_ref = _reference(m_new)
+    best, other_best = best + (_reference(m) - m_ref), other_best + (_reference(other_m) - m_ref)
     wins = _wins(best, index, other_best, other_index)
     return (m_new, s * tl.exp2(m - m_ref) + other_s * tl.exp2(other_m - m_ref), zsum + other_zsum,
             tl.where(wins, other_best, best), tl.where(wins, other_index, index))
@@ -293,14 +300,17 @@ def _stats_combine(m, s, zsum, best, index, other_m, other_s, other_zsum, other_
 @triton.jit
 def _row_stats(m, s, zsum, zmin, best, best_group, FILTER: tl.constexpr, FUSED: tl.constexpr):
     """The slots' accumulators (or the chunks' partials) reduced to the row's (chunk's) scalars:
-    max, sum of exp2 over 2^_reference(max), sum, min (FILTER) and the Gumbel-max. FUSED: in
+    max, sum of exp2 over 2^_reference(max), sum, min (FILTER) and the Gumbel-max (relative
+    to _reference(max), as each slot's to its own). FUSED: in
     one reduction, so the row's end waits on one exchange between warps, not six (else as
     _best_token's)."""
     if FUSED:
         m, s, zsum, top, group = tl.reduce((m, s, zsum, best, best_group), 0, _stats_combine)
     else:
         m_row = tl.max(m, None)
-        s = tl.sum(s * tl.exp2(m - _reference(m_row)), None)
+        ref = _reference(m_row)
+        s = tl.sum(s * tl.exp2(m - ref), None)
+        best = best + (_reference(m) - ref)
         m, zsum = m_row, tl.sum(zsum, None)
         top, group, _ = _best_token(best, best_group, best, False)
     return m, s, zsum, tl.min(zmin, None) if FILTER else zmin, top, group
@@ -309,11 +319,12 @@ def _row_stats(m, s, zsum, zmin, best, best_group, FILTER: tl.constexpr, FUSED: 
 @triton.jit
 def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, best_group,
                RUN: tl.constexpr, FAST: tl.constexpr):
-    """The groups' Gumbel-max over their kept mass (z >= cutoff), and that mass (per group)."""
+    """The groups' Gumbel-max over their kept mass (z >= cutoff; relative to the row's max m), and
+    that mass (per group)."""
     x, odd, _, _ = _span(logits_ptr, row, v0, V, RUN, True)
     z, z_odd = x * scale, odd * scale  # as the search passes compute it: the cutoff compares the same floats
     mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0), tl.where(z_odd >= cutoff, tl.exp2(z_odd - m), 0.0))
-    best, best_group = _group_pick(m + _log2(mass, FAST), v0, bits, best, best_group, RUN, FAST)
+    best, best_group = _group_pick(_log2(mass, FAST), 0.0, v0, bits, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
 
@@ -321,13 +332,14 @@ def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, bes
 def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, FAST: tl.constexpr,
              FUSED: tl.constexpr):
     """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
-    token t takes output t % 4 of counter t // 4) and its z."""
+    token t takes output t % 4 of counter t // 4, added to z less the group's max, as in
+    _group_pick) and its z."""
     cols = _runs((group // ROWS) * (4 * ROWS * RUN), tl.arange(0, 4) * ROWS + group % ROWS, RUN)
     z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
     r0, r1, r2, r3 = tl.randint4x(key, cols // 4)
     lane = cols % 4
     bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
-    g = tl.where(z >= cutoff, z + _gumbel(bits, FAST), float("-inf"))
+    g = tl.where(z >= cutoff, (z - _reference(tl.max(z, None))) + _gumbel(bits, FAST), float("-inf"))
     _, token, z_token = _best_token(g, cols, z, FUSED)
     return token, z_token
 
@@ -357,12 +369,12 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
     return _to_float(lo)
 
 
-PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, sum of z, its draw's Gumbel value, token, z
+PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, its z's sum / V, its draw's Gumbel value, token, z
 
 
 @triton.jit
 def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED: tl.constexpr):
-    """The row's max, sum of exp2 and sum, and the token drawn (the draw of the chunk whose
+    """The row's max, sum of exp2 and mean z, and the token drawn (the draw of the chunk whose
     group won, each chunk's resolved before it counted itself done, so none of it waits
     on a load here), from its chunks' partials; the row's counter goes back to 0 for the next call."""
     index = tl.arange(0, MAX_CHUNKS)
@@ -381,14 +393,14 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED:
 
 
 @triton.jit
-def _finish(b, m, log_s, log_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
+def _finish(b, m, log_s, log_kept, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
     """The outputs from the row's max, the log2 of its sum of exp2 (over 2^m) and of the kept
     tokens' sum, taken as (z - m) - log_s: the log-sum-exp m + log_s would round log_s away
-    where |m| is large (a low temperature)."""
+    where |m| is large (a low temperature); z_mean, the row's mean z."""
     tl.store(tokens_ptr + b, token.to(tl.int64))
     tl.store(logprob_ptr + b, ((z_tok - m) - log_kept) * LN2)
     tl.store(policy_ptr + b, ((z_tok - m) - log_s) * LN2)
-    tl.store(mean_ptr + b, ((zsum / V - m) - log_s) * LN2)
+    tl.store(mean_ptr + b, ((z_mean - m) - log_s) * LN2)
 
 
 @triton.jit
@@ -448,23 +460,23 @@ def _sample_kernel(
         if not s < float("inf"):  # a span's exp2s against an earlier max overflowed or vanished: once more, exactly
             m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN,
                                                      FAST, STAGES, WORDS, FUSED, False)
-    zsum *= scale
+    z_mean = zsum / V * scale  # (this chunk's part; over V first: a logit of -3e38 times scale overflows)
     if SPLIT_ROW:
         # this chunk's draw, resolved now, while other programs still read: the last one only combines
         token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST, FUSED)
         slot = partial_ptr + (b * chunks + c) * PARTIALS
         tl.store(slot, m)
         tl.store(slot + 1, s)
-        tl.store(slot + 2, zsum)
+        tl.store(slot + 2, z_mean)
         tl.store(slot + 3, top)
         tl.store(slot + 4, token.to(tl.float32, bitcast=True))
         tl.store(slot + 5, z_tok)
         tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
-            m, s, zsum, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
+            m, s, z_mean, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
             log_s = tl.log2(s)
-            _finish(b, m, log_s, log_s, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+            _finish(b, m, log_s, log_s, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
         log_s = tl.log2(s)
         log_kept = log_s
@@ -498,7 +510,7 @@ def _sample_kernel(
             _, group, _ = _best_token(best, best_group, best, FUSED)
             log_kept = tl.log2(tl.sum(s_kept, None))
         token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST, FUSED)
-        _finish(b, m, log_s, log_kept, zsum, token, z_tok, V, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+        _finish(b, m, log_s, log_kept, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
 MAX_CHUNKS = 64

@@ -257,7 +257,9 @@ def sample(logits, temperature, top_k, top_p, seeds, offset):
         keep &= z >= ordered.gather(-1, first)
     filtered = torch.where(keep, z, float("-inf"))
     gumbel = -torch.log(-torch.log(counter_uniform(seeds, offset, z.shape[1])))
-    tokens = torch.argmax(filtered + gumbel.to(z.dtype), -1)
+    # the noise on z less its max: z ~ 3.6e7 (a logit of 25 at temperature 1e-6) would round it away, and
+    # tokens tied there would go to the first
+    tokens = torch.argmax((filtered - filtered.amax(-1, keepdim=True)) + gumbel.to(z.dtype), -1)
     pick = tokens[:, None]
     logprob = torch.log_softmax(filtered, -1).gather(-1, pick).squeeze(-1)
     return tokens, logprob, policy.gather(-1, pick).squeeze(-1), policy.mean(-1)

@@ -175,6 +175,53 @@ def test_log_probabilities_at_low_temperatures(temperature, device):
             torch.testing.assert_close(out.mean_logp.cpu(), mean, rtol=1e-5, atol=0, msg=backend)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(top_p=0.5)])
+def test_ties_at_a_low_temperature_are_drawn_alike(options, device):
+    """Four tokens tied at 25, two in one run (one group) and two in other groups, at
+    temperature 1e-6: z ~ 3.6e7, where float32's spacing is 4, so noise added to z itself
+    was rounded away and the first tied token won (Triton and the reference: 201, 53, 46 of
+    300 for three ties); the noise now goes on z less a max, where the tied tokens read 0."""
+    row = torch.zeros(12)
+    tied = [0, 1, 4, 9]
+    row[tied] = 25.0
+    uniform = torch.zeros(12, dtype=torch.float64)
+    uniform[tied] = 0.25
+    for backend in backends(device):
+        n = (240 if not options else 120) if backend == "triton" and device.type == "cpu" else 4000
+        stat, cells = chi_square(draw(backend, row, n, device, temperature=1e-6, **options).tokens, uniform)
+        assert stat < THRESHOLD, (backend, n, stat, cells)
+
+
+def test_triton_ties_at_a_low_temperature_across_spans_and_programs(device):
+    """As above, a tie between the first and second span of a row, read by one program or
+    two (each chunk's draw relative to its own max, compared at the row's)."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    span = sampling.span(torch.float32)
+    n = 160 if device.type == "cpu" else 20000
+    logits = torch.zeros(n, span + 64, device=device)
+    logits[:, [span - 1, span + 7]] = 25.0
+    seeds = torch.arange(n, device=device)
+    for chunks in (1, 2):
+        tokens = sampling.sample(logits, 1e-6, 0, 1.0, seeds, 0, chunks=chunks)[0].cpu()
+        assert torch.isin(tokens, torch.tensor([span - 1, span + 7])).all()
+        stat, _ = chi_square((tokens == span + 7).long(), torch.tensor([0.5, 0.5], dtype=torch.float64))
+        assert stat < THRESHOLD, (chunks, stat)
+
+
+def test_mean_logp_of_a_logit_near_the_float32_floor(device):
+    """A logit of -3e38 (finite, so accepted): the Triton kernel scaled the row's sum of
+    logits before dividing it by V, and that overflowed to -inf."""
+    logits = torch.tensor([[0.0, -3e38, 1.0, 2.0]], device=device)
+    exact = torch.log_softmax(logits.cpu().double(), -1).mean(-1)
+    for backend in backends(device):
+        with ops.use_backend(backend):
+            got = ops.sample(logits, seeds=torch.zeros(1, dtype=torch.int64, device=device)).mean_logp.cpu()
+        torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0, msg=backend)
+
+
 def test_the_op_checks_what_it_indexes_by(device):
     """Called as torch.ops.fastrl.sample (past sample()'s checks), a seed tensor shorter than
     the batch was read past its end by the Triton kernel (and broadcast by the others);
