@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -266,8 +267,9 @@ def train(args) -> int:
         return 130
     except ModuleNotFoundError as e:
         return _missing_extra("fastrl train", e)
-    except OSError as e:  # a full disk, a folder made read-only meanwhile: the file and why, no traceback
-        print(f"fastrl train: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: the file (or folder) and why, no traceback
+        where = f": {e.filename}" if e.filename else f" (writing in run.output_dir {config.run.output_dir})"
+        print(f"fastrl train: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     if result.metrics:
         first, last = result.reward_gain()
@@ -318,6 +320,25 @@ def experiment(args) -> int:
         return 130
 
 
+def summarised_outputs(out: Path) -> tuple[str, ...]:
+    """The output names of the run whose summary.json is in out (another setting's or
+    command's, in a shared --output-dir): replacing its summary orphans its plots and runs."""
+    from fastrl.experiments import countdown, pure
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(summary, dict):
+        return ()
+    if "setting" in summary:  # pure's
+        return pure.OUTPUTS
+    if summary.get("experiment") in {name for name, _ in countdown.EXPERIMENTS}:
+        return tuple(name for setting in summary.get("settings") or {}
+                     for name in countdown.outputs(summary["experiment"], str(setting)))
+    return ()
+
+
 def _experiment(args) -> int:
     from fastrl.experiments import common, countdown, pure
 
@@ -342,7 +363,7 @@ def _experiment(args) -> int:
         print(f"fastrl experiment {args.name}: --output-dir {str(out)!r} is a file", file=sys.stderr)
         return 2
     outputs = pure.OUTPUTS if args.name == "pure" else countdown.outputs(args.name, args.setting)
-    if held := common.previous_run(out, outputs):
+    if held := common.previous_run(out, outputs + summarised_outputs(out)):
         names = ", ".join(path.name + "/" * path.is_dir() for path in held)
         if not args.overwrite:
             print(f"fastrl experiment {args.name}: {out} holds an earlier run ({names}): pass --overwrite to replace "

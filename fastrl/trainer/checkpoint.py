@@ -7,8 +7,10 @@ state-dict API, so one file serves any process count and DDP or FSDP2 alike.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 PREFIX = "step_"
 ASIDE = ".old_"
+DATA_FINGERPRINT = "data.sha256"
 
 
 def _rng_state() -> dict:
@@ -53,8 +56,10 @@ def _set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, processes, keep: int) -> Path:
-    """Write ``folder/step_<step>`` (every process must call it) and keep the ``keep`` newest."""
+def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, processes, keep: int,
+         data_fingerprint: str | None = None) -> Path:
+    """Write ``folder/step_<step>`` (every process must call it) and keep the ``keep`` newest;
+    data_fingerprint: the training records' (``Prompts.fingerprint``), compared on --resume."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = {
         "model": get_model_state_dict(model, options=options),
@@ -80,6 +85,8 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             os.fsync(f.fileno())
         # the config alone too: --resume compares it before loading anything
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if data_fingerprint is not None:
+            (tmp / DATA_FINGERPRINT).write_text(data_fingerprint)
         # the same step saved again (--resume of a finished run): the old one is set aside, not
         # deleted, until the new one is in place; latest() falls back to it in between
         aside = Path(folder) / f"{ASIDE}{path.name}"
@@ -106,17 +113,40 @@ def latest(folder: Path) -> Path | None:
 def saved_config(path: Path) -> dict:
     """The config a checkpoint was written with, without loading its tensors."""
     path = Path(path)
-    if (path / "config.json").exists():
-        return json.loads((path / "config.json").read_text())
-    # checkpoints written before config.json was: memory-mapped, so nothing large is read
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=True)["config"]
+    with _readable(path):
+        if (path / "config.json").exists():
+            return json.loads((path / "config.json").read_text())
+        # checkpoints written before config.json was: memory-mapped, so nothing large is read
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=False, mmap=True)["config"]
+
+
+def saved_data_fingerprint(path: Path) -> str | None:
+    """The training records' fingerprint a checkpoint was written with (None before they were)."""
+    file = Path(path) / DATA_FINGERPRINT
+    return file.read_text() if file.exists() else None
+
+
+@contextlib.contextmanager
+def _readable(path: Path):
+    """A damaged checkpoint (a disk error, a file cut short by hand) as a ConfigError naming it
+    and the one --resume would fall back to once it is deleted."""
+    try:
+        yield
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        from fastrl.trainer.config import ConfigError
+
+        before = sorted(p for p in path.parent.glob(f"{PREFIX}*") if p.name < path.name and (p / "state.pt").exists())
+        then = f"delete it to resume from {before[-1]}" if before else "delete it to resume from step 0"
+        raise ConfigError(f"--resume: the checkpoint {path} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}): {then}") from e
 
 
 def load(path: Path, model, optimizer, scheduler, processes) -> dict:
     """Restore a checkpoint written by ``save`` into model/optimizer/scheduler (each
     process reads the file) and the RNG states (each process its own where the checkpoint
     has as many processes, else the first's). Returns the saved record (step, config)."""
-    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    with _readable(Path(path)):
+        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state["model"], options=options)
     if state["optimizer"] is not None:

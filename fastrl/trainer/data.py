@@ -5,6 +5,7 @@ run sees exactly the prompts an uninterrupted one would, in the same order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -18,6 +19,16 @@ class Prompts:
         self.cfg, self.seed, self.task = cfg, seed, task
         self.rows, self._lines = (None, None) if cfg.source == "task" else _load(cfg)
         self._epoch_order = (None, None)
+
+    def fingerprint(self) -> str | None:
+        """sha256 of the records (None for a task's, which the config fixes): --resume refuses
+        records changed under the same data.source, as they change which prompts a step reads."""
+        if self.rows is None:
+            return None
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(json.dumps(row, sort_keys=True, default=lambda value: type(value).__name__).encode())
+        return digest.hexdigest()
 
     def where(self, i: int) -> str:
         """Record i's place, for errors: the file and line, or the dataset and index."""

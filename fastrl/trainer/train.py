@@ -52,6 +52,25 @@ from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts
 from fastrl.trainer.rollout import rollout
 
+# locked by the main process of the run training in run.output_dir
+LOCK = ".lock"
+
+
+def _lock(folder: Path):
+    """The open LOCK file of folder, locked for this process until closed; None where another
+    process holds it. A POSIX record lock, not flock(): the reward workers forked meanwhile
+    would inherit a flock() and hold it past the run."""
+    import fcntl
+
+    handle = open(folder / LOCK, "a")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EACCES or EAGAIN: held
+        handle.close()
+        return None
+    return handle
+
+
 # what a run writes in run.output_dir (--overwrite removes them)
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "metrics.png", "config.json", "tensorboard", "wandb",
              "wandb_id")
@@ -148,13 +167,8 @@ class Trainer:
         self._check_layout()
         if resume and overwrite:
             raise ConfigError("--resume continues the run in run.output_dir and --overwrite starts it again: pass one")
-        # a run that stopped before its first checkpoint still holds a log
-        held = checkpoint.latest(self.ckpt_dir) or (self.log_path if self.log_path.exists()
-                                                     and self.log_path.stat().st_size else None)
-        if not resume and not overwrite and held:
-            raise ConfigError(f"{self.out} already holds a run ({held}): pass --resume to continue it, --overwrite "
-                              "to start again, or another run.output_dir")
         self.resume, self.overwrite = resume, overwrite
+        self._check_free()
         self.config_changes = self._resume_changes() if resume else []
         random.seed(config.run.seed)
         np.random.seed(config.run.seed)
@@ -163,6 +177,9 @@ class Trainer:
         # data and rewards first: their errors come before any model is loaded
         self.prompts = Prompts(config.data, config.run.seed, self.task)
         scoring.check_records(config, self.prompts)
+        self.data_fingerprint = self.prompts.fingerprint()
+        if resume:
+            self._check_same_data()
         self.rewards = scoring.outcome_rewards(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
@@ -223,6 +240,38 @@ class Trainer:
         if smallest < a.grad_accum:
             raise ConfigError(f"each process's smallest mini-batch has {smallest} responses, fewer than "
                               f"algo.grad_accum ({a.grad_accum}) micro-batches")
+
+    def _check_free(self):
+        """A ConfigError where run.output_dir holds what this run would overwrite: another
+        program's config.json (a model folder), or unless --resume or --overwrite, a run."""
+        config_file = self.out / "config.json"
+        if config_file.is_file():
+            try:
+                ours = {"run", "algo"} <= set(json.loads(config_file.read_text()))
+            except (ValueError, TypeError, OSError):
+                ours = False
+            if not ours:
+                raise ConfigError(f"run.output_dir {str(self.out)!r} holds a config.json that is not a fastrl "
+                                  "run's (a model's?), which the run would replace: choose another run.output_dir")
+        if self.resume or self.overwrite:
+            return
+        # a run that stopped before its first checkpoint still holds a log; one whose checkpoints and log
+        # were cleared, its final policy
+        final = self.out / "final"
+        held = checkpoint.latest(self.ckpt_dir) or next(
+            (p for p in (self.log_path, final) if p.is_file() and p.stat().st_size or p.is_dir() and any(p.iterdir())),
+            None)
+        if held:
+            raise ConfigError(f"{self.out} already holds a run ({held}): pass --resume to continue it, --overwrite "
+                              "to start again, or another run.output_dir")
+
+    def _check_same_data(self):
+        path = checkpoint.latest(self.ckpt_dir)
+        saved = checkpoint.saved_data_fingerprint(path) if path is not None else None
+        if saved is not None and saved != self.data_fingerprint:
+            raise ConfigError(f"--resume: the records of data.source {self.cfg.data.source} are not those the "
+                              f"checkpoint {path} was trained on (changed under the same name): restore them, or "
+                              "start a new run (--overwrite or another run.output_dir)")
 
     def _resume_changes(self) -> list[str]:
         """The config's changes since the checkpoint --resume continues, read before anything
@@ -460,14 +509,17 @@ class Trainer:
 
         valid = batch.loss_mask != 0
         response = batch.response_mask != 0
-        adv = batch.credit.advantages[valid]
-        zero = torch.zeros((), device=self.device)
+        # summed in float64: float32 sums round each process's part its own way, and N processes would log
+        # other figures than one
+        adv, scores = batch.credit.advantages[valid].double(), batch.scores.double()
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
         stats = proc.sum(torch.stack([
-            torch.tensor(float(len(batch.scores)), device=self.device), batch.scores.sum(), (batch.scores ** 2).sum(),
-            batch.correct.sum(), batch.lengths.float().sum(), batch.keep.float().sum(), valid.sum().float(),
-            adv.sum(), (adv ** 2).sum(), batch.old.entropy[response].sum(), response.sum().float(),
-            batch.kl_old.sum() if batch.kl_old is not None else zero, batch.attention_mask.sum().float(),
-        ]).double()).cpu()  # reduced on the device: nccl reduces no CPU tensors
+            torch.tensor(float(len(scores)), dtype=torch.float64, device=self.device), scores.sum(),
+            (scores ** 2).sum(), batch.correct.double().sum(), batch.lengths.double().sum(), batch.keep.double().sum(),
+            valid.double().sum(), adv.sum(), (adv ** 2).sum(), batch.old.entropy[response].double().sum(),
+            response.double().sum(), batch.kl_old.double().sum() if batch.kl_old is not None else zero,
+            batch.attention_mask.double().sum(),
+        ])).cpu()  # reduced on the device: nccl reduces no CPU tensors
         rows, s1, s2, acc, length, kept, tok, a1, a2, ent, resp_tok, kl, all_tokens = stats.tolist()
         mean, a_mean = s1 / rows, a1 / max(tok, 1)
         metrics = {
@@ -615,9 +667,24 @@ class Trainer:
 
     def _save(self):
         checkpoint.save(self.ckpt_dir, self.step, self.module, self.optimizer, self.scheduler, self.cfg.to_dict(),
-                        self.proc, self.cfg.run.keep_checkpoints)
+                        self.proc, self.cfg.run.keep_checkpoints, self.data_fingerprint)
 
     def train(self) -> TrainResult:
+        lock = None
+        if self.proc.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            lock = _lock(self.out)
+        if self.proc.any(self.proc.main and lock is None, self.device):
+            raise ConfigError(f"run.output_dir {str(self.out)!r} is in use by another fastrl train (it holds "
+                              f"{self.out / LOCK}): wait for it, or choose another run.output_dir")
+        try:
+            self._check_free()  # again, under the lock: another run may have written there since
+            return self._train()
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _train(self) -> TrainResult:
         cfg, proc = self.cfg, self.proc
         if proc.main:
             if self.overwrite:
@@ -626,7 +693,6 @@ class Trainer:
                 for name in RUN_FILES:
                     old = self.out / name
                     shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         proc.barrier()
         if self.resume:

@@ -1,5 +1,6 @@
 """The trainer on the built-in task with its tiny model: every algorithm learns on a fixed
 batch, resume equals an uninterrupted run, the default run learns, bad configs fail early."""
+import errno
 import json
 import math
 import os
@@ -895,6 +896,77 @@ def test_a_run_that_stopped_before_its_first_checkpoint(tmp_path):
         train(cfg)
     assert len(log.read_text().splitlines()) == 2
     assert [m["step"] for m in train(cfg, resume=True).metrics] == [1, 2, 3]  # from step 0, the old log dropped
+
+
+def test_what_a_run_would_overwrite_is_refused(tmp_path):
+    """A model folder as run.output_dir lost its config.json to the run's; a run whose
+    checkpoints and log were cleared lost its final policy; two runs in one folder mixed
+    their files (the second unlinked the first's open log)."""
+    args = ("run.steps=1", "data.prompts_per_step=2", "rollout.group_size=4")
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "llama"}')
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(ConfigError, match="holds a config.json that is not a fastrl run's"):
+            Trainer(config(tmp_path, *args), **flags)
+    assert (model_dir / "config.json").read_text() == '{"model_type": "llama"}'
+    (model_dir / "config.json").unlink()
+
+    done = train(config(tmp_path, *args))
+    shutil.rmtree(done.output_dir / "checkpoints")
+    done.log.unlink()
+    with pytest.raises(ConfigError, match=r"already holds a run \(.*final\)"):
+        Trainer(config(tmp_path, *args))
+
+    # another process holds the lock: refused at the start of train(), the folder as it was
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               "from fastrl.trainer.train import _lock; lock = _lock(Path(sys.argv[1])); "
+                               "print(lock is not None, flush=True); sys.stdin.read()", str(done.output_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        before = sorted(p.name for p in done.output_dir.rglob("*"))
+        with pytest.raises(ConfigError, match="is in use by another fastrl train"):
+            train(config(tmp_path, *args), overwrite=True)
+        assert sorted(p.name for p in done.output_dir.rglob("*")) == before
+    finally:
+        holder.communicate("")
+    assert train(config(tmp_path, *args), overwrite=True).metrics  # released with its process
+
+
+def test_resume_refuses_a_damaged_checkpoint_and_changed_records(tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    records = [{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(3) for b in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = (f"data.source={data}", "reward.kind=math", "data.prompts_per_step=2", "rollout.group_size=4",
+            "run.checkpoint_every=1")
+    train(config(tmp_path, *args, "run.steps=2"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    state = checkpoints / "step_00000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # cut short
+    with pytest.raises(ConfigError, match=r"checkpoint .*step_00000002 cannot be read .*: delete it to resume "
+                                          r"from .*step_00000001"):
+        train(config(tmp_path, *args, "run.steps=3"), resume=True)
+    shutil.rmtree(state.parent)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records[::-1]))  # the same name, other records
+    with pytest.raises(ConfigError, match=f"the records of data.source {data} are not those the checkpoint"):
+        train(config(tmp_path, *args, "run.steps=3"), resume=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [m["step"] for m in train(config(tmp_path, *args, "run.steps=3"), resume=True).metrics] == [1, 2, 3]
+
+
+def test_cli_names_the_output_dir_of_a_write_error_without_a_file(tmp_path, monkeypatch, capsys):
+    """A full disk's error from a write carries no file name: the CLI printed only
+    "No space left on device"."""
+    from fastrl.trainer import train as train_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(train_module.Trainer, "train", full)
+    out = tmp_path / "full"
+    assert main(["train", "--output-dir", str(out), "--steps", "1", "--set", "data.prompts_per_step=2",
+                 "--set", "rollout.group_size=2"]) == 1
+    assert capsys.readouterr().err.strip() == f"fastrl train: No space left on device (writing in run.output_dir {out})"
 
 
 def test_resume_drops_a_log_line_cut_short(tmp_path, capsys):
