@@ -43,8 +43,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, total=lambda t: t) -> tor
     processes whiten as one does."""
     valid = mask != 0
     n = total(valid.sum().to(torch.float64))
-    mean = total(torch.where(valid, x, 0).sum().to(torch.float64)) / n.clamp_min(1)
-    var = total(torch.where(valid, (x - mean) ** 2, 0).sum().to(torch.float64)) / (n - 1).clamp_min(1)
+    wide = x.to(torch.float64)  # (summing x's own dtype, each process would round its part its own way)
+    mean = total(torch.where(valid, wide, 0).sum()) / n.clamp_min(1)
+    var = total(torch.where(valid, (wide - mean) ** 2, 0).sum()) / (n - 1).clamp_min(1)
     return torch.where(valid, ((x - mean) * torch.rsqrt(var + 1e-8)).to(x.dtype), 0)
 
 
