@@ -12,6 +12,7 @@ thought are judged correct, so cot_pass_at_k(n, d, k) <= pass_at_k(n, c, k) when
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -19,12 +20,15 @@ import numpy as np
 
 def _as_int_array(name: str, x) -> np.ndarray:
     a = np.asarray(x)
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+    if a.dtype == object and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in a.flat):
+        a = np.array([int(v) for v in a.flat], dtype=object).reshape(a.shape)  # Python ints past int64
+    elif a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.floating):
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise ValueError(f"{name} must hold whole numbers, got {x!r}")
-    if a.size and (a.max() > np.iinfo(np.int64).max or a.min() < np.iinfo(np.int64).min):  # before a silent wrap
+    # before a silent wrap; 2**63 exactly: float(int64 max) rounds up to it
+    if a.size and (a.max() >= 2**63 or a.min() < -2**63):
         raise ValueError(f"{name} must fit in int64, got {x!r}")
     return a.astype(np.int64)
 
@@ -52,20 +56,23 @@ def pass_at_k(n, c, k):
         raise ValueError(f"k={k[tuple(bad)]} exceeds the number of samples n={n[tuple(bad)]}; "
                          "pass@k needs k <= n")
     trivial = n - c < k  # a factor would be <= 0; the answer is exactly 1
-    ratio = np.ones(n.shape, dtype=np.float64)
+    log_ratio = np.zeros(n.shape, dtype=np.float64)
     live = np.flatnonzero(~trivial)
     # C(n-c, k)/C(n, k) = C(n-k, c)/C(n, c): the product over min(c, k) factors
-    # 1 - max(c, k)/(n - j), so c near n (or k near n) costs no more than a small c
+    # 1 - max(c, k)/(n - j), so c near n (or k near n) costs no more than a small c; summed as
+    # logs and taken as -expm1(sum), for the digits of a ratio near 1 (pass@1 = 1/n at n = 1e9)
     n, few, many = (a.ravel()[live] for a in (n, np.minimum(c, k), np.maximum(c, k)))
     todo = int(few.max(initial=0))
     block = max(1, min(todo, (1 << 20) // max(live.size, 1)))  # at most ~1M factors at once
-    flat = ratio.reshape(-1)
+    flat = log_ratio.reshape(-1)
     for start in range(0, todo, block):
         rows = np.flatnonzero(few > start)
         j = start + np.arange(block)
-        factors = np.where(j < few[rows, None], 1.0 - many[rows, None] / (n[rows, None] - j), 1.0)
-        flat[live[rows]] *= factors.prod(axis=1)
-    out = np.where(trivial, 1.0, 1.0 - ratio)
+        inside = j < few[rows, None]
+        # (past a row's own factors n - j may be 0 or less: those read log1p(0))
+        fraction = np.where(inside, many[rows, None] / np.where(inside, n[rows, None] - j, 1), 0.0)
+        flat[live[rows]] += np.log1p(-fraction).sum(axis=1)
+    out = np.where(trivial, 1.0, -np.expm1(log_ratio))
     return float(out) if out.ndim == 0 else out
 
 

@@ -1,5 +1,7 @@
 import math
 import time
+import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -95,6 +97,21 @@ def test_vectorised_shapes_and_values():
     assert isinstance(pass_at_k(np.int64(8), 3.0, 2), float)
 
 
+def test_rows_of_unequal_factor_counts_raise_no_warning():
+    """Computed as one block, the row with 5 factors took n - j for j up to 4 in the row with 1
+    (n = 2): a divide-by-zero warning, an error under -W error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(pass_at_k([2, 10], [1, 5], [1, 5]), [exact(2, 1, 1), exact(10, 5, 5)])
+
+
+@pytest.mark.parametrize("n", [10**6, 10**9, 10**12])
+def test_small_values_at_large_n_keep_their_digits(n):
+    """pass@1 with one correct sample is 1/n: 1 - a ratio near 1 lost 2.8e-8 of it at n = 1e9."""
+    assert pass_at_k(n, 1, 1) == pytest.approx(1 / n, rel=1e-14)
+    assert pass_at_k(n, 2, 3) == pytest.approx(float(1 - Fraction(math.comb(n - 2, 3), math.comb(n, 3))), rel=1e-12)
+
+
 @pytest.mark.parametrize("n,c,k,match", [
     (8, 3, 0, "k must be >= 1"),
     (8, 9, 1, "c must"),
@@ -106,6 +123,8 @@ def test_vectorised_shapes_and_values():
     ([8, 8], [1, 9], 1, "got c=9 with n=8"),
     (1e20, 1, 1, "n must fit in int64"),
     (np.uint64(2**63 + 5), 1, 1, "n must fit in int64"),
+    (2.0**63, 1, 1, "n must fit in int64"),  # == float(int64 max): it wrapped to -2**63
+    (2**70, 1, 1, "n must fit in int64"),  # a Python int numpy holds as an object
     ([8, 8], [1, 2, 3], 1, r"n, c and k must broadcast together, got shapes \(2,\), \(3,\)"),
 ])
 def test_bad_arguments(n, c, k, match):
