@@ -124,3 +124,11 @@ def test_overwrite_removes_only_this_commands_outputs(tmp_path):
     for name in ("A", "D", "Data"):
         (tmp_path / name).mkdir()
     assert [p.name for p in previous_run(tmp_path, outputs("rover", "D"))] == ["D", "rover_D.png", "summary.json"]
+    # the summary there is riskpo A's: replacing it takes that run's plot and folder too, not only the summary
+    from fastrl.cli import summarised_outputs
+
+    (tmp_path / "summary.json").write_text(json.dumps({"experiment": "riskpo", "settings": {"A": {}}}))
+    assert [p.name for p in previous_run(tmp_path, outputs("rover", "D") + summarised_outputs(tmp_path))] == \
+        ["A", "D", "riskpo_A.png", "rover_D.png", "summary.json"]
+    (tmp_path / "summary.json").write_text(json.dumps({"setting": "B", "seeds": [0]}))  # pure's
+    assert "summary.json" in [p.name for p in previous_run(tmp_path, summarised_outputs(tmp_path))]
