@@ -1,8 +1,8 @@
 """Builds fastrl._C: the C++ CPU kernels always, the CUDA kernels when torch is
 a CUDA build and nvcc is found (never decided by whether a GPU is present).
 
-FASTRL_SKIP_EXT=1 installs without compiling (every op then runs in plain PyTorch:
-its torch backend where it has one, else its reference); FASTRL_NO_CUDA=1 builds the CPU kernels only.
+FASTRL_SKIP_EXT=1 installs without compiling (every op then runs its next backend:
+on a GPU its Triton one where it has one, else its torch one, else its reference); FASTRL_NO_CUDA=1 builds the CPU kernels only.
 """
 import glob
 import os

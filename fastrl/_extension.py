@@ -2,8 +2,8 @@
 
 Loading registers the C++/CUDA kernels with the dispatcher. A missing
 extension (installed with FASTRL_SKIP_EXT=1) is silent, a broken one is a
-warning: either way every op still runs, in plain PyTorch (its torch backend where
-it has one, else its reference).
+warning: either way every op still runs, on its next backend (on a GPU its Triton one
+where it has one, else its torch one, else its reference).
 """
 import importlib
 import importlib.util

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import json
 import math
@@ -268,7 +269,9 @@ def train(args) -> int:
     except ModuleNotFoundError as e:
         return _missing_extra("fastrl train", e)
     except OSError as e:  # a full disk, a folder made read-only meanwhile: the file (or folder) and why, no traceback
-        where = f": {e.filename}" if e.filename else f" (writing in run.output_dir {config.run.output_dir})"
+        where = f": {e.filename}" if e.filename else ""
+        if not e.filename and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):  # a write's
+            where = f" (writing in run.output_dir {config.run.output_dir})"
         print(f"fastrl train: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     if result.metrics:

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -84,9 +85,9 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             f.flush()
             os.fsync(f.fileno())
         # the config alone too: --resume compares it before loading anything
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        write_synced(tmp / "config.json", json.dumps(config, indent=2))
         if data_fingerprint is not None:
-            (tmp / DATA_FINGERPRINT).write_text(data_fingerprint)
+            write_synced(tmp / DATA_FINGERPRINT, data_fingerprint)
         # the same step saved again (--resume of a finished run): the old one is set aside, not
         # deleted, until the new one is in place; latest() falls back to it in between
         aside = Path(folder) / f"{ASIDE}{path.name}"
@@ -123,7 +124,21 @@ def saved_config(path: Path) -> dict:
 def saved_data_fingerprint(path: Path) -> str | None:
     """The training records' fingerprint a checkpoint was written with (None before they were)."""
     file = Path(path) / DATA_FINGERPRINT
-    return file.read_text() if file.exists() else None
+    if not file.exists():
+        return None
+    with _readable(Path(path)):
+        text = file.read_text()
+        if not re.fullmatch("[0-9a-f]{64}", text):
+            raise ValueError(f"{DATA_FINGERPRINT} holds no sha256")
+        return text
+
+
+def write_synced(path: Path, text: str):
+    """path's text, on disk before this returns (a crash then leaves all of it or none)."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

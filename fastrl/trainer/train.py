@@ -15,6 +15,7 @@ mini-batch), so a run on N processes computes the gradient of the single-process
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import importlib.util
 import json
@@ -27,6 +28,7 @@ import signal
 import threading
 import uuid
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -58,16 +60,20 @@ LOCK = ".lock"
 
 def _lock(folder: Path):
     """The open LOCK file of folder, locked for this process until closed; None where another
-    process holds it. A POSIX record lock, not flock(): the reward workers forked meanwhile
-    would inherit a flock() and hold it past the run."""
+    process holds it (a POSIX record lock, not flock(): the reward workers forked meanwhile
+    would inherit a flock() and hold it past the run; it does not exclude this process). On
+    a file system without locks, a warning and the file unlocked."""
     import fcntl
 
     handle = open(folder / LOCK, "a")
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # EACCES or EAGAIN: held
-        handle.close()
-        return None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):  # held
+            handle.close()
+            return None
+        warnings.warn(f"run.output_dir {str(folder)!r}: cannot lock {LOCK} ({e.strerror}); a second run into "
+                      "this folder would not be stopped")
     return handle
 
 
@@ -247,9 +253,10 @@ class Trainer:
         config_file = self.out / "config.json"
         if config_file.is_file():
             try:
-                ours = {"run", "algo"} <= set(json.loads(config_file.read_text()))
-            except (ValueError, TypeError, OSError):
-                ours = False
+                saved = json.loads(config_file.read_text())
+                ours = not isinstance(saved, dict) or {"run", "algo"} <= set(saved)
+            except ValueError:  # not JSON: a run's own, cut short (written by no model)
+                ours = True
             if not ours:
                 raise ConfigError(f"run.output_dir {str(self.out)!r} holds a config.json that is not a fastrl "
                                   "run's (a model's?), which the run would replace: choose another run.output_dir")
@@ -670,15 +677,21 @@ class Trainer:
                         self.proc, self.cfg.run.keep_checkpoints, self.data_fingerprint)
 
     def train(self) -> TrainResult:
-        lock = None
-        if self.proc.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            lock = _lock(self.out)
-        if self.proc.any(self.proc.main and lock is None, self.device):
-            raise ConfigError(f"run.output_dir {str(self.out)!r} is in use by another fastrl train (it holds "
-                              f"{self.out / LOCK}): wait for it, or choose another run.output_dir")
+        lock = refused = None
         try:
-            self._check_free()  # again, under the lock: another run may have written there since
+            if self.proc.main:  # (alone: the others would read the config.json it writes next)
+                try:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    lock = _lock(self.out)
+                    if lock is None:
+                        raise ConfigError(f"run.output_dir {str(self.out)!r} is in use by another fastrl train "
+                                          f"(it holds {self.out / LOCK}): wait for it, or choose another "
+                                          "run.output_dir")
+                    self._check_free()  # again, under the lock: another run may have written there since
+                except (ConfigError, OSError) as e:
+                    refused = e
+            if self.proc.any(refused is not None, self.device):  # every process stops, not the main one alone
+                raise refused or ConfigError(f"run.output_dir {str(self.out)!r} was refused by the main process")
             return self._train()
         finally:
             if lock is not None:
@@ -693,7 +706,7 @@ class Trainer:
                 for name in RUN_FILES:
                     old = self.out / name
                     shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            checkpoint.write_synced(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         proc.barrier()
         if self.resume:
             self._resume()

@@ -910,6 +910,8 @@ def test_what_a_run_would_overwrite_is_refused(tmp_path):
         with pytest.raises(ConfigError, match="holds a config.json that is not a fastrl run's"):
             Trainer(config(tmp_path, *args), **flags)
     assert (model_dir / "config.json").read_text() == '{"model_type": "llama"}'
+    (model_dir / "config.json").write_text('{"run": {}, "alg')  # a run's own, cut short: no model's
+    Trainer(config(tmp_path, *args)).proc.close()
     (model_dir / "config.json").unlink()
 
     done = train(config(tmp_path, *args))
@@ -934,6 +936,20 @@ def test_what_a_run_would_overwrite_is_refused(tmp_path):
     assert train(config(tmp_path, *args), overwrite=True).metrics  # released with its process
 
 
+def test_a_file_system_without_locks_warns_and_runs_unlocked(tmp_path, monkeypatch):
+    import fcntl
+
+    from fastrl.trainer.train import _lock
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock .lock"):
+        handle = _lock(tmp_path)
+    assert handle is not None
+    handle.close()
+
+
 def test_resume_refuses_a_damaged_checkpoint_and_changed_records(tmp_path):
     data = tmp_path / "prompts.jsonl"
     records = [{"prompt": f"{a},{b}=", "answer": str(max(a, b))} for a in range(3) for b in range(4)]
@@ -952,6 +968,12 @@ def test_resume_refuses_a_damaged_checkpoint_and_changed_records(tmp_path):
     with pytest.raises(ConfigError, match=f"the records of data.source {data} are not those the checkpoint"):
         train(config(tmp_path, *args, "run.steps=3"), resume=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    fingerprint = checkpoints / "step_00000001" / "data.sha256"
+    kept = fingerprint.read_text()
+    fingerprint.write_text("")  # a crash before it reached the disk: damaged, not "other records"
+    with pytest.raises(ConfigError, match="step_00000001 cannot be read .*data.sha256 holds no sha256"):
+        train(config(tmp_path, *args, "run.steps=3"), resume=True)
+    fingerprint.write_text(kept)
     assert [m["step"] for m in train(config(tmp_path, *args, "run.steps=3"), resume=True).metrics] == [1, 2, 3]
 
 
@@ -960,13 +982,19 @@ def test_cli_names_the_output_dir_of_a_write_error_without_a_file(tmp_path, monk
     "No space left on device"."""
     from fastrl.trainer import train as train_module
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(train_module.Trainer, "train", full)
+    raised = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fail(*args, **kwargs):
+        raise raised
+    monkeypatch.setattr(train_module.Trainer, "train", fail)
     out = tmp_path / "full"
-    assert main(["train", "--output-dir", str(out), "--steps", "1", "--set", "data.prompts_per_step=2",
-                 "--set", "rollout.group_size=2"]) == 1
+    argv = ["train", "--output-dir", str(out), "--steps", "1", "--set", "data.prompts_per_step=2",
+            "--set", "rollout.group_size=2"]
+    assert main(argv) == 1
     assert capsys.readouterr().err.strip() == f"fastrl train: No space left on device (writing in run.output_dir {out})"
+    raised = OSError(errno.ENOENT, "Directory x is neither a dataset nor a dataset dict")  # no write's
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == "fastrl train: Directory x is neither a dataset nor a dataset dict"
 
 
 def test_resume_drops_a_log_line_cut_short(tmp_path, capsys):
