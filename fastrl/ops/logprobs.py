@@ -3,8 +3,8 @@ straight from the lm_head, ``logprobs_from_logits`` from existing logits.
 
 Backends: ``triton`` (kernels/logprobs.py; the default on CUDA), ``torch``
 (chunked PyTorch; the default on CPU), ``reference`` (materialised
-log-softmax). No backend holds the [tokens x vocabulary] logits of
-``linear_logprobs``: the forward sweeps the vocabulary with an online
+log-softmax). Neither triton nor torch holds the [tokens x vocabulary] logits of
+``linear_logprobs`` (the reference does: it is for tests): the forward sweeps the vocabulary with an online
 log-sum-exp, the backward recomputes the logits a slice of the vocabulary at a time
 (four matmuls where a plain lm_head costs three).
 
@@ -342,14 +342,33 @@ def _output_grads(grad_logprob, grad_entropy, lse, entropy):
 
 def _setup_linear(ctx, inputs, output):
     hidden, weight, labels, bias, ctx.temperature, ctx.ignore_index, _, _ = inputs
-    ctx.backend = _registry.forced()  # the backward runs where the forward did (a CUDA backward: another thread)
+    # the backward runs where the forward did (a CUDA backward: another thread); not in a torch.compile'd
+    # graph, which keeps the backward op but not this choice: there it runs the backend its thread picks
+    ctx.backend = _registry.forced()
     ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
 
 
-# once_differentiable: the backward kernels have no gradient of their own, so a second derivative
-# came out silently wrong (PyTorch only warned that no autograd kernel is registered); now the
-# first-order gradients of create_graph=True are right and backpropagating through them is an error
-@once_differentiable
+def _first_order(backward):
+    """once_differentiable, and under create_graph=True gradients that raise when backpropagated
+    through. The backward kernels have no gradient of their own: without once_differentiable a
+    second derivative came out silently wrong (PyTorch only warned that no autograd kernel is
+    registered); with it alone, the gradients of backward(create_graph=True) (whose incoming
+    gradients need none) came back detached, so a gradient penalty on them read 0."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        out = once(ctx, *grads)
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return out
+        error = torch._C._functions.DelayedError(b"fastrl's log-prob ops have no second derivative: their "
+                                                 b"gradients cannot be backpropagated through", len(out))
+        return error(*(None if g is None else g.detach().requires_grad_() for g in out))
+
+    return run
+
+
+@_first_order
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
@@ -373,7 +392,7 @@ def _setup_logits(ctx, inputs, output):
     ctx.save_for_backward(logits, labels, output[3], output[1])
 
 
-@once_differentiable
+@_first_order
 def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     logits, labels, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)

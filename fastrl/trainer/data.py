@@ -35,8 +35,8 @@ class Prompts:
         return _place(self.cfg.source, self._lines, i)
 
     def batch(self, step: int) -> list[dict]:
-        """The prompts_per_step records of training step ``step`` (0-based), each with at
-        least "prompt" (a task adds what its rewards read)."""
+        """The prompts_per_step records of training step ``step`` (0-based): a file's as it
+        holds them, a task's with at least "prompt" (and what its rewards read)."""
         n = self.cfg.prompts_per_step
         if self.rows is None:
             return self.task.problems(self.seed, step, n)
@@ -56,6 +56,12 @@ class Prompts:
                 random.Random(f"fastrl-data:{self.seed}:{epoch}").shuffle(order)
             self._epoch_order = (epoch, order)
         return self._epoch_order[1]
+
+
+def prompt_text(cfg: DataConfig, record: dict) -> str:
+    """A record's prompt: its data.prompt_key field (a task's: "prompt"). Records stay as the
+    file has them, for the reward functions that read them."""
+    return record["prompt"] if cfg.source == "task" else record[cfg.prompt_key]
 
 
 def json_lines(text: str) -> list[str]:
@@ -106,6 +112,4 @@ def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
             raise ConfigError(f"{where} has no string field {cfg.prompt_key!r} (data.prompt_key)")
         if not row[cfg.prompt_key]:  # a tokenizer without BOS makes no tokens of it: the step drawing it would fail
             raise ConfigError(f"{where} has an empty {cfg.prompt_key!r} (data.prompt_key)")
-        if cfg.prompt_key != "prompt":
-            row["prompt"] = row[cfg.prompt_key]
     return rows, lines

@@ -7,8 +7,9 @@ from typing import Callable
 
 import torch
 
-from fastrl.trainer.config import ConfigError, TrainConfig, user_function
 from fastrl.integrations.hf import count_positions
+from fastrl.trainer.config import ConfigError, TrainConfig, user_function
+from fastrl.trainer.data import prompt_text
 
 
 def _gold(config: TrainConfig, row: dict):
@@ -85,7 +86,7 @@ def outcome_rewards(config: TrainConfig, task=None) -> Callable[[list, list], li
         fn = user_function(kind, "reward.kind")
 
         def one(row, response):
-            return _number(fn(row["prompt"], response, row), f"reward.kind {kind!r}")
+            return _number(fn(prompt_text(config.data, row), response, row), f"reward.kind {kind!r}")
     return lambda rows, responses: [float(one(row, response)) for row, response in zip(rows, responses)]
 
 
@@ -148,6 +149,7 @@ class ProcessReward:
 
     def __init__(self, config: TrainConfig, tokenizer, device, task=None):
         spec = self.spec = config.reward.process
+        self.data = config.data
         self.tokenizer, self.device, self.model, self.fn = tokenizer, device, None, None
         if spec == "task":
             self.fn = lambda prompt, steps, row: task.step_scores(row, steps)
@@ -173,7 +175,8 @@ class ProcessReward:
         out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
         if self.fn is not None:
             for b, (row, steps) in enumerate(zip(rows, step_texts)):
-                values = [_number(v, f"reward.process {self.spec!r}") for v in self.fn(row["prompt"], steps, row)]
+                values = [_number(v, f"reward.process {self.spec!r}")
+                          for v in self.fn(prompt_text(self.data, row), steps, row)]
                 if len(values) != len(steps):
                     raise ConfigError(f"reward.process {self.spec!r} returned {len(values)} scores for "
                                       f"{len(steps)} steps")

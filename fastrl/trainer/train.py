@@ -51,7 +51,7 @@ from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
-from fastrl.trainer.data import Prompts
+from fastrl.trainer.data import Prompts, prompt_text
 from fastrl.trainer.rollout import rollout
 
 # locked by the main process of the run training in run.output_dir
@@ -228,9 +228,6 @@ class Trainer:
         if not self.eos:
             raise ConfigError("the tokenizer has no eos_token_id: responses could never end")
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
-        if config.data.chat_template and not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError("data.chat_template: the tokenizer has no chat template (set model.tokenizer to one "
-                              "that has, or data.chat_template false)")
         self.step = 0
         self._stop = False
 
@@ -321,15 +318,20 @@ class Trainer:
         m = self.cfg.model
         if m.path is None:
             tokenizer = self.task.tokenizer()
-            model = task_lib.tiny_model(len(tokenizer), m.tiny_hidden_size, m.tiny_layers, self.cfg.run.seed)
-            model.set_attn_implementation(self._attention())
-            model = model.to(getattr(torch, m.dtype))
         else:
             from transformers import AutoTokenizer
 
             tokenizer = scoring.load_pretrained("model.tokenizer" if m.tokenizer else "model.path", m.tokenizer or m.path,
                                                 AutoTokenizer.from_pretrained,
                                                 "" if m.tokenizer else "; model.tokenizer may name a folder with its tokenizer")
+        if self.cfg.data.chat_template and not getattr(tokenizer, "chat_template", None):  # before any weights load
+            raise ConfigError("data.chat_template: the tokenizer has no chat template (set model.tokenizer to one "
+                              "that has, or data.chat_template false)")
+        if m.path is None:
+            model = task_lib.tiny_model(len(tokenizer), m.tiny_hidden_size, m.tiny_layers, self.cfg.run.seed)
+            model.set_attn_implementation(self._attention())
+            model = model.to(getattr(torch, m.dtype))
+        else:
             model = self._from_pretrained("model.path", m.path)
         if m.gradient_checkpointing:  # (renamed activation checkpointing in transformers 5.2x)
             getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -441,7 +443,7 @@ class Trainer:
         first = proc.rank * n
         mine = records[first:first + n]
         rows = [r for r in mine for _ in range(G)]
-        prompts = [ids for ids in map(self._encode, (r["prompt"] for r in mine)) for _ in range(G)]
+        prompts = [ids for ids in map(self._encode, (prompt_text(self.cfg.data, r) for r in mine)) for _ in range(G)]
         longest = max(map(len, prompts))
         if self.max_positions is not None and longest + cfg.rollout.max_new_tokens > self.max_positions:
             raise ConfigError(f"step {step + 1} has a prompt of {longest} tokens, and with rollout.max_new_tokens "

@@ -515,7 +515,8 @@ def test_inplace_backward_in_float32_a_few_rows_at_a_time(dtype, monkeypatch, rn
 def test_no_second_derivative(op, device, rng):
     """The backward kernels have no gradient: create_graph=True gave silently wrong second
     derivatives. Now its first-order gradient is right (a gradient penalty elsewhere in the
-    graph still works) and backpropagating through it is an error."""
+    graph still works) and backpropagating through it is an error (it was returned detached,
+    so a penalty on it beside the log-probs silently read 0)."""
     args = op_args(op, device, rng)
     for backend in ["reference", *backends(op, device)]:
         leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
@@ -524,8 +525,13 @@ def test_no_second_derivative(op, device, rng):
             (want,) = torch.autograd.grad(getattr(ops, op)(*leaves).logprob.sum(), leaves[0])
             (got,) = torch.autograd.grad(getattr(ops, op)(*leaves).logprob.sum(), leaves[0], create_graph=True)
             torch.testing.assert_close(got, want)
-            with pytest.raises(RuntimeError, match="does not require grad"):
+            # (autograd.grad checks first that the gradient reaches leaves[0], and it does not: PyTorch's own error)
+            with pytest.raises(RuntimeError, match="have no second derivative|not have been used in the graph"):
                 torch.autograd.grad(got.square().sum(), leaves[0])
+            logprob = getattr(ops, op)(*leaves).logprob
+            (got,) = torch.autograd.grad(logprob.sum(), leaves[0], create_graph=True)
+            with pytest.raises(RuntimeError, match="have no second derivative"):
+                (logprob.sum() + got.square().sum()).backward()
 
 
 @pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])

@@ -279,7 +279,9 @@ def test_jsonl_prompts_with_the_math_verifier(tmp_path):
     from fastrl.rewards.math import score
 
     data = tmp_path / "prompts.jsonl"
-    records = [{"question": f"{a},{b}=", "answer": str(max(a, b))} for a in range(3) for b in range(4)]
+    # (a "prompt" field that is not the prompt: the records reach the rewards as the file holds them)
+    records = [{"question": f"{a},{b}=", "answer": str(max(a, b)), "prompt": "not this"}
+               for a in range(3) for b in range(4)]
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = config(tmp_path, f"data.source={data}", "data.prompt_key=question", "reward.kind=math",
                  "data.prompts_per_step=4", "rollout.group_size=2")
@@ -288,6 +290,7 @@ def test_jsonl_prompts_with_the_math_verifier(tmp_path):
     prompts = [trainer.tokenizer.decode(ids[(mask != 0) & (resp == 0)], skip_special_tokens=True)
                for ids, mask, resp in zip(batch.input_ids, batch.attention_mask, batch.response_mask)]
     assert prompts == [r["question"] for r in batch.rows]
+    assert all(r["prompt"] == "not this" for r in batch.rows)
     assert batch.scores.tolist() == [score(r["answer"], t) for r, t in zip(batch.rows, batch.texts)]
     row = batch.rows[0]
     assert trainer.rewards([row, row], [f"so \\boxed{{{row['answer']}}}", f"so \\boxed{{{int(row['answer']) + 1}}}"]) \
@@ -1159,10 +1162,17 @@ def test_a_record_without_the_answer_a_reward_reads_is_refused_at_load(tmp_path)
         Trainer(config(tmp_path, f"data.source={data}", "reward.kind=classification"))
 
 
-def test_a_chat_template_the_tokenizer_lacks_is_refused_before_the_first_step(tmp_path):
-    """(a ValueError from apply_chat_template at step 1, a traceback from the CLI)"""
+def test_a_chat_template_the_tokenizer_lacks_is_refused_before_the_first_step(tmp_path, monkeypatch):
+    """(a ValueError from apply_chat_template at step 1, a traceback from the CLI); before any
+    weights load (it came after the policy's and the reference's)"""
     with pytest.raises(ConfigError, match="data.chat_template: the tokenizer has no chat template"):
         Trainer(config(tmp_path, "data.chat_template=true"))
+    task.MaxTask().tokenizer().save_pretrained(tmp_path / "tokenizer")
+    monkeypatch.setattr(task, "tiny_model", lambda *args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(Trainer, "_from_pretrained", lambda *args: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match="data.chat_template: the tokenizer has no chat template"):
+        Trainer(config(tmp_path, "data.chat_template=true", f"model.path={tmp_path / 'tokenizer'}",
+                       f"model.reference={tmp_path / 'tokenizer'}"))
 
 
 def test_a_crash_while_a_checkpoint_is_saved_again_keeps_it(tmp_path, monkeypatch, capsys):
