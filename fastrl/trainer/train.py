@@ -585,7 +585,8 @@ class Trainer:
                 units = proc.sum(aggregation_units(loss_mask[mini], a.aggregation).double())
                 token_units = proc.sum(valid[mini].sum().double())
                 micros = torch.tensor_split(mini, a.grad_accum)
-                update_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+                # this update's loss, clipped tokens and tokens: counted where the update is made
+                update = torch.zeros(3, dtype=torch.float64, device=self.device)
                 for i, idx in enumerate(micros):
                     with self._no_sync(i < len(micros) - 1), self._autocast():
                         mask = loss_mask[idx]
@@ -600,7 +601,7 @@ class Trainer:
                             pl = policy_loss(stats.logprob, old.logprob[idx], credit.advantages[idx], mask,
                                              a.clip_low, a.clip_high, a.dual_clip)
                             loss = aggregate(pl.loss, mask, a.aggregation, cfg.rollout.max_new_tokens, units)
-                            sums[1] += pl.clipped.sum()
+                            update[1] += pl.clipped.sum()
                         if ref_logp is not None and a.kl_in == "loss":
                             kl = kl_k3(stats.logprob, ref_logp[idx], mask)
                             loss = loss + a.kl_coef * aggregate(kl, mask, a.aggregation,
@@ -614,15 +615,15 @@ class Trainer:
                         # DDP and FSDP average gradients over processes; the loss is already a
                         # share of the global mean
                         (loss * proc.world).backward()
-                    update_loss += loss.detach()
-                    sums[2] += mask.ne(0).sum()
+                    update[0] += loss.detach()
+                    update[2] += mask.ne(0).sum()
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf"))
                 norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                 # a NaN/Inf gradient (an overflow, a bad sample) would make every weight NaN, and the
                 # next checkpoint would keep them: the update is dropped, as verl does (the norm is
                 # the same on every process: gradients are reduced before it)
                 if torch.isfinite(norm):
-                    sums[0] += update_loss
+                    sums[:3] += update
                     sums[3] += norm
                     self.optimizer.step()
                     updates += 1
@@ -632,8 +633,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         loss, clipped, tokens, grad_norm = torch.cat([proc.sum(sums[:3]), sums[3:]]).tolist()
-        # lr: the step's first update's (the scheduler has moved on since); loss and grad_norm:
-        # means over the updates made, absent where none was (a 0.0 would plot as a real value)
+        # lr: the step's first update's (the scheduler has moved on since); loss, grad_norm and
+        # clip_fraction: over the updates made, absent where none was (a 0.0 would plot as a real value)
         out = {"lr": lr, "update_skipped": int(skipped), "updates_nonfinite": nonfinite}
         if updates:
             out.update(loss=loss / updates, grad_norm=grad_norm / updates)

@@ -1274,6 +1274,33 @@ def test_a_nonfinite_gradient_drops_its_update(tmp_path, capsys):
     assert metrics["updates_nonfinite"] == 2 and not {"loss", "grad_norm", "clip_fraction"} & metrics.keys()
 
 
+def test_clip_fraction_counts_the_updates_made(tmp_path, monkeypatch):
+    """A dropped update's clipped tokens counted in clip_fraction, where loss and grad_norm
+    count only the updates made."""
+    from fastrl.trainer import train as train_module
+
+    trainer = Trainer(config(tmp_path, "algo.mini_batches=2", "algo.epochs=2", "optim.lr=0.03"))
+    batch = trainer.collect(0)
+    seen, policy_loss = [], train_module.policy_loss
+
+    def recorded(logprob, old, advantages, mask, *args):
+        out = policy_loss(logprob, old, advantages, mask, *args)
+        seen.append((out.clipped.sum().item(), mask.ne(0).sum().item()))
+        return out
+    monkeypatch.setattr(train_module, "policy_loss", recorded)
+    calls = []
+
+    def poison_the_fourth(grad):
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 4 else grad
+    trainer.params[0].register_hook(poison_the_fourth)
+    metrics = trainer.update(batch)
+    assert metrics["updates_nonfinite"] == 1 and len(seen) == 4
+    made = seen[:3]
+    assert seen[3][0] > 0 and sum(c for c, _ in made) > 0  # (the dropped one clipped tokens too)
+    assert metrics["clip_fraction"] == pytest.approx(sum(c for c, _ in made) / sum(t for _, t in made), rel=1e-12)
+
+
 def test_a_config_built_or_edited_in_python_is_checked(tmp_path):
     """Trainer trained configs that validate() never saw: an algo.name 'pure' without its
     filled-in reward.process, run.steps 0, a str learning rate each failed deep inside."""
