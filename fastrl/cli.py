@@ -114,7 +114,11 @@ def eval_samples(args) -> int:
         if error := _image_format_error(args.plot):
             print(f"fastrl eval: --plot {args.plot!r}: {error}", file=sys.stderr)
             return 2
-    score_batch, description = _eval_verifier()
+    try:
+        score_batch, description = _eval_verifier()
+    except ValueError as e:  # FASTRL_VERIFY_TIMEOUT, read when the verifier loads
+        print(f"fastrl eval: {e}", file=sys.stderr)
+        return 2
     samples = []  # (problem_id, gold, completion, CoT judged correct), file order
     golds: dict = {}  # problem_id as text -> (problem_id, gold, the line that first gave it)
     any_cot = False

@@ -30,7 +30,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    "1e-9" are scientific, "2e+1" is 2e + 1; two numbers side by side, "5 6", do not parse: no
    product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
    decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
-   digits, evaluated at 30 in sympy's floats (10^{400} does not overflow).  Expressions compare
+   digits, evaluated at 30 in sympy's floats (10^{400} does not overflow), and a difference that
+   cancels to no digit at all (an exact 0 against a gold 0) by ``simplify``.  Expressions compare
    by a numeric check at random points (points where a side is infinite decide nothing, and an
    infinite or undefined value compares exactly: "\\infty" is no x^2), and by
    ``simplify(gold - answer) == 0`` when the numeric check cannot decide.  Equations compare as "same solution set": the two
@@ -115,6 +116,19 @@ _INNER_BOX = re.compile(r"\s*\\(?:boxed|fbox)\s*\{")
 _SPACE = re.compile(r"\s*")
 
 
+def _whole_box(s: str) -> str | None:
+    """The contents of the box that is all of s ("\\boxed{\\boxed{3}}": 3), else None."""
+    box = _BOX.match(s)
+    if box is None:
+        return None
+    i = box.end()
+    if i < len(s) and s[i] == "{":
+        whole = _closing_braces(s).get(i) == len(s) - 1
+    else:
+        whole = _BOX_TOKEN.match(s, i).end() == len(s)
+    return _boxed_all(s)[0] if whole else None
+
+
 def _boxed_all(s: str) -> list[str]:
     """The outermost boxes' contents; a box holding just another box is that box's ("\\boxed{\\boxed{3}}": 3)."""
     out, close, end = [], None, 0
@@ -144,7 +158,8 @@ def _boxed_all(s: str) -> list[str]:
 _ANSWER_MARK = re.compile(r"(?:final\s+answer|the\s+(?:(?:correct|right|final)\s+)?answer)\s*[*_]*\s*(?:is\b|[:：])"
                           r"|^[ \t]*[*_]*\s*answer\s*[*_]*\s*[:：]|^[ \t]*####(?!#)(?=[^\n]*\s*\Z)", re.I | re.M)
 # $...$ (an escaped "\$", a dollar sign, inside it: "$\$18$"), $$...$$, \[...\], \(...\)
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$((?:\\.|[^$\\])+)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
+_DOLLAR_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$((?:\\.|[^$\\])+)\$", re.S)
+_MATH_SPAN = re.compile(_DOLLAR_SPAN.pattern + r"|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
 
 
 def _after_mark(tail: str) -> str | None:
@@ -197,7 +212,8 @@ def extract_answer(completion: str) -> str | None:
         return _after_mark(completion[marks[-1].end():])
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
     last = re.sub(r"^(?:therefore|thus|hence|so)\b,?\s*", "", lines[-1], flags=re.I) or lines[-1]  # "Therefore, x = 5"
-    dollars = [next(g for g in m.groups() if g is not None) for m in _MATH_SPAN.finditer(last) if m.group(0)[0] == "$"]
+    # ($ spans only: an unclosed "\[" let every later one scan to the line's end, quadratic in its length)
+    dollars = [m.group(1) or m.group(2) for m in _DOLLAR_SPAN.finditer(last)]
     if dollars:
         return dollars[-1].strip()
     if len(last) <= 40 and not re.search(r"[a-zA-Z]{4,}\s+[a-zA-Z]{2,}", last):
@@ -264,9 +280,7 @@ def _reals_without_points(s: str) -> str:
 
 def _normalise(s: str) -> str:
     s = _strip_math_delims(s)
-    b = _boxed_all(s)
-    if b:
-        s = b[-1]
+    s = _whole_box(s) or s  # (a box beside other text, "\boxed{3}, 4", stays: an extra candidate)
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     # digit groups "12\\,345", "1{,}000" (before "\\," becomes a space: "12 345" would be 12 * 345), and a
@@ -698,7 +712,11 @@ def _num_equal(a, b) -> bool:
         # relative (1.6e-19 is not 1.7e-19, nor 0), in sympy's floats, whose exponents do not overflow
         # (10^{400} as a Python float is inf)
         scale = max(abs(sympy.N(a, 30)), abs(sympy.N(b, 30)))
-        return bool(abs(d) <= sympy.Float(1e-25) * scale)
+        if abs(d) <= sympy.Float(1e-25) * scale:
+            return True
+        # a difference whose digits all cancel ("0.e-165"): exact zeros such as (\sqrt2+1)(\sqrt2-1)-1 against a
+        # gold 0, where the relative tolerance is of 0 too
+        return bool(abs(d) < sympy.Float(1e-20) and sympy.simplify(a - b) == 0)
     except Exception:
         return False
 
@@ -1108,11 +1126,15 @@ def _gold_text(gold) -> str:
     if isinstance(gold, decimal.Decimal):
         return format(gold, "f")  # (exact, as written)
     # a binary float is its value to the digits its type holds (15, numpy's float32 6), as a decimal
-    # the rounding rule matches: 2/3 stored as 0.6666666666666666 is no exact 2/3, but rounds to it
+    # (the rounding rule matches: 2/3 stored as 0.6666666666666666 is no exact 2/3, but rounds to it),
+    # or a whole number it holds exactly, with all its digits
     import numpy as np
 
-    digits = np.finfo(gold.dtype).precision if hasattr(gold, "dtype") else 15
-    return format(decimal.Decimal(format(float(gold), f".{digits}g")), "f")
+    info = np.finfo(gold.dtype if hasattr(gold, "dtype") else np.float64)
+    value = float(gold)
+    if value.is_integer() and abs(value) <= 2.0 ** (info.nmant + 1):  # every whole number up to here is exact
+        return str(int(value))  # (float32's 6 digits made 1234567 "1234570")
+    return format(decimal.Decimal(format(value, f".{info.precision}g")), "f")
 
 
 def _run(golds, answers, workers, timeout) -> list[tuple[bool, str]]:

@@ -255,6 +255,34 @@ class RunConfig:
     """Under torchrun: DDP (a full copy per process) or FSDP2 (parameters sharded)."""
 
 
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """yaml.SafeLoader refusing a key twice in one mapping (YAML forbids it; PyYAML keeps the
+        last: a second "run:" section replaced the first whole)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged below, may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _yaml_error(e) -> str:
+    """A YAML error on one line: its problem and where."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or e}{where}".replace("\n", " ")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -266,8 +294,8 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     @classmethod
-    def from_dict(cls, values: dict, overrides: list[str] = ()) -> "TrainConfig":
-        values = _merge_overrides(values or {}, overrides)
+    def from_dict(cls, values: dict | None, overrides: list[str] = ()) -> "TrainConfig":
+        values = _merge_overrides({} if values is None else values, overrides)
         config = _build(cls, values, "")
         config.validate()
         return config
@@ -283,9 +311,12 @@ class TrainConfig:
             except UnicodeDecodeError as e:
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             try:
-                values = yaml.safe_load(text) or {}
+                values = yaml.load(text, Loader=_unique_key_loader())
             except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+                raise ConfigError(f"{path}: not valid YAML: {_yaml_error(e)}") from None
+            except ConfigError as e:  # a duplicate key
+                raise ConfigError(f"{path}: {e}") from None
+            values = {} if values is None else values  # an empty file, or one of comments
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(values).__name__}")
         return cls.from_dict(values, overrides)
@@ -495,7 +526,7 @@ def _merge_overrides(values: dict, overrides) -> dict:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError as e:
-                raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from None
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML: {_yaml_error(e)}") from None
         section, name = key.split(".", 1)
         if values.get(section) is None:  # absent, or a YAML section whose keys are all commented out
             values[section] = {}

@@ -72,6 +72,10 @@ def test_hacks_rejected(gold, answer):
 
 
 def test_several_different_boxed_score_zero():
+    # a box inside a box beside another candidate: the inner one was taken alone
+    for gold, completion in [("3", "\\boxed{\\boxed{3}, 4}"), ("4", "\\boxed{3 \\text{ or } \\boxed{4}}")]:
+        assert vm.score(gold, completion) == 0.0, completion
+    assert vm.score("3", "\\boxed{\\boxed{3}}") == 1.0
     assert vm.extract_answer("maybe \\boxed{3} or \\boxed{4}") is None
     assert vm.score("3", "maybe \\boxed{3} or \\boxed{4}") == 0.0
     assert vm.score("3", "so \\boxed{3}. Check: \\boxed{3}") == 1.0
@@ -129,12 +133,22 @@ def test_extract_answer(completion, expected):
     "The answer is 5" + " " * 100000 + "x",  # a run of spaces the "because" split backtracked over (38 s)
     "the answer" + " " * 20000 + "x",
     "x\n" + " " * 20000 + "\ny",
+    "\\[ " * 66666,  # unclosed display maths: each scanned to the line's end for a $ span (41 s)
 ])
 def test_extraction_is_linear(completion):
     # each box's end is found in one pass over the text; a scan per box took 6 s on the first
     t = time.monotonic()
     vm.score("1", completion)
     assert time.monotonic() - t < 1.0
+
+
+@pytest.mark.parametrize("completion", ["\\boxed{(\\sqrt{2}+1)(\\sqrt{2}-1)-1}", "\\boxed{\\ln 6-\\ln 2-\\ln 3}",
+                                        "\\boxed{\\sqrt{3+2\\sqrt2}-1-\\sqrt2}"])
+def test_exact_zeros_match_a_gold_0(completion):
+    """Their difference from 0 cancels to a float with no digits, and a tolerance relative to
+    max(|0|, |that|) is 0 too: rejected. Small numbers that are not 0 still are."""
+    assert vm.score("0", completion) == 1.0
+    assert vm.score("0", "\\boxed{10^{-30}}") == vm.score("0", "\\boxed{\\sqrt2 - 1.41421356237}") == 0.0
 
 
 def test_score():
@@ -163,6 +177,10 @@ def test_gold_forms():
             (decimal.Decimal("2.50"), 2.5), (1e16, 10**16), (1e-20, "10^{-20}"), (2 / 3, "\\frac23"),
             (math.sqrt(2) / 2, "\\frac{\\sqrt2}{2}"), (0.1 + 0.2, 0.3), (np.float32(1 / 3), "\\frac13")]] == [1.0] * 10
     assert vm.score(2 / 3, "\\boxed{0.67}") == 0.0  # (too few digits for the rounding rule)
+    # whole numbers a float type holds exactly keep every digit (float32's 6 made 1234567 "1234570")
+    assert [vm.score(g, f"\\boxed{{{a}}}") for g, a in [(np.float32(1234567), 1234567), (np.float16(1234), 1234),
+                                                       (2.0 ** 53, "2^{53}")]] == [1.0] * 3
+    assert vm.score(np.float32(1234567), "\\boxed{1234570}") == 0.0
 
 
 @pytest.mark.parametrize("gold", [float("nan"), float("inf")])
@@ -301,3 +319,9 @@ def test_a_bad_timeout_variable_is_named(value):
                           env={**__import__("os").environ, "FASTRL_VERIFY_TIMEOUT": value})
     assert done.returncode == 1 and f"FASTRL_VERIFY_TIMEOUT must be a finite number of seconds >= 0, got '{value}'" \
         in done.stderr
+    # fastrl eval says it in one line (it was a traceback)
+    done = subprocess.run([sys.executable, "-m", "fastrl.cli", "eval", "examples/eval_samples.jsonl"],
+                          capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[2],
+                          env={**__import__("os").environ, "FASTRL_VERIFY_TIMEOUT": value})
+    assert done.returncode == 2 and done.stderr.strip() == \
+        f"fastrl eval: FASTRL_VERIFY_TIMEOUT must be a finite number of seconds >= 0, got '{value}'"

@@ -473,7 +473,21 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "clip_high" in capsys.readouterr().out
     bad.write_text("algo: {name: grpo\n")
     assert main(["train", "--config", str(bad)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and len(err.strip().splitlines()) == 1, err  # (PyYAML's took 5 to 8 lines)
+    # YAML forbids a key twice; PyYAML kept the last, so a second section replaced the first whole
+    bad.write_text("run: {steps: 5}\nrun: {seed: 3}\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "duplicate key 'run' (line 2)" in capsys.readouterr().err
+    bad.write_text("run:\n  <<: {steps: 5, seed: 2}\n  seed: 3\n")  # a merge key may be overridden
+    loaded = TrainConfig.load(bad)
+    assert (loaded.run.steps, loaded.run.seed) == (5, 3)
+    for text in ("[]", "false", "0", '""'):  # were taken for an empty config
+        bad.write_text(text + "\n")
+        with pytest.raises(ConfigError, match="the config must be a mapping of sections"):
+            TrainConfig.load(bad)
+    bad.write_text("# nothing yet\n")
+    assert TrainConfig.load(bad).run.steps == TrainConfig().run.steps
     bad.write_bytes(b"\xff\xfe")
     assert main(["train", "--config", str(bad)]) == 2
     assert "not UTF-8 text" in capsys.readouterr().err
