@@ -265,12 +265,10 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
         # floor (2^-126 where subnormals flush): unsafe, and so made NaN
         unsafe = (m == float("-inf")) & (m_span < -LAGGED_FLOOR) & (m_span > float("-inf"))
         s = tl.where(unsafe, float("nan"), (s + mass) * tl.exp2(m_old - m_ref))
-        mass_ref = m_old
     else:
         r = m_ref[None, :, None]
         mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
         s = s * tl.exp2(m - m_ref) + mass
-        mass_ref = m_ref
     if MASKED:
         zsum += _group_sum(tl.where(ok, x, 0.0), tl.where(ok_odd, odd, 0.0))
     else:
@@ -280,8 +278,10 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
             x, odd = tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))
         zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
     else:
-        best, best_group = _group_pick(_log2(mass, FAST) + (mass_ref - m_ref), m_old - m_ref, v0, bits, best,
-                                       best_group, RUN, FAST)
+        log_mass = _log2(mass, FAST)
+        if LAGGED:  # (mass is over 2^m_old)
+            log_mass += m_old - m_ref
+        best, best_group = _group_pick(log_mass, m_old - m_ref, v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 

@@ -80,14 +80,14 @@ def save(folder: Path, step: int, model, optimizer, scheduler, config: dict, pro
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(folder) / f".tmp_{PREFIX}{step:08d}"
         tmp.mkdir()
-        with open(tmp / "state.pt", "wb") as f:
+        with synced(tmp / "state.pt", "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
         # the config alone too: --resume compares it before loading anything
-        write_synced(tmp / "config.json", json.dumps(config, indent=2))
+        with synced(tmp / "config.json") as f:
+            f.write(json.dumps(config, indent=2))
         if data_fingerprint is not None:
-            write_synced(tmp / DATA_FINGERPRINT, data_fingerprint)
+            with synced(tmp / DATA_FINGERPRINT) as f:
+                f.write(data_fingerprint)
         # the same step saved again (--resume of a finished run): the old one is set aside, not
         # deleted, until the new one is in place; latest() falls back to it in between
         aside = Path(folder) / f"{ASIDE}{path.name}"
@@ -133,10 +133,11 @@ def saved_data_fingerprint(path: Path) -> str | None:
         return text
 
 
-def write_synced(path: Path, text: str):
-    """path's text, on disk before this returns (a crash then leaves all of it or none)."""
-    with open(path, "w") as f:
-        f.write(text)
+@contextlib.contextmanager
+def synced(path: Path, mode: str = "w"):
+    """path open for writing, on disk once the block ends (a crash after leaves all of it)."""
+    with open(path, mode) as f:
+        yield f
         f.flush()
         os.fsync(f.fileno())
 

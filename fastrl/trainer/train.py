@@ -709,7 +709,8 @@ class Trainer:
                 for name in RUN_FILES:
                     old = self.out / name
                     shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-            checkpoint.write_synced(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            with checkpoint.synced(self.out / "config.json") as f:
+                f.write(json.dumps(cfg.to_dict(), indent=2))
         proc.barrier()
         if self.resume:
             self._resume()
