@@ -27,8 +27,9 @@ How a verdict is reached (``_check`` runs in a worker process):
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
    absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" and
-   "1e-9" are scientific, "2e+1" is 2e + 1; two numbers side by side, "5 6", do not parse: no
-   product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
+   "1e-9" are scientific, "2e+1" is 2e + 1; "3\\frac{1}{2}" and "3 1/2" are mixed numbers, 3 + 1/2;
+   "0.1\\overline{6}", "0.1\\dot{6}" and "0.1(6)" recurring decimals, 1/6; "n(n-1)!" is n * (n-1)!;
+   two numbers side by side, "5 6", do not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
    decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
    digits, evaluated at 30 in sympy's floats (10^{400} does not overflow), and a difference that
    cancels to no digit at all (an exact 0 against a gold 0) by ``simplify``.  Expressions compare
@@ -46,7 +47,8 @@ Rounding rule: a decimal literal matches an exact (or longer) value when it has 
 least 4 significant digits and equals that value rounded to the decimal's number of
 decimal places.  It holds in both directions: answer "85.71" for gold 600/7 and gold
 "180.67" for answer 542/3 are accepted; "0.33" for 1/3 and "3.14" for pi are rejected
-(too few significant digits), as is "85.72" for 600/7 (wrong rounding).
+(too few significant digits), as is "85.72" for 600/7 (wrong rounding).  A percentage or an
+angle in degrees is rounded as written: "33.33%" matches 1/3.
 
 Time limit: every check runs in a pool of worker processes.  A check that exceeds
 its limit is a rejection: the hung worker is killed and replaced, and the caller
@@ -324,9 +326,7 @@ def _normalise(s: str) -> str:
     if re.fullmatch(r"[\u2460-\u2473](?:\s*[,、]?\s*[\u2460-\u2473])*", s):
         s = ", ".join(str(ord(c) - 0x2460 + 1) for c in s if "\u2460" <= c <= "\u2473")
     s = re.sub(r"^(?:infinitely\s+many|infinite(?:ly)?)(?:\s+[a-z]+)?$", "\\\\infty", s, flags=re.I)
-    # mixed numbers: "3\frac{1}{2}" and "3 1/2" mean 3 + 1/2 (a digit before \frac is never a product)
-    s = re.sub(r"^(-?)(\d+)\s*\\frac\{?(\d+)\}?\{?(\d+)\}?$", r"\1(\2+\3/\4)", s)
-    s = re.sub(r"^(-?)(\d+) (\d+)/(\d+)$", r"\1(\2+\3/\4)", s)
+    s = re.sub(r"^(-?)(\d+) (\d+)/(\d+)$", r"\1(\2+\3/\4)", s)  # a mixed number "3 1/2" (for "3\frac12": _latex_to_py)
     return s
 
 
@@ -461,6 +461,11 @@ def _latex_to_py(s: str) -> str | None:
     # {n \choose k} is \binom{n}{k}
     s = re.sub(r"\{([^{}]*)\\choose(?![a-zA-Z])([^{}]*)\}", r"\\binom{\1}{\2}", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    s = _repeating_decimals(s)
+    # mixed numbers: "3\frac{1}{2}" is 3 + 1/2 (a whole number before a fraction of digits is never a
+    # product), but not in an exponent or index ("x^2\frac{1}{2}")
+    s = re.sub(r"(?<![\w.^_}])(\d+)\s*\\frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))",
+               lambda m: f"({m[1]}+{m[2] or m[3]}/{m[4] or m[5]})", s)
     # \frac{a}{b}, \frac12, \binom{n}{k}, \sqrt[n]{a}, \sqrt{a}, \sqrt2
     for _ in range(50):
         m = re.search(r"\\frac|\\binom|\\sqrt", s)
@@ -534,6 +539,20 @@ def _latex_to_py(s: str) -> str | None:
     except ValueError:
         return None
     return re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)(?=[A-Za-z])", r"\1*", s)  # 2E is 2 * E, not the float 2e0
+
+
+_REPEATING = re.compile(r"(?<![\w.])(\d+)\.(\d*)(?:\\overline\s*\{\s*(\d+)\s*\}|\\overline\s*(\d)|\\dot\s*\{\s*(\d)\s*\}"
+                        r"|\\dot\s*(\d)|\((\d+)\))")
+
+
+def _repeating_decimals(s: str) -> str:
+    """0.\\overline{3}, 0.1\\dot{6}, 2.(5): the fraction the recurring decimal equals."""
+    def fraction(m):
+        whole, fixed, period = m[1], m[2], next(p for p in m.groups()[2:] if p)
+        numerator = int(whole + fixed + period) - int(whole + fixed)
+        return f"({numerator}/{(10 ** len(period) - 1) * 10 ** len(fixed)})"
+
+    return _REPEATING.sub(fraction, s)
 
 
 _FUNCTION_WORD = re.compile(r"\b(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")\b")
@@ -625,14 +644,14 @@ def _factorials(s: str) -> str | None:
                     break
             if depth:
                 return None
-            call = re.search(r"[A-Za-z_]\w*$", head[:j])  # f(x)!
-            j = call.start() if call else j
+            call = re.search(r"([A-Za-z_]\w*)\s*$", head[:j])  # sin(x)!; but n(n-1)! is n * (n-1)!
+            j = call.start() if call and call.group(1) in _FUNCS else j
         else:
             m = re.search(r"(\d+|[A-Za-z_]\w*)$", head)
             if not m:
                 return None
             j = m.start()
-        s = head[:j] + "factorial(" + head[j:] + ")" + s[k + 1 :]
+        s = head[:j] + " factorial(" + head[j:] + ")" + s[k + 1 :]
     return s
 
 
@@ -807,17 +826,18 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
         gpct = apct = False
     if gdeg and adeg:
         gdeg = adeg = False
-    gvals = [ge] + ([ge / 100] if gpct else []) + ([ge * sympy.pi / 180] if gdeg else [])
-    avals = [ae] + ([ae / 100] if apct else []) + ([ae * sympy.pi / 180] if adeg else [])
-    for gv in gvals:
-        for av in avals:
+    # (each reading: the value and the factor it is of the number as written, for the rounding rule)
+    greadings = [(ge, 1)] + ([(ge / 100, sympy.Rational(1, 100))] if gpct else []) + ([(ge * sympy.pi / 180, sympy.pi / 180)] if gdeg else [])
+    areadings = [(ae, 1)] + ([(ae / 100, sympy.Rational(1, 100))] if apct else []) + ([(ae * sympy.pi / 180, sympy.pi / 180)] if adeg else [])
+    for gv, gfactor in greadings:
+        for av, afactor in areadings:
             if gv.free_symbols or av.free_symbols:
                 if _expr_equal(gv, av, rng):
                     return True, "expressions agree"
                 continue
             if _num_equal(gv, av):
                 return True, "values equal"
-            if (av == ae and _round_match(a.rstrip("%"), gv)) or (gv == ge and _round_match(g.rstrip("%"), av)):
+            if _round_match(a.rstrip("%"), gv / afactor) or _round_match(g.rstrip("%"), av / gfactor):
                 return True, "equal after rounding (>= 4 significant digits)"
     return False, f"{_short(ge)} != {_short(ae)}"
 
