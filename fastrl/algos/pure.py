@@ -14,7 +14,9 @@ order of the authors' released code:
    ``verifiable_coef``, is added at the final token;
 4. returns = reverse cumulative sum (``discounted_returns``, gamma 1); advantage =
    return, 0 at the reward-carrying tokens when ``zero_reward_tokens``; whitened over
-   the batch's advantage-carrying tokens.
+   the batch's advantage-carrying tokens (mean and unbiased variance over them; the
+   authors' replay buffer also adds the zeroed tokens' squared mean to the variance, a
+   batch-wide scale 1.0006 apart at 32 x 300 tokens, 1.046 on a 4 x 6 batch).
 
 Steps end at a token whose text closes a blank line (``step_ends``), and at the final token.
 """

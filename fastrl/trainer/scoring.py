@@ -184,14 +184,18 @@ class ProcessReward:
             return out
         # the PRM reads each row's prompt then its steps, each step's trailing blank line
         # replaced by one newline token (a token such as ".\n\n" keeps its "."; a blank line of
-        # two tokens becomes one), its score read there (the final step's: at its last token)
+        # two tokens becomes one), its score read there; the final step ends in a newline too, its
+        # EOS dropped, as PURE feeds it (a PRM trained on newline-ended steps never saw an EOS)
+        special = set(self.tokenizer.all_special_ids)
         rows_ids, reads = [], []
         for b in range(len(response_ids)):
             ids = prompt_ids[b][prompt_mask[b] != 0].tolist()
             start, ends = 0, step_mask[b].nonzero().flatten().tolist()
-            for i, end in enumerate(ends):
+            for end in ends:
                 step = response_ids[b, start:end + 1].tolist()
-                ids += step if i == len(ends) - 1 else self._without_newlines(step) + [self.newline]
+                while step and step[-1] in special:
+                    step.pop()
+                ids += self._without_newlines(step) + [self.newline]
                 reads.append((b, len(ids) - 1))
                 start = end + 1
             rows_ids.append(ids)

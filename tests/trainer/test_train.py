@@ -1071,12 +1071,15 @@ def test_process_reward_scores_do_not_depend_on_left_padding():
     (["<pad>", "<eos>", "x", "=", "1", "2", "q", ".\n\n", "\n\n", "\n", "."], "x=1.\n\nx=2"),  # "." and blank line one token
     (["<pad>", "<eos>", "x", "=", "1", "2", "q", "\n", "."], "x=1.\n\nx=2"),  # a blank line of two tokens
     (["<pad>", "<eos>", "x", "=", "1", "2", "q", "\n\n", "\n", "."], "x=1.\n\n\nx=2"),  # three newlines
+    (["<pad>", "<eos>", "x", "=", "1", "2", "q", "\n\n", "\n", "."], "x=1.\n\nx=2\n\n"),  # a blank line at the end
 ])
-def test_the_prm_reads_each_steps_separator_as_one_newline(symbols, text):
-    """The PRM reads "x=1.\nx=2<eos>" whatever tokens the blank line came in: replacing the
+@pytest.mark.parametrize("eos", [True, False])
+def test_the_prm_reads_each_steps_separator_as_one_newline(symbols, text, eos):
+    """The PRM reads "x=1.\nx=2\n" whatever tokens the blank line came in: replacing the
     step's last token lost the "." of a ".\n\n" token, and left "\n\n" where the blank line
-    was two tokens. Each step's score is read at its newline (the last: at its EOS), and
-    lands at the step's last token in the response."""
+    was two tokens. Each step's score is read at its newline, the last step's too (as PURE
+    feeds it: it was read at the EOS, where a PRM trained on newline-ended steps never
+    looked), with or without an EOS, and lands at the step's last token in the response."""
     pytest.importorskip("transformers")
     from fastrl.algos.pure import step_ends
 
@@ -1089,16 +1092,16 @@ def test_the_prm_reads_each_steps_separator_as_one_newline(symbols, text):
             return SimpleNamespace(logits=torch.stack([torch.zeros_like(input_ids), input_ids], -1).double())
 
     prm = prm_scorer(Stub(), tok)
-    response = torch.tensor([tok.encode(text) + [1]])
+    response = torch.tensor([tok.encode(text) + [1] * eos])
     mask = torch.ones_like(response)
-    steps = step_ends(response, mask, [tok.decode([i]) for i in range(len(tok))])
-    assert steps.sum() == 2
+    steps = step_ends(response, mask, [tok.decode([i], skip_special_tokens=True) for i in range(len(tok))])  # as the trainer
+    assert steps.sum() == 2 and steps[0, -1]
     prompt = torch.tensor([tok.encode("q")])
     scores = prm.scores(None, prompt, torch.ones_like(prompt), response, mask, steps, None)
-    assert tok.decode(seen["ids"][0].tolist()) == "qx=1.\nx=2<eos>"
+    assert tok.decode(seen["ids"][0].tolist()) == "qx=1.\nx=2\n"
     score = lambda token: torch.tensor([0.0, float(token)]).softmax(0).diff().item()  # noqa: E731
     want = torch.zeros(response.shape)
-    want[steps] = torch.tensor([score(prm.newline), score(1)])
+    want[steps] = score(prm.newline)
     torch.testing.assert_close(scores, want)
 
 
