@@ -72,7 +72,7 @@ def pass_at_k(n, c, k):
         # (past a row's own factors n - j may be 0 or less: those read log1p(0))
         fraction = np.where(inside, many[rows, None] / np.where(inside, n[rows, None] - j, 1), 0.0)
         flat[live[rows]] += np.log1p(-fraction).sum(axis=1)
-    out = np.where(trivial, 1.0, -np.expm1(log_ratio))
+    out = np.where(trivial, 1.0, 0.0 - np.expm1(log_ratio))  # (not -expm1: c = 0 would read -0.0)
     return float(out) if out.ndim == 0 else out
 
 

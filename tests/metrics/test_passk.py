@@ -105,6 +105,12 @@ def test_rows_of_unequal_factor_counts_raise_no_warning():
         np.testing.assert_allclose(pass_at_k([2, 10], [1, 5], [1, 5]), [exact(2, 1, 1), exact(10, 5, 5)])
 
 
+def test_no_correct_sample_gives_positive_zero():
+    """c = 0 read -0.0 (-expm1(0)): printed as "-0.0" in a log of pass rates."""
+    assert math.copysign(1, pass_at_k(10, 0, 3)) == 1 and math.copysign(1, cot_pass_at_k(10, 0, 3)) == 1
+    assert not np.signbit(pass_at_k([10, 5], [0, 0], [3, 2])).any()
+
+
 @pytest.mark.parametrize("n", [10**6, 10**9, 10**12])
 def test_small_values_at_large_n_keep_their_digits(n):
     """pass@1 with one correct sample is 1/n: 1 - a ratio near 1 lost 2.8e-8 of it at n = 1e9."""
