@@ -94,7 +94,7 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     v = z.shape[1]
     m = z.amax(-1, keepdim=True)
     # log-probabilities as (z - m) - log(sum): m + log(sum) first would round log(sum) away where |z| is large
-    total = torch.exp(z - m).sum(-1, keepdim=True)
+    total = _row_sums(torch.exp(z - m))
     log_sum = total.log()
     values, index, cutoff = z, None, torch.full_like(m, float("-inf"))
     if top_k > 0:
@@ -102,7 +102,7 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         cutoff = values[:, -1:]
         values, index = _with_ties(z, cutoff, values, index)
     if top_p < 1.0:
-        pool = torch.where(values >= cutoff, torch.exp(values - m), 0.0).sum(-1, keepdim=True)
+        pool = _row_sums(torch.where(values >= cutoff, torch.exp(values - m), 0.0))
         target = top_p * (pool if top_k > 0 else total)
         if top_k == 0:
             k = min(v, 256)
@@ -130,8 +130,15 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         tokens[:, 0],
         shifted - cdf[:, -1].log().to(z.dtype),
         shifted - log_sum[:, 0],
-        (z - m).mean(-1) - log_sum[:, 0],  # not z.mean() - m: a common offset would cost its float spacing
+        (_row_sums(z - m) / v - log_sum)[:, 0],  # not z.mean() - m: a common offset would cost its float spacing
     )
+
+
+def _row_sums(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1]: each row summed alone. torch's sum over a [B, V] tensor splits a row between
+    threads by the batch's shape, so its last bits (and a top-p cutoff near them) would
+    depend on the other rows."""
+    return torch.cat([row.sum(-1, keepdim=True) for row in x.split(1)])
 
 
 def _fake(logits, temperature, top_k, top_p, seeds, offset):
