@@ -3,7 +3,8 @@
 
 Prompts are left-padded and position ids come from the attention mask, as Hugging
 Face's ``generate`` does, so each row decodes as it would alone. Step ``i`` samples with
-``offset=i`` and the row's seed: equal seeds give equal tokens, whatever the batch.
+``offset=i`` and the row's seed: equal seeds give equal tokens, whatever the batch, where the
+model's numerics do not depend on the batch (bf16 with sdpa attention: they do).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from fastrl.integrations.hf import count_positions
 from fastrl.ops import _checks, sample
 from fastrl.ops.logprobs import TokenStats
+from fastrl.ops.sampling import _check_temperature_scale
 
 
 @dataclass
@@ -98,8 +100,13 @@ def rollout(
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos_ids = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id)
     _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id)
+    limit = position_limit(model)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {input_ids.shape[1]} tokens goes past "
+                         f"the model's {limit} positions")
     eos = torch.tensor(eos_ids, dtype=torch.int64, device=device)
-    _check_sampling(temperature, top_k, top_p)
+    weights = next(model.parameters()).dtype
+    _check_sampling(temperature, top_k, top_p, weights if weights.is_floating_point else torch.float32)
     if seeds is None:
         seeds = torch.randint(0, 2**62, (B,))
     _checks.tensor("seeds", seeds, ndim=1)
@@ -110,11 +117,11 @@ def rollout(
     seeds = seeds.to(device)
 
     positions = count_positions(mask)
-    takes = inspect.signature(model.forward).parameters
+    takes = inspect.signature(_unwrapped(model).forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
     # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
     cache_name = "cache" if "cache" in takes else "past_key_values"
-    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())  # (a wrapper, torch.compile's)
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values())
     if cache_name not in takes and not passes_on:  # (Mamba's takes cache_params: getattr(out, ...) failed after a step)
         raise TypeError(f"rollout needs a model whose forward takes a KV cache (past_key_values or cache); "
                         f"{type(model).__name__}'s takes neither")
@@ -146,6 +153,31 @@ def rollout(
     token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
     return Rollout(input_ids, mask[:, :input_ids.shape[1]], token, live.long(), logprob, policy_logprob,
                    mean_logp, ended, seeds)
+
+
+def _unwrapped(model):
+    """The model whose forward a wrapper passes its keywords on to: torch.compile's, PEFT's and
+    DDP's forwards take **kwargs only, and logits_to_keep unseen there cost the prompt's logits,
+    [B, P, V], at the first step."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def position_limit(model) -> Optional[int]:
+    """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says."""
+    config = getattr(_unwrapped(model), "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
 
 
 def _prompt_batch(prompts, attention_mask, pad_token_id, device):
@@ -218,9 +250,10 @@ def _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id):
         raise ValueError(f"prompts hold token ids outside [0, {size}) (the model's vocabulary)")
 
 
-def _check_sampling(temperature, top_k, top_p):
+def _check_sampling(temperature, top_k, top_p, dtype):
     # the same rules as fastrl.ops.sample, checked before the prefill rather than after it
     _checks.positive("temperature", temperature)
+    _check_temperature_scale(temperature, torch.empty(0, dtype=dtype))  # the logits are in the weights' dtype
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
     if top_k is not None and top_k < 1:

@@ -52,7 +52,7 @@ from fastrl.trainer import checkpoint, distributed, scoring
 from fastrl.trainer import task as task_lib
 from fastrl.trainer.config import RESUME_SAFE, ConfigError, TrainConfig
 from fastrl.trainer.data import Prompts, prompt_text
-from fastrl.trainer.rollout import rollout
+from fastrl.trainer.rollout import position_limit, rollout
 
 # locked by the main process of the run training in run.output_dir
 LOCK = ".lock"
@@ -189,7 +189,7 @@ class Trainer:
         self.rewards = scoring.outcome_rewards(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
-        self.max_positions = _position_limit(model)
+        self.max_positions = position_limit(model)
         if self.max_positions is not None and config.rollout.max_new_tokens >= self.max_positions:
             raise ConfigError(f"rollout.max_new_tokens ({config.rollout.max_new_tokens}) leaves no room for a prompt "
                               f"in the model's {self.max_positions} positions")
@@ -802,15 +802,6 @@ def _lr_factor(i: int, total: int, o) -> float:
         return 1.0
     progress = min(1.0, (i - o.warmup_steps) / max(1, total - 1 - o.warmup_steps))  # update total - 1 is the last
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _position_limit(model) -> Optional[int]:
-    """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
 
 
 def _peak_memory_mb(device) -> float:

@@ -143,6 +143,47 @@ def test_a_model_that_passes_keywords_on_is_run(rng):
     assert_matches_loop(r, plain_loop(model, prompts, seeds, 8, EOS), atol=1e-10)
 
 
+class Peft(Wrapper):
+    """PEFT's model: forward(*args, **kwargs), the causal LM from get_base_model()."""
+
+    def get_base_model(self):
+        return self.inner
+
+
+@pytest.mark.parametrize("wrap", [Peft, lambda m: torch.compile(m, backend="eager"),
+                                  lambda m: Peft(torch.compile(m, backend="eager"))], ids=["peft", "compiled", "both"])
+def test_a_wrapped_model_computes_one_position_of_logits_per_row(rng, wrap):
+    """A wrapper's forward takes **kwargs only: logits_to_keep went unpassed, and the first
+    step computed the logits of every prompt position ([5, 8, 50], not [5, 1, 50])."""
+    model = tiny_llama(rng)
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    prompts, seeds = prompts_and_seeds(rng)
+    r = rollout(wrap(model), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
+    assert shapes and set(shapes) == {(5, 1, VOCAB)}
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 4, EOS), atol=1e-10)
+
+
+def test_length_and_temperature_are_refused_before_the_prefill(rng):
+    """Past the model's positions GPT-2 failed in its embedding with an IndexError four steps
+    in; a temperature outside float32's scale was refused only after the prompt's forward."""
+    calls = []
+
+    class Counted(Peft):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return super().forward(*args, **kwargs)
+
+    model = Counted(tiny_llama(rng, torch.float32))
+    prompts, seeds = prompts_and_seeds(rng, B=2)  # the longest prompt: 8 tokens, in 64 positions
+    with pytest.raises(ValueError, match=r"max_new_tokens \(57\) after a prompt of 8 tokens .* 64 positions"):
+        rollout(model, prompts, 57, EOS, PAD, seeds=seeds, progress=False)
+    with pytest.raises(ValueError, match=r"temperature must be in .* for torch.float32 logits"):
+        rollout(model, prompts, 4, EOS, PAD, temperature=1e-40, seeds=seeds, progress=False)
+    assert not calls
+    rollout(model, prompts, 56, None, PAD, seeds=seeds, progress=False)  # 8 + 56 = 64 positions: runs
+
+
 def test_float32_matches_plain_loop(rng, device):
     """float32 logits reach every sampling backend here (the Triton one under TRITON_INTERPRET=1)."""
     model = tiny_llama(rng, torch.float32).to(device)
