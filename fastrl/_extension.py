@@ -19,6 +19,11 @@ def _running_torch():
     return torch.__version__.split("+")[0]
 
 
+# a built wheel's kernels work with the torch they were compiled against only
+REBUILD = ("Rebuild fastrl against the torch installed: from its source (a checkout or the sdist), "
+           "`pip install --no-build-isolation .` (`-e .` for a checkout)")
+
+
 def load():
     global module, status
     if importlib.util.find_spec("fastrl._C") is None:
@@ -28,9 +33,8 @@ def load():
     except Exception as exc:  # an ABI mismatch after a torch upgrade lands here
         status = f"failed to load ({type(exc).__name__}: {exc})"
         warnings.warn(
-            f"fastrl: the compiled kernels failed to load ({exc}); falling back to the reference "
-            "ops. Reinstall fastrl against this torch (from a source checkout: "
-            "`pip install --no-build-isolation -e .`).",
+            f"fastrl: the compiled kernels failed to load ({exc}); each op runs its next backend "
+            f"(Triton or plain PyTorch). {REBUILD}.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -48,6 +52,6 @@ def build_mismatch():
     if built != running or (module.with_cuda and cuda_built != cuda_running):
         return (
             f"the extension was built with torch {built} (CUDA {cuda_built}) but torch {running} "
-            f"(CUDA {cuda_running}) is running: rebuild with `pip install --no-build-isolation -e .`"
+            f"(CUDA {cuda_running}) is running: {REBUILD[0].lower() + REBUILD[1:]}"
         )
     return None

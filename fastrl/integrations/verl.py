@@ -24,7 +24,9 @@ batch, as verl does); ``use_fastrl_gae()`` puts it in that place.
 """
 from __future__ import annotations
 
+import importlib.util
 import numbers
+import warnings
 
 import torch
 
@@ -123,10 +125,14 @@ ESTIMATORS = {"fastrl_grpo": fastrl_grpo, "fastrl_dr_grpo": fastrl_dr_grpo, "fas
 
 
 def register() -> bool:
-    """Register the estimators with verl; False when verl is not importable."""
+    """Register the estimators with verl; False when verl is not importable (a warning where
+    verl is installed: an estimator named in a run's config would be unknown, with no hint why)."""
     try:
         from verl.trainer.ppo.core_algos import register_adv_est
-    except ImportError:
+    except ImportError as e:
+        if importlib.util.find_spec("verl") is not None:
+            warnings.warn(f"fastrl.integrations.verl: verl is installed but does not import ({e}); fastrl's "
+                          "estimators are not registered", RuntimeWarning, stacklevel=2)
         return False
     for name, fn in ESTIMATORS.items():
         register_adv_est(name)(fn)
