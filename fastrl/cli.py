@@ -272,12 +272,8 @@ def train(args) -> int:
         return 130
     except ModuleNotFoundError as e:
         return _missing_extra("fastrl train", e)
-    except OSError as e:  # a full disk, a folder made read-only meanwhile: the file (or folder) and why, no traceback
-        where = f": {e.filename}" if e.filename else ""
-        if not e.filename and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):  # a write's
-            where = f" (writing in run.output_dir {config.run.output_dir})"
-        print(f"fastrl train: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
+    except OSError as e:
+        return _os_error("fastrl train", e, f"run.output_dir {config.run.output_dir}")
     if result.metrics:
         first, last = result.reward_gain()
         fifth = max(1, len(result.metrics) // 5)
@@ -288,6 +284,16 @@ def train(args) -> int:
             print(f"plot: {result.plot}")
         print(f"final policy: {result.final_model}")
     return 0
+
+
+def _os_error(command: str, error: OSError, output: str) -> int:
+    """A full disk, a folder made read-only meanwhile: the file (or folder) and why, no traceback
+    (a write's error without a file name: the output folder)."""
+    where = f": {error.filename}" if error.filename else ""
+    if not error.filename and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+        where = f" (writing in {output})"
+    print(f"{command}: {error.strerror or error}{where}", file=sys.stderr)
+    return 1
 
 
 # pyproject's [train], and what transformers brings that fastrl imports itself (the built-in
@@ -322,9 +328,15 @@ def experiment(args) -> int:
     except ModuleNotFoundError as e:
         return _missing_extra(f"fastrl experiment {args.name}", e)
     except KeyboardInterrupt:
-        print(f"\nfastrl experiment {args.name}: interrupted, its runs stopped; an experiment does not resume: "
-              "run it again with --overwrite", file=sys.stderr)
+        print(f"\nfastrl experiment {args.name}: interrupted, its runs stopped (an earlier run it was replacing is "
+              "put back); an experiment does not resume: run it again with --overwrite", file=sys.stderr)
         return 130
+    except OSError as e:
+        return _os_error(f"fastrl experiment {args.name}", e, f"--output-dir {_experiment_dir(args)}")
+
+
+def _experiment_dir(args) -> Path:
+    return Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
 
 
 def summarised_outputs(out: Path) -> tuple[str, ...]:
@@ -348,6 +360,7 @@ def summarised_outputs(out: Path) -> tuple[str, ...]:
 
 def _experiment(args) -> int:
     from fastrl.experiments import common, countdown, pure
+    from fastrl.trainer import checkpoint
 
     settings = {"pure": ("A", "B"), "riskpo": ("A",), "rover": ("A", "D")}[args.name]
     if args.setting not in settings:
@@ -365,9 +378,13 @@ def _experiment(args) -> int:
         print(f"fastrl experiment {args.name}: --seeds does not go with --smoke (its plan has its own seed)",
               file=sys.stderr)
         return 2
-    out = Path(args.output_dir or f"runs/experiments/{args.name}_{args.setting}{'_smoke' if args.smoke else ''}")
+    out = _experiment_dir(args)
     if out.exists() and not out.is_dir():
         print(f"fastrl experiment {args.name}: --output-dir {str(out)!r} is a file", file=sys.stderr)
+        return 2
+    if place := checkpoint.unwritable(out):
+        print(f"fastrl experiment {args.name}: --output-dir {str(out)!r}: cannot create or write in {str(place)!r}",
+              file=sys.stderr)
         return 2
     outputs = pure.OUTPUTS if args.name == "pure" else countdown.outputs(args.name, args.setting)
     if held := common.previous_run(out, outputs + summarised_outputs(out)):
@@ -377,7 +394,16 @@ def _experiment(args) -> int:
                   "it, or another --output-dir", file=sys.stderr)
             return 2
         print(f"replacing the earlier run in {out}: {names}")
-        common.remove(held)
+    with common.replacing(out, held, outputs):
+        summary = _run_experiment(args, out)
+    plots = ", ".join(str(out / name) for name in summary["plots"]) or "none (matplotlib is not installed)"
+    print(f"\nsummary: {out / 'summary.json'}; plots: {plots}")
+    return 0
+
+
+def _run_experiment(args, out: Path) -> dict:
+    from fastrl.experiments import countdown, pure
+
     if args.name == "pure":
         plan = pure.Plan.smoke_plan(args.setting) if args.smoke else pure.Plan(args.setting, seeds=args.seeds or (0, 1))
         if args.lr is not None:
@@ -391,9 +417,7 @@ def _experiment(args) -> int:
             plan.settings[args.setting] = {**plan.settings[args.setting], "seeds": args.seeds}
         summary = countdown.run(args.name, args.setting, out, plan)
         print(countdown.report(summary))
-    plots = ", ".join(str(out / name) for name in summary["plots"]) or "none (matplotlib is not installed)"
-    print(f"\nsummary: {out / 'summary.json'}; plots: {plots}")
-    return 0
+    return summary
 
 
 def main(argv=None) -> int:
@@ -433,7 +457,8 @@ def _main(argv=None) -> int:
     x.add_argument("--setting", choices=["A", "B", "D"], default="A",
                    help="pure: A (r_triv 1.0) or B (r_triv 0.8); riskpo: A; rover: A or D (8 epochs per batch)")
     x.add_argument("--seeds", type=_seeds, help="comma-separated seeds (default: the experiment's)")
-    x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting> (with --smoke: ..._smoke)")
+    x.add_argument("--output-dir", help="default: runs/experiments/<name>_<setting> (with --smoke: ..._smoke); riskpo "
+                                        "and rover share their warmed-up models in countdown_warm[_smoke]/ beside it")
     x.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in the output folder (its summary, plots and run folders)")
     x.add_argument("--lr", type=float, help="pure: the RL learning rate (default 2e-4)")

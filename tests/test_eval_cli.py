@@ -170,3 +170,68 @@ def test_experiment_seeds_are_checked(argv, message, capsys):
 def test_experiment_seeds_do_not_go_with_smoke(capsys):
     assert main(["experiment", "rover", "--smoke", "--seeds", "5"]) == 2
     assert "--seeds does not go with --smoke" in capsys.readouterr().err
+
+
+def earlier_pure_run(out):
+    out.mkdir()
+    (out / "summary.json").write_text('{"setting": "A"}')
+    (out / "pure_A.png").write_text("earlier")
+    (out / "seed0").mkdir()
+    (out / "notes.txt").write_text("mine")
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_experiment_that_fails_while_overwriting_puts_the_earlier_run_back(tmp_path, monkeypatch, failure):
+    """--overwrite removed the earlier run before the new one ran: Ctrl-C then lost both."""
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    earlier_pure_run(out)
+
+    def stopped(setting, out, plan):
+        (out / "seed0" / "new").mkdir(parents=True)
+        (out / "seed1").mkdir()
+        raise failure("stopped")
+
+    monkeypatch.setattr(pure, "run", stopped)
+    if failure is KeyboardInterrupt:
+        assert main(["experiment", "pure", "--smoke", "--output-dir", str(out), "--overwrite"]) == 130
+    else:
+        with pytest.raises(RuntimeError):
+            main(["experiment", "pure", "--smoke", "--output-dir", str(out), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "pure_A.png", "seed0", "summary.json"]
+    assert (out / "pure_A.png").read_text() == "earlier" and not any((out / "seed0").iterdir())
+
+
+def test_an_experiment_that_succeeds_replaces_the_earlier_run(tmp_path, monkeypatch, capsys):
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    earlier_pure_run(out)
+
+    def finished(setting, out, plan):
+        (out / "seed1").mkdir()
+        (out / "summary.json").write_text("{}")
+        return {"plots": []}
+
+    monkeypatch.setattr(pure, "run", finished)
+    monkeypatch.setattr(pure, "report", lambda summary: "")
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "seed1", "summary.json"]
+
+
+def test_an_experiment_names_an_output_folder_it_cannot_write(tmp_path, monkeypatch, capsys):
+    """A traceback (NotADirectoryError, PermissionError) before; a full disk mid-run likewise."""
+    from fastrl.experiments import pure
+
+    (tmp_path / "file").write_text("")
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(tmp_path / "file" / "sub")]) == 2
+    assert f"--output-dir '{tmp_path}/file/sub': cannot create or write in '{tmp_path}/file'" in capsys.readouterr().err
+
+    def full(setting, out, plan):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pure, "run", full)
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(tmp_path / "y")]) == 1
+    assert capsys.readouterr().err.strip() == \
+        f"fastrl experiment pure: No space left on device (writing in --output-dir {tmp_path}/y)"

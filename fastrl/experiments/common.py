@@ -2,6 +2,7 @@
 responses for evaluation, running jobs in worker processes, running means."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -37,6 +38,29 @@ def remove(paths) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+@contextlib.contextmanager
+def replacing(out: Path, earlier: list[Path], outputs):
+    """Run the body with an earlier run's outputs moved aside: they go when it succeeds, and
+    come back (the new run's outputs removed) when it fails or is interrupted."""
+    aside = out / f".replaced.{os.getpid()}"
+    if earlier:
+        aside.mkdir()
+        for path in earlier:
+            path.rename(aside / path.name)
+    try:
+        yield
+    except BaseException:
+        if earlier:
+            remove(previous_run(out, outputs))
+            for path in aside.iterdir():
+                remove([out / path.name] if (out / path.name).exists() else [])
+                path.rename(out / path.name)
+            aside.rmdir()
+        raise
+    if earlier:
+        shutil.rmtree(aside)
 
 
 def solution_batch(task, tokenizer, rows, rng: random.Random):

@@ -213,7 +213,8 @@ def run(name: str, setting: str, output_dir: str | Path, plan: Plan | None = Non
     rows = task.test[:plan.held_out]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    warm_root = Path(warm_dir) if warm_dir else out.parent / f"countdown_warm{'_smoke' if plan.smoke else ''}"
+    # (out resolved: "." and its full path are one folder, with one warm-up beside it)
+    warm_root = Path(warm_dir) if warm_dir else out.resolve().parent / f"countdown_warm{'_smoke' if plan.smoke else ''}"
     spec, methods = plan.settings[setting], EXPERIMENTS[name, setting]
     check_seeds(spec["seeds"])
     summary = {"experiment": name, "smoke": plan.smoke, "runs": {},

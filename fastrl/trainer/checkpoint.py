@@ -142,6 +142,14 @@ def synced(path: Path, mode: str = "w"):
         os.fsync(f.fileno())
 
 
+def unwritable(folder: Path) -> Path | None:
+    """The place that stops folder being made or written in (itself, or the nearest parent that
+    exists: a file, or without write permission), else None: found at the start, not after
+    minutes of work."""
+    place = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    return None if place.is_dir() and os.access(place, os.W_OK | os.X_OK) else place
+
+
 @contextlib.contextmanager
 def _readable(path: Path):
     """A damaged checkpoint (a disk error, a file cut short by hand) as a ConfigError naming it

@@ -167,8 +167,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"run.output_dir {str(self.out)!r} is a file, not a folder")
-        place = next(p for p in (self.out, *self.out.absolute().parents) if p.exists())
-        if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):  # found now, not after the model loads
+        if place := checkpoint.unwritable(self.out):
             raise ConfigError(f"run.output_dir {str(self.out)!r}: cannot create or write in {str(place)!r}")
         self._check_layout()
         if resume and overwrite:
