@@ -104,7 +104,7 @@ def eval_samples(args) -> int:
     import json
 
     from fastrl.metrics import majority, pass_at_k
-    from fastrl.trainer.data import json_lines
+    from fastrl.trainer.data import json_lines, json_record
 
     if args.plot:
         if not Path(args.plot).resolve().parent.is_dir():
@@ -123,7 +123,7 @@ def eval_samples(args) -> int:
     golds: dict = {}  # problem_id as text -> (problem_id, gold, the line that first gave it)
     any_cot = False
     try:
-        lines = json_lines(Path(args.samples).read_text(encoding="utf-8"))
+        lines = json_lines(Path(args.samples).read_text(encoding="utf-8-sig"))
     except OSError as e:
         print(f"fastrl eval: cannot read {args.samples}: {e.strerror}", file=sys.stderr)
         return 2
@@ -136,9 +136,9 @@ def eval_samples(args) -> int:
             continue
         where = f"{args.samples}:{lineno}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            print(f"{where}: not JSON ({e.msg})", file=sys.stderr)
+            row = json_record(line)
+        except ValueError as e:
+            print(f"{where}: {e}", file=sys.stderr)
             return 2
         if not isinstance(row, dict):
             print(f"{where}: a row must be a JSON object, got {type(row).__name__}", file=sys.stderr)
@@ -221,7 +221,7 @@ def eval_samples(args) -> int:
             fig.savefig(args.plot)
         except (OSError, ValueError) as e:
             print(f"fastrl eval: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
-            return 2
+            return 1  # (not 2: the arguments were fine, as far as could be told before the work)
         finally:
             plt.close(fig)
         print(f"wrote {args.plot}")

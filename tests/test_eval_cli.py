@@ -119,6 +119,8 @@ def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
      ":1: cot_correct: an empty list of verdicts"),
     ('{"problem_id": 1, "gold": "3", "completion": "3"}\n{"problem_id": "1", "gold": "3", "completion": "3"}\n',
      ':2: problem_id "1" here but 1 on line 1'),
+    # a key twice: json kept the last ("gold" 2, scored 1.0 against the box)
+    ('{"problem_id": 1, "gold": "1", "gold": "2", "completion": "\\\\boxed{2}"}\n', ":1: key 'gold' given twice"),
 ])
 def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, message):
     path = tmp_path / "samples.jsonl"
@@ -128,6 +130,14 @@ def test_eval_bad_files_are_errors_not_tracebacks(tmp_path, capsys, content, mes
         path.write_text(content)
     assert main(["eval", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_reads_a_file_with_a_byte_order_mark(tmp_path, capsys):
+    """(refused: "Unexpected UTF-8 BOM"; editors on Windows write one)"""
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"problem_id": 1, "gold": "3", "completion": "\\\\boxed{3}"}\n', encoding="utf-8-sig")
+    assert main(["eval", str(path)]) == 0
+    assert parse_table(capsys.readouterr().out)[1] == (1.0, None)
 
 
 @pytest.mark.parametrize("name,message", [("p.txt", "no image format 'txt'; one of "),

@@ -79,13 +79,17 @@ from multiprocessing.connection import wait as _mp_wait
 __all__ = ["extract_answer", "verify", "score", "verify_batch", "explain", "DEFAULT_TIMEOUT"]
 
 
+_LONGEST_TIMEOUT = 1e6  # seconds (11.6 days); the pool's wait for its workers takes at most 2**31 ms
+
+
 def _seconds(name: str, value) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = float("nan")
-    if not 0 <= seconds < float("inf"):  # (NaN too: a check under it never ended)
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    # (NaN: a check under it never ended; 0 rejected every answer in the pool, limited none in a daemonic process)
+    if not 0 < seconds <= _LONGEST_TIMEOUT:
+        raise ValueError(f"{name} must be a number of seconds in (0, {_LONGEST_TIMEOUT:g}], got {value!r}")
     return seconds
 
 

@@ -70,6 +70,23 @@ def json_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
+def json_record(line: str):
+    """One JSONL line's value, or a ValueError saying why not (a key given twice too: json
+    keeps the last one silently)."""
+    def unique(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {key!r} given twice")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        return json.loads(line, object_pairs_hook=unique)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e})") from None
+
+
 def _place(source, lines, i: int) -> str:
     return f"{source}:{lines[i]}" if lines else f"data.source {source}: record {i}"
 
@@ -81,16 +98,16 @@ def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
     if path.is_file():
         rows, lines = [], []
         try:
-            text = path.read_text(encoding="utf-8")  # JSON is UTF-8, whatever the locale
+            text = path.read_text(encoding="utf-8-sig")  # JSON is UTF-8, whatever the locale (a BOM skipped)
         except UnicodeDecodeError as e:
             line = path.read_bytes()[:e.start].count(b"\n") + 1
             raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         for lineno, line in enumerate(json_lines(text), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{lineno}: not JSON ({e})") from None
+                    rows.append(json_record(line))
+                except ValueError as e:
+                    raise ConfigError(f"{path}:{lineno}: {e}") from None
                 lines.append(lineno)
     else:
         import datasets

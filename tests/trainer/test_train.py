@@ -715,6 +715,8 @@ def test_an_empty_prompt_is_refused_when_the_data_loads(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("café".encode("latin-1"), ":1: not UTF-8 text"),
     ('{"prompt": "1+0="}\n\n{"prompt": 3}\n'.encode(), ":3 has no string field 'prompt'"),
+    ('{"prompt": "1+0="}\n{"prompt": "2+0=", "answer": "2", "answer": "3"}\n'.encode(), ":2: key 'answer' given twice"),
+    (b'{"prompt": "1+0=", "answer": "1"}\n{bad\n', r":2: not JSON \(Expecting property name"),
 ])
 def test_a_bad_jsonl_record_is_named_by_its_line(tmp_path, content, message):
     from fastrl.trainer.data import Prompts
@@ -735,6 +737,14 @@ def test_jsonl_prompts_are_utf8_whatever_the_locale_and_hold_line_separators(tmp
     env = {**os.environ, "LC_ALL": "POSIX", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == ascii("é\u2028x"), done.stderr[-2000:]
+
+
+def test_jsonl_prompts_may_start_with_a_byte_order_mark(tmp_path):
+    from fastrl.trainer.data import Prompts
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "1+0=", "answer": "1"}) + "\n", encoding="utf-8-sig")
+    assert Prompts(config(tmp_path, f"data.source={data}", "reward.kind=math").data, 0).rows[0]["prompt"] == "1+0="
 
 
 def test_file_prompts_shuffle_once_per_epoch(tmp_path, monkeypatch):
