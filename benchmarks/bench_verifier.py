@@ -95,8 +95,8 @@ def main(argv=None):
     if not Path(args.data).is_file():
         ap.error(f"--data: no file {args.data} (HardVerify-Math.json from the HardVerify-Math dataset)")
     pairs = load_pairs(args.data, ap.error)
-    if args.json:  # before the work: a path it cannot write lost the whole run's results
-        writable(Path(args.json), "--json")
+    if args.json:  # before the work: a path it cannot write (a folder, ...) lost the whole run's results
+        writable(args.json, "--json")
     golds, answers, labels, splits, kinds = map(list, zip(*pairs))
     providers = {"fastrl": run_fastrl(golds, answers, args.workers)}
     if not args.no_math_verify:

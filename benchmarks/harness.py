@@ -14,7 +14,8 @@ torch.cuda.max_memory_allocated beyond what was allocated before the call; on
 the CPU (with ``--memory``), growth of the peak resident set in a fresh
 subprocess per case (VmHWM, reset after the case's setup; ru_maxrss where /proc
 is missing, which never goes down within a process).
-Rows go to benchmarks/results/<device>/bench_<family>.json.
+Rows go to benchmarks/results/<device>/bench_<family>.json once every case has run; until then,
+and for a partial run, to bench_<family>.partial.json.
 """
 from __future__ import annotations
 
@@ -265,6 +266,8 @@ def parse_args(description: str, shape: str, argv=None, extra: Optional[Callable
             re.compile(args.only)
         except re.error as e:
             parser.error(f"--only: {args.only!r} is no regular expression ({e})")
+    if args.out:
+        writable(args.out, "--out")  # before any work
     full_repeat = {"cpu": 10, "cuda": 10, **(repeat or {})}[args.device.type]
     if args.repeat is None:
         args.repeat = 3 if args.quick else full_repeat
@@ -377,48 +380,77 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             print(f"a partial run ({', '.join(args._partial)}): its rows go to {out.name}, not bench_{family}.json")
     if not cases:
         usage_error(f"no case to run: --only {args.only!r} or the options picked none")
-    if out.is_dir():
-        usage_error(f"--out {out}: is a folder; name a JSON file")
     writable(out, "--out")
+    # rows go to the .partial name as they come, so a run cut short (Ctrl-C, a time limit) keeps
+    # what it measured there; out is replaced only once every case has run
+    progress = out if out.stem.endswith(".partial") else out.with_name(f"{out.stem}.partial{out.suffix}")
     if out.exists():
-        print(f"replacing {out}")
-    for index, case in enumerate(cases):
-        disagrees = None
-        try:
-            call = case.setup()
-            disagrees = check_output(case, call, outputs, cases)
-            times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush, case.wall_clock)
-            peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
-            error = None
-        except Exception as exc:  # a baseline that cannot run at this shape is reported, not fatal
-            times, peak, error = [], None, f"{type(exc).__name__}: {exc}"[:300]
-        if device.type == "cpu" and args.memory and error is None:
-            peak = cpu_peak_bytes_in_subprocess(script, index, argv)
-        floor_ms = launches = None
-        if copy_rate and case.bytes_moved and error is None:
-            floor_ms = case.bytes_moved / copy_rate
-            launches = kernels_per_call(call)
-        row = {
-            "family": family, "op": case.op, "shape": case.shape, "provider": case.provider,
-            "median_ms": statistics.median(times) if times else None,
-            "min_ms": min(times) if times else None, "repeat": len(times),
-            "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
-            "note": case.note, "error": error, "disagrees": disagrees,
-            "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
-            "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
-            "wall_clock": case.wall_clock,
-            "l2_flush": args.l2_flush if device.type == "cuda" else None,
-        }
-        rows.append(row)
-        print(format_row(row), flush=True)
-        write_json(out, rows)  # row by row: a run cut short by a time limit keeps what it measured
-    print(f"\nwrote {len(rows)} rows to {out}")
+        print(f"replacing {out}" + (f" once every case has run (rows go to {progress.name} until then)"
+                                    if progress != out else ""))
+    try:
+        for index, case in enumerate(cases):
+            disagrees = None
+            try:
+                call = case.setup()
+                disagrees = check_output(case, call, outputs, cases)
+                times = time_ms(call, device, args.warmup, args.repeat, args.l2_flush, case.wall_clock)
+                peak = gpu_peak_bytes(call, device) if device.type == "cuda" else None
+                error = None
+            except Exception as exc:  # a baseline that cannot run at this shape is reported, not fatal
+                times, peak, error = [], None, f"{type(exc).__name__}: {exc}"[:300]
+            if device.type == "cpu" and args.memory and error is None:
+                peak = cpu_peak_bytes_in_subprocess(script, index, argv)
+            floor_ms = launches = None
+            if copy_rate and case.bytes_moved and error is None:
+                floor_ms = case.bytes_moved / copy_rate
+                launches = kernels_per_call(call)
+            row = {
+                "family": family, "op": case.op, "shape": case.shape, "provider": case.provider,
+                "median_ms": statistics.median(times) if times else None,
+                "min_ms": min(times) if times else None, "repeat": len(times),
+                "peak_memory_bytes": peak, "device": device_name(device), "versions": env,
+                "note": case.note, "error": error, "disagrees": disagrees,
+                "bandwidth_floor_ms": floor_ms, "kernels_per_call": launches, "compare_to": case.compare_to,
+                "malloc": None if device.type != "cpu" else ("default" if args.malloc_default else "no-trim"),
+                "wall_clock": case.wall_clock,
+                "l2_flush": args.l2_flush if device.type == "cuda" else None,
+            }
+            rows.append(row)
+            print(format_row(row), flush=True)
+            write_json(progress, rows)
+    except KeyboardInterrupt:
+        kept = f"their rows are in {progress}" if rows else "nothing written"
+        if progress != out and out.exists():
+            kept += f"; {out} is left as it was"
+        print(f"\ninterrupted after {len(rows)} of {len(cases)} cases: {kept}", file=sys.stderr, flush=True)
+        raise
+    # a run without a provider the results there have (its library missing, failing here) keeps them
+    lost = sorted(_providers(out) - {row["provider"] for row in rows}) if progress != out else []
+    if lost:
+        print(f"\n{out.name} has rows of {', '.join(lost)}, which this run has not: it is left as it was; "
+              f"this run's {len(rows)} rows are in {progress}")
+    else:
+        if progress != out:
+            write_json(out, rows)
+            progress.unlink(missing_ok=True)
+        print(f"\nwrote {len(rows)} rows to {out}")
     print_speedups(rows)
     return rows
 
 
-def writable(path: Path, option: str):
-    """Refuse, before any timing, a path the results could not be written to."""
+def _providers(results: Path) -> set:
+    try:
+        return {row["provider"] for row in json.loads(results.read_text())}
+    except (OSError, ValueError, TypeError, KeyError):  # none there, or not rows of ours
+        return set()
+
+
+def writable(path, option: str):
+    """Refuse, before any timing, a path the results could not be written to. ``path`` as typed:
+    Path() drops a trailing separator ("--out new/" wrote a file named new)."""
+    if str(path).endswith((os.sep, os.altsep or os.sep)) or Path(path).is_dir():
+        usage_error(f"{option} {path}: is a folder; name a JSON file")
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()  # (not the .part name: another run may be writing it)
@@ -428,10 +460,15 @@ def writable(path: Path, option: str):
 
 def command_line(main: Callable):
     """A script run from a shell (``python benchmarks/bench_x.py ...``): as ``fastrl bench``
-    typed in one, its process is re-run without heap trimming; exits with ``exit_status``."""
+    typed in one, its process is re-run without heap trimming; exits with ``exit_status``, or
+    130 on Ctrl-C (``run`` has said where its rows are: no traceback, as ``fastrl bench``)."""
     global TYPED_COMMAND
     TYPED_COMMAND = True
-    sys.exit(exit_status(main()))
+    try:
+        rows = main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(exit_status(rows))
 
 
 def write_json(path: Path, rows: list[dict]):
