@@ -11,7 +11,9 @@ submodule. The logit rescalings that transformers' own causal LMs apply after th
 head are folded into the temperature (see ``LOGIT_SCALES``); soft-capping, a tanh, and
 masking vocabulary columns after the head (``MASKED_LOGITS``) are refused. The head's weight must be whole on one device: not an FSDP2/tensor-parallel
 DTensor nor an offloaded (meta) parameter, since the head's forward hooks never run.
-A PEFT model is passed as ``peft_model.get_base_model()``, with the head not adapted.
+A wrapped model (PEFT with a LoRA-style adapter, the head not adapted; torch.compile's module,
+run uncompiled) is read through the model it wraps; a DDP or FSDP wrapper is refused (its forward
+must run: call fastrl inside the forward of the module it wraps).
 """
 from __future__ import annotations
 
@@ -50,19 +52,56 @@ SCALE_FIELDS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
 MASKED_LOGITS = {"chameleon": "its image tokens"}
 
 
-def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
-    """(body, lm_head, scale) of a causal LM whose logits are ``lm_head(body(...)[0]) * scale``.
+def unwrapped(model: nn.Module, through_data_parallel: bool = False) -> nn.Module:
+    """The module a wrapper runs: torch.compile's, activation checkpointing's, a PEFT model's base
+    model (a LoRA-style adapter lives in its layers), and DDP's or FSDP's only where
+    through_data_parallel (their forward must run for the gradients to be reduced: a caller that
+    would run the inner module refuses them instead). Their forwards take **kwargs only, so
+    what the model takes is read here."""
+    while True:
+        if isinstance(model, _DATA_PARALLEL) and through_data_parallel:
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "_checkpoint_wrapped_module"):
+            model = model._checkpoint_wrapped_module
+        elif hasattr(model, "get_base_model"):
+            if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+                raise ValueError(f"model is a PEFT model with a prompt-learning adapter "
+                                 f"({model.active_peft_config.peft_type}): its virtual tokens are not supported")
+            model = model.get_base_model()
+        else:
+            return model
 
-    Raises TypeError for a head that is not a plain ``nn.Linear`` on the body's output,
-    ValueError for a config that soft-caps or rescales the logits in a way not known here.
+
+_DATA_PARALLEL = (nn.parallel.DistributedDataParallel,)
+if torch.distributed.is_available():
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    _DATA_PARALLEL += (FullyShardedDataParallel,)
+
+
+def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
+    """(body, lm_head, scale) of a causal LM whose logits are ``lm_head(body(...)[0]) * scale``;
+    a wrapped model (PEFT with a LoRA-style adapter, torch.compile) by the model it wraps.
+
+    Raises TypeError for a head that is not a plain ``nn.Linear`` on the body's output or a
+    DDP/FSDP wrapper, ValueError for a config that soft-caps or rescales the logits in a way
+    not known here.
     """
+    if isinstance(model, _DATA_PARALLEL):
+        raise TypeError(f"model is wrapped in {type(model).__name__}, whose forward must run for the gradients to "
+                        "be reduced: call this inside the forward of the module it wraps, with that module's "
+                        "causal LM (as fastrl's trainer does)")
+    model = unwrapped(model)
     name = type(model).__name__
     if not isinstance(model, nn.Module) or not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face causal LM (a PreTrainedModel with a head), got {name}")
     head = model.get_output_embeddings()
     children = dict(model.named_children())
     if not isinstance(head, nn.Linear):
-        raise TypeError(f"model's output head must be an nn.Linear, {name}'s is {type(head).__name__}")
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"  # (peft's adapted head is a "Linear" too)
+        raise TypeError(f"model's output head must be an nn.Linear, {name}'s is {kind}")
     body = [module for module in children.values() if module is not head]
     if len(body) != 1 or len(children) != 2:
         # e.g. a head nested in a prediction module (BERT, RoBERTa) or a transform before it (Electra)
@@ -146,6 +185,7 @@ def response_logprobs(
     value checks on the masks run on CPU, and on CUDA only with FASTRL_CHECK=1.
     """
     body, head, scale = split_causal_lm(model)
+    model = unwrapped(model)
     _checks.tensor("input_ids", input_ids, ndim=2)
     if input_ids.dtype not in INT_DTYPES:
         raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
@@ -171,8 +211,16 @@ def response_logprobs(
             raise ValueError("response_mask marks position 0, whose token no hidden state predicts")
         if bool((response & (attention_mask == 0)).any()):
             raise ValueError("response_mask marks a position where attention_mask is 0 (padding)")
+        if bool((response[:, 1:] & (attention_mask[:, :-1] == 0)).any()):
+            raise ValueError("response_mask marks a token right after padding, whose token no hidden state of its "
+                             "row predicts")
+        size = getattr(model.get_input_embeddings(), "num_embeddings", None) \
+            if hasattr(model, "get_input_embeddings") else None
+        if size is not None and bool(((input_ids < 0) | (input_ids >= size)).any()):
+            raise ValueError(f"input_ids holds ids outside [0, {size}) (the model's embedding); padding too must "
+                             "hold a real id (pad_token_id, not -100)")
 
-    if position_ids is None and "position_ids" in inspect.signature(body.forward).parameters:
+    if position_ids is None and "position_ids" in inspect.signature(unwrapped(body).forward).parameters:
         # (the model's own default numbers a left-padded row from its padding: with learned
         # absolute positions its log-probs were not the sampler's)
         position_ids = count_positions(attention_mask)

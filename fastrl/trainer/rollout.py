@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastrl.integrations.hf import count_positions
+from fastrl.integrations.hf import count_positions, unwrapped
 from fastrl.ops import _checks, sample
 from fastrl.ops.logprobs import TokenStats
 from fastrl.ops.sampling import _check_temperature_scale
@@ -117,7 +117,7 @@ def rollout(
     seeds = seeds.to(device)
 
     positions = count_positions(mask)
-    takes = inspect.signature(_unwrapped(model).forward).parameters
+    takes = inspect.signature(unwrapped(model, through_data_parallel=True).forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
     # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
     cache_name = "cache" if "cache" in takes else "past_key_values"
@@ -155,24 +155,9 @@ def rollout(
                    mean_logp, ended, seeds)
 
 
-def _unwrapped(model):
-    """The model whose forward a wrapper passes its keywords on to: torch.compile's, PEFT's and
-    DDP's forwards take **kwargs only, and logits_to_keep unseen there cost the prompt's logits,
-    [B, P, V], at the first step."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        else:
-            return model
-
-
 def position_limit(model) -> Optional[int]:
     """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says."""
-    config = getattr(_unwrapped(model), "config", None)
+    config = getattr(unwrapped(model, through_data_parallel=True), "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for key in ("max_position_embeddings", "n_positions"):
         if isinstance(getattr(config, key, None), int):

@@ -171,7 +171,8 @@ def test_unknown_heads_are_refused(rng):
         split_causal_lm(model)
     del model.extra
     model.lm_head = nn.Sequential(model.lm_head)
-    with pytest.raises(TypeError, match=r"output head must be an nn.Linear, LlamaForCausalLM's is Sequential"):
+    with pytest.raises(TypeError, match=r"output head must be an nn.Linear, LlamaForCausalLM's is "
+                                        r"torch.nn.modules.container.Sequential"):
         split_causal_lm(model)
     with pytest.raises(TypeError, match="output head must be an nn.Linear"):
         split_causal_lm(model.model)  # the body alone
@@ -201,6 +202,14 @@ def test_bad_arguments(rng):
     with pytest.raises(ValueError, match="attention_mask is 0"):
         response_logprobs(model, input_ids, attention_mask.index_put((torch.tensor(0), torch.tensor(5)),
                                                                      torch.tensor(0)), response)
+    # a left-padded row's first token: its log-prob came from a padding state (-6.24, -5.55 or -3.59 by pad id)
+    row = int(attention_mask[:, 0].argmin())  # a left-padded row
+    first = int(attention_mask[row].argmax())
+    with pytest.raises(ValueError, match="right after padding"):
+        response_logprobs(model, input_ids, attention_mask, response.index_put((torch.tensor(row), torch.tensor(first)),
+                                                                               torch.tensor(True)))
+    with pytest.raises(ValueError, match=r"input_ids holds ids outside \[0, 97\) .* not -100"):
+        response_logprobs(model, input_ids.masked_fill(attention_mask == 0, -100), attention_mask, response)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         response_logprobs(model, input_ids, attention_mask, response, temperature=0.0)
     with pytest.raises(TypeError, match="position_ids must be an integer tensor"):
@@ -210,3 +219,49 @@ def test_bad_arguments(rng):
             response_logprobs(model, input_ids, attention_mask, response, position_ids=wrong)
     with pytest.raises(ValueError, match="input_ids is on meta"):
         response_logprobs(model, input_ids.to("meta"), attention_mask.to("meta"), response.to("meta"))
+
+
+def gpt2(rng):
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
+                                                                 n_positions=64)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=rng))
+    return model
+
+
+def lora(model):
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+    return wrapped.double()
+
+
+@pytest.mark.parametrize("wrap", [
+    lora,
+    lambda m: torch.compile(m, backend="eager"),
+    lambda m: torch.compile(lora(m), backend="eager"),
+    lambda m: setattr(m, "transformer", torch.compile(m.transformer, backend="eager")) or m,
+], ids=["peft", "compiled", "compiled peft", "compiled body"])
+def test_a_wrapped_model_is_read_through_the_model_it_wraps(rng, wrap):
+    """A PEFT or compiled model was refused ("PeftModel has submodules ['base_model']"), and a
+    compiled body (forward(*args, **kwargs)) got no position_ids: on left-padded GPT-2 its
+    log-probs were 1.37 off."""
+    model = wrap(gpt2(rng))
+    input_ids, attention_mask, response = batch(rng, "left")
+    want = full_model_stats(model, input_ids, attention_mask, response, 0.8)
+    got = response_logprobs(model, input_ids, attention_mask, response, 0.8, entropy=True, mean_logp=True)
+    for g, x in zip(got, want):
+        torch.testing.assert_close(g, x, **TOL[torch.float64])
+
+
+def test_data_parallel_and_prompt_learning_wrappers_are_refused(rng, tmp_path):
+    peft = pytest.importorskip("peft")
+    from torch.nn.parallel import DistributedDataParallel
+
+    input_ids, attention_mask, response = batch(rng, "left")
+    fake_ddp = DistributedDataParallel.__new__(DistributedDataParallel)  # (no process group needed to be refused)
+    with pytest.raises(TypeError, match="wrapped in DistributedDataParallel, whose forward must run"):
+        response_logprobs(fake_ddp, input_ids, attention_mask, response)
+    prompted = peft.get_peft_model(gpt2(rng), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    with pytest.raises(ValueError, match="prompt-learning adapter .*PROMPT_TUNING"):
+        response_logprobs(prompted, input_ids, attention_mask, response)
