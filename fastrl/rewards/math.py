@@ -27,9 +27,10 @@ How a verdict is reached (``_check`` runs in a worker process):
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
    absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" and
-   "1e-9" are scientific, "2e+1" is 2e + 1; "3\\frac{1}{2}" and "3 1/2" are mixed numbers, 3 + 1/2;
-   "0.1\\overline{6}", "0.1\\dot{6}" and "0.1(6)" recurring decimals, 1/6; "n(n-1)!" is n * (n-1)!;
-   two numbers side by side, "5 6", do not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
+   "1e-9" are scientific, "2e+1" is 2e + 1; "3\\frac{1}{2}" and "3 1/2" are mixed numbers, 3 + 1/2
+   ("3\\frac{1}{2}^2" is 3 * (1/2)^2); "0.1\\overline{6}", "0.1\\bar{6}", "0.1\\dot{6}", "0.\\dot{1}4\\dot{2}" and
+   "2.(5)" are recurring decimals ("0.5(4)" stays a product); "n(n-1)!" is n * (n-1)!, "n!!" the
+   double factorial; two numbers side by side, "5 6", do not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
    decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
    digits, evaluated at 30 in sympy's floats (10^{400} does not overflow), and a difference that
    cancels to no digit at all (an exact 0 against a gold 0) by ``simplify``.  Expressions compare
@@ -47,8 +48,9 @@ Rounding rule: a decimal literal matches an exact (or longer) value when it has 
 least 4 significant digits and equals that value rounded to the decimal's number of
 decimal places.  It holds in both directions: answer "85.71" for gold 600/7 and gold
 "180.67" for answer 542/3 are accepted; "0.33" for 1/3 and "3.14" for pi are rejected
-(too few significant digits), as is "85.72" for 600/7 (wrong rounding).  A percentage or an
-angle in degrees is rounded as written: "33.33%" matches 1/3.
+(too few significant digits), as is "85.72" for 600/7 (wrong rounding).  A percentage is
+rounded as written: "33.33%" matches 1/3 (an angle in degrees is not: "114.6°" is no 2, and a
+percentage is never compared with an angle).
 
 Time limit: every check runs in a pool of worker processes.  A check that exceeds
 its limit is a rejection: the hung worker is killed and replaced, and the caller
@@ -444,7 +446,7 @@ def _ineq_to_interval(s: str) -> str:
 # ---------------------------------------------------------------------- LaTeX -> sympy
 
 _FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos",
-          "arctan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "ceiling", "floor"}
+          "arctan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "factorial2", "ceiling", "floor"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "phi", "omega", "sigma", "tau", "rho"}
 _CONST = {"pi", "E", "I", "oo"}
 
@@ -467,9 +469,11 @@ def _latex_to_py(s: str) -> str | None:
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = _repeating_decimals(s)
     # mixed numbers: "3\frac{1}{2}" is 3 + 1/2 (a whole number before a fraction of digits is never a
-    # product), but not in an exponent or index ("x^2\frac{1}{2}")
-    s = re.sub(r"(?<![\w.^_}])(\d+)\s*\\frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))",
-               lambda m: f"({m[1]}+{m[2] or m[3]}/{m[4] or m[5]})", s)
+    # product), but not in an exponent or index ("x^2\frac{1}{2}"), not as a command's bare argument
+    # ("\sqrt 2\frac12", "\sqrt[3]2\frac12", "\frac 32\frac12") and not before a power, which takes the fraction
+    s = re.sub(r"(?<![\w.^_}])(?<!\])(\d+)\s*\\frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))(?!\s*\^)",
+               lambda m: m[0] if re.search(r"\\[a-zA-Z]+\s*$", m.string[:m.start()]) else
+               f"({m[1]}+{m[2] or m[3]}/{m[4] or m[5]})", s)
     # \frac{a}{b}, \frac12, \binom{n}{k}, \sqrt[n]{a}, \sqrt{a}, \sqrt2
     for _ in range(50):
         m = re.search(r"\\frac|\\binom|\\sqrt", s)
@@ -545,14 +549,20 @@ def _latex_to_py(s: str) -> str | None:
     return re.sub(r"(?<![\w.])(\d+(?:\.\d+)?)(?=[A-Za-z])", r"\1*", s)  # 2E is 2 * E, not the float 2e0
 
 
-_REPEATING = re.compile(r"(?<![\w.])(\d+)\.(\d*)(?:\\overline\s*\{\s*(\d+)\s*\}|\\overline\s*(\d)|\\dot\s*\{\s*(\d)\s*\}"
-                        r"|\\dot\s*(\d)|\((\d+)\))")
+# a period over one or more digits (\overline, \bar), dotted (one digit, or its first and last
+# digits: 0.\dot{1}4\dot{2} is 0.142142...), or in brackets right after the point (2.(5); "0.5(4)"
+# stays a product: a period there may also read as an uncertainty, 1.23(1))
+_DIGIT_ARG = r"(?:\{\s*(\d)\s*\}|(\d))"
+_REPEATING = re.compile(r"(?<![\w.])(\d*)\.(?:(\d*)(?:\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))"
+                        rf"|\\dot\s*{_DIGIT_ARG}(?:(\d*)\\dot\s*{_DIGIT_ARG})?)|\((\d+)\))(?![\d.])")
 
 
 def _repeating_decimals(s: str) -> str:
-    """0.\\overline{3}, 0.1\\dot{6}, 2.(5): the fraction the recurring decimal equals."""
+    """0.\\overline{3}, 0.1\\dot{6}, 0.\\dot{1}4\\dot{2}, 2.(5): the fraction the recurring decimal equals."""
     def fraction(m):
-        whole, fixed, period = m[1], m[2], next(p for p in m.groups()[2:] if p)
+        whole, fixed = m[1] or "0", m[2] or ""
+        dotted = (m[5] or m[6] or "") + ((m[7] or "") + (m[8] or m[9]) if (m[8] or m[9]) else "")
+        period = m[3] or m[4] or dotted or m[10]
         numerator = int(whole + fixed + period) - int(whole + fixed)
         return f"({numerator}/{(10 ** len(period) - 1) * 10 ** len(fixed)})"
 
@@ -636,10 +646,11 @@ def _abs_bars(s: str) -> str | None:
 
 
 def _factorials(s: str) -> str | None:
-    """n!, x!, (n+1)! -> factorial(...); None for a "!" after anything else."""
+    """n!, x!, 2.5!, (n+1)! -> factorial(...), n!! -> factorial2(...); None for a "!" after anything else."""
     while "!" in s:
         k = s.index("!")
         head = s[:k].rstrip()
+        double = s.startswith("!", k + 1)
         if head.endswith(")"):
             depth = 0
             for j in range(len(head) - 1, -1, -1):
@@ -648,15 +659,27 @@ def _factorials(s: str) -> str | None:
                     break
             if depth:
                 return None
-            call = re.search(r"([A-Za-z_]\w*)\s*$", head[:j])  # sin(x)!; but n(n-1)! is n * (n-1)!
-            j = call.start() if call and call.group(1) in _FUNCS else j
+            before = head[:j].rstrip()  # sin(x)!; but n(n-1)! is n * (n-1)!
+            name = _trailing_name(before)
+            j = len(before) - len(name) if name in _FUNCS else j
         else:
-            m = re.search(r"(\d+|[A-Za-z_]\w*)$", head)
+            m = re.search(r"(\d+(?:\.\d+)?|[A-Za-z_]\w*)$", head)  # (2.5! is no 2. * 5!)
             if not m:
                 return None
             j = m.start()
-        s = head[:j] + " factorial(" + head[j:] + ")" + s[k + 1 :]
+        s = head[:j] + (" factorial2(" if double else " factorial(") + head[j:] + ")" + s[k + 1 + double:]
     return s
+
+
+def _trailing_name(s: str) -> str:
+    """The identifier s ends with ("" for none), found from the end: a regex search for
+    "name$" tries every start, and a 1,000-letter word before 990 "!" took 9.5 s."""
+    k = len(s)
+    while k and (s[k - 1].isalnum() or s[k - 1] == "_"):
+        k -= 1
+    while k < len(s) and s[k].isdigit():  # (an identifier starts with no digit)
+        k += 1
+    return s[k:]
 
 
 def _sympify(s: str):
@@ -674,7 +697,8 @@ def _sympify(s: str):
     try:
         e = parse_expr(py, local_dict=local, global_dict={"__builtins__": {}, **{k: getattr(sympy, k) for k in
                        ("Integer", "Float", "Rational", "Symbol", "sqrt", "log", "exp", "sin", "cos", "tan", "cot",
-                        "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "ceiling", "floor")},
+                        "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "Abs", "factorial", "factorial2",
+                        "ceiling", "floor")},
                        "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan},
                        transformations=standard_transformations + (rationalize, implicit_multiplication_application),
                        evaluate=True)
@@ -831,18 +855,24 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
     if gdeg and adeg:
         gdeg = adeg = False
     # (each reading: the value and the factor it is of the number as written, for the rounding rule)
-    greadings = [(ge, 1)] + ([(ge / 100, sympy.Rational(1, 100))] if gpct else []) + ([(ge * sympy.pi / 180, sympy.pi / 180)] if gdeg else [])
-    areadings = [(ae, 1)] + ([(ae / 100, sympy.Rational(1, 100))] if apct else []) + ([(ae * sympy.pi / 180, sympy.pi / 180)] if adeg else [])
+    percent, degree = sympy.Rational(1, 100), sympy.pi / 180
+    greadings = [(ge, 1)] + ([(ge * percent, percent)] if gpct else []) + ([(ge * degree, degree)] if gdeg else [])
+    areadings = [(ae, 1)] + ([(ae * percent, percent)] if apct else []) + ([(ae * degree, degree)] if adeg else [])
     for gv, gfactor in greadings:
         for av, afactor in areadings:
+            if {gfactor, afactor} == {percent, degree}:
+                continue  # a percentage is no angle
             if gv.free_symbols or av.free_symbols:
                 if _expr_equal(gv, av, rng):
                     return True, "expressions agree"
                 continue
             if _num_equal(gv, av):
                 return True, "values equal"
-            if _round_match(a.rstrip("%"), gv / afactor) or _round_match(g.rstrip("%"), av / gfactor):
-                return True, "equal after rounding (>= 4 significant digits)"
+            # (rounded as written for a percentage only, and not against another unit's reading: 52.36% is
+            # no 30 degrees, 38.20 degrees no 2/3)
+            if gfactor == afactor == 1 or {gfactor, afactor} == {1, percent}:
+                if _round_match(a.rstrip("%"), gv / afactor) or _round_match(g.rstrip("%"), av / gfactor):
+                    return True, "equal after rounding (>= 4 significant digits)"
     return False, f"{_short(ge)} != {_short(ae)}"
 
 
