@@ -18,6 +18,7 @@ must run: call fastrl inside the forward of the module it wraps).
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ def unwrapped(model: nn.Module, through_data_parallel: bool = False) -> nn.Modul
     would run the inner module refuses them instead). Their forwards take **kwargs only, so
     what the model takes is read here."""
     while True:
-        if isinstance(model, _DATA_PARALLEL) and through_data_parallel:
+        if through_data_parallel and _data_parallel(model):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -74,11 +75,12 @@ def unwrapped(model: nn.Module, through_data_parallel: bool = False) -> nn.Modul
             return model
 
 
-_DATA_PARALLEL = (nn.parallel.DistributedDataParallel,)
-if torch.distributed.is_available():
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    _DATA_PARALLEL += (FullyShardedDataParallel,)
+def _data_parallel(model) -> bool:
+    """DDP, or FSDP (version 1): where torch.distributed.fsdp was never imported (0.7 s, not done
+    here), no model is one."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return isinstance(model, nn.parallel.DistributedDataParallel) or (
+        fsdp is not None and isinstance(model, fsdp.FullyShardedDataParallel))
 
 
 def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
@@ -89,7 +91,7 @@ def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Linear, float]:
     DDP/FSDP wrapper, ValueError for a config that soft-caps or rescales the logits in a way
     not known here.
     """
-    if isinstance(model, _DATA_PARALLEL):
+    if _data_parallel(model):
         raise TypeError(f"model is wrapped in {type(model).__name__}, whose forward must run for the gradients to "
                         "be reduced: call this inside the forward of the module it wraps, with that module's "
                         "causal LM (as fastrl's trainer does)")
