@@ -245,3 +245,21 @@ def test_an_experiment_names_an_output_folder_it_cannot_write(tmp_path, monkeypa
     assert main(["experiment", "pure", "--smoke", "--output-dir", str(tmp_path / "y")]) == 1
     assert capsys.readouterr().err.strip() == \
         f"fastrl experiment pure: No space left on device (writing in --output-dir {tmp_path}/y)"
+
+
+def test_overwriting_an_experiment_in_the_current_folder_sets_the_earlier_run_aside_outside_it(tmp_path, monkeypatch):
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    earlier_pure_run(out)
+    monkeypatch.chdir(out)
+    seen = []
+
+    def finished(setting, out, plan):
+        seen.extend(sorted(p.name for p in out.iterdir()))
+        return {"plots": []}
+
+    monkeypatch.setattr(pure, "run", finished)
+    monkeypatch.setattr(pure, "report", lambda summary: "")
+    assert main(["experiment", "pure", "--smoke", "--output-dir", ".", "--overwrite"]) == 0
+    assert seen == ["notes.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["x"]

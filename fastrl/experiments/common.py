@@ -44,7 +44,8 @@ def remove(paths) -> None:
 def replacing(out: Path, earlier: list[Path], outputs):
     """Run the body with an earlier run's outputs moved aside: they go when it succeeds, and
     come back (the new run's outputs removed) when it fails or is interrupted."""
-    aside = out.parent / f".{out.name}.replaced.{os.getpid()}"  # (beside out: the run finds out as it would emptied)
+    where = out.resolve()  # (beside out, "." too: the run finds out as it would emptied)
+    aside = where.parent / f".{where.name}.replaced.{os.getpid()}"
     if earlier:
         aside.mkdir()
         for path in earlier:
