@@ -94,7 +94,8 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
     v = z.shape[1]
     m = z.amax(-1, keepdim=True)
     # log-probabilities as (z - m) - log(sum): m + log(sum) first would round log(sum) away where |z| is large
-    total = _row_sums(torch.exp(z - m))
+    masses = torch.exp(z - m)
+    total = _row_sums(masses)
     log_sum = total.log()
     values, index, cutoff = z, None, torch.full_like(m, float("-inf"))
     if top_k > 0:
@@ -102,7 +103,8 @@ def _sample_torch(logits, temperature, top_k, top_p, seeds, offset):
         cutoff = values[:, -1:]
         values, index = _with_ties(z, cutoff, values, index)
     if top_p < 1.0:
-        pool = _row_sums(torch.where(values >= cutoff, torch.exp(values - m), 0.0))
+        # over the whole row: the top-k values' width is the batch's most ties at a cutoff
+        pool = _row_sums(torch.where(z >= cutoff, masses, 0.0))
         target = top_p * (pool if top_k > 0 else total)
         if top_k == 0:
             k = min(v, 256)

@@ -286,33 +286,61 @@ def test_a_row_draws_the_same_token_whatever_the_other_rows(options, device, rng
         assert torch.equal(alone, beside[:300]), backend
 
 
-def test_a_top_p_cutoff_at_the_last_bit_of_the_mass_does_not_depend_on_the_other_rows(rng):
-    """The CPU path's top-p target is top_p times the row's total mass: torch summed a
-    151936-wide row over two threads alone and on one beside 15 others, 102.335205 and
-    102.335197, and a top_p between the two gave another token (seed 4: 38973 alone,
-    48545 in the batch). The row's sum no longer depends on the batch."""
-    x = (torch.randn(16, 151936, generator=rng) * 2).to(torch.bfloat16)
-    z = x.float()
-    mass = torch.exp(z[1] - z[1].max()).sort(descending=True).values.cumsum(0)
-    in_batch, alone = torch.exp(z - z.amax(-1, keepdim=True)).sum(-1)[1], torch.exp(z[1] - z[1].max()).sum()
-    if in_batch == alone:
-        pytest.skip("torch sums the row alike alone and in the batch here (one thread?)")
-    low, high = sorted([in_batch.item(), alone.item()])
-    top_p = next(c / ((low + high) / 2) for c in mass[20:2000].tolist()
-                 if (mass < c / ((low + high) / 2) * low).sum() != (mass < c / ((low + high) / 2) * high).sum())
-    seeds = torch.arange(64)
-    for backend in backends(torch.device("cpu")):
-        if backend == "triton":
-            continue  # the interpreter: too slow at this width (its kernel reduces each row by one program)
+def cpu_backends_that_run_wide_rows():
+    return [b for b in backends(torch.device("cpu")) if b != "triton"]  # (the interpreter: too slow at this width)
+
+
+def assert_alone_equals_in_batch(batch, row, seeds, **options):
+    """The row's token drawn alone and in the batch, and on the CPU path (the torch backend)
+    every output to the bit (the reference's means are sums whose order torch picks)."""
+    for backend in cpu_backends_that_run_wide_rows():
         with ops.use_backend(backend):
-            batched = [ops.sample(torch.cat([x[:1], x[1:2].expand(1, -1), x[2:]]),
-                                  top_p=top_p, seeds=seeds[i:i + 16]) for i in range(0, 64, 16)]
-            lone = ops.sample(x[1:2].expand(64, -1).contiguous()[:1], top_p=top_p, seeds=seeds[1:2])
-        assert batched[0].tokens[1] == lone.tokens[0], backend
-        for i, b in enumerate(batched):
-            with ops.use_backend(backend):
-                each = ops.sample(x[1:2], top_p=top_p, seeds=seeds[16 * i + 1:16 * i + 2])
-            assert b.tokens[1] == each.tokens[0] and b.logprob[1] == each.logprob[0], (backend, i)
+            together = ops.sample(batch, seeds=seeds, **options)
+            alone = ops.sample(batch[row:row + 1], seeds=seeds[row:row + 1], **options)
+        for name, a, b in list(zip(together._fields, alone, together))[:4 if backend == "torch" else 1]:
+            assert torch.equal(a[0], b[row]), (backend, name, a[0].item(), b[row].item())
+
+
+def test_a_top_p_cutoff_at_the_last_bit_of_the_mass_does_not_depend_on_the_other_rows():
+    """The CPU path's top-p target is top_p times the row's total mass: torch summed a
+    151936-wide row over two threads alone and on one beside 15 others (102.335205 and
+    102.335197), and a top_p between the two targets kept another set (seed 4 drew 38973
+    alone, 48545 in the batch); mean_logp's sum differed the same way."""
+    x = (torch.randn(16, 151936, generator=torch.Generator().manual_seed(0)) * 2).to(torch.bfloat16)
+    masses = torch.exp(x.float() - x.float().amax(-1, keepdim=True))
+    in_batch = masses.sum(-1)
+    alone = torch.stack([masses[i:i + 1].sum(-1)[0] for i in range(16)])
+    differ = (in_batch != alone).nonzero().flatten().tolist()
+    if not differ:
+        pytest.skip("torch sums a row alike alone and in this batch here (one thread?)")
+    row = differ[0]
+    mass = masses[row].sort(descending=True).values.cumsum(0)
+    # a top_p whose float32 targets (as the sampler computes them) keep different sets for the two sums
+    top_p = next(p for c in mass[20:4000].tolist() for p in (c / alone[row].item(), c / in_batch[row].item())
+                 if (mass < p * in_batch[row]).sum() != (mass < p * alone[row]).sum())
+    assert_alone_equals_in_batch(x, row, torch.arange(16), top_p=top_p)
+
+
+def test_a_top_k_pool_does_not_depend_on_another_rows_ties():
+    """top-k keeps every token tied at the cutoff, so a row beside one with 30 more ties got
+    trailing zeros in its pool's sum, whose last bit then changed with the width, and a top_p
+    between the two targets kept another set."""
+    generator, checked = torch.Generator().manual_seed(1), 0
+    for k in range(5, 102):
+        row = torch.randn(1, 1000, generator=generator) * 3
+        tied = torch.zeros(1, 1000)
+        tied[0, :k + 30] = 5.0
+        masses = torch.exp(row.topk(k).values - row.max())
+        own, padded = masses.sum(), torch.cat([masses, torch.zeros(1, 30)], 1).sum()
+        mass = masses.cumsum(-1)[0]
+        top_p = next((c / ((own + padded) / 2).item() for c in mass[:-1].tolist()
+                      if (mass < c / ((own + padded) / 2).item() * own).sum() !=
+                      (mass < c / ((own + padded) / 2).item() * padded).sum()), None)
+        if own != padded and top_p is not None:
+            assert_alone_equals_in_batch(torch.cat([row, tied]), 0, torch.tensor([k, 0]), top_k=k, top_p=top_p)
+            checked += 1
+    if not checked:
+        pytest.skip("torch sums the padded pools alike here")
 
 
 def test_float64_and_half_logits(device, rng):
