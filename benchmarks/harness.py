@@ -381,9 +381,10 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
     if not cases:
         usage_error(f"no case to run: --only {args.only!r} or the options picked none")
     writable(out, "--out")
-    # rows go to the .partial name as they come, so a run cut short (Ctrl-C, a time limit) keeps
-    # what it measured there; out is replaced only once every case has run
-    progress = out if out.stem.endswith(".partial") else out.with_name(f"{out.stem}.partial{out.suffix}")
+    # rows go to a .running file as they come, so a run cut short (Ctrl-C, a time limit) keeps what it
+    # measured there; out is replaced only once every case has run (a partial run's out is its own)
+    partial = out.stem.endswith(".partial")
+    progress = out if partial else out.with_name(f"{out.stem}.running{out.suffix}")
     if out.exists():
         print(f"replacing {out}" + (f" once every case has run (rows go to {progress.name} until then)"
                                     if progress != out else ""))
@@ -425,10 +426,12 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
         print(f"\ninterrupted after {len(rows)} of {len(cases)} cases: {kept}", file=sys.stderr, flush=True)
         raise
     # a run without a provider the results there have (its library missing, failing here) keeps them
-    lost = sorted(_providers(out) - {row["provider"] for row in rows}) if progress != out else []
+    lost = sorted(_measured(_rows(out)) - _measured(rows)) if not partial else []
     if lost:
-        print(f"\n{out.name} has rows of {', '.join(lost)}, which this run has not: it is left as it was; "
-              f"this run's {len(rows)} rows are in {progress}")
+        kept = out.with_name(f"{out.stem}.partial{out.suffix}")
+        os.replace(progress, kept)
+        print(f"\n{out.name} has timings of {', '.join(lost)}, which this run has not: it is left as it was; "
+              f"this run's {len(rows)} rows are in {kept}")
     else:
         if progress != out:
             write_json(out, rows)
@@ -438,11 +441,18 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
     return rows
 
 
-def _providers(results: Path) -> set:
+def _rows(results: Path) -> list:
     try:
-        return {row["provider"] for row in json.loads(results.read_text())}
-    except (OSError, ValueError, TypeError, KeyError):  # none there, or not rows of ours
-        return set()
+        rows = json.loads(results.read_text())
+    except (OSError, ValueError):  # none there
+        return []
+    return rows if isinstance(rows, list) else []
+
+
+def _measured(rows: list) -> set:
+    """The providers with a timing in rows (a provider whose every case failed has none)."""
+    return {row["provider"] for row in rows
+            if isinstance(row, dict) and isinstance(row.get("provider"), str) and row.get("error") is None}
 
 
 def writable(path, option: str):

@@ -62,9 +62,9 @@ def test_ctrl_c_in_a_full_run_keeps_the_committed_results(tmp_path):
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stdout[-2000:] + done.stderr[-3000:]
     assert "once every case has run" in done.stdout  # (it said "replacing ..." and did at once)
     files = written(folder)
-    assert files["bench_scans.json"] == COMMITTED and len(files["bench_scans.partial.json"]) == 2, files
+    assert files["bench_scans.json"] == COMMITTED and len(files["bench_scans.running.json"]) == 2, files
     line = next(s for s in done.stderr.splitlines() if s.startswith("interrupted"))
-    assert "interrupted after 2 of " in line and "bench_scans.partial.json" in line and "left as it was" in line
+    assert "interrupted after 2 of " in line and "bench_scans.running.json" in line and "left as it was" in line
 
 
 def test_fastrl_bench_cut_short_keeps_an_out_file_and_a_finished_run_replaces_it(tmp_path, monkeypatch, capsys):
@@ -82,11 +82,11 @@ def test_fastrl_bench_cut_short_keeps_an_out_file_and_a_finished_run_replaces_it
     argv = ["bench", "scans", "--quick", "--only", "^gae/fastrl", "--repeat", "1", "--warmup", "0",
             "--malloc-default", "--out", str(out)]
     assert cli.main(argv) == 130
-    assert f"their rows are in {tmp_path / 'scans.partial.json'}" in capsys.readouterr().err
+    assert f"their rows are in {tmp_path / 'scans.running.json'}" in capsys.readouterr().err
     assert json.loads(out.read_text()) == COMMITTED
-    assert len(json.loads((tmp_path / "scans.partial.json").read_text())) == 1
+    assert len(json.loads((tmp_path / "scans.running.json").read_text())) == 1
     monkeypatch.undo()
-    assert cli.main(argv) == 0  # a finished run: out replaced at once, the .partial file gone
+    assert cli.main(argv) == 0  # a finished run: out replaced at once, the .running file gone
     assert list(written(tmp_path)) == ["scans.json"] and len(json.loads(out.read_text())) == 4
 
 
@@ -102,22 +102,34 @@ def test_a_run_without_verl_keeps_the_results_with_verls_rows(results, monkeypat
     monkeypatch.setattr(bench_advantages, "core_algos", None)
     rows = bench_advantages.main([])
     assert rows and not any(r["provider"].startswith("verl") for r in rows)
-    assert "bench_advantages.json has rows of verl_" in capsys.readouterr().out
+    assert "bench_advantages.json has timings of verl_" in capsys.readouterr().out
     assert written(results) == {"bench_advantages.json": committed, "bench_advantages.partial.json": rows}
 
 
-@pytest.mark.parametrize("committed,replaced", [([], True), (["a"], True), (["a", "b"], False), (["c"], False)])
-def test_a_full_run_replaces_results_only_with_every_provider_they_have(results, capsys, committed, replaced):
-    """(a library missing, a provider failing on this device: its rows would have gone)"""
+@pytest.mark.parametrize("committed,failing,replaced", [
+    ([], None, True), (["a"], None, True), (["a", "b"], None, False), (["c"], None, False),
+    (["a"], "a", False),  # every case of a failing: its error rows would have replaced its timings
+    (["a", "b!"], None, True),  # b's committed rows are errors only: no timing of it is lost
+])
+def test_a_full_run_replaces_results_only_with_every_provider_they_time(results, capsys, committed, failing, replaced):
+    """(a library missing, a provider failing on this device: its timings would have gone)"""
     results.mkdir(parents=True)
-    (results / "bench_x.json").write_text(json.dumps([{"provider": p} for p in committed]))
-    cases = [harness.Case("op", {"i": i}, provider, lambda: lambda: None) for i, provider in enumerate(["a", "fastrl"])]
+    earlier = [{"provider": p.rstrip("!"), "error": "RuntimeError" if p.endswith("!") else None} for p in committed]
+    (results / "bench_x.json").write_text(json.dumps(earlier))
+    (results / "bench_x.partial.json").write_text("[]")  # a partial run's, kept by a run that replaces bench_x.json
+
+    def setup(provider):
+        if provider == failing:
+            raise RuntimeError("no C compiler")
+        return lambda: None
+
+    cases = [harness.Case("op", {"i": i}, p, lambda p=p: setup(p)) for i, p in enumerate(["a", "fastrl"])]
     args = harness.parse_args("x", "i", ["--repeat", "10", "--warmup", "0", "--malloc-default"])
     args._partial = []  # (a full run: --malloc-default here only spares the re-run)
     rows = harness.run("x", cases, args, __file__, [])
     files = written(results)
-    assert files["bench_x.json"] == (rows if replaced else [{"provider": p} for p in committed])
-    assert ("bench_x.partial.json" in files) != replaced
+    assert files["bench_x.json"] == (rows if replaced else earlier)
+    assert files["bench_x.partial.json"] == ([] if replaced else rows) and "bench_x.running.json" not in files
 
 
 def test_every_logprobs_provider_listed_on_the_cpu_runs_there():

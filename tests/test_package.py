@@ -206,7 +206,7 @@ def test_a_failing_fastrl_row_fails_the_benchmark(tmp_path, monkeypatch, capsys)
 def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch, capsys):
     """--quick, --only, --providers ... without --out write bench_<family>.partial.json (a
     smoke run replaced the committed results the README cites); rows are written as they
-    come to the .partial.json name, so a run cut short keeps them there."""
+    come to a .running.json name, so a run cut short keeps them there."""
     from fastrl import cli
 
     harness = harness_module()
@@ -260,7 +260,7 @@ def test_partial_benchmark_runs_keep_the_committed_results(tmp_path, monkeypatch
                                        "--out", str(tmp_path / "cut.json")])
     with pytest.raises(KeyboardInterrupt):
         harness.run("test", cases, args, __file__, [])
-    assert [r["shape"] for r in json.loads((tmp_path / "cut.partial.json").read_text())] == [{"i": 0}]
+    assert [r["shape"] for r in json.loads((tmp_path / "cut.running.json").read_text())] == [{"i": 0}]
     assert not (tmp_path / "cut.json").exists()  # (replaced only once every case has run)
 
 
