@@ -220,7 +220,7 @@ def eval_samples(args) -> int:
         try:
             fig.savefig(args.plot)
         except (OSError, ValueError) as e:
-            print(f"fastrl eval: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            print(f"fastrl eval: cannot write {args.plot}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 1  # (not 2: the arguments were fine, as far as could be told before the work)
         finally:
             plt.close(fig)
@@ -386,6 +386,9 @@ def _experiment(args) -> int:
         print(f"fastrl experiment {args.name}: --output-dir {str(out)!r}: cannot create or write in {str(place)!r}",
               file=sys.stderr)
         return 2
+    for stale in common.set_aside(out):
+        print(f"note: {stale} holds an earlier run that a stopped --overwrite set aside; move it back into {out} "
+              "or delete it", file=sys.stderr)
     outputs = pure.OUTPUTS if args.name == "pure" else countdown.outputs(args.name, args.setting)
     if held := common.previous_run(out, outputs + summarised_outputs(out)):
         names = ", ".join(path.name + "/" * path.is_dir() for path in held)

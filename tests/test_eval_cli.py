@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -86,6 +87,21 @@ def test_eval_plot(tmp_path, capsys):
     out = tmp_path / "p.png"
     assert main(["eval", str(SAMPLES), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), ValueError("bad metadata")])
+def test_eval_plot_that_cannot_be_written_after_the_work_is_one_line_exit_1(tmp_path, monkeypatch, capsys, error):
+    """(exit 2, the usage error's, and a ValueError's message was an AttributeError traceback)"""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Figure, "savefig", failing)
+    assert main(["eval", str(SAMPLES), "--plot", str(tmp_path / "p.png")]) == 1
+    assert capsys.readouterr().err.strip() == f"fastrl eval: cannot write {tmp_path / 'p.png'}: " + \
+        ("No space left on device" if isinstance(error, OSError) else "bad metadata")
 
 
 def test_eval_fallback_verifier_is_announced(monkeypatch, capsys):
@@ -263,3 +279,54 @@ def test_overwriting_an_experiment_in_the_current_folder_sets_the_earlier_run_as
     monkeypatch.setattr(pure, "report", lambda summary: "")
     assert main(["experiment", "pure", "--smoke", "--output-dir", ".", "--overwrite"]) == 0
     assert seen == ["notes.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+@pytest.mark.parametrize("beside", ["read-only", "another file system"])
+def test_an_earlier_run_waits_inside_the_folder_where_it_cannot_wait_beside_it(tmp_path, monkeypatch, capsys, beside):
+    """(the output folder a mount point, its parent read-only: --overwrite failed with
+    "Invalid cross-device link" and left an empty folder beside it)"""
+    from pathlib import Path
+
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    earlier_pure_run(out)
+    mkdir, stat = Path.mkdir, Path.stat
+
+    def refusing_mkdir(self, *args, **kwargs):
+        if self.name.startswith(".x.replaced") and beside == "read-only":
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    def other_device(self, *args, **kwargs):
+        result = stat(self, *args, **kwargs)
+        if self.name.startswith(".x.replaced"):
+            return os.stat_result((*result[:2], result.st_dev + 1, *result[3:]))
+        return result
+
+    monkeypatch.setattr(Path, "mkdir", refusing_mkdir)
+    if beside == "another file system":
+        monkeypatch.setattr(Path, "stat", other_device)
+    seen = []
+
+    def stopped(setting, out, plan):
+        seen.extend(sorted(p.name for p in out.iterdir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pure, "run", stopped)
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(out), "--overwrite"]) == 130
+    assert seen == [f".replaced.{os.getpid()}", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "pure_A.png", "seed0", "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_an_earlier_run_left_aside_by_a_killed_process_is_named(tmp_path, monkeypatch, capsys):
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    out.mkdir()
+    (tmp_path / ".x.replaced.123").mkdir()
+    monkeypatch.setattr(pure, "run", lambda setting, out, plan: {"plots": []})
+    monkeypatch.setattr(pure, "report", lambda summary: "")
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(out)]) == 0
+    assert f"note: {tmp_path / '.x.replaced.123'} holds an earlier run" in capsys.readouterr().err

@@ -44,24 +44,47 @@ def remove(paths) -> None:
 def replacing(out: Path, earlier: list[Path], outputs):
     """Run the body with an earlier run's outputs moved aside: they go when it succeeds, and
     come back (the new run's outputs removed) when it fails or is interrupted."""
-    where = out.resolve()  # (beside out, "." too: the run finds out as it would emptied)
-    aside = where.parent / f".{where.name}.replaced.{os.getpid()}"
-    if earlier:
-        aside.mkdir()
+    aside, moved = (_aside_folder(out) if earlier else None), []
+    try:
         for path in earlier:
             path.rename(aside / path.name)
-    try:
+            moved.append(path.name)
         yield
     except BaseException:
-        if earlier:
+        if aside is not None:
             remove(previous_run(out, outputs))
-            for path in aside.iterdir():
-                remove([out / path.name] if (out / path.name).exists() else [])
-                path.rename(out / path.name)
+            for name in moved:
+                remove([out / name] if (out / name).exists() else [])
+                (aside / name).rename(out / name)
             aside.rmdir()
         raise
-    if earlier:
+    if aside is not None:
         shutil.rmtree(aside)
+
+
+def set_aside(out: Path) -> list[Path]:
+    """Earlier runs that replacing() set aside and a killed process left there."""
+    where = out.resolve()
+    return sorted([*where.parent.glob(f".{where.name}.replaced.*"), *where.glob(".replaced.*")])
+
+
+def _aside_folder(out: Path) -> Path:
+    """A new folder beside out, where the run then finds out as it would emptied; or, where that
+    cannot be (out a mount point, its parent read-only), a hidden one in out, which no output's
+    name matches."""
+    where = out.resolve()
+    beside = where.parent / f".{where.name}.replaced.{os.getpid()}"
+    try:
+        beside.mkdir()
+    except OSError:
+        pass
+    else:
+        if beside.stat().st_dev == where.stat().st_dev:  # (rename() does not cross file systems)
+            return beside
+        beside.rmdir()
+    inside = where / f".replaced.{os.getpid()}"
+    inside.mkdir()
+    return inside
 
 
 def solution_batch(task, tokenizer, rows, rng: random.Random):

@@ -100,9 +100,9 @@ def rollout(
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos_ids = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id)
     _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id)
-    limit = position_limit(model)
-    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {input_ids.shape[1]} tokens goes past "
+    limit, longest = position_limit(model), int(mask.sum(1).max())  # (positions count each row's own tokens)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {longest} tokens goes past "
                          f"the model's {limit} positions")
     eos = torch.tensor(eos_ids, dtype=torch.int64, device=device)
     weights = next(model.parameters()).dtype
@@ -156,13 +156,22 @@ def rollout(
 
 
 def position_limit(model) -> Optional[int]:
-    """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says."""
+    """The positions the model has (max_position_embeddings, GPT-2's n_positions), if it says;
+    with RoPE scaling, the original positions times its factor where that is more (YaRN on
+    Qwen2.5 keeps 32768 there and runs to 131072), none for dynamic NTK scaling."""
     config = getattr(unwrapped(model, through_data_parallel=True), "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
+    limit = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(config, key, None), int)), None)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if limit is None or not isinstance(rope, dict):
+        return limit
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    if kind == "dynamic":
+        return None
+    if kind not in (None, "default") and isinstance(factor, (int, float)) and factor > 1:
+        return max(limit, int(rope.get("original_max_position_embeddings", limit) * factor))
+    return limit
 
 
 def _prompt_batch(prompts, attention_mask, pad_token_id, device):

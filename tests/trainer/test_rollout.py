@@ -182,6 +182,21 @@ def test_length_and_temperature_are_refused_before_the_prefill(rng):
         rollout(model, prompts, 4, EOS, PAD, temperature=1e-40, seeds=seeds, progress=False)
     assert not calls
     rollout(model, prompts, 56, None, PAD, seeds=seeds, progress=False)  # 8 + 56 = 64 positions: runs
+    # more left padding than any row needs: the positions count each row's own tokens (it was refused)
+    padded = torch.tensor([[PAD] * 4 + prompts[0], [PAD] * (12 - len(prompts[1])) + prompts[1]])
+    rollout(model, padded, 56, None, PAD, attention_mask=(padded != PAD).long(), seeds=seeds, progress=False)
+
+
+@pytest.mark.parametrize("rope,limit", [(None, 64), ({"rope_type": "yarn", "factor": 4.0}, 256),
+                                        ({"rope_type": "linear", "factor": 2.0}, 128), ({"rope_type": "dynamic",
+                                                                                         "factor": 2.0}, None)])
+def test_position_limit_follows_rope_scaling(rope, limit):
+    """(YaRN on Qwen2.5 keeps max_position_embeddings 32768 and runs to 131072: it was refused)"""
+    from fastrl.trainer.rollout import position_limit
+
+    assert position_limit(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, rope_scaling=rope))) == limit
 
 
 def test_float32_matches_plain_loop(rng, device):
