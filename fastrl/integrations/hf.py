@@ -148,6 +148,13 @@ def _is_dtensor(x: torch.Tensor) -> bool:
     return isinstance(x, DTensor)
 
 
+def vocabulary_size(model) -> int | None:
+    """The ids the model embeds: its input embedding's rows, else its config's vocab_size."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    return size if size is not None else getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 def count_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over each row's own tokens, as generate numbers them (padding gets
     0: it is masked anyway). fastrl's rollout and the trainer's forwards use them, so that a
@@ -216,8 +223,7 @@ def response_logprobs(
         if bool((response[:, 1:] & (attention_mask[:, :-1] == 0)).any()):
             raise ValueError("response_mask marks a token right after padding, whose token no hidden state of its "
                              "row predicts")
-        size = getattr(model.get_input_embeddings(), "num_embeddings", None) \
-            if hasattr(model, "get_input_embeddings") else None
+        size = vocabulary_size(model)
         if size is not None and bool(((input_ids < 0) | (input_ids >= size)).any()):
             raise ValueError(f"input_ids holds ids outside [0, {size}) (the model's embedding); padding too must "
                              "hold a real id (pad_token_id, not -100)")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastrl.integrations.hf import count_positions, unwrapped
+from fastrl.integrations.hf import count_positions, unwrapped, vocabulary_size
 from fastrl.ops import _checks, sample
 from fastrl.ops.logprobs import TokenStats
 from fastrl.ops.sampling import _check_temperature_scale
@@ -223,16 +223,10 @@ def _token_ids(name, ids) -> list[int]:
         raise TypeError(f"{name} must be a token id or a non-empty list of token ids, got {ids!r}") from None
 
 
-def _vocabulary_size(model) -> Optional[int]:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    size = getattr(embeddings, "num_embeddings", None)
-    return size if size is not None else getattr(getattr(model, "config", None), "vocab_size", None)
-
-
 def _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id):
     """Token ids inside the model's vocabulary: one outside is an IndexError deep in the
     embedding (a pad id only once a row has ended), and an EOS id outside never stops a row."""
-    size = _vocabulary_size(model)
+    size = vocabulary_size(model)
     if size is None:
         return
     for name, ids in (("eos_token_id", eos_ids), ("pad_token_id", [pad_token_id])):
