@@ -39,18 +39,24 @@ def pass_at_k(n, c, k):
     Raises ValueError unless k >= 1 and 0 <= c <= n; and when k > n, because pass@k is
     undefined with fewer than k samples (naming the offending k).
     """
-    n, c, k = (_as_int_array(name, v) for name, v in (("n", n), ("c", c), ("k", k)))
+    return _pass_at_k(n, c, k, "c")
+
+
+def _pass_at_k(n, c, k, correct: str):
+    """pass_at_k, its errors naming the count of correct samples ``correct`` (CoT-pass@k's is d)."""
+    n, c, k = (_as_int_array(name, v) for name, v in (("n", n), (correct, c), ("k", k)))
     try:
         n, c, k = np.broadcast_arrays(n, c, k)
     except ValueError:
-        raise ValueError(f"n, c and k must broadcast together, got shapes {n.shape}, {c.shape} and {k.shape}") from None
+        raise ValueError(f"n, {correct} and k must broadcast together, got shapes {n.shape}, {c.shape} and "
+                         f"{k.shape}") from None
     if np.any(k < 1):
         raise ValueError(f"k must be >= 1, got k={k[k < 1].min()}")
     if np.any(n < 0):
         raise ValueError(f"n must be >= 0, got n={n[n < 0].min()}")
     if np.any(c < 0) or np.any(c > n):
         bad = tuple(np.argwhere((c < 0) | (c > n))[0])
-        raise ValueError(f"c must satisfy 0 <= c <= n, got c={c[bad]} with n={n[bad]}")
+        raise ValueError(f"{correct} must satisfy 0 <= {correct} <= n, got {correct}={c[bad]} with n={n[bad]}")
     if np.any(k > n):
         bad = np.argwhere(k > n)[0]
         raise ValueError(f"k={k[tuple(bad)]} exceeds the number of samples n={n[tuple(bad)]}; "
@@ -79,7 +85,7 @@ def pass_at_k(n, c, k):
 def cot_pass_at_k(n, d, k):
     """CoT-pass@k: pass@k where a sample counts only if its answer and chain of thought are
     both judged correct (d of n)."""
-    return pass_at_k(n, d, k)
+    return _pass_at_k(n, d, k, "d")
 
 
 def _verdict(v) -> bool:
@@ -98,6 +104,8 @@ def majority(verdicts: Iterable) -> bool:
     is not correct, so an undecided judge never inflates CoT-pass@k."""
     if isinstance(verdicts, (str, bytes)):  # "yes" would otherwise be the verdicts y, e, s
         raise TypeError("verdicts must be a collection of verdicts, not a single str")
+    if not isinstance(verdicts, Iterable):
+        raise TypeError(f"verdicts must be a collection of verdicts, got {type(verdicts).__name__}")
     votes = [_verdict(v) for v in verdicts]
     return 2 * sum(votes) > len(votes)
 
@@ -105,6 +113,8 @@ def majority(verdicts: Iterable) -> bool:
 def judge_chains(chains: Sequence, judge: Callable[[object], object], m: int = 3) -> list[bool]:
     """Verify each chain m times with ``judge(chain)`` (bool or "yes"/"no"; a sampled LLM
     judge can disagree with itself, hence the repeats) and keep the majority."""
-    if not isinstance(m, int) or m < 1:
+    if isinstance(chains, (str, bytes)):  # the judge would read each character as a chain
+        raise TypeError("chains must be a collection of chains, not a single str")
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
         raise ValueError(f"m must be a positive int, got {m!r}")
-    return [majority(judge(chain) for _ in range(m)) for chain in chains]
+    return [majority(judge(chain) for _ in range(int(m))) for chain in chains]

@@ -138,6 +138,20 @@ def test_bad_arguments(n, c, k, match):
         pass_at_k(n, c, k)
 
 
+def test_errors_name_the_arguments_as_called():
+    """(cot_pass_at_k's d was named c; majority(True) and judge_chains("good", ...) read a bool
+    as verdicts and a str as chains, one per character)"""
+    with pytest.raises(ValueError, match=r"d must satisfy 0 <= d <= n, got d=5 with n=4"):
+        cot_pass_at_k(4, 5, 2)
+    with pytest.raises(TypeError, match="verdicts must be a collection of verdicts, got bool"):
+        majority(True)
+    with pytest.raises(TypeError, match="chains must be a collection of chains, not a single str"):
+        judge_chains("good", lambda chain: True)
+    assert judge_chains(["a", "b"], lambda chain: chain == "a", m=np.int64(3)) == [True, False]
+    with pytest.raises(ValueError, match="m must be a positive int, got True"):
+        judge_chains(["a"], lambda chain: True, m=True)
+
+
 def test_bool_counts_rejected():
     with pytest.raises(TypeError):
         pass_at_k(8, True, 1)

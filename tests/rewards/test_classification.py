@@ -101,6 +101,8 @@ def test_bad_arguments():
         accuracy_reward("cat", "cat", [])
     with pytest.raises(TypeError, match="not a single str"):
         accuracy_reward("cat", "cat", "cat")
+    with pytest.raises(TypeError, match="labels must be a collection of class names, got NoneType"):
+        accuracy_reward("cat", "cat", None)
     with pytest.raises(ValueError, match="same after normalisation"):
         accuracy_reward("cat", "cat", ["cat", "Cat."])
     with pytest.raises(TypeError, match="completion"):
@@ -120,9 +122,14 @@ def test_punctuation_of_any_script_is_stripped(answer):
 
 @pytest.mark.parametrize("labels, answer, gold, expected", [
     (["-1", "0", "1"], "-1", "-1", 1.0), (["-1", "0", "1"], "(-1).", "-1", 1.0), (["-1", "0", "1"], "1", "-1", 0.0),
-    (["-1", "0", "1"], "+1", "1", 0.0), (["-1", "0", "1"], "*1*", "1", 0.0),  # "*1*" reads as -1 or 1 loosely: none
+    (["-1", "0", "1"], "+1", "1", 0.0), (["-1", "0", "1"], "*1*", "1", 1.0), (["-1", "0", "1"], "**-1**", "-1", 1.0),
     (["C++", "C", "C#"], "c++", "C++", 1.0), (["C++", "C", "C#"], "C", "C++", 0.0), (["C++", "C", "C#"], "C#.", "C#", 1.0),
-    (["cat", "dog"], "*cat*", "cat", 1.0),  # no label keeps the asterisks: all punctuation goes
+    (["cat", "dog"], "*cat*", "cat", 1.0), (["cat", "dog"], "_cat_", "cat", 1.0),  # markdown emphasis goes
+    # a sign is kept whatever the label set: with no "-1" among the labels, "-1" was read as "1" (a sign-flipped
+    # answer scored the full reward), "C" as "C++", "-positive" as "positive"
+    (["0", "1"], "-1", "1", 0.0), (["0", "1"], "+1", "1", 0.0), (["-1", "0"], "1", "-1", 0.0),
+    (["C++", "Java"], "C", "C++", 0.0), (["C#", "Java"], "C", "C#", 0.0), (["positive", "negative"], "-positive",
+                                                                           "positive", 0.0),
     (["café", "tea"], "Cafe\u0301", "café", 1.0), (["cat", "dog"], "ｃａｔ", "cat", 1.0),
     (["straße", "weg"], "STRASSE", "straße", 1.0),
 ])
@@ -130,3 +137,20 @@ def test_labels_that_differ_by_a_sign(labels, answer, gold, expected):
     """Labels such as -1/0/1 or C++/C were refused as 'the same after normalisation'; Unicode
     forms of one word (composed or not, full-width, case-folded) are one."""
     assert accuracy_reward(f"<answer>{answer}</answer>", gold, labels) == expected
+
+
+@pytest.mark.parametrize("completion", ["<answer>" * 12500, "<answer>x" * 11111, "<think></think><answer>" * 4347,
+                                        "<answer>" + "\\text{" * 16666 + "cat" + "}" * 16666 + "</answer>"])
+def test_long_adversarial_completions_are_read_in_linear_time(completion):
+    """Each unclosed <answer> was searched to the end (4.5 s at 100 kB), and wrappers were
+    unwrapped a level per pass (11 s for 16,666 levels)."""
+    import time
+
+    start = time.monotonic()
+    score = reward(completion, "cat", LABELS)
+    assert time.monotonic() - start < 1.0 and score == (1.0 if completion.count("cat") else 0.0)
+
+
+def test_nested_wrappers_and_braces():
+    assert normalize("\\text{\\mathrm{Big  Cat}}") == "big cat" and normalize("\\textbf{a{b}c}") == "a{b}c"
+    assert normalize("\\text{cat} \\text{dog}") == "cat dog" and normalize("\\text{cat") == "cat"
