@@ -148,7 +148,8 @@ class AlgoConfig:
     epochs: int = 1
     """PPO epochs over each batch."""
     mini_batches: int = 1
-    """Optimizer steps per epoch (the batch is split into this many mini-batches)."""
+    """Optimizer steps per epoch (the batch is split into this many mini-batches, each an equal
+    share of every group: it must divide rollout.group_size)."""
     grad_accum: int = 1
     """Micro-batches per mini-batch (gradient accumulation)."""
     clip_low: float = 0.2
@@ -336,6 +337,10 @@ class TrainConfig:
             for key in (f.name for f in dataclasses.fields(hint)):
                 setattr(section, key, getattr(checked, key))
         m, d, r, rw, a, o, run = self.model, self.data, self.rollout, self.reward, self.algo, self.optim, self.run
+        for key, value in (("model.path", m.path), ("model.tokenizer", m.tokenizer), ("model.reference", m.reference),
+                           ("data.source", d.source), ("reward.process", rw.process)):
+            if isinstance(value, str) and not value.strip():  # (Path("") is the working folder: it "exists")
+                raise ConfigError(f"{key} must not be empty (leave it out for its default)")
         _at_least("model.tiny_hidden_size", m.tiny_hidden_size, 4)
         if m.tiny_hidden_size % 4:
             raise ConfigError(f"model.tiny_hidden_size must be a multiple of 4 (4 heads), got {m.tiny_hidden_size}")
@@ -426,9 +431,10 @@ class TrainConfig:
         _positive("algo.clip_high", a.clip_high)
         if a.dual_clip is not None and a.dual_clip <= 1:
             raise ConfigError(f"algo.dual_clip must be > 1 (or null), got {a.dual_clip}")
-        if a.mini_batches > r.group_size:
-            raise ConfigError(f"algo.mini_batches ({a.mini_batches}) must be at most rollout.group_size "
-                              f"({r.group_size}): each mini-batch takes a share of every group")
+        if a.mini_batches > r.group_size or r.group_size % a.mini_batches:
+            raise ConfigError(f"algo.mini_batches ({a.mini_batches}) must divide rollout.group_size "
+                              f"({r.group_size}): each mini-batch takes an equal share of every group (unequal "
+                              "shares would weigh the responses of the smaller ones more)")
         _at_least("algo.kl_coef", a.kl_coef, 0)
         if a.kl_coef > 0 and a.kl_in == "reward" and a.name in ("pure", "rover"):
             raise ConfigError(f"algo.kl_in 'reward' works with grpo, dr_grpo, rloo, riskpo and gae; for {a.name} "
@@ -542,7 +548,7 @@ def _build(cls, values, prefix):
         raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    unknown = sorted(set(values) - fields, key=str)  # (YAML keys may be numbers)
     if unknown:
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; the keys of {prefix.rstrip('.') or 'the config'} "
                           f"are: {', '.join(sorted(fields))}")

@@ -112,7 +112,10 @@ def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
     else:
         import datasets
 
-        data = datasets.load_from_disk(str(path))
+        try:
+            data = datasets.load_from_disk(str(path))
+        except FileNotFoundError as e:  # a folder that holds no saved dataset
+            raise ConfigError(f"data.source {path}: {e}") from None
         if isinstance(data, datasets.DatasetDict):
             if cfg.split not in data:
                 raise ConfigError(f"data.source {path} is a DatasetDict with splits {', '.join(data)}: "

@@ -439,9 +439,34 @@ def test_an_empty_yaml_section_takes_overrides(tmp_path):
     assert cfg.model.lora_rank == 4 and cfg.run.steps == 2
 
 
+@pytest.mark.parametrize("key", ["model.path", "model.reference", "data.source", "reward.process"])
+def test_an_empty_path_is_refused_by_name(tmp_path, key):
+    """Path("") is the working folder: it passed the 'exists' checks, then failed after the
+    policy loaded, naming no key (data.source "" read the working folder as a dataset)."""
+    with pytest.raises(ConfigError, match=f"{key} must not be empty"):
+        config(tmp_path, f'{key}=""')
+
+
+def test_a_folder_that_holds_no_dataset_is_refused_by_name(tmp_path):
+    from fastrl.trainer.data import Prompts
+
+    with pytest.raises(ConfigError, match=f"data.source {tmp_path}: .*neither a `Dataset` directory"):
+        Prompts(config(tmp_path / "out", f"data.source={tmp_path}", "reward.kind=math").data, 0)
+
+
+def test_unknown_yaml_keys_of_mixed_types_are_one_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algo: {1: 2, foo: 3}\n")
+    with pytest.raises(ConfigError, match="unknown key 'algo.1'"):
+        TrainConfig.load(path, [])
+
+
 def test_bad_layout_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="share of every group"):
         Trainer(config(tmp_path, "algo.mini_batches=16"))
+    # 3 mini-batches of a group of 8 took shares 3, 3, 2: the smaller one's responses weighed 1.5x
+    with pytest.raises(ConfigError, match=r"algo.mini_batches \(3\) must divide rollout.group_size \(8\)"):
+        config(tmp_path, "rollout.group_size=8", "algo.mini_batches=3")
     with pytest.raises(ConfigError, match="fewer than algo.grad_accum"):
         Trainer(config(tmp_path, "algo.mini_batches=8", "algo.grad_accum=9"))
     with pytest.raises(ConfigError, match="kl_in 'reward'"):
