@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for bf16/fp16/fp32 inputs, float64 for float64."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def output_dtype(x: torch.Tensor | torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 inputs (or dtypes), float64 for float64."""
+    return torch.float64 if (x if isinstance(x, torch.dtype) else x.dtype) == torch.float64 else torch.float32
 
 
 def empty_output(like: torch.Tensor, shape=None) -> torch.Tensor:

@@ -50,19 +50,19 @@ def _checked_op(implementation):
         if not (temperature > 0 and math.isfinite(temperature)) or top_k < 0 or not 0 < top_p <= 1 or offset < 0:
             raise ValueError(f"the op needs temperature > 0 and finite, top_k >= 0 (0: all), top_p in (0, 1] and "
                              f"offset >= 0, got {temperature}, {top_k}, {top_p} and {offset}")
-        _check_temperature_scale(temperature, logits)
+        check_temperature_scale(temperature, logits.dtype)
         return implementation(logits, temperature, 0 if top_k >= logits.shape[1] else top_k, top_p, seeds, offset)
 
     return run
 
 
-def _check_temperature_scale(temperature: float, logits: torch.Tensor) -> torch.finfo:
+def check_temperature_scale(temperature: float, dtype: torch.dtype) -> torch.finfo:
     """The kernels work on logits * log2(e) / temperature in float32 (float64 logits: in
     float64): that scale must be a normal number there. Returns that dtype's finfo."""
-    accumulation = torch.finfo(reference.output_dtype(logits))
+    accumulation = torch.finfo(reference.output_dtype(dtype))
     if not accumulation.tiny <= LOG2E / temperature < accumulation.max:
         raise ValueError(f"temperature must be in [{LOG2E / accumulation.max:.4g}, {LOG2E / accumulation.tiny:.4g}] "
-                         f"for {logits.dtype} logits (log2(e) / temperature a normal {accumulation.dtype}), "
+                         f"for {dtype} logits (log2(e) / temperature a normal {accumulation.dtype}), "
                          f"got {temperature}")
     return accumulation
 
@@ -183,7 +183,7 @@ def sample(
     if logits.shape[1] == 0:
         raise ValueError("logits must have at least one column (V > 0)")
     temperature = _checks.positive("temperature", temperature)
-    accumulation = _check_temperature_scale(temperature, logits)
+    accumulation = check_temperature_scale(temperature, logits.dtype)
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")

@@ -561,7 +561,7 @@ def _repeating_decimals(s: str) -> str:
     """0.\\overline{3}, 0.1\\dot{6}, 0.\\dot{1}4\\dot{2}, 2.(5): the fraction the recurring decimal equals."""
     def fraction(m):
         whole, fixed = m[1] or "0", m[2] or ""
-        dotted = (m[5] or m[6] or "") + ((m[7] or "") + (m[8] or m[9]) if (m[8] or m[9]) else "")
+        dotted = (m[5] or m[6] or "") + (m[7] or "") + (m[8] or m[9] or "")
         period = m[3] or m[4] or dotted or m[10]
         numerator = int(whole + fixed + period) - int(whole + fixed)
         return f"({numerator}/{(10 ** len(period) - 1) * 10 ** len(fixed)})"
@@ -856,10 +856,12 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
         gdeg = adeg = False
     # (each reading: the value and the factor it is of the number as written, for the rounding rule)
     percent, degree = sympy.Rational(1, 100), sympy.pi / 180
-    greadings = [(ge, 1)] + ([(ge * percent, percent)] if gpct else []) + ([(ge * degree, degree)] if gdeg else [])
-    areadings = [(ae, 1)] + ([(ae * percent, percent)] if apct else []) + ([(ae * degree, degree)] if adeg else [])
-    for gv, gfactor in greadings:
-        for av, afactor in areadings:
+
+    def readings(value, pct, deg):
+        return [(value, 1)] + ([(value * percent, percent)] if pct else []) + ([(value * degree, degree)] if deg else [])
+
+    for gv, gfactor in readings(ge, gpct, gdeg):
+        for av, afactor in readings(ae, apct, adeg):
             if {gfactor, afactor} == {percent, degree}:
                 continue  # a percentage is no angle
             if gv.free_symbols or av.free_symbols:
@@ -870,9 +872,9 @@ def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]
                 return True, "values equal"
             # (rounded as written for a percentage only, and not against another unit's reading: 52.36% is
             # no 30 degrees, 38.20 degrees no 2/3)
-            if gfactor == afactor == 1 or {gfactor, afactor} == {1, percent}:
-                if _round_match(a.rstrip("%"), gv / afactor) or _round_match(g.rstrip("%"), av / gfactor):
-                    return True, "equal after rounding (>= 4 significant digits)"
+            if degree not in (gfactor, afactor) and (_round_match(a.rstrip("%"), gv / afactor)
+                                                    or _round_match(g.rstrip("%"), av / gfactor)):
+                return True, "equal after rounding (>= 4 significant digits)"
     return False, f"{_short(ge)} != {_short(ae)}"
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from fastrl.integrations.hf import count_positions, unwrapped, vocabulary_size
 from fastrl.ops import _checks, sample
 from fastrl.ops.logprobs import TokenStats
-from fastrl.ops.sampling import _check_temperature_scale
+from fastrl.ops.sampling import check_temperature_scale
 
 
 @dataclass
@@ -241,7 +241,7 @@ def _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id):
 def _check_sampling(temperature, top_k, top_p, dtype):
     # the same rules as fastrl.ops.sample, checked before the prefill rather than after it
     _checks.positive("temperature", temperature)
-    _check_temperature_scale(temperature, torch.empty(0, dtype=dtype))  # the logits are in the weights' dtype
+    check_temperature_scale(temperature, dtype)  # the logits are in the weights' dtype
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise TypeError(f"top_k must be None or an int, got {type(top_k).__name__}")
     if top_k is not None and top_k < 1:
