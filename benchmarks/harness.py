@@ -14,8 +14,8 @@ torch.cuda.max_memory_allocated beyond what was allocated before the call; on
 the CPU (with ``--memory``), growth of the peak resident set in a fresh
 subprocess per case (VmHWM, reset after the case's setup; ru_maxrss where /proc
 is missing, which never goes down within a process).
-Rows go to benchmarks/results/<device>/bench_<family>.json once every case has run; until then,
-and for a partial run, to bench_<family>.partial.json.
+Rows go to benchmarks/results/<device>/bench_<family>.json once every case has run (until then to
+bench_<family>.running.json), a partial run's to bench_<family>.partial.json.
 """
 from __future__ import annotations
 
@@ -386,8 +386,8 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
     partial = out.stem.endswith(".partial")
     progress = out if partial else out.with_name(f"{out.stem}.running{out.suffix}")
     if out.exists():
-        print(f"replacing {out}" + (f" once every case has run (rows go to {progress.name} until then)"
-                                    if progress != out else ""))
+        print(f"replacing {out}" + ("" if partial else f" once every case has run (rows go to {progress.name} "
+                                                       "until then)"))
     try:
         for index, case in enumerate(cases):
             disagrees = None
@@ -421,19 +421,20 @@ def run(family: str, cases: list[Case], args, script: str, argv: list[str]) -> l
             write_json(progress, rows)
     except KeyboardInterrupt:
         kept = f"their rows are in {progress}" if rows else "nothing written"
-        if progress != out and out.exists():
+        if not partial and out.exists():
             kept += f"; {out} is left as it was"
         print(f"\ninterrupted after {len(rows)} of {len(cases)} cases: {kept}", file=sys.stderr, flush=True)
         raise
-    # a run without a provider the results there have (its library missing, failing here) keeps them
-    lost = sorted(_measured(_rows(out)) - _measured(rows)) if not partial else []
+    # a run without a provider the committed results have (its library missing, failing here) keeps
+    # them (an --out the caller named is replaced as asked)
+    lost = sorted(_measured(_rows(out)) - _measured(rows)) if not (partial or args.out) else []
     if lost:
         kept = out.with_name(f"{out.stem}.partial{out.suffix}")
         os.replace(progress, kept)
         print(f"\n{out.name} has timings of {', '.join(lost)}, which this run has not: it is left as it was; "
               f"this run's {len(rows)} rows are in {kept}")
     else:
-        if progress != out:
+        if not partial:
             write_json(out, rows)
             progress.unlink(missing_ok=True)
         print(f"\nwrote {len(rows)} rows to {out}")
