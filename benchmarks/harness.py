@@ -472,13 +472,17 @@ def writable(path, option: str):
 def command_line(main: Callable):
     """A script run from a shell (``python benchmarks/bench_x.py ...``): as ``fastrl bench``
     typed in one, its process is re-run without heap trimming; exits with ``exit_status``, or
-    130 on Ctrl-C (``run`` has said where its rows are: no traceback, as ``fastrl bench``)."""
+    130 on Ctrl-C and 143 on SIGTERM (``run`` has said where its rows are: no traceback, as
+    ``fastrl bench``)."""
+    from fastrl import stopping
+
     global TYPED_COMMAND
     TYPED_COMMAND = True
     try:
-        rows = main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        with stopping.sigterm_stops():
+            rows = main()
+    except KeyboardInterrupt as e:
+        sys.exit(stopping.exit_status(e))
     sys.exit(exit_status(rows))
 
 

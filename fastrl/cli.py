@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from fastrl import stopping
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -268,8 +270,8 @@ def train(args) -> int:
     except ConfigError as e:
         print(f"fastrl train: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return stopping.exit_status(e)
     except ModuleNotFoundError as e:
         return _missing_extra("fastrl train", e)
     except OSError as e:
@@ -327,10 +329,10 @@ def experiment(args) -> int:
         return _experiment(args)
     except ModuleNotFoundError as e:
         return _missing_extra(f"fastrl experiment {args.name}", e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\nfastrl experiment {args.name}: interrupted, its runs stopped (an earlier run it was replacing is "
               "put back); an experiment does not resume: run it again with --overwrite", file=sys.stderr)
-        return 130
+        return stopping.exit_status(e)
     except OSError as e:
         return _os_error(f"fastrl experiment {args.name}", e, f"--output-dir {_experiment_dir(args)}")
 
@@ -425,10 +427,11 @@ def _run_experiment(args, out: Path) -> dict:
 
 def main(argv=None) -> int:
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # (train saves a checkpoint first; bench has written its rows so far)
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+        with stopping.sigterm_stops():
+            return _main(argv)
+    except KeyboardInterrupt as e:  # (train saves a checkpoint first; bench has written its rows so far)
+        print(f"\n{'interrupted' if stopping.exit_status(e) == 130 else str(e) + ' received'}", file=sys.stderr)
+        return stopping.exit_status(e)
     except BrokenPipeError:  # `fastrl info | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so the exit's flush does not fail too)
         return 141

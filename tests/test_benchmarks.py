@@ -32,17 +32,17 @@ def written(folder: Path) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
-# bench_scans.py run as a plain script (no options: a full run), sent SIGINT in its third case
+# bench_scans.py run as a plain script (no options: a full run), sent a signal in its third case
 CUT_SHORT = """
 import os, runpy, signal, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
 import harness
-harness.RESULTS, timed, calls = Path(sys.argv.pop(1)), harness.time_ms, []
+harness.RESULTS, stop, timed, calls = Path(sys.argv.pop(1)), signal.Signals[sys.argv.pop(1)], harness.time_ms, []
 def time_ms(*args, **kwargs):
     calls.append(1)
     if len(calls) == 3:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), stop)
     return timed(*args, **kwargs)
 harness.time_ms = time_ms
 sys.argv[0] = "benchmarks/bench_scans.py"
@@ -50,16 +50,18 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_ctrl_c_in_a_full_run_keeps_the_committed_results(tmp_path):
+@pytest.mark.parametrize("stop, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_full_run_keeps_the_committed_results(tmp_path, stop, status):
     """Rows were written to bench_scans.json after each case: Ctrl-C left 2 rows where 126 had
-    been, nothing marking them incomplete, and the plain script ended in a traceback (exit 1)."""
+    been, nothing marking them incomplete, and the plain script ended in a traceback (exit 1).
+    A scheduler's SIGTERM killed it outright, leaving no word of where its rows were."""
     folder = tmp_path / harness.device_slug(torch.device("cpu"))
     folder.mkdir()
     (folder / "bench_scans.json").write_text(json.dumps(COMMITTED))
     env = {**os.environ, **harness.NO_TRIM}  # (no re-run for the malloc settings: quicker)
-    done = subprocess.run([sys.executable, "-c", CUT_SHORT, str(tmp_path)], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT, str(tmp_path), stop], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == status and "Traceback" not in done.stderr, done.stdout[-2000:] + done.stderr[-3000:]
     assert "once every case has run" in done.stdout  # (it said "replacing ..." and did at once)
     files = written(folder)
     assert files["bench_scans.json"] == COMMITTED and len(files["bench_scans.running.json"]) == 2, files

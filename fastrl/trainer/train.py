@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from fastrl import stopping
 from fastrl.algos import credit as credit_lib
 from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
 from fastrl.algos.pure import step_ends
@@ -228,7 +229,7 @@ class Trainer:
             raise ConfigError("the tokenizer has no eos_token_id: responses could never end")
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
         self.step = 0
-        self._stop = False
+        self._stop, self._stop_signal = False, signal.SIGINT
 
     # ---- setup ---------------------------------------------------------------------
 
@@ -723,18 +724,26 @@ class Trainer:
                   f"{self.device}{', ' + cfg.run.distributed if proc.world > 1 else ''}; "
                   f"{cfg.run.steps} steps of {cfg.data.prompts_per_step} prompts x {cfg.rollout.group_size}")
         writers = _writers(cfg, self.out, self.step) if proc.main else []
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         interrupted = False
 
-        def on_interrupt(signum, frame):
-            self._stop = True
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-            self._say("interrupted: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+        def on_stop(signum, frame):
+            self._stop, self._stop_signal = True, signum
+            for s in handled:  # a second signal stops at once
+                signal.signal(s, previous[s])
+            what = "interrupted" if signum == signal.SIGINT else f"{signal.Signals(signum).name} received"
+            again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+            self._say(f"{what}: finishing this step, then saving a checkpoint ({again} again to abort)")
 
-        # (a process that ignores Ctrl-C, as an experiment's worker does, keeps ignoring it)
-        handle_interrupt = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
-        if handle_interrupt:
-            signal.signal(signal.SIGINT, on_interrupt)
+        # a process that ignores Ctrl-C (an experiment's worker) is stopped by its parent, so it
+        # handles neither; SIGTERM too, unless someone else has a handler for it
+        handled = []
+        if threading.current_thread() is threading.main_thread() and previous[signal.SIGINT] is not signal.SIG_IGN:
+            handled.append(signal.SIGINT)
+            if previous[signal.SIGTERM] in (signal.SIG_DFL, stopping.raise_stopped):
+                handled.append(signal.SIGTERM)
+        for signum in handled:
+            signal.signal(signum, on_stop)
         bar = tqdm(total=cfg.run.steps, initial=self.step, desc="train", unit="step",
                    disable=not (cfg.run.progress and proc.main))
         try:
@@ -760,12 +769,12 @@ class Trainer:
                         break
         finally:
             bar.close()
-            if handle_interrupt:
-                signal.signal(signal.SIGINT, previous)
+            for signum in handled:
+                signal.signal(signum, previous[signum])
         if interrupted:
             self._say(f"stopped at step {self.step}; continue with: fastrl train ... --resume "
                       f"(run.output_dir {self.out})")
-            raise KeyboardInterrupt
+            raise stopping.Stopped(self._stop_signal)
         self._save()
         final = self._save_final()
         metrics = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()] \
@@ -879,7 +888,9 @@ def plot_metrics(log: Path, png: Path) -> Optional[Path]:
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, task=None, on_step=None) -> TrainResult:
     """Run ``config`` to its last step (the Python API of ``fastrl train``; task and on_step
-    as ``Trainer``)."""
+    as ``Trainer``). Ctrl-C or SIGTERM (a scheduler's time limit) in the main thread finishes
+    the step, saves a checkpoint and raises ``fastrl.stopping.Stopped``, a KeyboardInterrupt;
+    a second one stops at once."""
     trainer = Trainer(config, resume=resume, overwrite=overwrite, task=task, on_step=on_step)
     try:
         return trainer.train()

@@ -155,7 +155,10 @@ def test_an_earlier_run_is_refused_then_replaced(tmp_path, capsys, monkeypatch):
     assert "plots: none (matplotlib is not installed)" in out
 
 
-def test_ctrl_c_stops_every_worker_and_says_there_is_no_resume(tmp_path):
+@pytest.mark.parametrize("stop, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_signal_stops_every_worker_and_says_there_is_no_resume(tmp_path, stop, status):
+    """A terminal's Ctrl-C, or a scheduler's SIGTERM to the job's processes (before, it killed
+    the parent at once, leaving its workers running)."""
     import os
     import signal
     import subprocess
@@ -172,10 +175,10 @@ def test_ctrl_c_stops_every_worker_and_says_there_is_no_resume(tmp_path):
         seen += line
         if line.startswith("fastrl train:"):
             break
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.Signals[stop])
     rest, err = proc.communicate(timeout=60)
     printed = seen + rest + err
-    assert proc.returncode == 130, printed
+    assert proc.returncode == status, printed
     assert "an experiment does not resume: run it again with --overwrite" in err, printed
     assert "--resume" not in printed and "Traceback" not in printed, printed
     for _ in range(50):  # no worker outlives the command

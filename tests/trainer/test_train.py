@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -1198,6 +1199,64 @@ def test_an_interrupt_in_the_last_step_finishes_the_run(tmp_path):
         pytest.fail("an interrupt in the last step stopped the run before final/")
     assert [m["step"] for m in result.metrics] == [1, 2]
     assert result.final_model.exists() and any(result.final_model.iterdir())
+
+
+STOPPED_BY_SIGTERM = """
+import os, signal, sys
+from fastrl.stopping import Stopped
+from fastrl.trainer.config import TrainConfig
+from fastrl.trainer.train import train
+config = TrainConfig.from_dict({"run": {"output_dir": sys.argv[1], "progress": False, "steps": 3},
+                                "data": {"prompts_per_step": 2}, "rollout": {"group_size": 2}})
+def stop_in_step_1(trainer, metrics, batch):
+    if metrics["step"] == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return {}
+try:
+    train(config, on_step=stop_in_step_1)
+except Stopped as e:
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    sys.exit(e.signum)
+"""
+
+
+def test_sigterm_saves_a_checkpoint_and_a_resume_finishes_the_run(tmp_path):
+    """A scheduler's SIGTERM (a time limit, scancel) killed the run where it stood, losing every
+    step since its last checkpoint; it now stops as Ctrl-C does: the step finishes, a
+    checkpoint is saved, and ``Stopped`` says which signal it was."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", STOPPED_BY_SIGTERM, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == signal.SIGTERM, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "SIGTERM received: finishing this step, then saving a checkpoint" in done.stdout
+    assert "stopped at step 1; continue with: fastrl train ... --resume" in done.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
+    result = train(config(tmp_path, "data.prompts_per_step=2", "rollout.group_size=2"), resume=True)
+    assert [m["step"] for m in result.metrics] == [1, 2, 3]
+
+
+def test_a_second_stop_signal_stops_at_once_and_the_handlers_are_put_back(tmp_path):
+    """Under the CLI (its SIGTERM handler raises Stopped), the trainer's handlers are its own
+    only while it runs; a second signal in the same step stops there, saving nothing."""
+    from fastrl.stopping import Stopped, exit_status, sigterm_stops
+
+    first_noted = []
+
+    def stop_twice(trainer, metrics, batch):
+        os.kill(os.getpid(), signal.SIGTERM)
+        first_noted.append(trainer._stop)  # (the step goes on)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the second SIGTERM did not stop the run")
+
+    cfg = config(tmp_path, "data.prompts_per_step=2", "rollout.group_size=2")
+    with sigterm_stops():
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        with pytest.raises(Stopped) as stopped:
+            train(cfg, on_step=stop_twice)
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert exit_status(stopped.value) == 143 and first_noted == [True]
+    assert not (Path(cfg.run.output_dir) / "checkpoints").exists() or \
+        not any((Path(cfg.run.output_dir) / "checkpoints").iterdir())
 
 
 def test_a_record_without_the_answer_a_reward_reads_is_refused_at_load(tmp_path):
