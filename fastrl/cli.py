@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from fastrl import stopping
@@ -259,10 +260,15 @@ def train(args) -> int:
     if args.plot:
         overrides.append("run.plot=true")
     try:
-        config = TrainConfig.load(args.config, overrides)
+        with warnings.catch_warnings(record=True) as advisories:
+            warnings.simplefilter("always", UserWarning)
+            config = TrainConfig.load(args.config, overrides)
     except (ConfigError, OSError) as e:
         print(f"fastrl train: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") == "0":  # (once under torchrun)
+        for advisory in advisories:
+            print(f"fastrl train: warning: {advisory.message}", file=sys.stderr)
     try:
         from fastrl.trainer.train import train as run
 

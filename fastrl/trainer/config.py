@@ -11,6 +11,12 @@ A key that is not listed here, a value of the wrong type or out of range raises
 config from nested mappings; ``overrides`` (``key.sub=value`` strings, values parsed as
 YAML, as ``fastrl train --set``; or ``(key, value)`` pairs taken as they are, as its
 ``--output-dir`` and other flags) apply on top.
+
+A config that is valid but does not do what it says gets a ``UserWarning`` from
+``from_dict`` / ``load`` (``TrainConfig.advisories`` lists them): a key set to other than
+its default that this run never reads (``algo.rover_rho`` under grpo: a YAML shared by
+several algorithms may hold such keys, so it is not an error), a warm-up as long as the
+run, RiskPO bundles of unequal size.
 """
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ import re
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
 DYNAMIC_SAMPLING_ALGOS = ("grpo", "dr_grpo", "rloo", "rover")  # equal rewards in a group: zero advantages
+CLASSIFICATION_KINDS = ("classification", "classification_no_think")  # (fastrl.trainer.scoring.CLASSIFICATION)
 # keys a --resume may change: how long the run goes, where it runs, how it is kept and
 # shown, how long later prompts may be; any other change would continue a run the
 # checkpoint's state does not belong to
@@ -86,7 +94,8 @@ class DataConfig:
     split: Optional[str] = None
     """A DatasetDict folder: the split to train on (e.g. "train")."""
     prompts_per_step: int = 16
-    """Prompts per training step, over all processes (a multiple of the process count)."""
+    """Prompts per training step, over all processes (a multiple of the process count; under
+    riskpo, a multiple of algo.riskpo_bundle_size gives equal bundles: 15 or 20 with its default 5)."""
     operands: int = 3
     """Built-in task: digits per problem (2 to 8)."""
     prompt_key: str = "prompt"
@@ -188,7 +197,8 @@ class AlgoConfig:
     pure_zero_reward_tokens: bool = True
     """Advantage 0 at the reward-carrying tokens (step ends and final token), as PURE."""
     riskpo_bundle_size: int = 5
-    """RiskPO: questions per bundle (1: the per-group form)."""
+    """RiskPO: questions per bundle (1: the per-group form; a last, shorter bundle is a bundle:
+    the default 16 prompts form bundles of 5, 5, 5 and 1)."""
     riskpo_alpha: float = 0.2
     """RiskPO: the lower quantile a of the bundle scores."""
     riskpo_beta: float = 0.8
@@ -216,7 +226,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas."""
     warmup_steps: int = 0
-    """Linear warm-up over this many optimizer steps."""
+    """Linear warm-up over this many optimizer steps (a run makes run.steps x algo.epochs x
+    algo.mini_batches of them)."""
     schedule: Literal["constant", "cosine"] = "constant"
     """After the warm-up: constant, or cosine decay to min_lr_ratio * lr at the last step."""
     min_lr_ratio: float = 0.1
@@ -296,9 +307,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None, overrides: list[str] = ()) -> "TrainConfig":
+        return cls._checked(values, overrides)
+
+    @classmethod
+    def _checked(cls, values, overrides, stacklevel=3) -> "TrainConfig":
+        """The config of values and overrides, validated; its advisories as UserWarnings
+        attributed to the caller of from_dict or load (stacklevel 3: here, from_dict/load,
+        their caller)."""
         values = _merge_overrides({} if values is None else values, overrides)
         config = _build(cls, values, "")
         config.validate()
+        # only the keys the config names count as set (a saved config.json names them all: those
+        # at their defaults are left out again by advisories)
+        set_keys = {f"{section}.{key}" for section, keys in values.items() if isinstance(keys, dict) for key in keys}
+        for message in config.advisories(set_keys):
+            warnings.warn(message, UserWarning, stacklevel=stacklevel)
         return config
 
     @classmethod
@@ -320,10 +343,54 @@ class TrainConfig:
             values = {} if values is None else values  # an empty file, or one of comments
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(values).__name__}")
-        return cls.from_dict(values, overrides)
+        return cls._checked(values, overrides)  # (not through from_dict: the warnings name load's caller)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def advisories(self, set_keys=None) -> list[str]:
+        """Warnings for a valid config that does not do what it says (``from_dict`` and ``load``
+        issue them): keys of ``set_keys`` (dotted names; None: every key) whose value is not
+        their default and which this run never reads, one message naming them all; a warm-up
+        as long as the run; RiskPO bundles of unequal size. Call it after ``validate``."""
+        messages = []
+        unread, judged = [], set()
+        for keys, read, why in _read_rules(self):
+            for key in keys:
+                if key in judged or read or (set_keys is not None and key not in set_keys):
+                    continue
+                judged.add(key)
+                section, name = key.split(".")
+                value = getattr(getattr(self, section), name)
+                if value != _default(type(getattr(self, section)), name):
+                    unread.append(f"{key} ({json.dumps(value)}) is read only {why}")
+        if unread:
+            messages.append(f"this run ignores {'a key' if len(unread) == 1 else f'{len(unread)} keys'} set in its "
+                            f"config: {'; '.join(unread)}")
+        o, a = self.optim, self.algo
+        updates = self.run.steps * a.epochs * a.mini_batches
+        if o.warmup_steps >= updates:
+            count = (f"run.steps {self.run.steps} x algo.epochs {a.epochs} x algo.mini_batches {a.mini_batches}"
+                     if a.epochs * a.mini_batches > 1 else f"run.steps {self.run.steps}")
+            reach = ("reaches optim.lr {lr} only at the last update" if o.warmup_steps == updates else
+                     f"never reaches optim.lr {{lr}} (at most {updates}/{o.warmup_steps} of it)").format(lr=o.lr)
+            messages.append(f"optim.warmup_steps {o.warmup_steps} {'is' if o.warmup_steps == updates else 'exceeds'} "
+                            f"the run's {updates} optimizer updates ({count}): the learning rate {reach}"
+                            f"{', and the cosine decay never starts' if o.schedule == 'cosine' else ''}. Fine if a "
+                            "--resume will raise run.steps")
+        n, size = self.data.prompts_per_step, a.riskpo_bundle_size
+        # (the defaults' last bundle of one is DESIGN's: named only where the config chose the sizes)
+        chosen = set_keys is None or {"data.prompts_per_step", "algo.riskpo_bundle_size"} & set(set_keys)
+        if a.name == "riskpo" and n % size and chosen:
+            full, rest = divmod(n, size)
+            bundles = (f"{full} bundle{'s' if full > 1 else ''} of {size} and a last one of {rest}" if full else
+                       f"a single bundle of {rest}")
+            nearest = " or ".join(str(k) for k in (full * size, (full + 1) * size) if k)
+            messages.append(f"algo.name riskpo: data.prompts_per_step {n} is not a multiple of algo.riskpo_bundle_size "
+                            f"{size}, so each step's {n} questions form {bundles}"
+                            f"{' (a bundle of one question gets the per-group form)' if rest == 1 else ''}; "
+                            f"data.prompts_per_step {nearest} gives equal bundles")
+        return messages
 
     def validate(self):
         """Types and ranges of every key, for a config built or edited in Python too (the
@@ -484,6 +551,60 @@ class TrainConfig:
             if index >= count:
                 raise ConfigError(f"run.device {run.device!r}: this machine has "
                                   f"{f'{count} CUDA device(s)' if count else 'no CUDA'}")
+
+
+def _default(cls, name):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _read_rules(c: TrainConfig):
+    """(keys, whether this run reads them, where they are read) for the keys that some runs
+    do not read (the others are read by every run), from fastrl.trainer.train and
+    fastrl.algos.credit. A key goes by the first rule naming it that it fails."""
+    m, d, rw, a, o, run = c.model, c.data, c.reward, c.algo, c.optim, c.run
+    name = f"(this run: {a.name})"
+    return [
+        (("algo.clip_low", "algo.clip_high", "algo.dual_clip"), a.name != "rover",
+         "by the PPO loss, which algo.name rover replaces with its own (this run: rover)"),
+        (("algo.aggregation",), a.name != "rover" or a.kl_coef > 0 or a.entropy_coef > 0,
+         "by the PPO loss and the KL and entropy terms; rover has its own loss, and this run has neither term "
+         "(algo.kl_coef and algo.entropy_coef 0)"),
+        (("algo.kl_in",), a.kl_coef > 0, "when algo.kl_coef > 0 (this run: 0)"),
+        (("algo.gamma", "algo.lam", "algo.value_coef", "algo.value_clip"), a.name == "gae",
+         f"by algo.name gae, the only one with a value head {name}"),
+        (tuple(f"algo.{f.name}" for f in dataclasses.fields(AlgoConfig) if f.name.startswith("pure_")),
+         a.name == "pure", f"by algo.name pure {name}"),
+        (("algo.pure_temperature",), a.pure_min_form == "soft",
+         f"with algo.pure_min_form soft (this run: {a.pure_min_form})"),
+        (tuple(f"algo.{f.name}" for f in dataclasses.fields(AlgoConfig) if f.name.startswith("riskpo_")),
+         a.name == "riskpo", f"by algo.name riskpo {name}"),
+        (tuple(f"algo.{f.name}" for f in dataclasses.fields(AlgoConfig) if f.name.startswith("rover_")),
+         a.name == "rover", f"by algo.name rover {name}"),
+        (("algo.eps",), a.name == "grpo" or (a.name == "rover" and not a.rover_centred),
+         "by algo.name grpo and rover without algo.rover_centred, to guard the group std "
+         f"{'(this run: rover, centred)' if a.name == 'rover' else name}"),
+        (("optim.min_lr_ratio",), o.schedule == "cosine", f"with optim.schedule cosine (this run: {o.schedule})"),
+        (("reward.process",), a.name == "pure", f"by algo.name pure, for its step scores {name}"),
+        (("reward.correct_threshold",), rw.kind not in CLASSIFICATION_KINDS,
+         f"for reward.kind other than {' and '.join(CLASSIFICATION_KINDS)}, whose accuracy is the gold label "
+         f"(this run: {rw.kind})"),
+        (("model.tiny_hidden_size", "model.tiny_layers"), m.path is None,
+         "by the built-in tiny model, when model.path is unset (this run loads model.path)"),
+        (("model.lora_alpha", "model.lora_dropout", "model.lora_target_modules"), m.lora_rank > 0,
+         "when model.lora_rank > 0 (this run: 0, every weight trained)"),
+        (("model.autocast_bf16",), m.dtype == "float32" and run.device != "cpu",
+         "for float32 weights on a GPU (this run: "
+         f"{f'model.dtype {m.dtype}' if m.dtype != 'float32' else 'run.device cpu'})"),
+        (("data.operands",), d.source == "task", f"by the built-in task, data.source task (this run: {d.source})"),
+        (("data.prompt_key", "data.shuffle"), d.source != "task",
+         "for a file or datasets folder (this run: data.source task, whose prompts are drawn per step)"),
+        (("data.answer_key",), rw.kind in ("math", *CLASSIFICATION_KINDS),
+         f"by reward.kind math, {' and '.join(CLASSIFICATION_KINDS)} (this run: {rw.kind})"),
+        (("data.labels_key",), rw.kind in CLASSIFICATION_KINDS,
+         f"by reward.kind {' and '.join(CLASSIFICATION_KINDS)} (this run: {rw.kind})"),
+        (("run.wandb_project",), run.wandb, "when run.wandb is true (this run: false)"),
+    ]
 
 
 def user_function(spec: str, key: str):
