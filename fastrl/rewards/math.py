@@ -27,9 +27,15 @@ How a verdict is reached (``_check`` runs in a worker process):
 4. Scalars: parsed into sympy by a small, whitelisting LaTeX translator (never eval
    of arbitrary text; ``i`` is the imaginary unit, ``e`` Euler's number, ``|x|`` and ``n!``
    absolute value and factorial, ``\\binom{n}{k}`` n!/(k!(n-k)!), ``\\log_b x`` a logarithm to base b; "1.5e-3" and
-   "1e-9" are scientific, "2e+1" is 2e + 1; "3\\frac{1}{2}" and "3 1/2" are mixed numbers, 3 + 1/2
-   ("3\\frac{1}{2}^2" is 3 * (1/2)^2); "0.1\\overline{6}", "0.1\\bar{6}", "0.1\\dot{6}", "0.\\dot{1}4\\dot{2}" and
-   "2.(5)" are recurring decimals ("0.5(4)" stays a product); "n(n-1)!" is n * (n-1)!, "n!!" the
+   "1e-9" are scientific, "2e+1" is 2e + 1; "3\\frac{1}{2}" and "3 1/2" are mixed numbers, 3 + 1/2, also in
+   a tuple or after a label ("(1, 2 1/2)", "x = 2 1/2"; "3\\frac{1}{2}^2" is 3 * (1/2)^2, "x^2 1/2" does not
+   parse); "0.1\\overline{6}", "0.1\\bar{6}", "0.1\\dot{6}", "0.\\dot{1}4\\dot{2}" and
+   "2.(5)" are recurring decimals ("0.5(4)" stays a product), and so is a decimal before an ellipsis
+   ("\\ldots", "\\cdots", "...") whose digits end in a period shown twice, or one digit shown three times
+   ("0.333\\ldots" is 1/3, "0.142857142857..." 1/7; "0.33\\ldots" and "3.14159\\ldots" are the decimals they
+   show, under the rounding rule below); a function without brackets takes the product after it, fractions
+   included, up to an operator, a bracket or another function ("\\cos \\frac{2}{3}\\pi" is cos(2pi/3), "\\sin 2x"
+   sin(2x), "\\sin x \\cos x" sin(x) cos(x), "\\cos(2/3)\\pi" cos(2/3) * pi); "n(n-1)!" is n * (n-1)!, "n!!" the
    double factorial; two numbers side by side, "5 6", do not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
    decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
    digits, evaluated at 30 in sympy's floats (10^{400} does not overflow), and a difference that
@@ -40,8 +46,8 @@ How a verdict is reached (``_check`` runs in a worker process):
    ``lhs - rhs`` differ by a nonzero constant factor.  A percentage may be read as
    itself or divided by 100 ("25%" matches 25 and 0.25), but two percentages compare as
    written; degrees as themselves or in radians ("30^\\circ" matches 30 and pi/6); a
-   ratio of two numbers "5:8" as 5/8; a plain number followed by words ("7 stuffed
-   goats") as the number ("3 million": 3 * 10^6), unless the words hedge or negate
+   ratio of two numbers "5:8" as 5/8; a number (a fraction or mixed number too) followed by words ("7 stuffed
+   goats", "2\\frac{1}{2}\\text{ cups}") as the number ("3 million": 3 * 10^6), unless the words hedge or negate
    ("not", "or", "maybe", "wrong", ...).
 
 Rounding rule: a decimal literal matches an exact (or longer) value when it has at
@@ -183,8 +189,12 @@ def _after_mark(tail: str) -> str | None:
     # a trailing period and markdown emphasis, by a scan from the end: the regex for it took
     # time cubic in a run of spaces or underscores inside the line (8 s for 2000)
     line = _rstrip_emphasis(line)
-    line = _rstrip_emphasis(line[:-1]) if line.endswith(".") else line
+    line = _rstrip_emphasis(line[:-1]) if line.endswith(".") and not _ENDS_IN_ELLIPSIS.search(line) else line
     return _strip_math_delims(line) or None
+
+
+# a decimal and an ellipsis at the end of a line, "0.333...": the dots are the answer's, no sentence's end
+_ENDS_IN_ELLIPSIS = re.compile(r"\d\.\d+\s*\.\.\.$")
 
 
 def _rstrip_emphasis(s: str) -> str:
@@ -225,7 +235,7 @@ def extract_answer(completion: str) -> str | None:
     if dollars:
         return dollars[-1].strip()
     if len(last) <= 40 and not re.search(r"[a-zA-Z]{4,}\s+[a-zA-Z]{2,}", last):
-        return _strip_math_delims(last.rstrip(".")) or None
+        return _strip_math_delims(last if _ENDS_IN_ELLIPSIS.search(last) else last.rstrip(".")) or None
     nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", last)
     return nums[-1] if nums else None
 
@@ -268,6 +278,10 @@ def _canon(s: str) -> str:
     return s.rstrip(".")
 
 
+# a decimal and an ellipsis after it: "0.333\ldots", "0.1666\cdots", "3.14159\dots", "0.333...", "0.333…"
+# ("0.000\ldots1" is no recurring decimal: an ellipsis before a digit does not count)
+_ELLIPSIS_AFTER_DECIMAL = re.compile(r"(?<![\w.])(\d*\.\d+)\s*(?:\\(?:ldots|cdots|dots[cbmo]?)(?![a-zA-Z])|\.{3,}|…)"
+                                     r"(?!\s*[\d.])")
 _REALS = r"(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|ℝ|\\R)"
 _PLAIN_NUMBER = r"-?\d+(?:\.\d+)?"
 
@@ -296,6 +310,11 @@ def _normalise(s: str) -> str:
     s = re.sub(r"(?<![\d.])\d{1,3}(?:(?:\\,|\{,\})\d{3})+(?![\d.])", lambda m: re.sub(r"\D", "", m.group(0)), s)
     s = s.replace(" ", "") if re.fullmatch(r"\s*-?\d{1,3}(?: \d{3})+(?:\.\d+)?\s*", s) else s
     s = re.sub(r"(?<!\\)\\[,;:! ]|~|\\quad|\\qquad", " ", s)  # spacing (not the "\\" row break)
+    # a decimal that ends in an ellipsis ("0.333\ldots", "0.1666...", "3.14159\cdots"): one mark, "…" (which the
+    # strip of a sentence's period below leaves: it made "0.333..." 0.333); see _repeating_decimals
+    # (not after a product sign: "0.5 \cdot 0.25 \cdots" is a product that goes on)
+    s = _ELLIPSIS_AFTER_DECIMAL.sub(lambda m: m[0] if re.search(r"(?:\\cdot|\\times|[*×·])\s*$", m.string[:m.start()])
+                                    else m[1] + "…", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     for u, l in (("∪", "\\cup"), ("≠", "\\neq"), ("×", "\\times"), ("÷", "\\div"), ("∈", "\\in")):
         s = s.replace(u, l)
@@ -312,6 +331,9 @@ def _normalise(s: str) -> str:
     s = s.replace("\\$", "").replace("$", "")  # currency
     # one-letter units only when written as text ("5\,\mathrm{m}"): a bare "2m" is 2*m
     s = re.sub(r"(?<=\d)\s*\\(?:text|mathrm|mbox)\s*\{\s*[a-zA-Z]\s*\}\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
+    # a word in text mode right after a number stands apart from it: "2\frac{1}{2}\text{cups}" is
+    # "2\frac{1}{2} cups", a number and its unit (glued on, "2\frac{1}{2}cups" did not parse)
+    s = re.sub(r"(?<=[\d}])\s*(\\(?:text|textbf|textit|mbox)\s*\{\s*[A-Za-z])", r" \1", s)
     # \text{...}/\mathrm{...}: units vanish, words stay as plain text
     s = re.sub(r"\\(?:text|textbf|mathrm|mathbf|operatorname|mbox|textit|mathit)\s*\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"(\d)\s*\^?\{?(?:st|nd|rd|th)\}?(?![a-zA-Z])", r"\1", s)  # ordinals: 3rd, 12^{th}
@@ -453,9 +475,11 @@ _CONST = {"pi", "E", "I", "oo"}
 
 def _latex_to_py(s: str) -> str | None:
     """Translate a LaTeX scalar into a restricted Python/sympy expression string, or None."""
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\div", "/").replace("\\ast", "*")
+    # ("\cdots" is no "\cdot" and an "s")
+    s = re.sub(r"\\(?:cdot|times|ast)(?![a-zA-Z])", "*", s).replace("\\div", "/")
     s = re.sub(r"\\infty|\\infin", " oo ", s)
     s = re.sub(r"\\(sin|cos|tan)\s*\^\s*\{\s*-1\s*\}", r"\\arc\1", s)  # \tan^{-1} = \arctan
+    s = _bare_fraction_arguments(s)
     s = re.sub(r"\\lceil", " ceiling(", s).replace("\\rceil", ")")
     s = re.sub(r"\\lfloor", " floor(", s).replace("\\rfloor", ")")
     s = re.sub(r"\\pi(?![a-zA-Z])", " pi ", s)
@@ -474,6 +498,9 @@ def _latex_to_py(s: str) -> str | None:
     s = re.sub(r"(?<![\w.^_}])(?<!\])(\d+)\s*\\frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))(?!\s*\^)",
                lambda m: m[0] if re.search(r"\\[a-zA-Z]+\s*$", m.string[:m.start()]) else
                f"({m[1]}+{m[2] or m[3]}/{m[4] or m[5]})", s)
+    # a mixed number "2 1/2" as a term of its own, between the start, a bracket, a comma, "=", "+" or "-" and
+    # the end or one of them: 2 + 1/2 (never the product 2 * 1/2; "x^2 1/2", "a 1/2", "2 1/2^2" stay unparsed)
+    s = re.sub(r"(?:^|(?<=[(\[{,=+\-]))(\s*)(\d+) +(\d+)/(\d+)(?=\s*(?:$|[)\]},=+\-]))", r"\1(\2+\3/\4)", s)
     # \frac{a}{b}, \frac12, \binom{n}{k}, \sqrt[n]{a}, \sqrt{a}, \sqrt2
     for _ in range(50):
         m = re.search(r"\\frac|\\binom|\\sqrt", s)
@@ -566,7 +593,107 @@ def _repeating_decimals(s: str) -> str:
         numerator = int(whole + fixed + period) - int(whole + fixed)
         return f"({numerator}/{(10 ** len(period) - 1) * 10 ** len(fixed)})"
 
-    return _REPEATING.sub(fraction, s)
+    def shown(m):
+        whole, digits = m[1] or "0", m[2]
+        p = _shown_period(digits)
+        if not p:
+            return f"{whole}.{digits}"
+        fixed, period = digits[:-p], digits[-p:]
+        numerator = int(whole + fixed + period) - int(whole + fixed)
+        return f"({numerator}/{(10 ** p - 1) * 10 ** len(fixed)})"
+
+    return _ELLIPSIS_DECIMAL.sub(shown, _REPEATING.sub(fraction, s))
+
+
+# a decimal that ends in an ellipsis (the mark "…" of _normalise) recurs when the digits after its point end in
+# a period: the shortest block shown twice in a row at the end ("0.1212…", "0.142857142857…"), or one digit shown
+# three times ("0.333…", "0.1666…"; "0.33…" shows no period). Other digits ("3.14159…") are the decimal they
+# show, which the rounding rule may match, as it matches "3.14159"; _scalar_equal also tries that reading of a
+# recurring one with 4 significant digits ("2.718281828…" for e; "0.3333…" for a gold 0.3333, not "0.333…" for 0.333).
+_ELLIPSIS_DECIMAL = re.compile(r"(?<![\w.])(\d*)\.(\d+)…")
+
+
+def _shown_period(digits: str) -> int:
+    """The length of the period the digits end in (see _ELLIPSIS_DECIMAL), 0 for none."""
+    for p in range(1, len(digits) // 2 + 1):
+        shown = 3 if p == 1 else 2
+        if p * shown <= len(digits) and digits[-p * shown:] == digits[-p:] * shown:
+            return p
+    return 0
+
+
+def _approximation_shown(s: str) -> bool:
+    """Whether each recurring decimal before an ellipsis in s shows 4 significant digits (the rounding rule's)."""
+    return all(len((m[1] + m[2]).lstrip("0")) >= 4 for m in _ELLIPSIS_DECIMAL.finditer(s) if _shown_period(m[2]))
+
+
+def _drop_ellipses(s: str) -> str:
+    """Each decimal before an ellipsis as its digits show it: "0.333…" -> "0.333"."""
+    return _ELLIPSIS_DECIMAL.sub(r"\1.\2", s)
+
+
+_BARE_FUNCTION = re.compile(r"\\(?:arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|ln|log|exp)(?![a-zA-Z])")
+_FACTOR = re.compile(r"\s*(?:\\frac(?![a-zA-Z])|\d+(?:\.\d+)?…?|[a-zA-Z]|\\(?:pi|" + "|".join(sorted(_GREEK))
+                     + r")(?![a-zA-Z]))")
+
+
+def _argument_end(s: str, i: int, close: dict) -> int:
+    """The end of the command argument at s[i] (spaces skipped): a braced group, a command or one character;
+    -1 for none."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i >= len(s) or s[i] in "}^_":
+        return -1
+    if s[i] == "{":
+        return close[i] + 1 if i in close else -1
+    command = re.match(r"\\[a-zA-Z]+", s[i:i + 40])
+    return i + (command.end() if command else 1)
+
+
+def _bare_fraction_arguments(s: str) -> str:
+    """A function written without brackets takes a product with a fraction in it as LaTeX means it:
+    "\\cos \\frac{2}{3}\\pi" is cos(2pi/3), "\\sin 2\\frac{\\pi}{3}" sin(2pi/3), "\\log_2 \\frac18" log_2(1/8), by
+    brackets around the product (numbers, letters, pi and Greek letters, fractions, each with a power), which
+    ends at an operator or another command ("\\sin \\frac{x}{2}\\cos \\frac{x}{2}", "\\sin \\frac{x}{2} + 1"); a
+    product without a fraction is left to _bare_function_arguments, a product before a bracket, "!" or "_" as it is
+    ("\\cos \\frac{2}{3}(x+1)"), and "\\cos(2/3)\\pi" is cos(2/3) * pi: the bracket ends the argument."""
+    pos, close = 0, None
+    while m := _BARE_FUNCTION.search(s, pos):
+        pos = m.end()
+        close = _closing_braces(s) if close is None else close
+        i = pos
+        for mark in ("_", "^"):  # \log_2, \sin^2
+            j = re.match(r"\s*", s[i:]).end() + i
+            if s.startswith(mark, j):
+                end = _argument_end(s, j + 1, close)
+                if end < 0:
+                    break
+                i = end
+        start, end, fraction = None, i, False
+        while factor := _FACTOR.match(s, end):
+            k = factor.end()
+            if factor.group(0).strip() == "\\frac":
+                k = _argument_end(s, k, close)
+                k = _argument_end(s, k, close) if k >= 0 else -1
+                if k < 0:
+                    break
+                fraction = True
+            elif factor.group(0).strip().isalpha() and s.startswith("_", k):  # x_1, a_{n}
+                k = _argument_end(s, k + 1, close)
+                if k < 0:
+                    break
+            power = re.match(r"\s*\^", s[k:])
+            if power:
+                k = _argument_end(s, k + power.end(), close)
+                if k < 0:
+                    break
+            start = factor.start() + len(factor.group(0)) - len(factor.group(0).lstrip()) if start is None else start
+            end = k
+        rest = s[end:].lstrip()
+        if fraction and not rest.startswith(("(", "[", "{", "!", "_", "^")):
+            s = f"{s[:start]}({s[start:end]}){s[end:]}"
+            close = None
+    return s
 
 
 _FUNCTION_WORD = re.compile(r"\b(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")\b")
@@ -806,20 +933,37 @@ _ARITHMETIC = re.compile(r"\b(?:plus|minus|times(?=\s+\S)|divided|over|multiplie
 _SCALE_WORDS = {"hundred": 2, "thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 
 
+# a number before a unit: a decimal, a fraction of whole numbers or a mixed number ("2\frac{1}{2} cups", "2 1/2 cups")
+_UNIT_NUMBER = (r"-?(?:\d+\s*\\frac\s*(?:\{\d+\}|\d)\s*(?:\{\d+\}|\d)|\\frac\s*(?:\{\d+\}|\d)\s*(?:\{\d+\}|\d)"
+                r"|\d+ \d+/\d+|\d+/\d+|\d+(?:\.\d+…?)?)")
+
+
 def _scalar_equal(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]:
+    ok, why = _scalar_compare(g, a, rng, gvar, avar)
+    shown = _drop_ellipses(g), _drop_ellipses(a)
+    # the digits before an ellipsis, as shown ("2.718281828…" for e), where a recurring decimal shows the rounding
+    # rule's 4 significant digits ("0.333…" is 1/3, which is no 0.333, as "1/3" is not)
+    if not ok and shown != (g, a) and _approximation_shown(g) and _approximation_shown(a):
+        ok, why_shown = _scalar_compare(*shown, rng, gvar, avar)
+        if ok:
+            return True, f"{why_shown} (the digits before the ellipsis)"
+    return ok, why
+
+
+def _scalar_compare(g: str, a: str, rng, gvar=None, avar=None) -> tuple[bool, str]:
     import sympy
 
     if g.lower() == a.lower():
         return True, "same text"
-    # a plain number followed by words is a number with a unit ("7 stuffed goats")
+    # a number followed by words is a number with a unit ("7 stuffed goats", "2\frac{1}{2} cups")
     # (a word of 3+ letters that is no function or Greek letter: "2 x" stays 2*x, "2 sin x" stays;
     # "3 million" is 3 * 10^6)
     def unit_tail(x):
-        m = (re.fullmatch(r"(-?\d+(?:\.\d+)?)\s+([A-Za-z]{3,})[A-Za-z ]*", x)
-             or re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*\(\s*([A-Za-z]{3,})[A-Za-z ]*\)", x))  # "12 (the sum)"
+        m = (re.fullmatch(rf"({_UNIT_NUMBER})\s+([A-Za-z]{{3,}})[A-Za-z ]*", x)
+             or re.fullmatch(rf"({_UNIT_NUMBER})\s*\(\s*([A-Za-z]{{3,}})[A-Za-z ]*\)", x))  # "12 (the sum)"
         if m and not _HEDGE.search(x) and not _ARITHMETIC.search(x) and m.group(2) not in _FUNCS | _GREEK:
             power = _SCALE_WORDS.get(m.group(2).lower())
-            return m.group(1) if power is None else f"{m.group(1)} \\cdot 10^{{{power}}}"
+            return m.group(1) if power is None else f"({m.group(1)}) \\cdot 10^{{{power}}}"
         return x
     g, a = unit_tail(g), unit_tail(a)
     # degrees: 30° may be compared with 30 or with pi/6

@@ -332,3 +332,120 @@ def test_a_bad_timeout_variable_is_named(value):
                           env={**__import__("os").environ, "FASTRL_VERIFY_TIMEOUT": value})
     assert done.returncode == 2 and done.stderr.strip() == \
         f"fastrl eval: FASTRL_VERIFY_TIMEOUT must be a number of seconds in (0, 1e+06], got '{value}'"
+
+
+# a function's bare argument with a fraction in it, "2 1/2" beyond a whole answer, a number with a fraction before
+# a unit, and a decimal before an ellipsis: what each rule accepts, and what it must still reject
+ACCEPTED_BY_THE_NEWER_RULES = [
+    # a bare function's argument runs over a product with fractions in it, up to an operator, bracket or function
+    ("-1/2", "\\cos \\frac{2}{3}\\pi"), ("\\cos(2\\pi/3)", "\\cos \\frac23 \\pi"),
+    ("-1/2", "\\cos\\frac{2}{3}\\,\\pi"), ("\\sqrt{3}/2", "\\sin \\frac{1}{3}\\pi"),
+    ("\\sqrt{3}", "\\tan \\frac{1}{3}\\pi"), ("\\cos(2\\pi x/3)", "\\cos \\frac{2}{3}\\pi x"),
+    ("\\sin(2\\pi/3)", "\\sin 2\\frac{\\pi}{3}"), ("\\sin(5/2)", "\\sin 2\\frac{1}{2}"),
+    ("1/4", "\\sin \\frac{\\pi}{6}\\cos \\frac{\\pi}{3}"), ("\\sin(x/2)+1", "\\sin \\frac{x}{2} + 1"),
+    ("2", "\\tan \\frac{\\pi}{4} + 1"), ("1", "\\sin \\frac{\\pi}{4} \\cdot \\sqrt{2}"),
+    ("\\sin(\\pi/6)\\cdot 2", "\\sin \\frac{\\pi}{6} \\cdot 2"), ("\\cos(x)/2", "\\cos x \\cdot \\frac12"),
+    ("3/4", "\\sin^2 \\frac{1}{3}\\pi"), ("\\sin(x/2)^2", "\\sin^2 \\frac{x}{2}"),
+    ("\\sin((x/2)^2)", "\\sin \\frac{x}{2}^2"), ("|\\sin(x/2)|", "|\\sin \\frac{x}{2}|"),
+    ("\\cos(\\pi/3)(x+1)", "\\cos \\frac{\\pi}{3}(x+1)"), ("\\cos(2/3)\\pi", "\\cos \\left(\\frac{2}{3}\\right)\\pi"),
+    ("\\ln(3/2)", "\\ln \\frac{3}{2}"), ("-3", "\\log_2 \\frac{1}{8}"), ("\\log_2(1/8)", "\\log_{2} \\frac18"),
+    ("1", "\\log_2 \\frac{1}{2} 4"), ("-4", "\\log_2 \\frac{1}{2}\\cdot 4"), ("\\pi/6", "\\arcsin \\frac12"),
+    ("\\arcsin(1/2)", "\\sin^{-1} \\frac{1}{2}"), ("e^{1/2}", "\\exp \\frac{1}{2}"), ("\\tan(2x)", "\\tan 2x"),
+    ("\\sin(x)\\cos(x)", "\\sin x \\cos x"), ("1", "2\\cos \\frac{\\pi}{3}"),
+    # "2 1/2" after a label, in a tuple, interval or set, and as a term of a sum
+    ("5/2", "x = 2 1/2"), ("-5/2", "x = -2 1/2"), ("(1, 5/2)", "(1, 2 1/2)"), ("[1, 5/2)", "[1, 2 1/2)"),
+    ("[5/2, 7/2]", "[2 1/2, 3 1/2]"), ("\\{5/2, 1\\}", "\\{2 1/2, 1\\}"), ("7/2, 5/2", "3 1/2, 2 1/2"),
+    ("11/2", "3 + 2 1/2"), ("25/2", "12 1/2"),
+    # a fraction or mixed number before a unit
+    ("5/2", "2\\frac{1}{2}\\text{ cups}"), ("5/2", "2\\frac{1}{2}\\text{cups}"),
+    ("5/2", "2\\frac{1}{2}\\text{ cups of flour}"), ("5/2", "\\frac{5}{2}\\text{ cups}"), ("5/2", "2 1/2 cups"),
+    ("2500000", "2\\frac{1}{2}\\text{ million}"), ("5", "5\\text{cups}"),
+    # a decimal before an ellipsis: recurring where the digits show a period, else the decimal shown
+    ("1/3", "0.333\\ldots"), ("1/3", "0.333..."), ("1/3", "0.333 \\cdots"), ("1/3", "0.333\\dots"), ("1/3", "0.333…"),
+    ("1/3", "0.333...."), ("1/6", "0.1666\\ldots"), ("1/7", "0.142857142857\\ldots"), ("4/33", "0.1212\\ldots"),
+    ("2/3", "0.666\\ldots"), ("2/3", "0.6666..."), ("1", "0.999\\ldots"), ("2", "1.999\\ldots"),
+    ("0", "0.000\\ldots"), ("-1/3", "-0.333\\ldots"), ("4/3", "0.333\\ldots + 1"), ("1/3", "x = 0.333\\ldots"),
+    ("(1/3, 1)", "(0.333\\ldots, 1)"), ("1/3", "33.333\\ldots\\%"), ("1/7", "0.14285714285714285\\ldots"),
+    ("0.6667", "0.6666\\ldots"), ("4/3", "1 + 0.333\\ldots"), ("(1, 1/3)", "(1, 0.333\\ldots)"),
+    # (the decimal shown, under the rounding rule as "3.14159" is: >= 4 significant digits, rounded right)
+    ("\\pi", "3.14159\\ldots"), ("\\pi", "3.14159..."), ("\\sqrt{2}", "1.41421\\ldots"), ("1/7", "0.142857\\ldots"),
+    ("e", "2.718281828\\ldots"), ("0.3333", "0.3333\\ldots"), ("1.999", "1.999\\ldots"), ("3.14159", "3.14159\\ldots"),
+]
+
+REJECTED_BY_THE_NEWER_RULES = [
+    # a bracket ends a function's argument; "\cdot" and "+" end it too; its fraction is no factor outside it
+    ("\\cos(2/3)\\pi", "\\cos \\frac{2}{3}\\pi"), ("-1/2", "\\cos(2/3)\\pi"),
+    ("-1/2", "\\cos \\left(\\frac{2}{3}\\right)\\pi"), ("-1/2", "\\cos{\\frac{2}{3}}\\pi"),
+    ("\\cos(2/3)", "\\cos \\frac{2}{3}\\pi"), ("-\\pi/2", "\\cos \\frac{2}{3}\\pi"),
+    ("1/2", "\\cos \\frac{2}{3}\\pi"), ("\\cos(2\\pi/3) x", "\\cos \\frac{2}{3}\\pi x"),
+    ("\\sin(1/3)\\pi", "\\sin \\frac{1}{3}\\pi"),
+    ("\\sin(\\pi/6 \\cos(\\pi/3))", "\\sin \\frac{\\pi}{6}\\cos \\frac{\\pi}{3}"),
+    ("\\sin(x/2+1)", "\\sin \\frac{x}{2} + 1"), ("\\tan(\\pi/4 + 1)", "\\tan \\frac{\\pi}{4} + 1"),
+    ("\\sin(\\pi/3)", "\\sin \\frac{\\pi}{6} \\cdot 2"),
+    ("\\sin(\\pi\\sqrt{2}/4)", "\\sin \\frac{\\pi}{4} \\cdot \\sqrt{2}"),
+    ("\\tan(\\pi/3)", "\\tan \\frac{1}{3} \\cdot \\pi"), ("\\cos(x/2)", "\\cos x \\cdot \\frac12"),
+    ("\\sin(2)\\pi/3", "\\sin 2\\frac{\\pi}{3}"), ("\\sin(1)", "\\sin 2\\frac{1}{2}"),
+    ("\\sin(\\pi^2/9)", "\\sin^2 \\frac{1}{3}\\pi"), ("\\sin(x^2/4)", "\\sin^2 \\frac{x}{2}"),
+    ("\\sin(x/2)^2", "\\sin \\frac{x}{2}^2"), ("\\cos(\\pi/3 (x+1))", "\\cos \\frac{\\pi}{3}(x+1)"),
+    ("\\ln(3)/2", "\\ln \\frac{3}{2}"), ("3", "\\log_2 \\frac{1}{8}"), ("2", "\\log_2 \\frac{1}{2}\\cdot 4"),
+    ("\\pi", "\\arcsin \\frac12 \\pi"), ("2\\tan(x)", "\\tan 2x"), ("\\tan(x)\\cdot 2", "\\tan 2x"),
+    ("1/4", "\\cos \\frac{\\pi}{3}^2"),
+    # "2 1/2" is never 2 * 1/2, and a mixed number only stands alone between a bracket, comma, sign or end
+    ("1", "2 1/2"), ("1", "x = 2 1/2"), ("-3/2", "x = -2 1/2"), ("(1, 1)", "(1, 2 1/2)"), ("[1, 5/2]", "[1, 2 1/2)"),
+    ("\\{1/2, 1\\}", "\\{2 1/2, 1\\}"), ("7/2, 1", "3 1/2, 2 1/2"), ("61/2", "12 1/2"), ("5/2", "1 2 1/2"),
+    ("x^2/2", "x^2 1/2"), ("x^{5/2}", "x^2 1/2"), ("5/2", "2 \\cdot 1/2"), ("25/4", "2 1/2^2"), ("1/2", "2 1/2^2"),
+    ("5/4", "2 1/2 / 2"), ("1/2", "2 1/2 / 2"), ("6", "3 \\cdot 2 1/2"), ("15/2", "3 \\cdot 2 1/2"),
+    ("5/2", "2 1/2 x"), ("y = 5x/2", "y = 2 1/2 x"), ("1000000", "2 1/2 million"),
+    # a unit after a mixed number: the number as it is; words that hedge or compute are no unit
+    ("1", "2\\frac{1}{2}\\text{ cups}"), ("2", "2\\frac{1}{2}\\text{ cups}"), ("1/2", "2\\frac{1}{2}\\text{ cups}"),
+    ("1", "2 1/2 cups"), ("5/2", "2 1/2 cups or 3"), ("5/2", "2\\frac{1}{2}\\text{ cups or more}"),
+    ("5/2", "2\\frac{1}{2}\\text{ not cups}"), ("5/2", "2\\frac{1}{2}\\text{ (wrong)}"),
+    ("5/2", "2\\frac{1}{2}\\text{ thirds}"), ("5/2", "2\\frac{1}{2}\\text{ dozen}"),
+    ("5", "2\\frac{1}{2}\\text{ dozen}"), ("5/2", "\\frac{1}{2}\\text{ cups}"),
+    ("5/2", "2\\frac{1}{2}\\text{ cups} 3"), ("5/2", "2\\frac{1}{2} \\sin x"), ("5/2", "2\\frac{1}{2} theta"),
+    ("5/2", "2\\frac{1}{2}x"), ("1/2", "\\frac{1}{2}abc"),
+    # digits that show no period (two 3s are none) are the decimal shown, which needs 4 digits to round
+    ("1/3", "0.33\\ldots"), ("1/3", "0.3\\ldots"), ("1/3", "0.334\\ldots"), ("1/3", "0.3334\\ldots"),
+    ("1/6", "0.166\\ldots"), ("1/6", "0.16\\ldots"), ("1/7", "0.1428\\ldots"), ("1/7", "0.142857142858\\ldots"),
+    ("\\pi", "3.14\\ldots"), ("\\pi", "3.141\\ldots"), ("\\pi", "3.1415\\ldots"), ("1", "0.99\\ldots"),
+    ("2/3", "0.66\\ldots"), ("2/3", "0.667\\ldots"), ("4/33", "0.12\\ldots"), ("12/99", "0.121\\ldots"),
+    ("1/3", "33.3\\ldots\\%"), ("0.3", "0.333\\ldots"), ("0.333", "0.3333\\ldots"),
+    # a recurring decimal is the decimal its digits show only with 4 significant digits, as 1/3 is no 0.333
+    ("0.333", "0.333\\ldots"), ("0.333", "0.333..."), ("0.333...", "0.333"), ("0.66", "0.666\\ldots"),
+    # an ellipsis before a digit, after no decimal, in a list or after a product sign is no recurring decimal;
+    # "\cdots" is no "\cdot s"
+    ("0", "0.000\\ldots1"), ("0", "0.000...1"), ("1/3", "0.333....5"), ("1/3", "0.333\\ldots 3"),
+    ("1/3", "333\\ldots"), ("1/3", "\\frac{1}{3}\\ldots"), ("1/3", "1, 2, 3, \\ldots"), ("1/3", "0.333"),
+    ("1/3", "-0.333\\ldots"), ("1/3", "0.333\\ldots + 1"), ("(1/3, 1)", "(0.33\\ldots, 1)"),
+    ("1/3", "0.333\\ldots or 0.5"), ("x", "0.333\\cdots x"), ("1/3", "0.333\\cdot s"), ("2s", "2 \\cdots"),
+    ("a_1 s a_n", "a_1 \\cdots a_n"), ("1/8", "0.5 \\cdot 0.25 \\cdots"), ("1/8", "0.5 \\times 0.25\\ldots"),
+    ("1/8", "0.5 × 0.25\\ldots"),
+]
+
+
+@pytest.mark.parametrize("gold,answer", ACCEPTED_BY_THE_NEWER_RULES)
+def test_newer_rules_accept(gold, answer):
+    assert vm.verify(gold, answer) is True, vm.explain(gold, answer)
+
+
+@pytest.mark.parametrize("gold,answer", REJECTED_BY_THE_NEWER_RULES)
+def test_newer_rules_reject(gold, answer):
+    assert vm.verify(gold, answer) is False, vm.explain(gold, answer)
+
+
+@pytest.mark.parametrize("digits,period", [("333", 1), ("33", 0), ("3", 0), ("1666", 1), ("166", 0), ("1212", 2),
+                                           ("12121", 2), ("121", 0), ("142857142857", 6), ("142857", 0), ("14159", 0),
+                                           ("1233", 0), ("718281828", 4), ("000", 1), ("", 0)])
+def test_shown_period(digits, period):
+    """The shortest block the digits end in, shown twice in a row (one digit: three times)."""
+    assert vm._shown_period(digits) == period
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("The answer is 0.333...", "0.333..."), ("The answer is 0.333....", "0.333..."),
+    ("So x is about\n0.333...", "0.333..."), ("So x is about\n0.333.", "0.333"), ("The answer is 3.5.", "3.5"),
+])
+def test_an_ellipsis_after_a_decimal_is_kept_in_extraction(completion, expected):
+    """The dots of "0.333..." were cut as a sentence's end: "0.333.." (the answer is 0.333), scoring 0 for 1/3."""
+    assert vm.extract_answer(completion) == expected
+    assert vm.score("1/3", completion) == float(expected.endswith("..."))
