@@ -498,3 +498,62 @@ def test_the_kernels_check_the_shapes_they_index_by(device):
         fastrl.min_form_returns(ones(4, 3), ones(3, 3), ones(4, 3), 0.1, "soft")
     with pytest.raises(ValueError, match=r"rewards must be \[B, T\]"):
         fastrl.discounted_returns(ones(4), ones(4), 1.0)
+
+
+# ---- value and argument checks on every CPU backend (mutation testing: the checks in
+# fastrl/ops/advantages.py were only exercised where the C++ kernel repeats them) ----
+
+
+@pytest.mark.parametrize("op", ["group_advantages", "risk_advantages"])
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_ids_outside_range_on_every_cpu_backend(op, bad):
+    """DESIGN 2: value checks are always made on CPU, whichever backend serves the op (the
+    reference, which would index nothing out of bounds, returned a result for id 4 of 4)."""
+    for backend in ops.available_backends(op, "cpu"):
+        with ops.use_backend(backend), pytest.raises(ValueError, match=r"group_ids must be in \[0, 4\)"):
+            getattr(ops, op)(torch.ones(4), torch.tensor([0, 1, bad, 1]))
+
+
+@pytest.mark.parametrize("op", ["group_advantages", "risk_advantages"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_on_every_cpu_backend(op, bad):
+    for backend in ops.available_backends(op, "cpu"):
+        with ops.use_backend(backend), pytest.raises(ValueError, match="scores contains NaN or Inf"):
+            getattr(ops, op)(torch.tensor([1.0, 0.5, bad, 0.0]), torch.tensor([0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("bundle_size", [0, -1])
+def test_risk_bundle_size_below_one_on_every_cpu_backend(bundle_size):
+    """A clear ValueError naming bundle_size on every backend, not Python's range() error."""
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend), pytest.raises(ValueError, match=f"bundle_size must be >= 1, got {bundle_size}"):
+            ops.risk_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]), bundle_size=bundle_size)
+
+
+@pytest.mark.parametrize("name", ["eps", "omega"])
+def test_non_finite_float_arguments_are_refused(name):
+    """omega = inf passed omega >= 0 and made every advantage NaN (inf * 0 / inf); eps = inf
+    made them 0."""
+    s, ids = torch.tensor([0.1, 0.9, 0.5, 0.2]), torch.tensor([0, 0, 1, 1])
+    op = ops.group_advantages if name == "eps" else ops.risk_advantages
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            op(s, ids, **{name: bad})
+
+
+def test_risk_sum_mean_fallback_in_a_partial_last_bundle():
+    """The sum_mean fallback divides by the number of questions in the bundle: in the last,
+    shorter bundle that is fewer than bundle_size (DESIGN 3.2, step 1 and 4). Here the last
+    bundle holds one question, whose paper 2 has a centred sum of exactly 0 (0.5 - 0.5) and
+    A_2 != 0: it must get A_2 / 1, i.e. what the question gets as a bundle of its own (a
+    kernel dividing by bundle_size gave A_2 / 2)."""
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    s = torch.tensor([0.1, 0.9, 0.4, 0.3, 0.2, 0.8, 0.0, 1.0, 0.5], dtype=torch.float64)
+    want = reference.risk_advantages(s, ids, 2, 0.2, 0.8, 1.5, True, "sum_mean")
+    alone = reference.risk_advantages(s[6:], ids[6:] - 2, 1, 0.2, 0.8, 1.5, True, "sum_mean")
+    torch.testing.assert_close(want[6:], alone, rtol=1e-12, atol=1e-12)
+    assert alone[2].abs() > 0.1  # the fallback's A_p is not 0: dividing it by 2 shows
+    for backend in ops.available_backends("risk_advantages", "cpu"):
+        with ops.use_backend(backend):
+            got = ops.risk_advantages(s, ids, bundle_size=2, credit="sum_mean")
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=lambda m: f"{backend}: {m}")

@@ -770,3 +770,14 @@ def test_device_mismatch_is_reported(rng):
     hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
     with pytest.raises(ValueError, match="weight is on meta but hidden is on cpu"):
         ops.linear_logprobs(hidden, weight.to("meta"), labels)
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), -float("inf")])
+def test_an_infinite_temperature_is_refused(temperature, rng):
+    """+inf passed every other check (1 / inf is finite): the logits became all 0 and each
+    logprob -log V, silently."""
+    hidden, weight, labels, _ = linear_inputs((5,), 8, 10, torch.float32, rng)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.linear_logprobs(hidden, weight, labels, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.logprobs_from_logits(torch.zeros(5, 10), labels, temperature=temperature)

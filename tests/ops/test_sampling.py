@@ -8,6 +8,7 @@ import torch
 
 import fastrl.ops as ops
 from fastrl.ops import reference
+from fastrl.ops.sampling import LOG2E
 
 # V=12 with ties: four tokens tied at 1.5 across the top-k=4 cutoff, so five are kept
 LOGITS = torch.tensor([2.0, 1.5, 1.5, 1.5, 1.5, 0.3, 0.0, -0.5, -1.0, -1.0, -2.0, -3.0])
@@ -621,3 +622,49 @@ def test_triton_frequencies_across_runs_groups_and_spans(device):
     assert torch.isin(tokens, places).all()
     stat, cells = chi_square(torch.searchsorted(places, tokens), kept_probabilities(logits, 1.0, None, None))
     assert stat < THRESHOLD, (stat, cells)
+
+
+@pytest.mark.parametrize("top_p,kept", [(0.5, [0]), (0.75, [0, 1])])
+def test_a_top_p_reached_exactly_keeps_no_more_tokens(top_p, kept, device):
+    """DESIGN 3.3: top-p keeps the head of the sorted row up to the first position whose
+    cumulative mass reaches top_p (>=), plus ties there. The probabilities are powers of
+    two, so every backend's masses are exact and reach top_p exactly: a sampler that kept
+    going while the mass was <= top_p kept the next level of tokens too. The logits are
+    log p (the torch and reference paths work with e^z) or log2 p at temperature log2(e)
+    (Triton's z = logit * log2(e) / temperature is then log2 p itself)."""
+    p = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    kept_p = torch.zeros(5, dtype=torch.float64)
+    kept_p[kept] = p[kept].double() / p[kept].double().sum()
+    for backend in backends(device):
+        logits, temperature = (p.log2(), LOG2E) if backend == "triton" else (p.log(), 1.0)
+        n = 16 if backend == "triton" and device.type == "cpu" else 2000
+        out = draw(backend, logits, n, device, temperature=temperature, top_p=top_p)
+        tokens = out.tokens.cpu()
+        assert (kept_p[tokens] > 0).all(), (backend, tokens.unique().tolist())
+        torch.testing.assert_close(out.logprob.cpu().double(), kept_p[tokens].log(), rtol=0, atol=1e-6,
+                                   msg=lambda m: f"{backend}: {m}")
+
+
+def test_a_top_p_just_below_one_ends_its_candidate_search(monkeypatch, rng):
+    """top_p = the float just below 1 keeps (almost) every token. The torch path finds its
+    top-p candidates by torch.topk with a growing k and must stop once k is the whole row:
+    there the candidates' mass, summed in another order than the row's total, stays an ulp
+    under top_p * total in about a third of random rows, and a search that stopped only on
+    the mass asked for the whole row again forever (here: more than 50 topk calls)."""
+    logits = torch.randn(32, 300, generator=rng) * 3
+    top_p = math.nextafter(1.0, 0.0)
+    calls = []
+    topk = torch.Tensor.topk
+
+    def counting_topk(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) > 50:
+            raise AssertionError("the top-p candidate search does not end")
+        return topk(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", counting_topk)
+    for backend in backends(torch.device("cpu")):
+        calls.clear()
+        with ops.use_backend(backend):
+            out = ops.sample(logits, top_p=top_p, seeds=torch.arange(32))
+        torch.testing.assert_close(out.logprob, out.policy_logprob, rtol=0, atol=1e-5, msg=lambda m: f"{backend}: {m}")

@@ -550,3 +550,50 @@ def test_value_checks_on_cuda_only_with_fastrl_check(monkeypatch):
     monkeypatch.setenv("FASTRL_CHECK", "1")
     with pytest.raises(ValueError, match="scores contains NaN or Inf"):
         ops.min_form_returns(s, ones, ones)
+
+
+def test_value_checks_off_the_cpu_only_with_fastrl_check(monkeypatch):
+    """The rule above, checked without a GPU: on any device but the CPU (meta here) values
+    are checked only with FASTRL_CHECK=1; on the CPU always."""
+    from fastrl.ops import _checks
+
+    off_cpu = torch.empty(2, device="meta")
+    monkeypatch.delenv("FASTRL_CHECK", raising=False)
+    assert not _checks.values_checked(off_cpu)
+    assert _checks.values_checked(torch.empty(2))
+    monkeypatch.setenv("FASTRL_CHECK", "1")
+    assert _checks.values_checked(off_cpu)
+
+
+def test_gamma_and_lam_at_zero_are_accepted(rng):
+    """The closed ends of [0, 1]: gamma = 0 gives the rewards themselves, lam = 0 the TD
+    errors (TD(0)), against the reference on every backend."""
+    shape = (4, 9)
+    r, v = (torch.randn(shape, generator=rng, dtype=torch.float64) for _ in range(2))
+    mask = make_mask(shape, rng)
+    for backend in ops.available_backends("gae", "cpu"):
+        with ops.use_backend(backend):
+            returns = ops.discounted_returns(r, mask, 0.0)
+            adv, _ = ops.gae(r, v, mask, gamma=0.9, lam=0.0)
+            adv0, _ = ops.gae(r, v, mask, gamma=0.0, lam=0.7)
+        torch.testing.assert_close(returns, torch.where(mask, r, 0.0), rtol=0, atol=0)
+        torch.testing.assert_close(adv, reference.gae(r, v, mask, 0.9, 0.0)[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(adv0, torch.where(mask, r - v, 0.0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+def test_non_finite_temperature_is_refused(bad):
+    """An infinite temperature made every soft weight equal instead of raising."""
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.min_form_returns(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3), bad)
+
+
+def test_a_bool_is_not_a_number():
+    """True passed as gamma or temperature is a TypeError, not 1.0."""
+    ones = torch.ones(2, 3)
+    with pytest.raises(TypeError, match="gamma must be a number, got bool"):
+        ops.discounted_returns(ones, ones, True)
+    with pytest.raises(TypeError, match="lam must be a number, got bool"):
+        ops.gae(ones, ones, ones, lam=True)
+    with pytest.raises(TypeError, match="temperature must be a number, got bool"):
+        ops.min_form_returns(ones, ones, ones, temperature=True)
