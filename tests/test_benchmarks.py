@@ -160,3 +160,108 @@ def test_a_folder_for_the_results_is_refused_before_any_work(tmp_path, monkeypat
         cli.main(["bench", family, *rest, option, folder])
     assert done.value.code == 2 and f"error: {option} {folder}: is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]  # (no file named new)
+
+
+def test_a_row_reports_the_median_and_the_minimum_of_its_timed_runs(results, monkeypatch):
+    """Time is the median of the repeated runs (not their mean): one slow run does not move it."""
+    monkeypatch.setattr(harness, "time_ms", lambda *args, **kwargs: [3.0, 1.0, 50.0, 2.0, 4.0])
+    cases = [harness.Case("op", {"i": 0}, "fastrl", lambda: (lambda: None))]
+    args = harness.parse_args("x", "i", ["--repeat", "10", "--warmup", "0", "--malloc-default"])
+    args._partial = []
+    (row,) = harness.run("x", cases, args, __file__, [])
+    assert (row["median_ms"], row["min_ms"], row["repeat"]) == (3.0, 1.0, 5)
+
+
+def test_an_out_file_the_caller_named_is_replaced_even_without_a_provider_it_times(tmp_path, capsys):
+    """Only the committed results are kept from a run that lacks one of their providers: an --out
+    named by the caller is replaced as asked, and no .partial file is made beside it."""
+    out = tmp_path / "mine.json"
+    out.write_text(json.dumps([{"provider": "a", "error": None}, {"provider": "fastrl", "error": None}]))
+    cases = [harness.Case("op", {"i": 0}, "fastrl", lambda: (lambda: None))]
+    args = harness.parse_args("x", "i", ["--repeat", "10", "--warmup", "0", "--malloc-default", "--out", str(out)])
+    args._partial = []
+    rows = harness.run("x", cases, args, __file__, [])
+    assert written(tmp_path) == {"mine.json": rows}
+
+
+def test_a_baseline_is_compared_with_the_fastrl_row_it_names(tmp_path, capsys):
+    """compare_to picks the fastrl row a baseline's result (and its speed-up) is measured against,
+    not the first fastrl row of its op and shape."""
+    x = torch.randn(4, 8, dtype=torch.float64)
+
+    def provider(fn):
+        def setup():
+            call = lambda: fn(x)  # noqa: E731
+            call.comparable = lambda out: out
+            return call
+        return setup
+
+    cases = [harness.Case("op", {"B": 4}, "fastrl_a", provider(lambda v: v * 2)),
+             harness.Case("op", {"B": 4}, "fastrl_b", provider(lambda v: v * 3)),
+             harness.Case("op", {"B": 4}, "like_b", provider(lambda v: v * 3), compare_to="fastrl_b"),
+             harness.Case("op", {"B": 4}, "like_a", provider(lambda v: v * 2))]
+    args = harness.parse_args("x", "B", ["--repeat", "1", "--warmup", "0", "--malloc-default",
+                                         "--out", str(tmp_path / "rows.json")])
+    rows = harness.run("x", cases, args, __file__, [])
+    assert {r["provider"]: r["disagrees"] for r in rows} == dict.fromkeys(["fastrl_a", "fastrl_b", "like_b", "like_a"])
+    capsys.readouterr()
+    timed = [{"op": "op", "shape": {"B": 4}, "provider": p, "median_ms": ms, "compare_to": to}
+             for p, ms, to in (("fastrl_a", 1.0, None), ("fastrl_b", 4.0, None), ("like_b", 8.0, "fastrl_b"),
+                               ("like_a", 8.0, None))]
+    harness.print_speedups(timed)
+    assert "like_b 2x vs fastrl_b, like_a 8x vs fastrl_a" in capsys.readouterr().out
+
+
+def test_disagreement_tolerance_is_relative_to_at_least_one():
+    """|value - ours| <= tolerance * max(1, max |ours|): near-zero results are compared absolutely,
+    large ones relatively; NaN where both are NaN agrees, NaN on one side only does not."""
+    tiny = torch.full((3,), 1e-6, dtype=torch.float64)
+    assert harness.disagreement(tiny + 5e-5, tiny, "f", 1e-4) is None
+    assert harness.disagreement(tiny + 2e-4, tiny, "f", 1e-4) is not None
+    big = torch.full((3,), 1e4, dtype=torch.float64)
+    assert harness.disagreement(big + 0.5, big, "f", 1e-4) is None
+    assert harness.disagreement(big + 2.0, big, "f", 1e-4) is not None
+    nan = torch.tensor([1.0, float("nan")], dtype=torch.float64)
+    assert harness.disagreement(nan.clone(), nan, "f", 1e-4) is None
+    assert harness.disagreement(torch.tensor([1.0, 2.0], dtype=torch.float64), nan, "f", 1e-4) is not None
+
+
+def test_only_a_fastrl_row_that_fails_fails_the_run(capsys):
+    row = {"op": "op", "shape": {"B": 4}, "disagrees": None}
+    failing_baseline = {**row, "provider": "verl", "error": "RuntimeError: no GPU"}
+    failing_fastrl = {**row, "provider": "fastrl_x", "error": "RuntimeError: boom"}
+    assert harness.exit_status([failing_baseline, {**row, "provider": "fastrl_x", "error": None}]) == 0
+    assert harness.exit_status([failing_baseline, failing_fastrl]) == 1
+    assert "FAILED: op fastrl_x" in capsys.readouterr().err
+
+
+def test_warm_up_runs_are_untimed_and_each_run_is_reset_first():
+    calls = []
+
+    def call():
+        calls.append("call")
+    call.reset = lambda: calls.append("reset")
+    times = harness.time_ms(call, torch.device("cpu"), warmup=2, repeat=3)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert calls == ["reset", "call"] * 5
+
+
+def test_a_partial_run_writes_its_rows_to_its_own_file_only(results, monkeypatch):
+    """A partial run's rows go to bench_<family>.partial.json as they come and stay there, whatever
+    providers an earlier partial run had there (that file is no committed result to keep)."""
+    results.mkdir(parents=True)
+    (results / "bench_x.partial.json").write_text(json.dumps([{"provider": "a", "error": None}]))
+    seen = []
+    timed = harness.time_ms
+
+    def time_ms(*args, **kwargs):
+        seen.append(sorted(p.name for p in results.iterdir()))
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "time_ms", time_ms)
+    cases = [harness.Case("op", {"i": i}, "fastrl", lambda: (lambda: None)) for i in range(2)]
+    args = harness.parse_args("x", "i", ["--repeat", "10", "--warmup", "0", "--malloc-default"])
+    args._partial = ["--only"]
+    rows = harness.run("x", cases, args, __file__, [])
+    assert seen == [["bench_x.partial.json"]] * 2
+    assert written(results) == {"bench_x.partial.json": rows}

@@ -330,3 +330,48 @@ def test_an_earlier_run_left_aside_by_a_killed_process_is_named(tmp_path, monkey
     monkeypatch.setattr(pure, "report", lambda summary: "")
     assert main(["experiment", "pure", "--smoke", "--output-dir", str(out)]) == 0
     assert f"note: {tmp_path / '.x.replaced.123'} holds an earlier run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["pure", "rover", "riskpo"])
+def test_experiment_seeds_reach_the_plan(tmp_path, monkeypatch, name):
+    """--seeds replaces the experiment's default seeds (pure's plan, a countdown setting's)."""
+    from fastrl.experiments import countdown, pure
+
+    plans = []
+    module = pure if name == "pure" else countdown
+    monkeypatch.setattr(module, "run", lambda *args: plans.append(args[-1]) or {"plots": []})
+    monkeypatch.setattr(module, "report", lambda summary: "")
+    assert main(["experiment", name, "--seeds", "7,3", "--output-dir", str(tmp_path / "out")]) == 0
+    (plan,) = plans
+    assert (plan.seeds if name == "pure" else plan.settings["A"]["seeds"]) == (7, 3)
+    if name != "pure":
+        assert plan.settings["D"]["seeds"] == countdown.Plan().settings["D"]["seeds"]  # (another setting's kept)
+    assert main(["experiment", name, "--output-dir", str(tmp_path / "default")]) == 0
+    default = pure.Plan("A").seeds if name == "pure" else countdown.Plan().settings["A"]["seeds"]
+    assert (plans[1].seeds if name == "pure" else plans[1].settings["A"]["seeds"]) == default
+
+
+@pytest.mark.parametrize("argv,folder", [(["pure"], "pure_A"), (["pure", "--smoke"], "pure_A_smoke"),
+                                         (["rover", "--setting", "D", "--smoke"], "rover_D_smoke")])
+def test_the_default_experiment_folder_is_named_by_experiment_setting_and_smoke(tmp_path, monkeypatch, argv, folder):
+    from fastrl.experiments import countdown, pure
+
+    outs = []
+    for module in (pure, countdown):
+        monkeypatch.setattr(module, "run", lambda *args: outs.append(Path(args[-2])) or {"plots": []})
+        monkeypatch.setattr(module, "report", lambda summary: "")
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", *argv]) == 0
+    assert outs == [Path("runs/experiments") / folder]
+
+
+def test_an_earlier_run_left_inside_the_folder_by_a_killed_process_is_named(tmp_path, monkeypatch, capsys):
+    """(where it could not wait beside the folder, replacing() set it aside inside it)"""
+    from fastrl.experiments import pure
+
+    out = tmp_path / "x"
+    (out / ".replaced.123").mkdir(parents=True)
+    monkeypatch.setattr(pure, "run", lambda setting, out, plan: {"plots": []})
+    monkeypatch.setattr(pure, "report", lambda summary: "")
+    assert main(["experiment", "pure", "--smoke", "--output-dir", str(out)]) == 0
+    assert f"note: {out.resolve() / '.replaced.123'} holds an earlier run" in capsys.readouterr().err

@@ -61,3 +61,22 @@ def test_smoothed_and_verdicts():
     lines = verdicts([{"criterion": "a", "measured": "1", "held": True}, {"criterion": "b", "measured": "2", "held": False},
                       {"criterion": "c", "measured": "3", "held": None}])
     assert lines == ["[HELD] a: 1", "[NOT HELD] b: 2", "[reported] c: 3"]
+
+
+def test_workers_take_the_number_asked_for():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with Workers(workers=cores + 1) as workers:
+        assert workers.pool._max_workers == cores + 1
+    with Workers() as workers:
+        assert workers.pool._max_workers == cores
+
+
+def test_set_aside_finds_earlier_runs_beside_and_inside_the_folder(tmp_path):
+    from fastrl.experiments.common import set_aside
+
+    out = tmp_path / "x"
+    out.mkdir()
+    assert set_aside(out) == []
+    for folder in (tmp_path / ".x.replaced.12", out / ".replaced.34", tmp_path / ".y.replaced.56", out / "replaced.7"):
+        folder.mkdir()
+    assert set_aside(out) == sorted([tmp_path / ".x.replaced.12", out / ".replaced.34"])

@@ -265,3 +265,72 @@ def test_data_parallel_and_prompt_learning_wrappers_are_refused(rng, tmp_path):
     prompted = peft.get_peft_model(gpt2(rng), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
     with pytest.raises(ValueError, match="prompt-learning adapter .*PROMPT_TUNING"):
         response_logprobs(prompted, input_ids, attention_mask, response)
+
+
+def test_count_positions_numbers_each_rows_own_tokens_from_zero():
+    """As generate numbers a row: its first real token is position 0, padding reads 0."""
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    assert count_positions(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 0, 0], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+    assert count_positions(mask.bool()).tolist() == count_positions(mask).tolist()
+
+
+def test_default_positions_on_a_right_padded_row_are_the_models_own(rng):
+    """Right-padded, the model's own default numbering (0, 1, ...) is the rollout's: on GPT-2
+    (learned absolute positions) response_logprobs without position_ids equals the model's
+    logits without them (a shift by one position moves every log-prob)."""
+    model = gpt2(rng)
+    input_ids, attention_mask, response = batch(rng, "right")
+    logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1]
+    want = torch.log_softmax(logits / 0.7, -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    got = response_logprobs(model, input_ids, attention_mask, response, 0.7).logprob
+    torch.testing.assert_close(got, torch.nn.functional.pad(want, (1, 0)) * response, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("rows", ["B", "1"])
+def test_explicit_position_ids_that_are_not_the_count_reach_the_body(rng, rows):
+    """Given position_ids ([B, L] or [1, L]) are the body's, not replaced by the default count:
+    on GPT-2 (absolute positions, unlike RoPE's shift invariance) other positions give other log-probs."""
+    model = gpt2(rng)
+    input_ids, attention_mask, response = batch(rng, "right")
+    if rows == "B":
+        position_ids = count_positions(attention_mask) + torch.arange(1, 5)[:, None]  # each row its own offset
+    else:
+        position_ids = torch.arange(3, 3 + input_ids.shape[1])[None]
+    want = full_model_stats(model, input_ids, attention_mask, response, 0.9, position_ids=position_ids)
+    default = full_model_stats(model, input_ids, attention_mask, response, 0.9)
+    assert not torch.allclose(want[0], default[0])  # (the positions matter here)
+    got = response_logprobs(model, input_ids, attention_mask, response, 0.9, entropy=True, mean_logp=True,
+                            position_ids=position_ids)
+    for g, x in zip(got, want):
+        torch.testing.assert_close(g, x, **TOL[torch.float64])
+
+
+def test_an_id_equal_to_the_vocabulary_size_is_refused(rng):
+    model = tiny(rng)
+    input_ids, attention_mask, response = batch(rng, "left")
+    with pytest.raises(ValueError, match=r"input_ids holds ids outside \[0, 97\)"):
+        response_logprobs(model, input_ids.masked_fill(attention_mask == 0, VOCAB), attention_mask, response)
+    response_logprobs(model, input_ids.masked_fill(attention_mask == 0, VOCAB - 1), attention_mask, response)
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, float("inf"), float("nan")])
+def test_a_known_logit_scale_that_is_not_a_positive_number_is_refused(rng, value):
+    model = tiny(rng, "granite")
+    model.config.logits_scaling = value
+    with pytest.raises(ValueError, match="config.logits_scaling of GraniteForCausalLM must be a positive number"):
+        split_causal_lm(model)
+
+
+def test_return_hidden_gives_the_bodys_differentiable_last_hidden_states(rng):
+    """The hidden states feed a value head: they are the body's output, in the graph."""
+    model = tiny(rng, dtype=torch.float64)
+    input_ids, attention_mask, response = batch(rng, "left")
+    w = torch.randn(input_ids.shape + (32,), generator=rng, dtype=torch.float64)
+    want = model.model(input_ids, attention_mask=attention_mask,
+                       position_ids=count_positions(attention_mask)).last_hidden_state
+    want_grad = torch.autograd.grad((want * w).sum(), model.model.embed_tokens.weight)[0]
+    stats, hidden = response_logprobs(model, input_ids, attention_mask, response, return_hidden=True)
+    torch.testing.assert_close(hidden, want, **TOL[torch.float64])
+    got_grad = torch.autograd.grad((hidden * w).sum(), model.model.embed_tokens.weight)[0]
+    torch.testing.assert_close(got_grad, want_grad, **TOL[torch.float64])
+    torch.testing.assert_close(stats.logprob, response_logprobs(model, input_ids, attention_mask, response).logprob)

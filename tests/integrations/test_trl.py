@@ -168,3 +168,25 @@ def test_top_k_gradient_through_a_masked_token_is_trls(trl_utils):
     torch.testing.assert_close(our_grad[:2], their_grad[:2])
     torch.testing.assert_close(our_grad[2], torch.zeros(7, dtype=torch.float64).index_put_(
         (torch.tensor([2]),), weights[2].sum()[None]))  # no lse for that row: the one-hot alone
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "xpu:0"])
+def test_dtype_with_a_row_mask_follows_trls_dispatch(trl_utils, device):
+    """A row_mask of a dtype TRL's kernel does not take (float, uint8) sends TRL down its eager path:
+    the logits' dtype, as TRL's own predicate says."""
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        logits, index = OnDevice((2, 5, 11), dtype, device), OnDevice((2, 5), torch.long, device)
+        for mask_dtype in (torch.bool, torch.int32, torch.int64, torch.uint8, torch.float32, torch.bfloat16):
+            row_mask = OnDevice((2, 5), mask_dtype, device)
+            want = torch.float32 if trl_utils._supports_trl_loss_kernel(logits, index, row_mask) else dtype
+            assert _trl_dtype(logits, index, row_mask) == want, (dtype, mask_dtype)
+
+
+@pytest.mark.parametrize("top_k", [False, True])
+def test_an_index_equal_to_the_vocabulary_size_is_refused(top_k):
+    logits = torch.randn(2, 3, 5)
+    index = torch.randint(0, 5, (2, 3, 2) if top_k else (2, 3))
+    index[1, 2] = 5
+    with pytest.raises(ValueError, match=r"index must be in \[0, 5\), found 5"):
+        selective_log_softmax(logits, index)
+    selective_log_softmax(logits, index.clamp(max=4))

@@ -60,14 +60,17 @@ def test_grpo_equals_verl(norm_by_std, epsilon, rng):
                                     {"norm_adv_by_std_in_grpo": False}], ids=["attributes", "dict"])
 def test_grpo_reads_verls_config(rng, config):
     rewards, mask, uids = verl_batch(rng)
-    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=False)
+    # verl in float64, as in test_grpo_equals_verl: its float32 std-normalised GRPO missed by 1.2e-4 (seed 311)
+    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.double(), mask.double(), uids,
+                                                        norm_adv_by_std_in_grpo=False)
     got, _ = core_algos.get_adv_estimator_fn("fastrl_grpo")(
         token_level_rewards=rewards, response_mask=mask, index=uids, config=config)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
     # a keyword passed with the config wins, as in verl's own function
-    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, uids, norm_adv_by_std_in_grpo=True)
+    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.double(), mask.double(), uids,
+                                                        norm_adv_by_std_in_grpo=True)
     got, _ = fastrl_verl.fastrl_grpo(rewards, mask, uids, norm_adv_by_std_in_grpo=True, config=config)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_rloo_equals_verl(rng):
@@ -137,3 +140,15 @@ def test_gae_equals_verl(gamma, lam, rng, monkeypatch):
     # verl's trainer (not imported: it needs ray) reaches GAE through the module attribute
     trainer = Path(core_algos.__file__).with_name("ray_trainer.py").read_text()
     assert "core_algos.compute_gae_advantage_return(" in trainer
+
+
+@pytest.mark.parametrize("config", [None, {}, type("AlgoConfig", (), {})()], ids=["none", "dict", "attributes"])
+def test_grpo_without_the_flag_is_verls_default_grpo(rng, config):
+    """A config without norm_adv_by_std_in_grpo (or none): verl's default, the std-normalised GRPO."""
+    rewards, mask, uids = verl_batch(rng)
+    want, _ = core_algos.compute_grpo_outcome_advantage(rewards.double(), mask.double(), uids)
+    got, _ = core_algos.get_adv_estimator_fn("fastrl_grpo")(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=config)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    dr_grpo, _ = fastrl_verl.fastrl_dr_grpo(rewards, mask, uids)
+    assert not torch.allclose(got, dr_grpo)

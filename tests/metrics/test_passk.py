@@ -114,8 +114,10 @@ def test_no_correct_sample_gives_positive_zero():
 @pytest.mark.parametrize("n", [10**6, 10**9, 10**12])
 def test_small_values_at_large_n_keep_their_digits(n):
     """pass@1 with one correct sample is 1/n: 1 - a ratio near 1 lost 2.8e-8 of it at n = 1e9."""
-    assert pass_at_k(n, 1, 1) == pytest.approx(1 / n, rel=1e-14)
-    assert pass_at_k(n, 2, 3) == pytest.approx(float(1 - Fraction(math.comb(n - 2, 3), math.comb(n, 3))), rel=1e-12)
+    # abs=0: approx's default abs tolerance (1e-12) alone passed 1 - (1 - 1/n) at these n (2.8e-8 off at 1e9)
+    assert pass_at_k(n, 1, 1) == pytest.approx(1 / n, rel=1e-14, abs=0)
+    assert pass_at_k(n, 2, 3) == pytest.approx(float(1 - Fraction(math.comb(n - 2, 3), math.comb(n, 3))), rel=1e-12,
+                                               abs=0)
 
 
 @pytest.mark.parametrize("n,c,k,match", [
@@ -193,3 +195,28 @@ def test_judge_chains_calls_judge_m_times_per_chain():
     assert judge_chains(["tie"], judge, m=2) == [False]
     with pytest.raises(ValueError, match="m must"):
         judge_chains(["good"], judge, m=0)
+
+
+def test_the_product_has_min_c_k_factors(monkeypatch):
+    """The ratio is a product of min(c, k) factors, whichever of c and k is smaller (counted, not timed:
+    a factor per correct sample is fast enough at c = 999,000 for a timing to miss it)."""
+    import fastrl.metrics.passk as passk
+
+    counted = []
+
+    class CountingNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        def log1p(self, x):
+            counted.append(int(np.count_nonzero(x)))
+            return np.log1p(x)
+
+    monkeypatch.setattr(passk, "np", CountingNumpy())
+    assert pass_at_k(10**6, 999_000, 1) == pytest.approx(0.999, rel=1e-12)
+    assert sum(counted) == 1
+    counted.clear()
+    assert pass_at_k([10**6, 10**6], [3, 999_000], [500_000, 2]) == pytest.approx(
+        [1 - math.comb(10**6 - 500_000, 3) / math.comb(10**6, 3), 1 - math.comb(10**6 - 2, 999_000) / math.comb(10**6, 999_000)],
+        rel=1e-9)
+    assert sum(counted) == 3 + 2

@@ -1460,3 +1460,34 @@ def test_an_output_dir_that_cannot_be_made_is_refused_first(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ConfigError, match=r"run.output_dir '.*afile/run': cannot create or write in '.*afile'"):
         Trainer(config(tmp_path, f"run.output_dir={tmp_path / 'afile' / 'run'}"))
+
+
+@pytest.mark.parametrize("resume, overwrite", [(False, False), (True, False), (False, True)])
+def test_cli_train_flags_reach_the_config_and_the_run(tmp_path, monkeypatch, resume, overwrite):
+    """--steps, --seed, --plot, --resume and --overwrite each reach what train() is given."""
+    import fastrl.trainer.train as train_module
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen.update(steps=config.run.steps, seed=config.run.seed, plot=config.run.plot, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", capture)
+    argv = ["train", "--output-dir", str(tmp_path / "run"), "--steps", "7", "--seed", "123", "--plot"]
+    assert main(argv + ["--resume"] * resume + ["--overwrite"] * overwrite) == 130
+    assert seen == {"steps": 7, "seed": 123, "plot": True, "resume": resume, "overwrite": overwrite}
+    seen.clear()
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 130
+    default = TrainConfig.load(None, []).run
+    assert seen == {"steps": default.steps, "seed": default.seed, "plot": False, "resume": False, "overwrite": False}
+    assert (default.steps, default.seed) != (7, 123)
+
+
+def test_cli_help_config_prints_the_keys_without_training(monkeypatch, capsys):
+    import fastrl.trainer.train as train_module
+    from fastrl.trainer.config import describe
+
+    monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: pytest.fail("it trained"))
+    assert main(["train", "--help-config"]) == 0
+    assert capsys.readouterr().out.strip() == describe().strip()
