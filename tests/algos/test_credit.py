@@ -57,6 +57,21 @@ def test_gae_rewards_the_last_token_and_whitens(rng):
     torch.testing.assert_close(got.returns, ret)
 
 
+def test_gae_adds_the_token_rewards(rng):
+    """token_rewards (the KL penalty in the reward, -kl_coef * k3) are added to the
+    outcome at the last token, not subtracted (a sign slip makes the KL a bonus)."""
+    x = inputs(rng)
+    x.token_rewards = -torch.rand(x.values.shape, generator=rng) * x.mask
+    cfg = AlgoConfig(gamma=0.9, lam=0.8)
+    rewards = x.token_rewards.clone()
+    for b in range(x.mask.shape[0]):
+        rewards[b, x.mask[b].nonzero().max()] += x.scores[b]
+    adv, ret = gae(rewards, x.values, x.mask, 0.9, 0.8, whiten=True)
+    got = assign("gae", x, cfg)
+    torch.testing.assert_close(got.returns, ret)
+    torch.testing.assert_close(got.advantages, adv)
+
+
 def test_gae_in_float32_whatever_the_value_head(rng):
     """A bf16 value head must not round the scores (1/3 -> 0.33398 in bf16), nor refuse
     float32 token rewards (it raised, naming a 'rewards' argument the caller never passed)."""

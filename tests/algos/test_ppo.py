@@ -184,3 +184,19 @@ def test_bad_inputs(call, match):
     x = torch.zeros(2, 3)
     with pytest.raises((ValueError, TypeError), match=match):
         call(x, torch.ones(2, 3))
+
+
+def test_no_gradient_reaches_the_constants(rng):
+    """old_logp and advantages (policy_loss), ref_logp (kl_k3), old_values and returns
+    (value_loss) are constants: a gradient reaching them would, e.g., train a value network
+    through the policy loss of its own advantages."""
+    logp, old, adv, mask = batch(rng)
+    logp, old, adv = (x.clone().requires_grad_() for x in (logp, old, adv))
+    pl = policy_loss(logp, old, adv, mask, 0.2, 0.28, 1.5)
+    (pl.loss.sum() + kl_k3(logp, old, mask).sum()).backward()
+    assert logp.grad is not None and logp.grad.abs().sum() > 0
+    assert old.grad is None and adv.grad is None
+    values, old_values, returns = (x.clone().requires_grad_() for x in batch(rng)[:3])
+    value_loss(values, old_values, returns, mask, 0.1).sum().backward()
+    assert values.grad is not None and values.grad.abs().sum() > 0
+    assert old_values.grad is None and returns.grad is None

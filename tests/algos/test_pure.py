@@ -184,3 +184,26 @@ def test_bad_inputs():
                              (torch.tensor([-1, 0]), ValueError)):
         with pytest.raises(error, match="group_ids"):
             pure_advantages(x, x, x, group_ids)
+
+
+def test_the_final_token_carries_no_advantage_without_a_step_there(rng):
+    """DESIGN 3.4: the advantage is 0 at the reward-carrying tokens, the separators and the
+    final token (which carries the verifiable reward) even where step_mask leaves the final
+    token out; the whitening is over the other tokens only."""
+    B, T = 4, 7
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 5:] = False
+    steps = torch.zeros(B, T, dtype=torch.bool)
+    steps[:, 2] = True  # one separator per row; no step at the final token
+    scores = torch.rand(B, T, generator=rng, dtype=torch.float64)
+    solved = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1, 1])
+    adv, returns = pure_advantages(scores, steps, mask, groups, solved)
+    final = torch.zeros_like(mask)
+    final[torch.arange(B), mask.cumsum(-1).argmax(-1)] = True
+    carries = mask & ~steps & ~final
+    x = returns[carries]
+    want = torch.zeros_like(adv)
+    want[carries] = (x - x.mean()) / (x.var(unbiased=True) + 1e-8).sqrt()
+    torch.testing.assert_close(adv, want)
+    assert (adv[final] == 0).all()

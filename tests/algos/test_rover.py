@@ -87,6 +87,17 @@ def test_advantages(rng, centred):
     torch.testing.assert_close(rover_advantages(scores, groups, centred=centred), expected)
 
 
+def test_advantages_take_eps(rng):
+    """eps reaches the GRPO normaliser: (s - mean_g) / (std_g + eps)."""
+    scores = torch.rand(8, generator=rng, dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    expected = torch.zeros(8, dtype=torch.float64)
+    for g in range(3):
+        s = scores[groups == g]
+        expected[groups == g] = (s - s.mean()) / (s.std() + 0.5)
+    torch.testing.assert_close(rover_advantages(scores, groups, eps=0.5), expected)
+
+
 def test_gradient_only_through_q(rng):
     logp, old_logp, mean, old_mean, adv, mask = batch(rng)
     logp.requires_grad_()

@@ -268,6 +268,187 @@ def test_loss_and_metrics_against_an_independent_forward(tmp_path):
     assert metrics["loss"] == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("aggregation, grad_accum", [
+    ("token_mean", 1), ("seq_mean_token_mean", 1), ("seq_mean_token_sum_norm", 1),
+    ("token_mean", 2), ("seq_mean_token_mean", 2), ("seq_mean_token_sum_norm", 2),
+])
+def test_first_update_loss_is_the_aggregated_advantage(tmp_path, aggregation, grad_accum):
+    """At a fresh batch's first update the ratio is 1, so the loss is the aggregation of -A
+    over the loss mask (DESIGN 3.4): over all valid tokens (token_mean), the mean of the rows'
+    token means (seq_mean_token_mean), or of the rows' token sums / rollout.max_new_tokens,
+    the generation budget (seq_mean_token_sum_norm); split into grad_accum micro-batches, the
+    parts sum to the loss of the whole. RiskPO's advantages do not sum to 0 per group, so
+    each aggregation reads a different number."""
+    trainer = Trainer(config(tmp_path, "algo.name=riskpo", f"algo.aggregation={aggregation}",
+                             f"algo.grad_accum={grad_accum}", "model.dtype=float64"))
+    batch = trainer.collect(0)
+    valid = batch.loss_mask != 0
+    A = torch.where(valid, batch.credit.advantages.double(), 0)
+    rows = valid.any(-1)
+    if aggregation == "token_mean":
+        want = -A.sum() / valid.sum()
+    elif aggregation == "seq_mean_token_mean":
+        want = -(A.sum(-1)[rows] / valid.sum(-1)[rows]).mean()
+    else:
+        want = -(A.sum(-1)[rows] / trainer.cfg.rollout.max_new_tokens).mean()
+    assert abs(want.item()) > 1e-3
+    assert trainer.update(batch)["loss"] == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_gae_first_update_loss_weighs_the_value_loss(tmp_path):
+    """gae's loss is the policy loss plus algo.value_coef times the token mean of the value
+    loss; at a fresh batch's first update the ratio is 1 and the values are the old values
+    (the zero-initialised head: 0), so it is -mean(A) + value_coef * mean(0.5 R^2)."""
+    value_coef = 0.3
+    trainer = Trainer(config(tmp_path, "algo.name=gae", f"algo.value_coef={value_coef}", "model.dtype=float64"))
+    batch = trainer.collect(0)
+    valid = batch.loss_mask != 0
+    A, R = batch.credit.advantages.double()[valid], batch.credit.returns.double()[valid]
+    assert batch.old_values[valid].abs().max() == 0 and R.abs().max() > 0.1
+    want = -A.mean() + value_coef * (0.5 * R ** 2).mean()
+    assert trainer.update(batch)["loss"] == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_the_value_of_a_token_is_read_from_the_state_that_predicts_it(tmp_path):
+    """V at response token t comes from the last hidden state at t - 1 (the state before the
+    token is chosen), not from the state at t, which has seen the token."""
+    from fastrl.integrations.hf import count_positions
+
+    trainer = Trainer(config(tmp_path, "algo.name=gae", "model.dtype=float64"))
+    head = trainer.policy.value_head
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0),
+                                      dtype=head.weight.dtype))
+        head.bias.fill_(0.25)
+    batch = trainer.collect(0)
+    lm = trainer.policy.causal_lm()
+    with torch.no_grad():
+        hidden = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=count_positions(batch.attention_mask)).last_hidden_state
+        want = torch.nn.functional.pad((hidden[:, :-1] @ head.weight[0] + 0.25), (1, 0))
+    want = torch.where(batch.response_mask != 0, want, 0)
+    torch.testing.assert_close(batch.old_values.double(), want.double())
+
+
+def test_old_log_probs_are_at_the_rollout_temperature(tmp_path):
+    """The old policy's log-probabilities are log_softmax(logits / rollout.temperature) of
+    the sampled tokens, recomputed here from the model's full logits (at another temperature
+    every first ratio would be off 1)."""
+    from fastrl.integrations.hf import count_positions
+
+    T = 0.7
+    trainer = Trainer(config(tmp_path, f"rollout.temperature={T}", "model.dtype=float64"))
+    batch = trainer.collect(0)
+    with torch.no_grad():
+        logits = trainer.policy.causal_lm()(batch.input_ids, attention_mask=batch.attention_mask,
+                                            position_ids=count_positions(batch.attention_mask)).logits
+    logp = (logits[:, :-1] / T).log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    want = torch.where(batch.response_mask != 0, torch.nn.functional.pad(logp, (1, 0)), 0)
+    torch.testing.assert_close(batch.old.logprob.double(), want.double())
+
+
+def test_rover_first_update_loss_is_the_mean_squared_advantage(tmp_path):
+    """At a fresh batch's first update q = logp - logp_old = 0 and the look-ahead
+    m_theta - m_old = 0, so ROVER's loss is the token mean of A^2 (A: the row's GRPO
+    advantage, constant along the row)."""
+    trainer = Trainer(config(tmp_path, "algo.name=rover", "model.dtype=float64"))
+    batch = trainer.collect(0)
+    valid = batch.loss_mask != 0
+    A = batch.credit.advantages.double()[valid]
+    assert A.abs().max() > 0.1
+    assert trainer.update(batch)["loss"] == pytest.approx((A ** 2).mean().item(), rel=1e-6)
+
+
+def test_the_kl_penalty_in_the_reward_lowers_the_score(tmp_path):
+    """algo.kl_in=reward: the outcome credited is score - kl_coef * sum_t k3_t (DESIGN 3.4),
+    here through GRPO's group normalisation, recomputed by hand."""
+    kl_coef = 0.5
+    trainer = Trainer(config(tmp_path, "model.reference=initial", f"algo.kl_coef={kl_coef}", "algo.kl_in=reward",
+                             "optim.lr=0.01", "model.dtype=float64"))
+    trainer.update(trainer.collect(0))  # the policy leaves the reference
+    batch = trainer.collect(1)
+    kl = batch.kl_old.double().sum(-1)
+    assert kl.max() > 1e-3
+    x = batch.scores.double() - kl_coef * kl
+    G = trainer.cfg.rollout.group_size
+    groups = x.view(-1, G)
+    want = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + trainer.cfg.algo.eps)).view(-1)
+    valid = batch.loss_mask != 0
+    torch.testing.assert_close(batch.credit.advantages.double(), torch.where(valid, want[:, None], 0))
+
+
+def test_the_kl_penalty_in_the_reward_is_a_token_reward_for_gae(tmp_path):
+    """gae with algo.kl_in=reward: each token's reward is -kl_coef * k3_t, the score comes at
+    the last token; with gamma = lam = 1 the return at t is the sum of the rewards from t on."""
+    kl_coef = 0.5
+    trainer = Trainer(config(tmp_path, "algo.name=gae", "model.reference=initial", f"algo.kl_coef={kl_coef}",
+                             "algo.kl_in=reward", "optim.lr=0.01", "model.dtype=float64"))
+    trainer.update(trainer.collect(0))  # the policy leaves the reference
+    batch = trainer.collect(1)
+    valid = batch.loss_mask != 0
+    k3 = torch.where(valid, batch.kl_old.double(), 0)
+    assert k3.sum(-1).max() > 1e-3
+    want = batch.scores.double()[:, None] - kl_coef * k3.flip(-1).cumsum(-1).flip(-1)
+    torch.testing.assert_close(batch.credit.returns.double(), torch.where(valid, want, 0))
+
+
+def test_logged_reward_statistics_are_the_batchs(tmp_path):
+    """reward_mean, reward_std (unbiased, as torch.std), accuracy and response_length of a
+    step are those of the batch it collected (collected again here: same weights, same seeds)."""
+    trainer = Trainer(config(tmp_path))
+    batch = trainer.collect(0)
+    scores = batch.scores.double()
+    assert scores.std() > 0
+    metrics = trainer.run_step(0)
+    assert metrics["reward_mean"] == pytest.approx(scores.mean().item(), rel=1e-9)
+    assert metrics["reward_std"] == pytest.approx(scores.std().item(), rel=1e-9)
+    assert metrics["accuracy"] == pytest.approx(batch.correct.double().mean().item(), rel=1e-9)
+    assert metrics["response_length"] == pytest.approx(batch.lengths.double().mean().item(), rel=1e-9)
+
+
+def test_a_checkpoint_restores_the_rng_states(tmp_path):
+    """checkpoint.load puts back the Python, NumPy and torch generators as save found them:
+    a resumed run with dropout (or any other randomness) draws what the uninterrupted one would."""
+    import random
+
+    import numpy as np
+
+    from fastrl.trainer import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    processes = SimpleNamespace(world=1, main=True, rank=0, barrier=lambda: None)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = checkpoint.save(tmp_path, 5, model, optimizer, scheduler, {"run": {}}, processes, keep=1)
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    first = draws()
+    assert draws() != first
+    assert checkpoint.load(path, model, optimizer, scheduler, processes)["step"] == 5
+    assert draws() == first
+
+
+def test_the_gradient_applied_is_clipped_to_max_grad_norm(tmp_path):
+    """optim.max_grad_norm bounds the norm of the gradient each optimizer step applies (the
+    logged grad_norm is the norm before clipping)."""
+    trainer = Trainer(config(tmp_path, "optim.max_grad_norm=0.01", "algo.mini_batches=2"))
+    applied = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad.double() for p in trainer.params if p.grad is not None]
+        applied.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    metrics = trainer.update(trainer.collect(0))
+    assert len(applied) == 2 and metrics["grad_norm"] > 0.02
+    assert max(applied) == pytest.approx(0.01, rel=1e-4)
+
+
 def test_lora_run_saves_the_adapter(tmp_path):
     pytest.importorskip("peft")
     result = train(config(tmp_path, "model.lora_rank=4"))
@@ -1491,3 +1672,61 @@ def test_cli_help_config_prints_the_keys_without_training(monkeypatch, capsys):
     monkeypatch.setattr(train_module, "train", lambda *args, **kwargs: pytest.fail("it trained"))
     assert main(["train", "--help-config"]) == 0
     assert capsys.readouterr().out.strip() == describe().strip()
+
+
+def test_step_texts_drop_the_blank_line_separators():
+    """The steps a user's or the task's process-reward function reads: each step's text
+    without its blank line (or the special tokens), the padding after EOS not read."""
+    pytest.importorskip("transformers")
+    from fastrl.trainer.scoring import step_texts
+
+    tok = word_tokenizer(["<pad>", "<eos>", "a", "b", "c", "\n\n", "\n"])
+    ids = torch.tensor([tok.encode("ab\n\nc") + [1, 0], tok.encode("a\n\n\nb\n\n") + [1]])
+    valid = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]) != 0
+    steps = torch.zeros_like(valid)
+    steps[0, [2, 4]] = True
+    steps[1, [2, 5]] = True
+    assert step_texts(tok, ids, steps, valid) == [["ab", "c"], ["a", "b"]]
+
+
+def test_a_reward_at_the_threshold_counts_as_correct(tmp_path):
+    """reward.correct_threshold is inclusive: reward >= threshold is correct (the logged
+    accuracy, PURE's solved rows)."""
+    from fastrl.trainer.scoring import outcome_correct
+
+    correct = outcome_correct(config(tmp_path, "reward.correct_threshold=0.75"))
+    assert correct({}, "", 0.75) and correct({}, "", 1.0) and not correct({}, "", 0.7499)
+
+
+@pytest.mark.parametrize("kind, want", [("classification", [2.0, 1.0, 1.0]),
+                                        ("classification_no_think", [1.0, 1.0, 0.0])])
+def test_classification_rewards_with_and_without_thinking(tmp_path, kind, want):
+    """CLS-RL (DESIGN 3.5): "classification" is format + accuracy, "classification_no_think"
+    the accuracy alone, whether or not the completion is in the thinking format."""
+    from fastrl.trainer.scoring import outcome_rewards
+
+    data = tmp_path / "labels.jsonl"
+    data.write_text(json.dumps({"prompt": "which?", "answer": "cat", "labels": ["cat", "dog"]}) + "\n")
+    rewards = outcome_rewards(config(tmp_path, f"data.source={data}", f"reward.kind={kind}"))
+    row = {"prompt": "which?", "answer": "cat", "labels": ["cat", "dog"]}
+    got = rewards([row] * 3, ["<think>fur</think><answer>cat</answer>", "cat",
+                              "<think>fur</think><answer>dog</answer>"])
+    assert got == want
+
+
+def test_each_epoch_draws_its_own_mini_batches(tmp_path):
+    """With algo.epochs > 1 the mini-batches are drawn per (step, epoch, prompt): the
+    second epoch does not replay the first one's split of each group."""
+    trainer = Trainer(config(tmp_path, "algo.mini_batches=2", "algo.epochs=2"))
+    batch = trainer.collect(0)
+    # which rows each mini-batch's forward holds, a row named by the first row of the batch
+    # equal to it (equal rows are interchangeable)
+    seen = []
+    handle = trainer.module.register_forward_pre_hook(lambda module, args: seen.append(
+        sorted((args[0][:, None] == batch.input_ids[None]).all(-1).int().argmax(1).tolist())))
+    try:
+        trainer.update(batch)
+    finally:
+        handle.remove()
+    assert len(seen) == 4  # 2 epochs x 2 mini-batches
+    assert {tuple(seen[0]), tuple(seen[1])} != {tuple(seen[2]), tuple(seen[3])}
