@@ -436,7 +436,7 @@ def main(argv=None) -> int:
         with stopping.sigterm_stops():
             return _main(argv)
     except KeyboardInterrupt as e:  # (train saves a checkpoint first; bench has written its rows so far)
-        print(f"\n{'interrupted' if stopping.exit_status(e) == 130 else str(e) + ' received'}", file=sys.stderr)
+        print("\ninterrupted" if stopping.exit_status(e) == 130 else f"\n{e} received", file=sys.stderr)
         return stopping.exit_status(e)
     except BrokenPipeError:  # `fastrl info | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so the exit's flush does not fail too)

@@ -375,3 +375,27 @@ def test_an_earlier_run_left_inside_the_folder_by_a_killed_process_is_named(tmp_
     monkeypatch.setattr(pure, "report", lambda summary: "")
     assert main(["experiment", "pure", "--smoke", "--output-dir", str(out)]) == 0
     assert f"note: {out.resolve() / '.replaced.123'} holds an earlier run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, status, said", [(None, 130, "interrupted"), ("SIGTERM", 143, "SIGTERM received"),
+                                                  ("SIGINT", 130, "interrupted")])
+def test_a_stop_signal_ends_any_command_with_its_status(monkeypatch, capsys, signum, status, said):
+    """While a command runs SIGTERM raises Stopped (a KeyboardInterrupt), so each command's
+    Ctrl-C clean-up runs for it too (before, SIGTERM killed the process where it stood); the
+    exit status is the shell's 128 + the signal's number, and the handler is put back."""
+    import signal
+
+    import fastrl.cli as cli
+    from fastrl import stopping
+
+    def command(argv):
+        assert signal.getsignal(signal.SIGTERM) is stopping.raise_stopped
+        if signum == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)  # (through the handler the CLI installed)
+        raise KeyboardInterrupt if signum is None else stopping.Stopped(signal.Signals[signum])
+
+    monkeypatch.setattr(cli, "_main", command)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["info"]) == status
+    assert capsys.readouterr().err.strip() == said
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

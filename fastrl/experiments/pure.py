@@ -218,9 +218,10 @@ def train_variant(task, name: str, seed: int, warm: Path, out: Path, plan: Plan,
     def on_step(trainer, metrics, batch):
         return response_stats(task, batch.rows, batch.texts, batch.ended.cpu())
 
+    process = {"process": "task"} if VARIANTS[name]["algo.name"] == "pure" else {}  # (only pure reads it)
     values = {"model": {"path": str(warm)}, "data": {"prompts_per_step": 16},
               "rollout": {"group_size": 8, "max_new_tokens": 40, "temperature": 1.0},
-              "reward": {"process": "task"} if VARIANTS[name]["algo.name"] == "pure" else {}, "optim": {"lr": plan.lr, "max_grad_norm": 1.0},
+              "reward": process, "optim": {"lr": plan.lr, "max_grad_norm": 1.0},
               "run": {"steps": steps, "seed": seed, "output_dir": str(out), "progress": False, "checkpoint_every": 0}}
     config = TrainConfig.from_dict(values, [f"{k}={json.dumps(v)}" for k, v in VARIANTS[name].items()])
     result = train(config, overwrite=True, task=task, on_step=on_step)
