@@ -586,21 +586,18 @@ _REPEATING = re.compile(r"(?<![\w.])(\d*)\.(?:(\d*)(?:\\(?:overline|bar)\s*(?:\{
 
 def _repeating_decimals(s: str) -> str:
     """0.\\overline{3}, 0.1\\dot{6}, 0.\\dot{1}4\\dot{2}, 2.(5): the fraction the recurring decimal equals."""
-    def fraction(m):
-        whole, fixed = m[1] or "0", m[2] or ""
-        dotted = (m[5] or m[6] or "") + (m[7] or "") + (m[8] or m[9] or "")
-        period = m[3] or m[4] or dotted or m[10]
+    def recurring(whole, fixed, period):  # whole.fixed followed by period, repeated
         numerator = int(whole + fixed + period) - int(whole + fixed)
         return f"({numerator}/{(10 ** len(period) - 1) * 10 ** len(fixed)})"
+
+    def fraction(m):
+        dotted = (m[5] or m[6] or "") + (m[7] or "") + (m[8] or m[9] or "")
+        return recurring(m[1] or "0", m[2] or "", m[3] or m[4] or dotted or m[10])
 
     def shown(m):
         whole, digits = m[1] or "0", m[2]
         p = _shown_period(digits)
-        if not p:
-            return f"{whole}.{digits}"
-        fixed, period = digits[:-p], digits[-p:]
-        numerator = int(whole + fixed + period) - int(whole + fixed)
-        return f"({numerator}/{(10 ** p - 1) * 10 ** len(fixed)})"
+        return recurring(whole, digits[:-p], digits[-p:]) if p else f"{whole}.{digits}"
 
     return _ELLIPSIS_DECIMAL.sub(shown, _REPEATING.sub(fraction, s))
 

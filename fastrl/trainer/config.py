@@ -37,7 +37,7 @@ from typing import Literal, Optional
 
 ALGOS = ("grpo", "dr_grpo", "rloo", "gae", "pure", "riskpo", "rover")
 DYNAMIC_SAMPLING_ALGOS = ("grpo", "dr_grpo", "rloo", "rover")  # equal rewards in a group: zero advantages
-CLASSIFICATION_KINDS = ("classification", "classification_no_think")  # (fastrl.trainer.scoring.CLASSIFICATION)
+CLASSIFICATION_KINDS = ("classification", "classification_no_think")  # reward kinds scored against a label set
 # keys a --resume may change: how long the run goes, where it runs, how it is kept and
 # shown, how long later prompts may be; any other change would continue a run the
 # checkpoint's state does not belong to
@@ -362,7 +362,7 @@ class TrainConfig:
                 judged.add(key)
                 section, name = key.split(".")
                 value = getattr(getattr(self, section), name)
-                if value != _default(type(getattr(self, section)), name):
+                if value != getattr(type(getattr(self, section))(), name):  # (its default)
                     unread.append(f"{key} ({json.dumps(value)}) is read only {why}")
         if unread:
             messages.append(f"this run ignores {'a key' if len(unread) == 1 else f'{len(unread)} keys'} set in its "
@@ -452,7 +452,7 @@ class TrainConfig:
             _at_least("rollout.top_k", r.top_k, 1)
         if r.top_p is not None and not 0 < r.top_p <= 1:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
-        kinds = ("task", "math", "classification", "classification_no_think", "format")
+        kinds = ("task", "math", *CLASSIFICATION_KINDS, "format")
         if rw.kind not in kinds and ":" not in rw.kind:
             raise ConfigError(f"reward.kind must be one of {', '.join(kinds)} or 'module:function', got {rw.kind!r}")
         if ":" in rw.kind:
@@ -460,7 +460,7 @@ class TrainConfig:
         if rw.kind == "task" and d.source != "task":
             raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs data.source 'task', got "
                               f"{d.source!r}")
-        if rw.kind.startswith("classification") and d.source == "task":
+        if rw.kind in CLASSIFICATION_KINDS and d.source == "task":
             raise ConfigError(f"reward.kind {rw.kind!r} reads each record's label set (data.labels_key); the built-in "
                               "task has none: set data.source to a file or folder of labelled records")
         if rw.process is not None and rw.process != "task" and ":" not in rw.process \
@@ -551,11 +551,6 @@ class TrainConfig:
             if index >= count:
                 raise ConfigError(f"run.device {run.device!r}: this machine has "
                                   f"{f'{count} CUDA device(s)' if count else 'no CUDA'}")
-
-
-def _default(cls, name):
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _read_rules(c: TrainConfig):

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from fastrl.integrations.hf import count_positions
-from fastrl.trainer.config import ConfigError, TrainConfig, user_function
+from fastrl.trainer.config import CLASSIFICATION_KINDS, ConfigError, TrainConfig, user_function
 from fastrl.trainer.data import prompt_text
 
 
@@ -25,16 +25,15 @@ def _labels(config: TrainConfig, row: dict):
     return row[config.data.labels_key]
 
 
-CLASSIFICATION = ("classification", "classification_no_think")
 
 
 def check_records(config: TrainConfig, prompts) -> None:
     """The built-in rewards that read a gold answer find it in every record of ``prompts``
     (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it)."""
-    if prompts.rows is None or config.reward.kind not in ("math", *CLASSIFICATION):
+    if prompts.rows is None or config.reward.kind not in ("math", *CLASSIFICATION_KINDS):
         return
     keys = {config.data.answer_key: "data.answer_key"}
-    if config.reward.kind in CLASSIFICATION:
+    if config.reward.kind in CLASSIFICATION_KINDS:
         keys[config.data.labels_key] = "data.labels_key"
     for key, option in keys.items():
         missing = next((i for i, row in enumerate(prompts.rows) if key not in row), None)
@@ -46,7 +45,7 @@ def check_records(config: TrainConfig, prompts) -> None:
     if bad is not None:  # a list or an object would be compared as its repr, and never match
         raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a finite number, "
                           f"got {type(prompts.rows[bad][key]).__name__}: {prompts.rows[bad][key]!r:.60}")
-    if config.reward.kind in CLASSIFICATION:
+    if config.reward.kind in CLASSIFICATION_KINDS:
         from fastrl.rewards.classification import check_labels
 
         for i, row in enumerate(prompts.rows):  # a label set that is no list of names, or lacks the gold
@@ -72,7 +71,7 @@ def outcome_rewards(config: TrainConfig, task=None) -> Callable[[list, list], li
         return lambda rows, responses: score_batch([_gold(config, row) for row in rows], responses)
     if kind == "task":
         one = task.outcome_reward
-    elif kind in CLASSIFICATION:
+    elif kind in CLASSIFICATION_KINDS:
         from fastrl.rewards.classification import reward
 
         def one(row, response):
@@ -107,7 +106,7 @@ def outcome_correct(config: TrainConfig) -> Callable[[dict, str, float], bool]:
     accuracy, PURE's solved rows): its answer is the gold label for the classification
     kinds (their reward adds the format's point, so no threshold on it can tell a right
     answer from a well-formed wrong one), else reward >= reward.correct_threshold."""
-    if config.reward.kind in CLASSIFICATION:
+    if config.reward.kind in CLASSIFICATION_KINDS:
         from fastrl.rewards.classification import accuracy_reward
 
         return lambda row, response, _: accuracy_reward(response, str(_gold(config, row)), _labels(config, row)) == 1.0
