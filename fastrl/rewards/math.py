@@ -32,11 +32,12 @@ How a verdict is reached (``_check`` runs in a worker process):
    parse); "0.1\\overline{6}", "0.1\\bar{6}", "0.1\\dot{6}", "0.\\dot{1}4\\dot{2}" and
    "2.(5)" are recurring decimals ("0.5(4)" stays a product), and so is a decimal before an ellipsis
    ("\\ldots", "\\cdots", "...") whose digits end in a period shown twice, or one digit shown three times
-   ("0.333\\ldots" is 1/3, "0.142857142857..." 1/7; "0.33\\ldots" and "3.14159\\ldots" are the decimals they
-   show, under the rounding rule below); a function without brackets takes the product after it, fractions
-   included, up to an operator, a bracket or another function ("\\cos \\frac{2}{3}\\pi" is cos(2pi/3), "\\sin 2x"
-   sin(2x), "\\sin x \\cos x" sin(x) cos(x), "\\cos(2/3)\\pi" cos(2/3) * pi); "n(n-1)!" is n * (n-1)!, "n!!" the
-   double factorial; two numbers side by side, "5 6", do not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
+   ("0.333\\ldots" is 1/3, "0.142857142857..." 1/7; "0.33\\ldots" and "3.1415\\ldots" are the decimals they
+   show, under the rounding rule below, which also reads them as truncated); a function without brackets
+   takes the product after it, fractions included, up to an operator, a bracket or another function
+   ("\\cos \\frac{2}{3}\\pi" is cos(2pi/3), "\\sin 2x" sin(2x), "\\sin x \\cos x" sin(x) cos(x), "\\cos(2/3)\\pi"
+   cos(2/3) * pi); "n(n-1)!" is n * (n-1)!, "n!!" the double factorial; two numbers side by side, "5 6", do
+   not parse: no product).  Integers, fractions and decimals compare exactly ("2.0000000000001" is not 2: a
    decimal literal is the rational it writes), other numbers (roots, pi, logarithms) to 25
    digits, evaluated at 30 in sympy's floats (10^{400} does not overflow), and a difference that
    cancels to no digit at all (an exact 0 against a gold 0) by ``simplify``.  Expressions compare
@@ -54,7 +55,10 @@ Rounding rule: a decimal literal matches an exact (or longer) value when it has 
 least 4 significant digits and equals that value rounded to the decimal's number of
 decimal places.  It holds in both directions: answer "85.71" for gold 600/7 and gold
 "180.67" for answer 542/3 are accepted; "0.33" for 1/3 and "3.14" for pi are rejected
-(too few significant digits), as is "85.72" for 600/7 (wrong rounding).  A percentage is
+(too few significant digits), as is "85.72" for 600/7 (wrong rounding).  A decimal before
+an ellipsis that shows no period (the first digits of a longer number) also matches a value it
+truncates: "3.1415\\ldots" and "-3.1415\\ldots" match pi and -pi, though pi rounds to 3.1416
+("3.1415" alone does not; "3.1417\\ldots" is no pi, "3.14\\ldots" too short).  A percentage is
 rounded as written: "33.33%" matches 1/3 (an angle in degrees is not: "114.6°" is no 2, and a
 percentage is never compared with an angle).
 
@@ -605,8 +609,9 @@ def _repeating_decimals(s: str) -> str:
 # a decimal that ends in an ellipsis (the mark "…" of _normalise) recurs when the digits after its point end in
 # a period: the shortest block shown twice in a row at the end ("0.1212…", "0.142857142857…"), or one digit shown
 # three times ("0.333…", "0.1666…"; "0.33…" shows no period). Other digits ("3.14159…") are the decimal they
-# show, which the rounding rule may match, as it matches "3.14159"; _scalar_equal also tries that reading of a
-# recurring one with 4 significant digits ("2.718281828…" for e; "0.3333…" for a gold 0.3333, not "0.333…" for 0.333).
+# show, which the rounding rule may match, rounded as "3.14159" is or truncated ("3.1415…" for pi: _round_match);
+# _scalar_equal also tries that reading of a recurring one with 4 significant digits ("2.718281828…" for e;
+# "0.3333…" for a gold 0.3333, not "0.333…" for 0.333).
 _ELLIPSIS_DECIMAL = re.compile(r"(?<![\w.])(\d*)\.(\d+)…")
 
 
@@ -843,14 +848,20 @@ def _decimal_places(lit: str):
 
 
 def _round_match(lit: str, exact) -> bool:
-    """The rounding rule (module docstring): lit has >= 4 significant digits and equals exact rounded."""
+    """The rounding rule (module docstring): lit has >= 4 significant digits and equals exact rounded (or, before
+    an ellipsis, truncated)."""
     import sympy
 
+    lit = lit.strip()
+    # digits before an ellipsis that show no period are the first digits of a longer number ("3.1415…" for pi,
+    # which rounds to 3.1416): truncated, as well as rounded (a recurring decimal is a fraction, matched exactly)
+    cut = lit.endswith("…") and not _shown_period(lit[:-1].rpartition(".")[2])
+    lit = lit[:-1] if cut else lit
     dp = _decimal_places(lit)
     if dp is None or dp[1] < 4:
         return False
     places = dp[0]
-    val = sympy.Rational(lit.strip())
+    val = sympy.Rational(lit)
     x = sympy.N(exact, 40)
     if not x.is_real:
         return False
@@ -858,6 +869,8 @@ def _round_match(lit: str, exact) -> bool:
     lo = sympy.floor(scaled)
     # accept the round-half-up value and, at an exact tie, either neighbour
     cand = {lo, lo + 1} if scaled - lo == sympy.Rational(1, 2) else {sympy.floor(scaled + sympy.Rational(1, 2))}
+    if cut:
+        cand.add(sympy.sign(scaled) * sympy.floor(abs(scaled)))  # (towards 0: "-3.1415…" is -pi)
     return any(val * 10 ** places == c for c in cand)
 
 

@@ -370,6 +370,12 @@ ACCEPTED_BY_THE_NEWER_RULES = [
     # (the decimal shown, under the rounding rule as "3.14159" is: >= 4 significant digits, rounded right)
     ("\\pi", "3.14159\\ldots"), ("\\pi", "3.14159..."), ("\\sqrt{2}", "1.41421\\ldots"), ("1/7", "0.142857\\ldots"),
     ("e", "2.718281828\\ldots"), ("0.3333", "0.3333\\ldots"), ("1.999", "1.999\\ldots"), ("3.14159", "3.14159\\ldots"),
+    # (or truncated to its digits: the first digits of a longer number, though it rounds up; the sign outside)
+    ("\\pi", "3.1415\\ldots"), ("\\pi", "3.1415..."), ("\\pi", "3.1415\\cdots"), ("\\pi", "3.141\\ldots"),
+    ("-\\pi", "-3.1415\\ldots"), ("1/7", "0.1428\\ldots"), ("-1/7", "-0.1428..."), ("e", "2.7182\\ldots"),
+    ("\\sqrt{5}", "2.2360679\\ldots"), ("\\pi", "3.1415926535\\ldots"), ("100\\pi", "314.15\\ldots"),
+    ("3.1415\\ldots", "\\pi"), ("\\pi", "x = 3.1415\\ldots"), ("(\\pi, 1)", "(3.1415\\ldots, 1)"),
+    ("\\pi/100", "3.1415\\ldots\\%"), ("3.14159", "3.1415\\ldots"),
 ]
 
 REJECTED_BY_THE_NEWER_RULES = [
@@ -406,10 +412,14 @@ REJECTED_BY_THE_NEWER_RULES = [
     ("5/2", "2\\frac{1}{2}x"), ("1/2", "\\frac{1}{2}abc"),
     # digits that show no period (two 3s are none) are the decimal shown, which needs 4 digits to round
     ("1/3", "0.33\\ldots"), ("1/3", "0.3\\ldots"), ("1/3", "0.334\\ldots"), ("1/3", "0.3334\\ldots"),
-    ("1/6", "0.166\\ldots"), ("1/6", "0.16\\ldots"), ("1/7", "0.1428\\ldots"), ("1/7", "0.142857142858\\ldots"),
-    ("\\pi", "3.14\\ldots"), ("\\pi", "3.141\\ldots"), ("\\pi", "3.1415\\ldots"), ("1", "0.99\\ldots"),
-    ("2/3", "0.66\\ldots"), ("2/3", "0.667\\ldots"), ("4/33", "0.12\\ldots"), ("12/99", "0.121\\ldots"),
-    ("1/3", "33.3\\ldots\\%"), ("0.3", "0.333\\ldots"), ("0.333", "0.3333\\ldots"),
+    ("1/6", "0.166\\ldots"), ("1/6", "0.16\\ldots"), ("1/7", "0.142857142858\\ldots"), ("\\pi", "3.14\\ldots"),
+    ("1", "0.99\\ldots"), ("2/3", "0.66\\ldots"), ("2/3", "0.667\\ldots"), ("4/33", "0.12\\ldots"),
+    ("12/99", "0.121\\ldots"), ("1/3", "33.3\\ldots\\%"), ("0.3", "0.333\\ldots"), ("0.333", "0.3333\\ldots"),
+    # nor is it truncated wrong, nor from the other sign, and without an ellipsis it is rounded only
+    ("\\pi", "3.1417\\ldots"), ("3.15", "3.14\\ldots"), ("\\pi", "2.718\\ldots"), ("\\pi", "3.14150\\ldots"),
+    ("1/7", "0.1427\\ldots"), ("3.1416", "3.1415\\ldots"), ("3", "3.0001\\ldots"), ("100", "99.99\\ldots"),
+    ("-\\pi", "3.1415\\ldots"), ("\\pi", "-3.1415\\ldots"), ("\\pi+1", "3.1415\\ldots"), ("\\pi", "3.1415"),
+    ("\\pi", "-3.1415"), ("-\\pi", "-3.1415"), ("\\pi", "3.141"), ("1/7", "0.1428"),
     # a recurring decimal is the decimal its digits show only with 4 significant digits, as 1/3 is no 0.333
     ("0.333", "0.333\\ldots"), ("0.333", "0.333..."), ("0.333...", "0.333"), ("0.66", "0.666\\ldots"),
     # an ellipsis before a digit, after no decimal, in a list or after a product sign is no recurring decimal;
