@@ -462,3 +462,42 @@ def test_use_backend_is_scoped_to_its_thread_and_the_backward_follows_the_forwar
         _registry.backend_for = real
     assert ("linear_logprobs_backward", "reference") in used, used
     assert all(backend == "reference" for name, backend in used if name.startswith("linear_logprobs")), used
+
+
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_a_compiled_backward_follows_its_forwards_backend(op):
+    """In a torch.compile'd graph too: the backward op read the backend forced in the thread
+    that ran it when it ran (here none: the default), not the forward's."""
+    import torch
+
+    import fastrl.ops as ops
+    from fastrl.ops import _registry
+
+    torch._dynamo.reset()
+    hidden, weight, labels = torch.randn(6, 4, requires_grad=True), torch.randn(9, 4), torch.randint(0, 9, (6,))
+    call = (lambda h: ops.linear_logprobs(h, weight, labels).logprob.sum()) if op == "linear_logprobs" else (
+        lambda h: ops.logprobs_from_logits(h @ weight.T, labels).logprob.sum())
+    used, real = [], _registry.backend_for
+
+    def spy(name, device_type):
+        used.append((name, _registry.forced()))
+        return real(name, device_type)
+
+    try:
+        _registry.backend_for = spy
+        # (torch's compile caches do not key on a custom op's backward: one from older code would run)
+        with ops.use_backend("reference"), torch._inductor.config.patch(force_disable_caches=True):
+            loss = torch.compile(call, fullgraph=True)(hidden)
+        loss.backward()  # outside the block
+    finally:
+        _registry.backend_for = real
+    backward = [backend for name, backend in used if name.endswith("_backward")]
+    assert backward == ["reference"], used
+    # a graph compiled before the backward ops took a backend calls them without one: the defaults
+    args = [torch.ones(6), torch.empty(0), torch.randn(6, 9), labels, torch.zeros(6), torch.empty(0), 1.0, -100]
+    if op == "linear_logprobs":
+        args[2:3] = [hidden.detach(), weight]
+        args.insert(5, None)
+        args.append(True)
+    backward_op = getattr(torch.ops.fastrl, f"{op}_backward")
+    torch.testing.assert_close(backward_op(*args), backward_op(*args, None))

@@ -93,6 +93,10 @@ def define(
     and warn on backward (PyTorch's fallback for a custom op), while the Python
     backends would record a real graph through their PyTorch calls."""
     name = schema.split("(", 1)[0]
+    # A backward op's last argument names its forward's backend: a torch.compile'd graph cannot carry
+    # a use_backend block to where and when autograd runs its backward. None (the default, so that a
+    # graph cached before the argument existed still runs) is the defaults, as use_backend(None).
+    takes_backend = schema.split("->")[0].rstrip().endswith("str? backend=None)")
     LIB.define(schema, tags=tags)
     op = getattr(torch.ops.fastrl, name).default
     if not differentiable:
@@ -101,7 +105,12 @@ def define(
 
     def fallback(*args):
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
-        return _backend_callable(name, device)(*args)
+        if not takes_backend:
+            return _backend_callable(name, device)(*args)
+        arity = len(op._schema.arguments)  # (a call may leave the defaulted backend out)
+        backend = args[arity - 1] if len(args) == arity else None
+        with use_backend(backend):
+            return _backend_callable(name, device)(*args[:arity - 1])
 
     LIB.impl(name, fallback, "CompositeExplicitAutograd")
     if not differentiable:

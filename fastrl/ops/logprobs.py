@@ -276,10 +276,10 @@ define(
 define(
     "linear_logprobs_backward(Tensor grad_logprob, Tensor grad_entropy, Tensor hidden, Tensor weight,"
     " Tensor labels, Tensor? bias, Tensor lse, Tensor entropy, float temperature, int ignore_index,"
-    " bool weight_grad) -> (Tensor, Tensor, Tensor)",
+    " bool weight_grad, str? backend=None) -> (Tensor, Tensor, Tensor)",
     reference.linear_logprobs_backward,
     lambda grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy, temperature, ignore_index,
-    weight_grad: (
+    weight_grad, backend: (
         torch.empty_like(hidden),
         weight.new_empty(weight.shape if weight_grad else (0,)),
         (bias if bias is not None else hidden).new_empty(bias.shape if bias is not None else (0,)),
@@ -319,7 +319,7 @@ def _logits_grad_op(schema: str, into_logits: bool):
     )
 
 
-_ARGS = "Tensor labels, Tensor lse, Tensor entropy, float temperature, int ignore_index"
+_ARGS = "Tensor labels, Tensor lse, Tensor entropy, float temperature, int ignore_index, str? backend=None"
 _logits_grad_op(
     f"logprobs_from_logits_backward(Tensor grad_logprob, Tensor grad_entropy, Tensor logits, {_ARGS}) -> Tensor",
     into_logits=False,
@@ -342,8 +342,7 @@ def _output_grads(grad_logprob, grad_entropy, lse, entropy):
 
 def _setup_linear(ctx, inputs, output):
     hidden, weight, labels, bias, ctx.temperature, ctx.ignore_index, _, _ = inputs
-    # the backward runs where the forward did (a CUDA backward: another thread); not in a torch.compile'd
-    # graph, which keeps the backward op but not this choice: there it runs the backend its thread picks
+    # the backward runs where the forward did, wherever autograd runs it (a CUDA backward: another thread)
     ctx.backend = _registry.forced()
     ctx.save_for_backward(hidden, weight, labels, bias, output[3], output[1])
 
@@ -372,11 +371,10 @@ def _first_order(backward):
 def _backward_linear(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     hidden, weight, labels, bias, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
-    with _registry.use_backend(ctx.backend):
-        grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
-            grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
-            ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1],
-        )
+    grad_hidden, grad_weight, grad_bias = torch.ops.fastrl.linear_logprobs_backward(
+        grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy,
+        ctx.temperature, ctx.ignore_index, ctx.needs_input_grad[1], ctx.backend,
+    )
     return (
         grad_hidden if ctx.needs_input_grad[0] else None,
         grad_weight if ctx.needs_input_grad[1] else None,
@@ -396,15 +394,14 @@ def _setup_logits(ctx, inputs, output):
 def _backward_logits(ctx, grad_logprob, grad_entropy, _grad_mean, _grad_lse):
     logits, labels, lse, entropy = ctx.saved_tensors
     grad_logprob, grad_entropy = _output_grads(grad_logprob, grad_entropy, lse, entropy)
-    args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index)
-    with _registry.use_backend(ctx.backend):
-        if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
-            torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
-            if not torch.compiler.is_compiling():  # a kernel's raw stores do not tell autograd: another use of the
-                torch.autograd.graph.increment_version(logits)  # logits (retain_graph, a z-loss) must then fail
-            grad = logits
-        else:
-            grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
+    args = (labels, lse, entropy, ctx.temperature, ctx.ignore_index, ctx.backend)
+    if ctx.inplace:  # flash-attn's trick: the logits are not needed again, so their memory takes the gradient
+        torch.ops.fastrl.logprobs_from_logits_backward_(grad_logprob, grad_entropy, logits, *args)
+        if not torch.compiler.is_compiling():  # a kernel's raw stores do not tell autograd: another use of the
+            torch.autograd.graph.increment_version(logits)  # logits (retain_graph, a z-loss) must then fail
+        grad = logits
+    else:
+        grad = torch.ops.fastrl.logprobs_from_logits_backward(grad_logprob, grad_entropy, logits, *args)
     return grad, None, None, None, None, None, None
 
 
