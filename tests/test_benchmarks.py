@@ -1,5 +1,7 @@
-"""The benchmarks' results files: a run cut short, a run without a comparison library and a
-folder named for the results leave the committed results (bench_<family>.json) as they were."""
+"""The benchmark harness: a run cut short, a run without a comparison library and a folder
+named for the results leave the committed results (bench_<family>.json) as they were; a
+baseline is checked against the fastrl row it is compared with."""
+import functools
 import json
 import os
 import subprocess
@@ -184,17 +186,20 @@ def test_an_out_file_the_caller_named_is_replaced_even_without_a_provider_it_tim
     assert written(tmp_path) == {"mine.json": rows}
 
 
+def returning(fn, x):
+    """A case's setup: a call of fn(x) whose result the harness compares across providers."""
+    def setup():
+        call = lambda: fn(x)  # noqa: E731
+        call.comparable = lambda out: out
+        return call
+    return setup
+
+
 def test_a_baseline_is_compared_with_the_fastrl_row_it_names(tmp_path, capsys):
     """compare_to picks the fastrl row a baseline's result (and its speed-up) is measured against,
     not the first fastrl row of its op and shape."""
     x = torch.randn(4, 8, dtype=torch.float64)
-
-    def provider(fn):
-        def setup():
-            call = lambda: fn(x)  # noqa: E731
-            call.comparable = lambda out: out
-            return call
-        return setup
+    provider = functools.partial(returning, x=x)
 
     cases = [harness.Case("op", {"B": 4}, "fastrl_a", provider(lambda v: v * 2)),
              harness.Case("op", {"B": 4}, "fastrl_b", provider(lambda v: v * 3)),
@@ -265,3 +270,24 @@ def test_a_partial_run_writes_its_rows_to_its_own_file_only(results, monkeypatch
     rows = harness.run("x", cases, args, __file__, [])
     assert seen == [["bench_x.partial.json"]] * 2
     assert written(results) == {"bench_x.partial.json": rows}
+
+
+def test_a_baseline_that_computes_something_else_fails_the_benchmark(tmp_path, capsys):
+    """Nothing compared the providers' results: a baseline given another gamma (or a fastrl op
+    returning wrong values fast) was timed and reported as a ratio like any other."""
+    x = torch.randn(4, 8)
+    provider = functools.partial(returning, x=x)
+    cases = [harness.Case("op", {"B": 4}, "fastrl_x", provider(lambda v: v.cumsum(-1))),
+             harness.Case("op", {"B": 4}, "same", provider(lambda v: v.cumsum(-1) + 1e-7)),
+             harness.Case("op", {"B": 4}, "other", provider(lambda v: 0.99 * v.cumsum(-1))),
+             harness.Case("op", {"B": 4}, "wider", provider(lambda v: v)),
+             harness.Case("op", {"B": 4}, "shaped", provider(lambda v: v[:, :2]))]
+    args = harness.parse_args("test", "B,T", ["--repeat", "1", "--warmup", "0", "--malloc-default",
+                                       "--out", str(tmp_path / "rows.json")])
+    rows = harness.run("test", cases, args, __file__, [])
+    verdicts = {r["provider"]: r["disagrees"] for r in rows}
+    assert verdicts["fastrl_x"] is None and verdicts["same"] is None
+    assert verdicts["other"].startswith("differs from fastrl_x by up to") and verdicts["wider"]
+    assert verdicts["shaped"] == "shape (4, 2), fastrl_x's (4, 8)"
+    assert "DISAGREES" in capsys.readouterr().out
+    assert harness.exit_status(rows) == 1 and harness.exit_status(rows[:2]) == 0
