@@ -119,3 +119,12 @@ def test_readme_yaml_is_a_valid_config_without_warnings(tmp_path, monkeypatch):
     config = TrainConfig.from_dict(raw)
     assert config.advisories({f"{section}.{key}" for section, keys in raw.items() for key in keys}) == []
     assert config.to_dict()["algo"]["clip_high"] == 0.28 and config.to_dict()["optim"]["lr"] == 1e-6
+
+
+def test_every_config_key_the_readme_names_exists():
+    from fastrl.trainer.config import TrainConfig
+
+    config = TrainConfig.from_dict({}).to_dict()
+    files = {("run", "yaml"), ("data", "sha256")}  # a config file, a checkpoint's record of the data
+    named = set(re.findall(rf"\b({'|'.join(config)})\.([a-z_0-9]+)\b", README)) - files
+    assert len(named) > 20 and sorted(f"{s}.{k}" for s, k in named if k not in config[s]) == []
