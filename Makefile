@@ -29,6 +29,7 @@ bench: $(BIN)/fastrl
 	$(BIN)/fastrl bench advantages
 	$(BIN)/fastrl bench logprobs --memory
 	$(BIN)/fastrl bench sampling
+	$(BIN)/fastrl bench rollout
 
 cuda-build:
 	bash .ci/cuda_build.sh

@@ -150,7 +150,7 @@ def test_fastrl_bench_without_a_family_lists_the_families(capsys):
     from fastrl import cli
 
     assert cli.main(["bench"]) == 2
-    assert "name a benchmark family: advantages, logprobs, sampling, scans" in capsys.readouterr().err
+    assert "name a benchmark family: advantages, logprobs, rollout, sampling, scans" in capsys.readouterr().err
     assert cli.main(["bench", "nope"]) == 2
     assert "unknown benchmark 'nope'; known: advantages," in capsys.readouterr().err
 

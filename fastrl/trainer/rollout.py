@@ -5,11 +5,13 @@ Prompts are left-padded and position ids come from the attention mask, as Huggin
 Face's ``generate`` does, so each row decodes as it would alone. Step ``i`` samples with
 ``offset=i`` and the row's seed: equal seeds give equal tokens, whatever the batch, where the
 model's numerics do not depend on the batch (bf16 with sdpa attention: they do).
+Once at most half the rows the model runs are still going, the ended ones leave its batch.
 """
 from __future__ import annotations
 
 import inspect
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -92,15 +94,23 @@ def rollout(
     ``fastrl.ops.sample``. seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
     tqdm bar over the decoding steps. The model runs as it is (call ``model.eval()`` to
     turn dropout off) on the device of its first parameter, where the outputs live.
+
+    Rows that have ended leave the model's batch: when the rows still going are at most half
+    of those it runs, the KV cache, attention mask and positions are cut down to them, and
+    the outputs keep the [B, R] layout. Each cut (at most log2(B) of them) copies the kept
+    rows' keys and values a layer at a time, so it needs at most one layer's kept rows in
+    memory beside the cache. Only transformers' dynamic cache with full or sliding-window
+    layers is cut; any other (static, offloaded, quantized, hybrid or recurrent layers, a
+    model's own) runs every row to the end, as generate does.
     """
     device = next(model.parameters()).device
-    input_ids, mask = _prompt_batch(prompts, attention_mask, pad_token_id, device)
+    input_ids, prompt_mask = _prompt_batch(prompts, attention_mask, pad_token_id, device)
     B = input_ids.shape[0]
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos_ids = [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id)
-    _check_vocabulary(model, input_ids, mask, eos_ids, pad_token_id)
-    limit, longest = position_limit(model), int(mask.sum(1).max())  # (positions count each row's own tokens)
+    _check_vocabulary(model, input_ids, prompt_mask, eos_ids, pad_token_id)
+    limit, longest = position_limit(model), int(prompt_mask.sum(1).max())  # (positions count each row's own tokens)
     if limit is not None and longest + max_new_tokens > limit:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) after a prompt of {longest} tokens goes past "
                          f"the model's {limit} positions")
@@ -116,7 +126,7 @@ def rollout(
         raise ValueError(f"seeds must have one seed per prompt ({B}), got {seeds.shape[0]}")
     seeds = seeds.to(device)
 
-    positions = count_positions(mask)
+    mask, positions = prompt_mask, count_positions(prompt_mask)
     takes = inspect.signature(unwrapped(model, through_data_parallel=True).forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
     # transformers >= 5.2x names the KV cache `cache` (past_key_values is deprecated, going in 5.40)
@@ -127,6 +137,8 @@ def rollout(
                         f"{type(model).__name__}'s takes neither")
     step_ids, cache = input_ids, None
     ended = torch.zeros(B, dtype=torch.bool, device=device)
+    # the rows the model runs (their places in the batch) and their seeds: all of them until compacted
+    rows, width, run_seeds = torch.arange(B, device=device), B, seeds
     columns = []
     bar = tqdm(total=max_new_tokens, desc="rollout", unit="tok", disable=not progress, leave=False)
     for step in range(max_new_tokens):
@@ -137,22 +149,48 @@ def rollout(
             raise RuntimeError(f"the model returned no KV cache ({cache_name}=None although use_cache=True: "
                                "Hugging Face turns the cache off under gradient checkpointing in train mode); "
                                "call model.eval() or disable gradient checkpointing before the rollout")
-        drawn = sample(out.logits[:, -1], temperature, top_k, top_p, seeds, offset=step)
+        drawn = sample(out.logits[:, -1], temperature, top_k, top_p, run_seeds, offset=step)
+        if width < B:  # each row's values back in its place; the rows left out have ended (masked below)
+            drawn = type(drawn)(*(x.new_zeros(B).index_copy_(0, rows, x) for x in drawn))
         live = ~ended
         token = torch.where(live, drawn.tokens, pad_token_id)
         zero = drawn.logprob.new_zeros(())
         columns.append((token, live, *(torch.where(live, x, zero) for x in drawn[1:])))
         ended = ended | (live & torch.isin(token, eos))
         bar.update()
-        if bool(ended.all()):  # one host sync per step, as generate's stopping check
+        going = int(B - ended.sum())  # one host sync per step: generate's stopping check, and the compaction's
+        if not going or step == max_new_tokens - 1:  # (after the last step: no cache to cut for nothing)
             break
-        step_ids = token[:, None]
-        mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-        positions = positions[:, -1:] + 1
+        step_ids, mask, positions = token[rows, None], F.pad(mask, (0, 1), value=1), positions[:, -1:] + 1
+        # halving: the model runs fewer than twice the rows going, for at most log2(B) copies of the cache,
+        # each of half the rows before (all together less than one copy of the whole) and as many batch
+        # shapes; cutting as each row ends would copy the cache, as much as a step's attention reads,
+        # to save that one row's share of a step
+        if 2 * going <= width and _compactable(cache):
+            keep = ended[rows].byte().argsort(stable=True)[:going]  # the rows going, in order (nonzero would sync)
+            cache.batch_select_indices(keep)
+            rows, step_ids, mask, positions, run_seeds = (x[keep] for x in (rows, step_ids, mask, positions,
+                                                                             run_seeds))
+            width = going
     bar.close()
     token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
-    return Rollout(input_ids, mask[:, :input_ids.shape[1]], token, live.long(), logprob, policy_logprob,
-                   mean_logp, ended, seeds)
+    return Rollout(input_ids, prompt_mask, token, live.long(), logprob, policy_logprob, mean_logp, ended, seeds)
+
+
+def _compactable(cache) -> bool:
+    """Whether ``cache.batch_select_indices`` keeps exactly the rows asked for. In transformers'
+    cache_utils a DynamicLayer indexes its keys and values, as does its sliding-window subclass
+    (whose length counts the batch's tokens, not a row's). A quantized layer would keep its
+    quantized part whole and a hybrid one its conv and recurrent states; static and
+    linear-attention layers lack the method; an offloaded cache moves its layers between the
+    CPU and the device (untried). Anything else (a subclass that overrides it, another
+    library's cache, a tuple of tensors) is not known here: its batch stays whole."""
+    utils = sys.modules.get("transformers.cache_utils")  # (loaded wherever a transformers cache exists)
+    known = tuple(getattr(utils, name, None) for name in ("DynamicLayer", "DynamicSlidingWindowLayer"))
+    # (getattr: a transformers without these names or attributes, older or newer, is not known here either)
+    return (utils is not None and isinstance(cache, utils.Cache) and not getattr(cache, "offloading", True)
+            and getattr(type(cache), "batch_select_indices", None) is getattr(utils.Cache, "batch_select_indices", 0)
+            and all(type(layer) in known for layer in getattr(cache, "layers", [None])))
 
 
 def position_limit(model) -> Optional[int]:

@@ -52,7 +52,7 @@ def plain_loop(model, prompts, seeds, max_new_tokens, eos, **sampling):
     return rows
 
 
-def assert_matches_loop(r, expected, atol):
+def assert_matches_loop(r, expected, atol, eos=EOS):
     r = type(r)(*(x.cpu() for x in vars(r).values()))
     B, R = r.response_ids.shape
     assert R == max(map(len, expected))
@@ -61,7 +61,7 @@ def assert_matches_loop(r, expected, atol):
         assert r.response_ids[b, :n].tolist() == [t[0] for t in row]
         assert r.response_ids[b, n:].tolist() == [PAD] * (R - n)
         assert r.response_mask[b].tolist() == [1] * n + [0] * (R - n)
-        assert bool(r.ended[b]) == (row[-1][0] in EOS)
+        assert bool(r.ended[b]) == (row[-1][0] in eos)
         column = torch.tensor(row, dtype=torch.float64)[:, 1:].T
         # the sampler's values, and policy_logprob, mean_logp as the temperature-scaled log_softmax of the logits
         for x, values in zip((r.logprob, r.policy_logprob, r.mean_logp, r.policy_logprob, r.mean_logp), column):
@@ -160,7 +160,7 @@ def test_a_wrapped_model_computes_one_position_of_logits_per_row(rng, wrap):
     model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     prompts, seeds = prompts_and_seeds(rng)
     r = rollout(wrap(model), prompts, 4, EOS, PAD, seeds=seeds, progress=False)
-    assert shapes and set(shapes) == {(5, 1, VOCAB)}
+    assert shapes and shapes[0][0] == 5 and {s[1:] for s in shapes} == {(1, VOCAB)}  # (fewer rows once ended)
     assert_matches_loop(r, plain_loop(model, prompts, seeds, 4, EOS), atol=1e-10)
 
 
@@ -231,6 +231,130 @@ def test_rows_stop_at_eos(rng):
         assert bool(stopped.ended[b]) == (eos in row)
     # the loop ends when every row has: R is the longest response
     assert stopped.response_ids.shape[1] == int(stopped.response_mask.sum(1).max())
+
+
+def widths_seen(model):
+    """The rows the model runs at each step (its head gets one position per row)."""
+    widths = []
+    model.lm_head.register_forward_hook(lambda module, args, out: widths.append(out.shape[0]))
+    return widths
+
+
+def all_but_the_first_end_at_once(model, prompts, seeds):
+    """Seeds and stop tokens under which every row but the first ends at step 0."""
+    while True:
+        first = rollout(model, prompts, 1, None, PAD, seeds=seeds, progress=False).response_ids[:, 0].tolist()
+        if first[0] not in first[1:]:
+            return seeds, first[1:]
+        seeds = torch.cat([seeds[:1] + 1, seeds[1:]])
+
+
+def test_rows_that_end_leave_the_batch(rng):
+    """The model ran all 5 rows up to the last one's EOS; now a step runs the rows still going."""
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    seeds, eos = all_but_the_first_end_at_once(model, prompts, seeds)
+    widths = widths_seen(model)
+    r = rollout(model, prompts, 12, eos, PAD, seeds=seeds, progress=False)
+    assert r.response_mask.sum(1)[1:].tolist() == [1] * 4 and r.response_ids.shape[1] > 1
+    assert widths == [5] + [1] * (r.response_ids.shape[1] - 1)
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 12, eos), atol=1e-10, eos=eos)
+
+
+def tiny_sliding_qwen2(rng, dtype):
+    """A full-attention layer, then one with a window of 4 positions (a cache of 3)."""
+    config = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      use_sliding_window=True, sliding_window=4, max_window_layers=1, pad_token_id=PAD)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=rng))
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("make,dtype", [(tiny_llama, torch.float64), (tiny_llama, torch.float32),
+                                        (tiny_sliding_qwen2, torch.float64)], ids=["float64", "float32", "sliding"])
+def test_rows_ending_at_scattered_steps_match_the_plain_loop(rng, make, dtype):
+    """Rows end at step 0, later or never; the model runs them until at most half of its rows
+    are going, then only those (again at each halving)."""
+    model, T, narrowest, ended_at_once = make(rng, dtype), 16, 8, False
+    widths = widths_seen(model)
+    for sampling in SAMPLING:
+        prompts, seeds = prompts_and_seeds(rng, B=8)
+        free = rollout(model, prompts, T, None, PAD, seeds=seeds, progress=False).response_ids
+        ends_at = ((0, 0), (1, 0), (2, 0), (3, 0), (4, 3), (5, T // 2))  # (row, step); row 7 never ends
+        eos = {int(free[b, s]) for b, s in ends_at} - set(free[7].tolist())
+        widths.clear()
+        r = rollout(model, prompts, T, sorted(eos) or None, PAD, seeds=seeds, progress=False, **sampling)
+        lengths, expected = r.response_mask.sum(1), [8]
+        for step in range(1, r.response_ids.shape[1]):
+            going = int((lengths > step).sum())
+            expected.append(going if 2 * going <= expected[-1] else expected[-1])
+        assert widths == expected
+        narrowest, ended_at_once = min(narrowest, *widths), ended_at_once or bool(((lengths == 1) & r.ended).any())
+        assert_matches_loop(r, plain_loop(model, prompts, seeds, T, eos, **sampling), 1e-4 if dtype == torch.float32
+                            else 1e-10, eos=eos)
+    assert ended_at_once and narrowest < 8
+
+
+class UnselectableCache(transformers.DynamicCache):
+    def batch_select_indices(self, indices):
+        raise NotImplementedError
+
+
+class GivenCache(Wrapper):
+    """A model that starts from a cache of its own (as a model with a static cache does)."""
+
+    def __init__(self, inner, make):
+        super().__init__(inner)
+        self.make = make
+
+    def forward(self, *args, past_key_values=None, **kwargs):
+        cache = self.make(self.inner) if past_key_values is None else past_key_values
+        return self.inner(*args, past_key_values=cache, **kwargs)
+
+
+@pytest.mark.parametrize("make", [lambda m: transformers.StaticCache(m.config, max_cache_len=32),
+                                  lambda m: UnselectableCache(config=m.config)], ids=["static", "unselectable"])
+def test_a_cache_that_cannot_drop_rows_runs_every_row(rng, make):
+    """A static cache's layers have no batch_select_indices (AttributeError), a cache may raise
+    NotImplementedError: either runs every row to the end, as before."""
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)
+    seeds, eos = all_but_the_first_end_at_once(model, prompts, seeds)
+    widths = widths_seen(model)
+    r = rollout(GivenCache(model, make), prompts, 12, eos, PAD, seeds=seeds, progress=False)
+    assert r.response_ids.shape[1] > 1 and widths == [5] * r.response_ids.shape[1]
+    assert_matches_loop(r, plain_loop(model, prompts, seeds, 12, eos), atol=1e-10, eos=eos)
+
+
+def test_only_caches_whose_rows_are_all_selected_are_compacted():
+    """transformers' batch_select_indices is DynamicLayer's: it indexes keys and values, and so
+    selects a sliding-window layer too, but leaves a hybrid layer's conv and recurrent states
+    (and a quantized layer's quantized part) whole; static and linear-attention layers lack it."""
+    from transformers import cache_utils
+
+    from fastrl.trainer.rollout import _compactable
+
+    def dynamic(*layer_types, **kwargs):
+        config = transformers.LlamaConfig(num_hidden_layers=len(layer_types), sliding_window=4)
+        config.layer_types = list(layer_types)
+        return cache_utils.DynamicCache(config=config, **kwargs)
+
+    class Quantized(cache_utils.DynamicLayer):  # (a subclass: its state is not known here)
+        pass
+
+    assert _compactable(dynamic("full_attention", "sliding_attention", "chunked_attention"))
+    assert _compactable(cache_utils.DynamicCache())
+    for layer_type in ("hybrid", "mamba", "linear_attention"):
+        assert not _compactable(dynamic("full_attention", layer_type))
+    assert not _compactable(dynamic("full_attention", offloading=True))
+    assert not _compactable(cache_utils.Cache(layers=[cache_utils.DynamicLayer(), Quantized()]))
+    config = transformers.LlamaConfig(num_hidden_layers=2)
+    assert not _compactable(cache_utils.StaticCache(config, max_cache_len=8))
+    assert not _compactable(UnselectableCache(config=config))
+    assert not _compactable((torch.zeros(2, 3), torch.zeros(2, 3)))  # (a recurrent state)
 
 
 def test_seeds(rng):
