@@ -13,6 +13,9 @@ Providers:
   mask and positions are cut down to them;
 - full_width: the same loop with compaction off, every row run to the end (as rollout was, and
   as Hugging Face's generate runs). Both sample the same tokens (checked: their log-probs).
+- hf_generate: transformers' ``generate`` (do_sample, top_k 0, top_p 1: the same distribution),
+  what TRL's GRPOTrainer runs without vLLM. It draws with torch's generator (seeded alike in each
+  call), so its tokens, and where its rows end, are its own: its lengths are printed too.
 
     python benchmarks/bench_rollout.py [--quick] [--device cuda] [--shape B,N] [--ends early]
     fastrl bench rollout --quick
@@ -62,13 +65,22 @@ def inputs(B: int, device: torch.device):
     return prompts, torch.randint(0, 2**62, (B,), generator=g).to(device)
 
 
-def prepared(B: int, N: int, ends: str, device: torch.device, full_width: bool = False):
+def prepared(B: int, N: int, ends: str, device: torch.device, provider: str = "fastrl"):
     """The model and inputs (built here, not in the timed call) and the call: one rollout."""
     lm, (prompts, seeds), eos = model(device, ENDS[ends]), inputs(B, device), None if ENDS[ends] is None else EOS
+    if provider == "hf_generate":
+        batch = rollout_module._prompt_batch(prompts, None, PAD, device)  # (left-padded, as generate wants)
+
+        def generate():
+            torch.manual_seed(B)
+            out = lm.generate(input_ids=batch[0], attention_mask=batch[1], do_sample=True, top_k=0, top_p=1.0,
+                              temperature=1.0, max_new_tokens=N, eos_token_id=eos, pad_token_id=PAD)
+            return out[:, batch[0].shape[1]:]
+        return generate
 
     def call():
-        with mock.patch.object(rollout_module, "_compactable", lambda cache: False) if full_width else \
-                contextlib.nullcontext():
+        with mock.patch.object(rollout_module, "_compactable", lambda cache: False) if provider == "full_width" \
+                else contextlib.nullcontext():
             return rollout_module.rollout(lm, prompts, N, eos, PAD, seeds=seeds, progress=False)
     call.comparable = lambda out: out.logprob
     return call
@@ -76,8 +88,8 @@ def prepared(B: int, N: int, ends: str, device: torch.device, full_width: bool =
 
 def cases(shapes, ends, device) -> list[harness.Case]:
     return [harness.Case("rollout", {"B": B, "N": N, "ends": end}, provider,
-                         functools.partial(prepared, B, N, end, device, provider == "full_width"))
-            for B, N in shapes for end in ends for provider in ("fastrl", "full_width")]
+                         functools.partial(prepared, B, N, end, device, provider))
+            for B, N in shapes for end in ends for provider in ("fastrl", "full_width", "hf_generate")]
 
 
 def lengths(shapes, ends, device):
@@ -95,6 +107,11 @@ def lengths(shapes, ends, device):
             print(f"  B={B:<4} N={N:<5} ends={end:<6} lengths: mean {n.mean():.1f}, median {n.median():.0f}, "
                   f"max {r.response_ids.shape[1]}; rows run over the steps: {sum(widths)} (full width "
                   f"{B * len(widths)}); widths {sorted(set(widths), reverse=True)}")
+            generated = prepared(B, N, end, device, "hf_generate")()
+            ended = (generated == EOS).cumsum(1).cummax(1).values - (generated == EOS).long()  # after the EOS
+            n = (ended == 0).sum(1).float() if ENDS[end] is not None else torch.full((B,), float(N))
+            print(f"  {'':<23} hf_generate's lengths: mean {n.mean():.1f}, median {n.median():.0f}, "
+                  f"max {generated.shape[1]}")
 
 
 def add_options(parser):
