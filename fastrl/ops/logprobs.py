@@ -279,7 +279,7 @@ define(
     " bool weight_grad, str? backend=None) -> (Tensor, Tensor, Tensor)",
     reference.linear_logprobs_backward,
     lambda grad_logprob, grad_entropy, hidden, weight, labels, bias, lse, entropy, temperature, ignore_index,
-    weight_grad, backend: (
+    weight_grad, backend=None: (
         torch.empty_like(hidden),
         weight.new_empty(weight.shape if weight_grad else (0,)),
         (bias if bias is not None else hidden).new_empty(bias.shape if bias is not None else (0,)),

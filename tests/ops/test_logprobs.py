@@ -632,6 +632,25 @@ def test_opcheck(op, device, rng):
             torch.library.opcheck(getattr(torch.ops.fastrl, op).default, tuple(args))
 
 
+@pytest.mark.parametrize("op", ["linear_logprobs", "logprobs_from_logits"])
+def test_backward_opcheck_with_and_without_the_backend(op, device, rng):
+    """The backward ops with the forward's backend named, and without it (as in a graph compiled
+    before the argument existed): linear_logprobs_backward's fake took no default, so opcheck
+    and torch.compile failed there while the eager op ran."""
+    args = op_args(op, device, rng)
+    out = getattr(torch.ops.fastrl, op)(*args)
+    grads = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+    if op == "linear_logprobs":
+        hidden, weight, labels, bias, temperature, ignore_index = args[:6]
+        inputs = (hidden, weight, labels, bias, out[3], out[1], temperature, ignore_index, True)
+    else:
+        logits, labels, temperature, ignore_index = args[:4]
+        inputs = (logits, labels, out[3], out[1], temperature, ignore_index)
+    backward = getattr(torch.ops.fastrl, f"{op}_backward").default
+    for backend in ((), (None,), ("reference",)):
+        torch.library.opcheck(backward, grads + inputs + backend)
+
+
 def test_backward_under_a_dispatch_mode(device, rng):
     """The backward runs under a TorchDispatchMode (FlopCounterMode) on every backend."""
     from torch.utils.flop_counter import FlopCounterMode
