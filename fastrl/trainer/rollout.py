@@ -168,7 +168,8 @@ def rollout(
         # to save that one row's share of a step
         if 2 * going <= width and _compactable(cache):
             keep = ended[rows].byte().argsort(stable=True)[:going]  # the rows going, in order (nonzero would sync)
-            cache.batch_select_indices(keep)
+            for layer in cache.layers:  # the index on each layer's device (a model split over GPUs)
+                layer.batch_select_indices(keep.to(getattr(getattr(layer, "keys", None), "device", keep.device)))
             rows, step_ids, mask, positions, run_seeds = (x[keep] for x in (rows, step_ids, mask, positions,
                                                                              run_seeds))
             width = going
