@@ -179,7 +179,7 @@ def rollout(
 
 
 def _compactable(cache) -> bool:
-    """Whether ``cache.batch_select_indices`` keeps exactly the rows asked for. In transformers'
+    """Whether each layer's ``batch_select_indices`` keeps exactly the rows asked for. In transformers'
     cache_utils a DynamicLayer indexes its keys and values, as does its sliding-window subclass
     (whose length counts the batch's tokens, not a row's). A quantized layer would keep its
     quantized part whole and a hybrid one its conv and recurrent states; static and
