@@ -160,7 +160,8 @@ class AlgoConfig:
     """Optimizer steps per epoch (the batch is split into this many mini-batches, each an equal
     share of every group: it must divide rollout.group_size)."""
     grad_accum: int = 1
-    """Micro-batches per mini-batch (gradient accumulation)."""
+    """Micro-batches per mini-batch (gradient accumulation); a step's no-grad forwards (old policy,
+    reference, PRM) run in mini_batches x grad_accum micro-batches too."""
     clip_low: float = 0.2
     """Lower PPO clip: the ratio is clipped at 1 - clip_low (in [0, 1))."""
     clip_high: float = 0.2

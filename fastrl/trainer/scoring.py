@@ -2,6 +2,7 @@
 the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -142,11 +143,31 @@ def load_pretrained(key: str, path: str, load, hint: str = ""):
         raise ConfigError(f"{key}: {path!r} does not load ({first}){hint}") from e
 
 
+def in_micro_batches(forward: Callable, rows: int, config: TrainConfig):
+    """``forward(rows_slice)`` over the update's micro-batches (algo.mini_batches x algo.grad_accum
+    of them, contiguous rows), its outputs (tensors, rows first; None; tuples of them) joined:
+    a no-grad forward of a whole step held that many times the activations of one."""
+    count = max(1, min(rows, config.algo.mini_batches * config.algo.grad_accum))
+    sizes = [len(part) for part in torch.arange(rows).tensor_split(count)]  # (as the update splits a mini-batch)
+    return _joined([forward(slice(stop - size, stop)) for size, stop in zip(sizes, itertools.accumulate(sizes))])
+
+
+def _joined(parts: list):
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    joined = [_joined(list(items)) for items in zip(*parts)]
+    return type(first)(*joined) if hasattr(first, "_fields") else tuple(joined)  # (a NamedTuple, as TokenStats)
+
+
 class ProcessReward:
     """Step scores for PURE: ``scores(rows, prompt_ids, prompt_mask, response_ids,
     response_mask, step_mask, step_texts)`` -> [B, R] float32, the score of each step at its last token."""
 
     def __init__(self, config: TrainConfig, tokenizer, device, task=None):
+        self.config = config
         spec = self.spec = config.reward.process
         self.data = config.data
         self.tokenizer, self.device, self.model, self.fn = tokenizer, device, None, None
@@ -204,9 +225,10 @@ class ProcessReward:
         for b, row in enumerate(rows_ids):
             ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row, dtype=torch.long), 1
         # positions over each row's own tokens (as the policy's)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=count_positions(mask).to(self.device)).logits.float()
-        p = logits.softmax(-1)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), count_positions(mask).to(self.device)
+        p = in_micro_batches(lambda part: self.model(input_ids=ids[part], attention_mask=mask[part],
+                                                     position_ids=positions[part]).logits.float().softmax(-1),
+                             len(ids), self.config)
         read = torch.tensor(reads, dtype=torch.long).reshape(-1, 2).to(self.device)
         out[step_mask] = (p[read[:, 0], read[:, 1], 1] - p[read[:, 0], read[:, 1], 0]).to(out.device)
         return out

@@ -472,13 +472,16 @@ class Trainer:
         correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, rewards)],
                                device=self.device, dtype=dtype)
 
-        T = cfg.rollout.temperature
+        T, B = cfg.rollout.temperature, len(input_ids)
         with torch.no_grad(), self._autocast():
-            old, old_values = self.module(input_ids, attention_mask, response_mask, T, entropy=True,
-                                          mean_logp=cfg.algo.name == "rover")
+            old, old_values = scoring.in_micro_batches(
+                lambda part: self.module(input_ids[part], attention_mask[part], response_mask[part], T, entropy=True,
+                                         mean_logp=cfg.algo.name == "rover"), B, cfg)
             ref_logp = None
             if self.reference is not None:
-                ref_logp = response_logprobs(self.reference, input_ids, attention_mask, response_mask, T).logprob
+                ref_logp = scoring.in_micro_batches(lambda part: response_logprobs(
+                    self.reference, input_ids[part], attention_mask[part], response_mask[part], T).logprob,
+                    B, cfg)
         self.module.train()
 
         keep = torch.ones_like(scores, dtype=torch.bool)

@@ -1260,6 +1260,7 @@ def prm_scorer(model, tokenizer):
 
     prm = object.__new__(ProcessReward)  # the model path of scores() alone
     prm.model, prm.fn, prm.device, prm.tokenizer = model.eval(), None, torch.device("cpu"), tokenizer
+    prm.config = TrainConfig.from_dict({})
     prm.newline = tokenizer.encode("\n")[0]
     return prm
 
@@ -1730,3 +1731,31 @@ def test_each_epoch_draws_its_own_mini_batches(tmp_path):
         handle.remove()
     assert len(seen) == 4  # 2 epochs x 2 mini-batches
     assert {tuple(seen[0]), tuple(seen[1])} != {tuple(seen[2]), tuple(seen[3])}
+
+
+def test_the_no_grad_forwards_run_in_the_updates_micro_batches(tmp_path):
+    """The old policy's, the reference's and the PRM's forwards ran on the whole step at once
+    (prompts_per_step x group_size rows), however small algo.mini_batches and algo.grad_accum
+    made the update's micro-batches: a step whose update fit ran out of memory before it. Each
+    now runs in as many micro-batches (contiguous rows), with the whole batch's results."""
+    tok = task.MaxTask().tokenizer()
+    transformers.LlamaForTokenClassification(transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_labels=2, pad_token_id=0)).save_pretrained(tmp_path / "prm")
+    trainer = Trainer(config(tmp_path, "algo.name=pure", f"reward.process={tmp_path / 'prm'}", "model.dtype=float64",
+                             "model.reference=initial", "algo.kl_coef=0.1", "algo.mini_batches=2",
+                             "algo.grad_accum=2"))
+    rows = {}
+    for name, model in (("policy", trainer.policy.causal_lm().model), ("reference", trainer.reference.model),
+                        ("prm", trainer.process.model)):  # (the log-probs run the bodies, the rollout the whole)
+        def record(module, args, kwargs, name=name):
+            if not kwargs.get("use_cache"):  # (not the rollout's)
+                rows.setdefault(name, []).append(kwargs["input_ids"].shape[0])
+        model.register_forward_pre_hook(record, with_kwargs=True)
+    batch = trainer.collect(0)
+    assert rows == {name: [16] * 4 for name in ("policy", "reference", "prm")}  # 8 prompts x 8, in 4
+    with torch.no_grad():
+        whole, _ = trainer.module(batch.input_ids, batch.attention_mask, batch.response_mask,
+                                  trainer.cfg.rollout.temperature, entropy=True)
+    torch.testing.assert_close(batch.old.logprob, whole.logprob, rtol=0, atol=1e-12)
+    torch.testing.assert_close(batch.old.entropy, whole.entropy, rtol=0, atol=1e-12)
