@@ -113,7 +113,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
     bench 240 benchmarks/bench_scans.py --device cuda --repeat 5  # its loop baselines: 120 s was cut short
   fi
   [ "$benchmarks" = all ] && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
-  [ "$benchmarks" = all ] && bench 120 benchmarks/bench_rollout.py --device cuda --repeat 5
+  [ "$benchmarks" = all ] && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5
 fi
 
 results=$(results_dir)
