@@ -43,7 +43,7 @@ CLASSIFICATION_KINDS = ("classification", "classification_no_think")  # reward k
 # checkpoint's state does not belong to
 RESUME_SAFE = ("run.steps", "run.output_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.plot",
                "run.tensorboard", "run.wandb", "run.wandb_project", "run.progress", "run.device", "run.distributed",
-               "model.attn_implementation", "model.gradient_checkpointing",
+               "model.attn_implementation", "model.gradient_checkpointing", "rollout.max_rows",
                "data.max_prompt_tokens")  # (the way on past a step whose prompt is too long: see Trainer.collect)
 
 
@@ -125,6 +125,9 @@ class RolloutConfig:
     """Sample among the k most likely tokens (ties at the cutoff kept); None: all."""
     top_p: Optional[float] = None
     """Nucleus sampling: the smallest set of most likely tokens with mass >= top_p, in (0, 1]; None: all."""
+    max_rows: Optional[int] = None
+    """At most this many responses decode at once on a process (their KV cache), the rest after
+    them, with the same tokens; None: the step's all at once."""
     dynamic_sampling: bool = False
     """DAPO: groups whose rewards are all equal take no part in the update (they are masked
     out of the loss rather than replaced by new samples). For grpo, dr_grpo, rloo and rover
@@ -451,6 +454,8 @@ class TrainConfig:
                               f"{math.log2(math.e) / tiny:.4g}] for a {m.dtype} model, got {r.temperature}")
         if r.top_k is not None:
             _at_least("rollout.top_k", r.top_k, 1)
+        if r.max_rows is not None:
+            _at_least("rollout.max_rows", r.max_rows, 1)
         if r.top_p is not None and not 0 < r.top_p <= 1:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
         kinds = ("task", "math", *CLASSIFICATION_KINDS, "format")

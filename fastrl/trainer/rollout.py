@@ -13,7 +13,7 @@ import inspect
 import operator
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 import torch
@@ -84,6 +84,7 @@ def rollout(
     top_p: Optional[float] = None,
     seeds: Optional[torch.Tensor] = None,
     progress: bool = True,
+    max_rows: Optional[int] = None,
 ) -> Rollout:
     """Sample up to max_new_tokens tokens after each prompt (see ``Rollout``).
 
@@ -94,6 +95,8 @@ def rollout(
     ``fastrl.ops.sample``. seeds: LongTensor[B]; None draws them from torch's default generator. progress: a
     tqdm bar over the decoding steps. The model runs as it is (call ``model.eval()`` to
     turn dropout off) on the device of its first parameter, where the outputs live.
+    max_rows: at most this many prompts decode at once (their KV cache), the next ones after
+    them, with the same tokens; None: all of them.
 
     Rows that have ended leave the model's batch: when the rows still going are at most half
     of those it runs, the KV cache, attention mask and positions are cut down to them, and
@@ -125,6 +128,13 @@ def rollout(
     if seeds.shape[0] != B:
         raise ValueError(f"seeds must have one seed per prompt ({B}), got {seeds.shape[0]}")
     seeds = seeds.to(device)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
+    if max_rows is not None and max_rows < B:
+        parts = [rollout(model, input_ids[start:start + max_rows], max_new_tokens, eos_ids or None, pad_token_id,
+                         prompt_mask[start:start + max_rows], temperature, top_k, top_p,
+                         seeds[start:start + max_rows], progress) for start in range(0, B, max_rows)]
+        return _joined(parts, pad_token_id)
 
     mask, positions = prompt_mask, count_positions(prompt_mask)
     takes = inspect.signature(unwrapped(model, through_data_parallel=True).forward).parameters
@@ -176,6 +186,20 @@ def rollout(
     bar.close()
     token, live, logprob, policy_logprob, mean_logp = (torch.stack(c, 1) for c in zip(*columns))
     return Rollout(input_ids, prompt_mask, token, live.long(), logprob, policy_logprob, mean_logp, ended, seeds)
+
+
+def _joined(parts: list[Rollout], pad_token_id: int) -> Rollout:
+    """Rollouts of consecutive prompts (padded alike) as one: the responses padded to the longest."""
+    R = max(part.response_ids.shape[1] for part in parts)
+
+    def field(name):
+        values = [getattr(part, name) for part in parts]
+        if name in ("response_ids", "response_mask", "logprob", "policy_logprob", "mean_logp"):
+            fill = pad_token_id if name == "response_ids" else 0
+            values = [F.pad(v, (0, R - v.shape[1]), value=fill) for v in values]
+        return torch.cat(values)
+
+    return Rollout(*(field(f.name) for f in fields(Rollout)))
 
 
 def _compactable(cache) -> bool:

@@ -460,7 +460,7 @@ class Trainer:
         with self._full_weights(), self._autocast():
             ro = rollout(lm, prompts, cfg.rollout.max_new_tokens, self.eos, self.pad,
                          temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
-                         seeds=seeds, progress=False)
+                         seeds=seeds, progress=False, max_rows=cfg.rollout.max_rows)
         input_ids, attention_mask, response_mask = ro.sequences()
         lengths = ro.response_mask.sum(1)
         texts = self.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths.tolist())],

@@ -459,3 +459,18 @@ def test_bad_inputs(rng):
     if getattr(out, "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values") is None:
         raises(RuntimeError, "returned no KV cache", prompts, 4, 2, PAD, top_k=None)
     model.eval()
+
+
+def test_max_rows_decodes_the_prompts_in_turn_with_the_same_tokens(rng):
+    model = tiny_llama(rng)
+    prompts, seeds = prompts_and_seeds(rng)  # 5 prompts of several lengths
+    widths = widths_seen(model)
+    whole = rollout(model, prompts, 6, EOS, PAD, seeds=seeds, progress=False)
+    widths.clear()
+    turns = rollout(model, prompts, 6, EOS, PAD, seeds=seeds, progress=False, max_rows=2)
+    assert max(widths) == 2 and widths[0] == 2
+    for a, b in zip(vars(whole).values(), vars(turns).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_rows must be None or an int >= 1"):
+            rollout(model, prompts, 6, EOS, PAD, seeds=seeds, progress=False, max_rows=bad)

@@ -573,6 +573,7 @@ def test_default_run_learns(tmp_path, capsys):
     (["data.source=/nonexistent.jsonl"], "data.source"),
     (["reward.kind=task", "data.source=README.md"], "data.source"),
     (["rollout.top_p=1.5"], "rollout.top_p"),
+    (["rollout.max_rows=0"], "rollout.max_rows must be >= 1, got 0"),
     (["optim.betas=[0.9]"], "optim.betas"),
     (["algo"], "section.key=value"),
     (["model.dtype=int8"], "model.dtype must be one of"),
@@ -1759,3 +1760,18 @@ def test_the_no_grad_forwards_run_in_the_updates_micro_batches(tmp_path):
                                   trainer.cfg.rollout.temperature, entropy=True)
     torch.testing.assert_close(batch.old.logprob, whole.logprob, rtol=0, atol=1e-12)
     torch.testing.assert_close(batch.old.entropy, whole.entropy, rtol=0, atol=1e-12)
+
+
+def test_rollout_max_rows_caps_the_rows_that_decode_at_once(tmp_path):
+    """With 8 prompts x 8 responses and rollout.max_rows 24, the rollout decodes 24, 24 and 16
+    rows in turn (each sampled row a function of its seed: the same responses as at once)."""
+    trainer = Trainer(config(tmp_path, "model.dtype=float64", "rollout.max_rows=24"))
+    widths = []
+    trainer.policy.causal_lm().register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]) if kwargs.get("use_cache") else None,
+        with_kwargs=True)
+    turns = trainer.collect(0)
+    assert max(widths) == 24 and widths.count(16) >= 1
+    whole = Trainer(config(tmp_path / "whole", "model.dtype=float64")).collect(0)
+    assert torch.equal(turns.input_ids, whole.input_ids) and torch.equal(turns.response_mask, whole.response_mask)
+
