@@ -96,9 +96,9 @@ def define(
     # A backward op's last argument names its forward's backend: a torch.compile'd graph cannot carry
     # a use_backend block to where and when autograd runs its backward. None (the default, so that a
     # graph cached before the argument existed still runs) is the defaults, as use_backend(None).
-    takes_backend = schema.split("->")[0].rstrip().endswith("str? backend=None)")
     LIB.define(schema, tags=tags)
     op = getattr(torch.ops.fastrl, name).default
+    arity, takes_backend = len(op._schema.arguments), op._schema.arguments[-1].name == "backend"
     if not differentiable:
         reference, triton, torch_impl = (_without_grad(f) for f in (reference, triton, torch_impl))
     OPS[name] = OpEntry(name, reference, triton, torch_impl, differentiable)
@@ -107,8 +107,7 @@ def define(
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
         if not takes_backend:
             return _backend_callable(name, device)(*args)
-        arity = len(op._schema.arguments)  # (a call may leave the defaulted backend out)
-        backend = args[arity - 1] if len(args) == arity else None
+        backend = args[arity - 1] if len(args) == arity else None  # (a call may leave the defaulted backend out)
         with use_backend(backend):
             return _backend_callable(name, device)(*args[:arity - 1])
 

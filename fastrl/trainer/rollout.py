@@ -130,12 +130,17 @@ def rollout(
     seeds = seeds.to(device)
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
         raise ValueError(f"max_rows must be None or an int >= 1, got {max_rows!r}")
-    if max_rows is not None and max_rows < B:
-        parts = [rollout(model, input_ids[start:start + max_rows], max_new_tokens, eos_ids or None, pad_token_id,
-                         prompt_mask[start:start + max_rows], temperature, top_k, top_p,
-                         seeds[start:start + max_rows], progress) for start in range(0, B, max_rows)]
-        return _joined(parts, pad_token_id)
+    at_once = B if max_rows is None else max_rows
+    parts = [_decode(model, input_ids[start:start + at_once], prompt_mask[start:start + at_once], max_new_tokens,
+                     eos, pad_token_id, temperature, top_k, top_p, seeds[start:start + at_once], progress)
+             for start in range(0, B, at_once)]
+    return parts[0] if len(parts) == 1 else _joined(parts, pad_token_id)
 
+
+def _decode(model, input_ids, prompt_mask, max_new_tokens, eos, pad_token_id, temperature, top_k, top_p, seeds,
+            progress) -> Rollout:
+    """rollout's decoding loop, over prompts it has checked."""
+    B, device = input_ids.shape[0], input_ids.device
     mask, positions = prompt_mask, count_positions(prompt_mask)
     takes = inspect.signature(unwrapped(model, through_data_parallel=True).forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}

@@ -26,8 +26,6 @@ def _labels(config: TrainConfig, row: dict):
     return row[config.data.labels_key]
 
 
-
-
 def check_records(config: TrainConfig, prompts) -> None:
     """The built-in rewards that read a gold answer find it in every record of ``prompts``
     (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it)."""
@@ -148,7 +146,7 @@ def in_micro_batches(forward: Callable, rows: int, config: TrainConfig):
     of them, contiguous rows), its outputs (tensors, rows first; None; tuples of them) joined:
     a no-grad forward of a whole step held that many times the activations of one."""
     count = max(1, min(rows, config.algo.mini_batches * config.algo.grad_accum))
-    sizes = [len(part) for part in torch.arange(rows).tensor_split(count)]  # (as the update splits a mini-batch)
+    sizes = [rows // count + (i < rows % count) for i in range(count)]  # (as tensor_split, the update's split)
     return _joined([forward(slice(stop - size, stop)) for size, stop in zip(sizes, itertools.accumulate(sizes))])
 
 
