@@ -392,16 +392,29 @@ class Trainer:
 
     @contextmanager
     def _full_weights(self):
-        """Generation runs the model outside the Policy's forward: under FSDP2 gather the
-        parameters for it."""
-        fsdp = self.proc.world > 1 and self.cfg.run.distributed == "fsdp2"
-        if fsdp:
-            self.module.unshard()
+        """Generation runs the model outside the Policy's forward: under FSDP2 gather all its
+        parameters first, on every process together, and keep them until it ends. Each block
+        would otherwise gather its own at each of its forwards, a collective: a process whose
+        rows all ended (or that has none) runs no more forwards, and the others waited on it
+        for ever."""
+        if not (self.proc.world > 1 and self.cfg.run.distributed == "fsdp2"):
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in self.module.modules() if isinstance(m, FSDPModule)]
+        blocks = [m for m in sharded if m is not self.module]
+        for m in blocks:
+            m.set_reshard_after_forward(False, recurse=False)
+        for m in sharded:
+            m.unshard()
         try:
             yield
         finally:
-            if fsdp:
-                self.module.reshard()
+            for m in blocks:
+                m.set_reshard_after_forward(True, recurse=False)  # (fully_shard's default for a non-root module)
+            for m in sharded:
+                m.reshard()
 
     def _autocast(self):
         m = self.cfg.model

@@ -56,6 +56,11 @@ def run(out, mode, overrides, processes, timeout=600):
     # PURE's returns are float32: whitened with float32 sums, each process rounded its part its own way
     # (advantages 1e-7 apart, weights 6e-6), until the sums were taken in float64
     ("ddp", ["algo.name=pure", "reward.process=task"], 1e-9),
+    # one response per process, up to 40 tokens at temperature 3: the processes' rollouts end at different
+    # steps (13 and 28 tokens on average); under FSDP2 each block gathered its weights at each of its
+    # forwards, and the process that ended first left the other waiting (a gloo error)
+    ("fsdp2", ["algo.name=gae", "rollout.group_size=1", "data.prompts_per_step=2", "rollout.max_new_tokens=40",
+               "rollout.temperature=3", "run.steps=2"], 1e-9),
 ])
 def test_two_processes_equal_one(tmp_path, mode, overrides, tolerance):
     single, single_metrics = run(tmp_path / "one", mode, overrides, 1)
