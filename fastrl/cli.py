@@ -282,11 +282,15 @@ def train(args) -> int:
         return _missing_extra("fastrl train", e)
     except OSError as e:
         return _os_error("fastrl train", e, f"run.output_dir {config.run.output_dir}")
-    if result.metrics:
+    if result.steps:
         first, last = result.reward_gain()
-        fifth = max(1, len(result.metrics) // 5)
+        fifth = max(1, len(result.steps) // 5)
         print(f"reward: {first:.3f} (mean of the first {fifth} steps) -> {last:.3f} (last {fifth}), "
               f"{last - first:+.3f}")
+        evaluations = [m for m in result.metrics if "eval_accuracy" in m]
+        if evaluations:
+            print("eval accuracy: " + " -> ".join(f"{m['eval_accuracy']:.3f} (step {m['step']})"
+                                                  for m in (evaluations[0], evaluations[-1])[:len(evaluations)]))
         print(f"log: {result.log}")
         if result.plot:
             print(f"plot: {result.plot}")

@@ -114,6 +114,7 @@ def test_readme_yaml_is_a_valid_config_without_warnings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the paths it names, as a user would have them
     (tmp_path / "Qwen2.5-0.5B-Instruct").mkdir()
     (tmp_path / "math_prompts.jsonl").write_text('{"prompt": "1 + 1", "answer": "2"}\n')
+    (tmp_path / "math500.jsonl").write_text('{"prompt": "2 + 2", "answer": "4"}\n')
     (block,) = re.findall(r"^```yaml\n(.*?)^```", README, re.S | re.M)
     raw = yaml.safe_load(block)
     config = TrainConfig.from_dict(raw)

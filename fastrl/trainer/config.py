@@ -44,7 +44,9 @@ CLASSIFICATION_KINDS = ("classification", "classification_no_think")  # reward k
 RESUME_SAFE = ("run.steps", "run.output_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.plot",
                "run.tensorboard", "run.wandb", "run.wandb_project", "run.progress", "run.device", "run.distributed",
                "model.attn_implementation", "model.gradient_checkpointing", "rollout.max_rows",
-               "data.max_prompt_tokens")  # (the way on past a step whose prompt is too long: see Trainer.collect)
+               "data.max_prompt_tokens",  # (the way on past a step whose prompt is too long: see Trainer.collect)
+               *(f"eval.{key}" for key in ("source", "split", "prompts", "every", "before_training", "samples",
+                                           "temperature", "top_k", "top_p")))  # (evaluation changes no state)
 
 
 class ConfigError(ValueError):
@@ -151,6 +153,34 @@ class RewardConfig:
     """A response counts as correct (accuracy) when its outcome reward is at least this;
     with reward.kind classification or classification_no_think, when its answer is the gold
     label instead, whatever its format (this is not used)."""
+
+
+@dataclass
+class EvalConfig:
+    source: Optional[str] = None
+    """Held-out prompts the policy is evaluated on during training: "task" (the built-in task's
+    held-out problems), a ``.jsonl`` file or a ``datasets`` folder, read with data's keys
+    (prompt_key, answer_key, labels_key, chat_template, max_prompt_tokens), sampled up to
+    rollout.max_new_tokens and scored with reward.kind; None: no evaluation."""
+    split: Optional[str] = None
+    """A DatasetDict folder: the split to evaluate on (e.g. "test")."""
+    prompts: Optional[int] = None
+    """Evaluate on the first this many records (None: all; the built-in task: 64 problems)."""
+    every: int = 0
+    """Steps between evaluations; 0: only after the last step (and before the first, with
+    eval.before_training). The last step is always evaluated."""
+    before_training: bool = True
+    """Also evaluate the starting policy, logged as step 0 (verl's val_before_train)."""
+    samples: int = 1
+    """Responses per prompt (n): eval_accuracy is their mean, and eval_pass@k is logged for
+    k = 2, 4, 8, ... and n."""
+    temperature: float = 0.0
+    """0: greedy (the most likely token; eval.samples must then be 1); > 0: sampled, with
+    eval.top_k and eval.top_p. Every evaluation draws with the same seeds."""
+    top_k: Optional[int] = None
+    """As rollout.top_k, for eval.temperature > 0."""
+    top_p: Optional[float] = None
+    """As rollout.top_p, for eval.temperature > 0."""
 
 
 @dataclass
@@ -305,6 +335,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -408,8 +439,9 @@ class TrainConfig:
             for key in (f.name for f in dataclasses.fields(hint)):
                 setattr(section, key, getattr(checked, key))
         m, d, r, rw, a, o, run = self.model, self.data, self.rollout, self.reward, self.algo, self.optim, self.run
+        e = self.eval
         for key, value in (("model.path", m.path), ("model.tokenizer", m.tokenizer), ("model.reference", m.reference),
-                           ("data.source", d.source), ("reward.process", rw.process)):
+                           ("data.source", d.source), ("reward.process", rw.process), ("eval.source", e.source)):
             if isinstance(value, str) and not value.strip():  # (Path("") is the working folder: it "exists")
                 raise ConfigError(f"{key} must not be empty (leave it out for its default)")
         _at_least("model.tiny_hidden_size", m.tiny_hidden_size, 4)
@@ -431,44 +463,44 @@ class TrainConfig:
                                   "downloaded)")
         if m.reference not in (None, "initial") and not Path(m.reference).exists():
             raise ConfigError(f"model.reference must be 'initial' or an existing local folder, got {m.reference!r}")
-        if d.source != "task":
-            if not Path(d.source).exists():
-                raise ConfigError(f"data.source: {d.source!r} does not exist (use 'task', a .jsonl file or a "
-                                  "datasets folder)")
-            if Path(d.source).is_file() and not d.source.endswith(".jsonl"):
-                raise ConfigError(f"data.source: a file must be .jsonl, got {d.source!r}")
-        if d.split is not None and (d.source == "task" or Path(d.source).is_file()):
-            raise ConfigError(f"data.split selects a split of a DatasetDict folder; data.source is {d.source!r}")
+        _check_source("data", d.source, d.split)
+        if e.source is not None:
+            _check_source("eval", e.source, e.split)
+        elif e.split is not None:
+            raise ConfigError("eval.split selects a split of eval.source, which is not set")
         _at_least("data.prompts_per_step", d.prompts_per_step, 1)
         if not 2 <= d.operands <= 8:
             raise ConfigError(f"data.operands must be in 2..8, got {d.operands}")
         _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 1)
         _at_least("rollout.group_size", r.group_size, 1)
         _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
-        _positive("rollout.temperature", r.temperature)
-        # the sampler scales by log2(e) / temperature in float32 (float64 for a float64 model): a normal number
-        tiny, huge = ((sys.float_info.min, sys.float_info.max) if m.dtype == "float64"
-                      else (2.0**-126, 3.4028234663852886e38))  # float32's smallest normal and largest
-        if not tiny <= math.log2(math.e) / r.temperature < huge:
-            raise ConfigError(f"rollout.temperature must be in [{math.log2(math.e) / huge:.4g}, "
-                              f"{math.log2(math.e) / tiny:.4g}] for a {m.dtype} model, got {r.temperature}")
-        if r.top_k is not None:
-            _at_least("rollout.top_k", r.top_k, 1)
+        _check_sampling("rollout", r.temperature, r.top_k, r.top_p, m.dtype)
         if r.max_rows is not None:
             _at_least("rollout.max_rows", r.max_rows, 1)
-        if r.top_p is not None and not 0 < r.top_p <= 1:
-            raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
         kinds = ("task", "math", *CLASSIFICATION_KINDS, "format")
         if rw.kind not in kinds and ":" not in rw.kind:
             raise ConfigError(f"reward.kind must be one of {', '.join(kinds)} or 'module:function', got {rw.kind!r}")
         if ":" in rw.kind:
             user_function(rw.kind, "reward.kind")
-        if rw.kind == "task" and d.source != "task":
-            raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs data.source 'task', got "
-                              f"{d.source!r}")
-        if rw.kind in CLASSIFICATION_KINDS and d.source == "task":
-            raise ConfigError(f"reward.kind {rw.kind!r} reads each record's label set (data.labels_key); the built-in "
-                              "task has none: set data.source to a file or folder of labelled records")
+        for key, source in (("data.source", d.source), ("eval.source", e.source)):
+            if rw.kind == "task" and source not in ("task", None):
+                raise ConfigError(f"reward.kind 'task' scores the built-in task: it needs {key} 'task', got "
+                                  f"{source!r}")
+            if rw.kind in CLASSIFICATION_KINDS and source == "task":
+                raise ConfigError(f"reward.kind {rw.kind!r} reads each record's label set (data.labels_key); the "
+                                  f"built-in task has none: set {key} to a file or folder of labelled records")
+        if e.prompts is not None:
+            _at_least("eval.prompts", e.prompts, 1)
+        _at_least("eval.every", e.every, 0)
+        _at_least("eval.samples", e.samples, 1)
+        if e.temperature < 0:
+            raise ConfigError(f"eval.temperature must be >= 0 (0: greedy), got {e.temperature}")
+        if e.temperature == 0:
+            if e.samples > 1:
+                raise ConfigError(f"eval.samples is {e.samples} with eval.temperature 0: greedy responses are all "
+                                  "the same; set eval.temperature > 0 to sample them")
+        else:
+            _check_sampling("eval", e.temperature, e.top_k, e.top_p, m.dtype)
         if rw.process is not None and rw.process != "task" and ":" not in rw.process \
                 and not Path(rw.process).exists():
             raise ConfigError(f"reward.process must be 'task', an existing PRM folder or 'module:function', "
@@ -597,14 +629,20 @@ def _read_rules(c: TrainConfig):
         (("model.autocast_bf16",), m.dtype == "float32" and run.device != "cpu",
          "for float32 weights on a GPU (this run: "
          f"{f'model.dtype {m.dtype}' if m.dtype != 'float32' else 'run.device cpu'})"),
-        (("data.operands",), d.source == "task", f"by the built-in task, data.source task (this run: {d.source})"),
-        (("data.prompt_key", "data.shuffle"), d.source != "task",
+        (("data.operands",), "task" in (d.source, c.eval.source),
+         f"by the built-in task, data.source or eval.source task (this run: {d.source})"),
+        (("data.prompt_key",), d.source != "task" or c.eval.source not in (None, "task"),
+         "for a file or datasets folder (this run: data.source task, whose prompts are drawn per step)"),
+        (("data.shuffle",), d.source != "task",
          "for a file or datasets folder (this run: data.source task, whose prompts are drawn per step)"),
         (("data.answer_key",), rw.kind in ("math", *CLASSIFICATION_KINDS),
          f"by reward.kind math, {' and '.join(CLASSIFICATION_KINDS)} (this run: {rw.kind})"),
         (("data.labels_key",), rw.kind in CLASSIFICATION_KINDS,
          f"by reward.kind {' and '.join(CLASSIFICATION_KINDS)} (this run: {rw.kind})"),
         (("run.wandb_project",), run.wandb, "when run.wandb is true (this run: false)"),
+        (tuple(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig) if f.name != "source"),
+         c.eval.source is not None, "when eval.source is set (this run evaluates nothing)"),
+        (("eval.top_k", "eval.top_p"), c.eval.temperature > 0, "when eval.temperature > 0 (this run: greedy)"),
     ]
 
 
@@ -621,6 +659,31 @@ def user_function(spec: str, key: str):
     if not callable(fn):
         raise ConfigError(f"{key}: {spec!r} is not callable")
     return fn
+
+
+def _check_source(section: str, source: str, split: Optional[str]):
+    if source != "task":
+        if not Path(source).exists():
+            raise ConfigError(f"{section}.source: {source!r} does not exist (use 'task', a .jsonl file or a "
+                              "datasets folder)")
+        if Path(source).is_file() and not source.endswith(".jsonl"):
+            raise ConfigError(f"{section}.source: a file must be .jsonl, got {source!r}")
+    if split is not None and (source == "task" or Path(source).is_file()):
+        raise ConfigError(f"{section}.split selects a split of a DatasetDict folder; {section}.source is {source!r}")
+
+
+def _check_sampling(section: str, temperature: float, top_k: Optional[int], top_p: Optional[float], dtype: str):
+    _positive(f"{section}.temperature", temperature)
+    # the sampler scales by log2(e) / temperature in float32 (float64 for a float64 model): a normal number
+    tiny, huge = ((sys.float_info.min, sys.float_info.max) if dtype == "float64"
+                  else (2.0**-126, 3.4028234663852886e38))  # float32's smallest normal and largest
+    if not tiny <= math.log2(math.e) / temperature < huge:
+        raise ConfigError(f"{section}.temperature must be in [{math.log2(math.e) / huge:.4g}, "
+                          f"{math.log2(math.e) / tiny:.4g}] for a {dtype} model, got {temperature}")
+    if top_k is not None:
+        _at_least(f"{section}.top_k", top_k, 1)
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"{section}.top_p must be in (0, 1], got {top_p}")
 
 
 def _at_least(key, value, low):

@@ -9,15 +9,18 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 from fastrl.trainer.config import ConfigError, DataConfig
 
 
 class Prompts:
-    def __init__(self, cfg: DataConfig, seed: int, task=None):
-        """task: the task object serving data.source "task" (``fastrl.trainer.task.MaxTask``)."""
-        self.cfg, self.seed, self.task = cfg, seed, task
-        self.rows, self._lines = (None, None) if cfg.source == "task" else _load(cfg)
+    def __init__(self, cfg: DataConfig, seed: int, task=None, section: str = "data"):
+        """task: the task object serving data.source "task" (``fastrl.trainer.task.MaxTask``);
+        section: the config section whose source and split cfg holds, for errors ("eval":
+        the held-out prompts, read with data's keys)."""
+        self.cfg, self.seed, self.task, self.section = cfg, seed, task, section
+        self.rows, self._lines = (None, None) if cfg.source == "task" else _load(cfg, section)
         self._epoch_order = (None, None)
 
     def fingerprint(self) -> str | None:
@@ -32,7 +35,7 @@ class Prompts:
 
     def where(self, i: int) -> str:
         """Record i's place, for errors: the file and line, or the dataset and index."""
-        return _place(self.cfg.source, self._lines, i)
+        return _place(self.section, self.cfg.source, self._lines, i)
 
     def batch(self, step: int) -> list[dict]:
         """The prompts_per_step records of training step ``step`` (0-based): a file's as it
@@ -46,6 +49,13 @@ class Prompts:
             epoch, j = divmod(i, size)
             out.append(self.rows[self._order(epoch)[j]])
         return out
+
+    def first(self, count: Optional[int]) -> list[dict]:
+        """The first ``count`` records (None: all); a task's held-out problems, those of step -1
+        (which no training step draws: 64 of them for None)."""
+        if self.rows is None:
+            return self.task.problems(self.seed, -1, 64 if count is None else count)
+        return self.rows[:count]
 
     def _order(self, epoch: int) -> list[int]:
         # one shuffle per epoch, not per prompt (200k rows: seconds a step); a step visits
@@ -87,11 +97,11 @@ def json_record(line: str):
         raise ValueError(f"not JSON ({e})") from None
 
 
-def _place(source, lines, i: int) -> str:
-    return f"{source}:{lines[i]}" if lines else f"data.source {source}: record {i}"
+def _place(section, source, lines, i: int) -> str:
+    return f"{source}:{lines[i]}" if lines else f"{section}.source {source}: record {i}"
 
 
-def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
+def _load(cfg: DataConfig, section: str) -> tuple[list[dict], list[int] | None]:
     """The records, and for a JSONL file each one's line number."""
     path = Path(cfg.source)
     lines = None
@@ -115,19 +125,19 @@ def _load(cfg: DataConfig) -> tuple[list[dict], list[int] | None]:
         try:
             data = datasets.load_from_disk(str(path))
         except FileNotFoundError as e:  # a folder that holds no saved dataset
-            raise ConfigError(f"data.source {path}: {e}") from None
+            raise ConfigError(f"{section}.source {path}: {e}") from None
         if isinstance(data, datasets.DatasetDict):
             if cfg.split not in data:
-                raise ConfigError(f"data.source {path} is a DatasetDict with splits {', '.join(data)}: "
-                                  f"set data.split to one of them" + (f" (got {cfg.split!r})" if cfg.split else ""))
+                raise ConfigError(f"{section}.source {path} is a DatasetDict with splits {', '.join(data)}: "
+                                  f"set {section}.split to one of them" + (f" (got {cfg.split!r})" if cfg.split else ""))
             data = data[cfg.split]
         elif cfg.split is not None:
-            raise ConfigError(f"data.split: data.source {path} is a single Dataset, not a DatasetDict")
+            raise ConfigError(f"{section}.split: {section}.source {path} is a single Dataset, not a DatasetDict")
         rows = list(data)
     if not rows:
-        raise ConfigError(f"data.source {path} holds no records")
+        raise ConfigError(f"{section}.source {path} holds no records")
     for i, row in enumerate(rows):
-        where = _place(path, lines, i)
+        where = _place(section, path, lines, i)
         if not isinstance(row, dict) or not isinstance(row.get(cfg.prompt_key), str):
             raise ConfigError(f"{where} has no string field {cfg.prompt_key!r} (data.prompt_key)")
         if not row[cfg.prompt_key]:  # a tokenizer without BOS makes no tokens of it: the step drawing it would fail

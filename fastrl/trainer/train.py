@@ -15,6 +15,7 @@ mini-batch), so a run on N processes computes the gradient of the single-process
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import hashlib
 import importlib.util
@@ -47,6 +48,7 @@ from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, v
 from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
 from fastrl.integrations.hf import response_logprobs
+from fastrl.metrics import pass_at_k
 from fastrl.ops.logprobs import TokenStats
 from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
@@ -140,9 +142,14 @@ class TrainResult:
     plot: Optional[Path]
     final_model: Path
 
+    @property
+    def steps(self) -> list[dict]:
+        """The training steps' metrics (those of the log but the evaluation before training)."""
+        return [m for m in self.metrics if m["step"] > 0]
+
     def reward_gain(self) -> tuple[float, float]:
         """Mean reward over the first and the last fifth of the run's steps."""
-        rewards = [m["reward_mean"] for m in self.metrics]
+        rewards = [m["reward_mean"] for m in self.steps]
         fifth = max(1, len(rewards) // 5)
         return float(np.mean(rewards[:fifth])), float(np.mean(rewards[-fifth:]))
 
@@ -186,6 +193,15 @@ class Trainer:
         self.data_fingerprint = self.prompts.fingerprint()
         if resume:
             self._check_same_data()
+        self.eval_data = self.eval_rows = None
+        if config.eval.source is not None:
+            self.eval_data = dataclasses.replace(config.data, source=config.eval.source, split=config.eval.split)
+            held_out = Prompts(self.eval_data, config.run.seed, self.task, "eval")
+            scoring.check_records(config, held_out)
+            self.eval_rows = held_out.first(config.eval.prompts)
+            if len(self.eval_rows) < (config.eval.prompts or 0):
+                warnings.warn(f"eval.prompts is {config.eval.prompts}, but eval.source holds {len(self.eval_rows)} "
+                              "records: the evaluation reads all of them")
         self.rewards = scoring.outcome_rewards(config, self.task)
         self.correct = scoring.outcome_correct(config)
         self.tokenizer, model = self._load_model()
@@ -228,6 +244,15 @@ class Trainer:
         if not self.eos:
             raise ConfigError("the tokenizer has no eos_token_id: responses could never end")
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        self.eval_prompts = None
+        if self.eval_rows is not None:
+            self.eval_prompts = [self._encode(prompt_text(self.eval_data, r)) for r in self.eval_rows]
+            longest = max(map(len, self.eval_prompts))
+            if self.max_positions is not None and longest + config.rollout.max_new_tokens > self.max_positions:
+                raise ConfigError(f"eval.source has a prompt of {longest} tokens, and with rollout.max_new_tokens "
+                                  f"({config.rollout.max_new_tokens}) its sequences would exceed the model's "
+                                  f"{self.max_positions} positions: lower data.max_prompt_tokens (prompts are cut "
+                                  "from the left to it) or rollout.max_new_tokens")
         self.step = 0
         self._stop, self._stop_signal = False, signal.SIGINT
 
@@ -288,7 +313,9 @@ class Trainer:
             raise ConfigError(f"--resume: the checkpoint {path} is at step {saved_step}, past run.steps "
                               f"{self.cfg.run.steps}: nothing is left to train; set run.steps above {saved_step} "
                               "to go on")
-        changed = _config_changes(checkpoint.saved_config(path), self.cfg.to_dict())
+        # a key added to fastrl since the checkpoint was written did what its default does
+        changed = _config_changes(_with_defaults(checkpoint.saved_config(path), TrainConfig().to_dict()),
+                                  self.cfg.to_dict())
         unsafe = [c for c in changed if c.partition(" ")[0] not in RESUME_SAFE]
         if unsafe:
             raise ConfigError(f"--resume: the config differs from the checkpoint's ({path}) in {'; '.join(unsafe)}. "
@@ -466,24 +493,14 @@ class Trainer:
         group_ids = torch.arange(first, first + n, device=self.device).repeat_interleave(G)
         seeds = torch.tensor([sample_seed(cfg.run.seed, step, first + i, j) for i in range(n) for j in range(G)])
 
-        lm = self.policy.causal_lm()
+        r = cfg.rollout
         # no dropout until the update: the old policy's statistics (and the reference's) are
         # those of the policy that sampled, so the first ratio is exactly 1 and the KL 0
         self.module.eval()
         with self._full_weights(), self._autocast():
-            ro = rollout(lm, prompts, cfg.rollout.max_new_tokens, self.eos, self.pad,
-                         temperature=cfg.rollout.temperature, top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p,
-                         seeds=seeds, progress=False, max_rows=cfg.rollout.max_rows)
+            ro = self._rollout(prompts, seeds, r.temperature, r.top_k, r.top_p, r.max_rows)
         input_ids, attention_mask, response_mask = ro.sequences()
-        lengths = ro.response_mask.sum(1)
-        texts = self.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths.tolist())],
-                                            skip_special_tokens=True)
-        # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
-        dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
-        rewards = self.rewards(rows, texts)
-        scores = torch.tensor(rewards, device=self.device, dtype=dtype)
-        correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, rewards)],
-                               device=self.device, dtype=dtype)
+        lengths, texts, scores, correct = self._scored(ro, rows)
 
         T, B = cfg.rollout.temperature, len(input_ids)
         with torch.no_grad(), self._autocast():
@@ -523,6 +540,68 @@ class Trainer:
         credit = credit_lib.assign(cfg.algo.name, inputs, cfg.algo, proc)
         return Batch(step, input_ids, attention_mask, response_mask, loss_mask, old, old_values, ref_logp, credit,
                      scores, correct, lengths, keep, kl_old, time.perf_counter() - start, rows, texts, ro.ended)
+
+    def _rollout(self, prompts, seeds, temperature, top_k, top_p, max_rows, progress=False):
+        return rollout(self.policy.causal_lm(), prompts, self.cfg.rollout.max_new_tokens, self.eos, self.pad,
+                       temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, progress=progress,
+                       max_rows=max_rows)
+
+    def _scored(self, ro, rows):
+        """Each response's length, text (special tokens dropped), reward and correctness."""
+        lengths = ro.response_mask.sum(1)
+        texts = self.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths.tolist())],
+                                            skip_special_tokens=True)
+        # float64 statistics for a float64 model (tests compare runs to 1e-9), else float32
+        lm = self.policy.causal_lm()
+        dtype = torch.float64 if next(lm.parameters()).dtype == torch.float64 else torch.float32
+        rewards = self.rewards(rows, texts)
+        scores = torch.tensor(rewards, device=self.device, dtype=dtype)
+        correct = torch.tensor([float(self.correct(r, t, s)) for r, t, s in zip(rows, texts, rewards)],
+                               device=self.device, dtype=dtype)
+        return lengths, texts, scores, correct
+
+    def evaluate(self) -> dict:
+        """The policy on the held-out prompts of eval.source: eval_reward_mean, eval_accuracy
+        (the mean correctness of eval.samples responses per prompt), eval_pass@k,
+        eval_response_length and eval_time, over every process's share of the prompts. Each
+        response's seed is a function of (run.seed, prompt, sample), the same at every
+        evaluation, so two evaluations differ by the policy alone."""
+        cfg, e, proc = self.cfg, self.cfg.eval, self.proc
+        start = time.perf_counter()
+        count, n = len(self.eval_rows), e.samples
+        share = -(-count // proc.world)
+        mine = range(min(proc.rank * share, count), min((proc.rank + 1) * share, count))
+        prompts = [self.eval_prompts[i] for i in mine for _ in range(n)]
+        seeds = torch.tensor([sample_seed(cfg.run.seed, -1, i, j) for i in mine for j in range(n)], dtype=torch.int64)
+        ks = sorted({2 ** j for j in range(1, n.bit_length())} | ({n} if n > 1 else set()))
+        # greedy: the most likely token alone (top-k 1), at any temperature
+        sampling = (e.temperature, e.top_k, e.top_p) if e.temperature > 0 else (1.0, 1, None)
+        # at most a training step's rows at once: the memory a step's rollout is known to fit in
+        at_once = cfg.rollout.max_rows or cfg.data.prompts_per_step // proc.world * cfg.rollout.group_size
+        self.module.eval()
+        # (a process without prompts still takes part in gathering the weights under FSDP2)
+        with self._full_weights(), self._autocast():
+            ro = self._rollout(prompts, seeds, *sampling, at_once,
+                               progress=cfg.run.progress and proc.main) if prompts else None
+        self.module.train()
+        totals = [0.0] * (4 + len(ks))
+        if prompts:
+            rows = [self.eval_rows[i] for i in mine for _ in range(n)]
+            lengths, _, scores, correct = self._scored(ro, rows)
+            solved = correct.view(-1, n).sum(1).round().long().cpu().numpy()
+            totals = [len(rows), scores.double().sum().item(), correct.double().sum().item(),
+                      lengths.double().sum().item(), *(float(pass_at_k(n, solved, k).sum()) for k in ks)]
+        rows, reward, solved, length, *passed = proc.sum(torch.tensor(totals, dtype=torch.float64,
+                                                                      device=self.device)).tolist()
+        return {"eval_reward_mean": reward / rows, "eval_accuracy": solved / rows,
+                **{f"eval_pass@{k}": p / count for k, p in zip(ks, passed)},
+                "eval_response_length": length / rows, "eval_time": time.perf_counter() - start}
+
+    def _evaluates(self, step: int) -> bool:
+        """Whether the policy after ``step`` steps is evaluated: every eval.every steps and
+        after the last."""
+        every = self.cfg.eval.every
+        return self.eval_rows is not None and (step == self.cfg.run.steps or every > 0 and step % every == 0)
 
     def run_step(self, step: int) -> dict:
         """One training step; returns its metrics (means over all processes)."""
@@ -669,7 +748,8 @@ class Trainer:
             if self.config_changes:
                 self._say("--resume: the config differs from the checkpoint's in " + ", ".join(self.config_changes))
         if self.proc.main and self.log_path.exists():
-            # drop the log of steps after the checkpoint: they are run again
+            # drop the log of steps after the checkpoint: they are run again (from no checkpoint, every
+            # line, the evaluation before training too)
             lines = [line for line in self.log_path.read_text().splitlines() if line.strip()]
             steps = []
             for i, line in enumerate(lines):
@@ -682,7 +762,7 @@ class Trainer:
                               "writing it)")
             # a new file renamed over the log: a crash while writing must not lose the steps kept
             kept = self.log_path.with_name(self.log_path.name + ".tmp")
-            kept.write_text("".join(line + "\n" for line, s in zip(lines, steps) if s <= self.step))
+            kept.write_text("".join(line + "\n" for line, s in zip(lines, steps) if self.step and s <= self.step))
             os.replace(kept, self.log_path)
         if path is not None:
             self._say(f"resumed from {path} at step {self.step}")
@@ -764,14 +844,21 @@ class Trainer:
                    disable=not (cfg.run.progress and proc.main))
         try:
             with self.log_path.open("a") if proc.main else nullcontext() as log:
-                while self.step < cfg.run.steps:
-                    metrics = self.run_step(self.step)
-                    self.step += 1
+                def record(metrics):
                     if proc.main:
                         log.write(json.dumps(metrics) + "\n")
                         log.flush()
                         for w in writers:
                             w(metrics)
+
+                if self.eval_rows is not None and cfg.eval.before_training and self.step == 0:
+                    record({"step": 0, **self.evaluate()})
+                while self.step < cfg.run.steps:
+                    metrics = self.run_step(self.step)
+                    self.step += 1
+                    if self._evaluates(self.step):
+                        metrics.update(self.evaluate())
+                    record(metrics)
                     bar.update()
                     bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
                     every = cfg.run.checkpoint_every
@@ -845,6 +932,15 @@ def _config_changes(saved: dict, now: dict, prefix="") -> list[str]:
     return changes
 
 
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """saved, with the keys and sections of defaults that it lacks."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        merged[key] = (_with_defaults(value, defaults[key]) if isinstance(value, dict)
+                       and isinstance(defaults.get(key), dict) else value)
+    return merged
+
+
 def _writers(cfg: TrainConfig, out: Path, step: int) -> list:
     """The metric writers of a run that continues after ``step`` (0: a new run): a resumed
     run's TensorBoard drops the events logged after its checkpoint, as metrics.jsonl does,
@@ -855,7 +951,8 @@ def _writers(cfg: TrainConfig, out: Path, step: int) -> list:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("run.tensorboard needs tensorboard (pip install tensorboard)") from None
-        tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)  # (from 0 too: a run that stopped first)
+        # (from 0 too: a run that stopped first; from no checkpoint, the evaluation before training too)
+        tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else 0)
         writers.append(lambda m: [tb.add_scalar(k, v, m["step"]) for k, v in m.items() if k != "step"])
     if cfg.run.wandb:
         try:
@@ -871,8 +968,8 @@ def _writers(cfg: TrainConfig, out: Path, step: int) -> list:
     return writers
 
 
-PLOTTED = ("reward_mean", "accuracy", "response_length", "entropy", "kl", "clip_fraction", "loss", "grad_norm",
-           "advantage_std", "tokens_per_s")
+PLOTTED = ("reward_mean", "accuracy", "eval_accuracy", "response_length", "entropy", "kl", "clip_fraction", "loss",
+           "grad_norm", "advantage_std", "tokens_per_s")
 
 
 def plot_metrics(log: Path, png: Path) -> Optional[Path]:

@@ -1,6 +1,7 @@
 """Two CPU processes on gloo (torchrun): DDP and FSDP2 runs equal the single-process run
 on the same data. Each algorithm family that reduces across processes is covered: group
-statistics (grpo), bundles spanning processes (riskpo), whitening over all tokens (gae, pure)."""
+statistics (grpo), bundles spanning processes (riskpo), whitening over all tokens (gae, pure);
+so is the evaluation on held-out prompts, shared out over the processes."""
 import json
 import os
 import re
@@ -17,7 +18,7 @@ if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
-TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb"}
+TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb", "eval_time"}
 
 
 def run(out, mode, overrides, processes, timeout=600):
@@ -61,11 +62,14 @@ def run(out, mode, overrides, processes, timeout=600):
     # forwards, and the process that ended first left the other waiting (a gloo error)
     ("fsdp2", ["algo.name=gae", "rollout.group_size=1", "data.prompts_per_step=2", "rollout.max_new_tokens=40",
                "rollout.temperature=3", "run.steps=2"], 1e-9),
+    # the held-out prompts shared out 2 + 1; then 1 + 0 (a process without prompts still gathers the weights)
+    ("fsdp2", ["eval.source=task", "eval.prompts=3", "eval.samples=2", "eval.temperature=1", "eval.every=2"], 1e-9),
+    ("fsdp2", ["eval.source=task", "eval.prompts=1"], 1e-9),
 ])
 def test_two_processes_equal_one(tmp_path, mode, overrides, tolerance):
     single, single_metrics = run(tmp_path / "one", mode, overrides, 1)
     multi, multi_metrics = run(tmp_path / "two", mode, overrides, 2)
-    assert any(m["advantage_std"] > 0 for m in single_metrics)  # the runs did learn something
+    assert any(m.get("advantage_std", 0) > 0 for m in single_metrics)  # the runs did learn something
     assert single.keys() == multi.keys()
     for name in single:
         torch.testing.assert_close(multi[name], single[name], rtol=tolerance, atol=tolerance, msg=name)  # float64 run
