@@ -30,6 +30,7 @@ bench: $(BIN)/fastrl
 	$(BIN)/fastrl bench logprobs --memory
 	$(BIN)/fastrl bench sampling
 	$(BIN)/fastrl bench rollout
+	$(BIN)/fastrl bench update
 
 cuda-build:
 	bash .ci/cuda_build.sh

@@ -114,6 +114,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   fi
   [ "$benchmarks" = all ] && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
   [ "$benchmarks" = all ] && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5
+  [ "$benchmarks" = all ] && bench 90 benchmarks/bench_update.py --device cuda --repeat 5
 fi
 
 results=$(results_dir)

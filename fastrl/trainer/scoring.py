@@ -2,7 +2,6 @@
 the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable
 
@@ -141,23 +140,48 @@ def load_pretrained(key: str, path: str, load, hint: str = ""):
         raise ConfigError(f"{key}: {path!r} does not load ({first}){hint}") from e
 
 
-def in_micro_batches(forward: Callable, rows: int, config: TrainConfig):
-    """``forward(rows_slice)`` over the update's micro-batches (algo.mini_batches x algo.grad_accum
-    of them, contiguous rows), its outputs (tensors, rows first; None; tuples of them) joined:
-    a no-grad forward of a whole step held that many times the activations of one."""
-    count = max(1, min(rows, config.algo.mini_batches * config.algo.grad_accum))
-    sizes = [rows // count + (i < rows % count) for i in range(count)]  # (as tensor_split, the update's split)
-    return _joined([forward(slice(stop - size, stop)) for size, stop in zip(sizes, itertools.accumulate(sizes))])
+def micro_batches(rows: torch.Tensor, parts: int, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, slice]]:
+    """``rows`` (indices into the batch) as ``parts`` micro-batches of as many rows as
+    ``tensor_split`` gives, rows of similar length together (sorted by the columns each
+    uses), each with the columns its rows use: (indices, columns). A micro-batch's forward
+    computes no column that is padding in all its rows (the batch is padded to its longest
+    row: a whole-width forward of short rows did mostly padding)."""
+    used = attention_mask[rows] != 0
+    first = used.int().argmax(1)
+    end = used.shape[1] - used.flip(1).int().argmax(1)  # one past the last used column
+    first, end, order = first.tolist(), end.tolist(), rows.tolist()  # (one sync for the lot)
+    by_length = sorted(range(len(order)), key=lambda i: end[i] - first[i])  # (stable: ties keep their order)
+    out = []
+    for part in torch.tensor_split(torch.tensor(by_length, dtype=torch.long), parts):
+        part = part.tolist()
+        out.append((torch.tensor([order[i] for i in part], dtype=torch.long, device=attention_mask.device),
+                    slice(min(first[i] for i in part), max(end[i] for i in part))))
+    return out
 
 
-def _joined(parts: list):
-    first = parts[0]
+def in_micro_batches(forward: Callable, attention_mask: torch.Tensor, config: TrainConfig):
+    """``forward(rows, columns)`` over the batch of ``attention_mask`` [B, L] in the update's
+    micro-batches (``micro_batches``, algo.mini_batches x algo.grad_accum of them: a no-grad
+    forward of a whole step held that many times the activations of one), its outputs
+    (tensors [rows, columns, ...]; None; tuples of them) put back in place, zero in the
+    columns a micro-batch left out."""
+    B = attention_mask.shape[0]
+    count = max(1, min(B, config.algo.mini_batches * config.algo.grad_accum))
+    parts = micro_batches(torch.arange(B, device=attention_mask.device), count, attention_mask)
+    return _placed([forward(rows, columns) for rows, columns in parts], parts, attention_mask.shape)
+
+
+def _placed(outputs: list, parts: list, shape):
+    first = outputs[0]
     if first is None:
         return None
     if isinstance(first, torch.Tensor):
-        return torch.cat(parts)
-    joined = [_joined(list(items)) for items in zip(*parts)]
-    return type(first)(*joined) if hasattr(first, "_fields") else tuple(joined)  # (a NamedTuple, as TokenStats)
+        full = first.new_zeros(tuple(shape) + first.shape[2:])
+        for out, (rows, columns) in zip(outputs, parts):
+            full[rows, columns] = out
+        return full
+    placed = [_placed(list(items), parts, shape) for items in zip(*outputs)]
+    return type(first)(*placed) if hasattr(first, "_fields") else tuple(placed)  # (a NamedTuple, as TokenStats)
 
 
 class ProcessReward:
@@ -224,9 +248,9 @@ class ProcessReward:
             ids[b, :len(row)], mask[b, :len(row)] = torch.tensor(row, dtype=torch.long), 1
         # positions over each row's own tokens (as the policy's)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), count_positions(mask).to(self.device)
-        p = in_micro_batches(lambda part: self.model(input_ids=ids[part], attention_mask=mask[part],
-                                                     position_ids=positions[part]).logits.float().softmax(-1),
-                             len(ids), self.config)
+        p = in_micro_batches(lambda rows, cols: self.model(
+            input_ids=ids[rows, cols], attention_mask=mask[rows, cols],
+            position_ids=positions[rows, cols]).logits.float().softmax(-1), mask, self.config)
         read = torch.tensor(reads, dtype=torch.long).reshape(-1, 2).to(self.device)
         out[step_mask] = (p[read[:, 0], read[:, 1], 1] - p[read[:, 0], read[:, 1], 0]).to(out.device)
         return out

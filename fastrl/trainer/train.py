@@ -502,16 +502,17 @@ class Trainer:
         input_ids, attention_mask, response_mask = ro.sequences()
         lengths, texts, scores, correct = self._scored(ro, rows)
 
-        T, B = cfg.rollout.temperature, len(input_ids)
+        T = cfg.rollout.temperature
         with torch.no_grad(), self._autocast():
             old, old_values = scoring.in_micro_batches(
-                lambda part: self.module(input_ids[part], attention_mask[part], response_mask[part], T, entropy=True,
-                                         mean_logp=cfg.algo.name == "rover"), B, cfg)
+                lambda rows, cols: self.module(input_ids[rows, cols], attention_mask[rows, cols],
+                                               response_mask[rows, cols], T, entropy=True,
+                                               mean_logp=cfg.algo.name == "rover"), attention_mask, cfg)
             ref_logp = None
             if self.reference is not None:
-                ref_logp = scoring.in_micro_batches(lambda part: response_logprobs(
-                    self.reference, input_ids[part], attention_mask[part], response_mask[part], T).logprob,
-                    B, cfg)
+                ref_logp = scoring.in_micro_batches(lambda rows, cols: response_logprobs(
+                    self.reference, input_ids[rows, cols], attention_mask[rows, cols], response_mask[rows, cols],
+                    T).logprob, attention_mask, cfg)
         self.module.train()
 
         keep = torch.ones_like(scores, dtype=torch.bool)
@@ -679,17 +680,18 @@ class Trainer:
                 mini = mini.to(self.device)
                 units = proc.sum(aggregation_units(loss_mask[mini], a.aggregation).double())
                 token_units = proc.sum(valid[mini].sum().double())
-                micros = torch.tensor_split(mini, a.grad_accum)
+                micros = scoring.micro_batches(mini, a.grad_accum, attention_mask)
                 # this update's loss, clipped tokens and tokens: counted where the update is made
                 update = torch.zeros(3, dtype=torch.float64, device=self.device)
-                for i, idx in enumerate(micros):
+                for i, (rows, cols) in enumerate(micros):
+                    idx = (rows, cols)  # the micro-batch's rows, and the columns they use
                     with self._no_sync(i < len(micros) - 1), self._autocast():
                         mask = loss_mask[idx]
                         stats, values = self.module(input_ids[idx], attention_mask[idx], mask, cfg.rollout.temperature,
                                                     entropy=a.entropy_coef > 0, mean_logp=rover)
                         if rover:
                             q, target = rover_targets(stats.logprob, old.logprob[idx], stats.mean_logp,
-                                                      old.mean_logp[idx], row_adv[idx], mask, a.rover_rho,
+                                                      old.mean_logp[idx], row_adv[rows], mask, a.rover_rho,
                                                       a.rover_kappa)
                             loss = aggregate((q - target) ** 2, mask, "token_mean", denominator=token_units)
                         else:
