@@ -158,10 +158,11 @@ class RewardConfig:
 @dataclass
 class EvalConfig:
     source: Optional[str] = None
-    """Held-out prompts the policy is evaluated on during training: "task" (the built-in task's
-    held-out problems), a ``.jsonl`` file or a ``datasets`` folder, read with data's keys
-    (prompt_key, answer_key, labels_key, chat_template, max_prompt_tokens), sampled up to
-    rollout.max_new_tokens and scored with reward.kind; None: no evaluation."""
+    """Held-out prompts the policy is evaluated on during training: "task" (problems of the
+    built-in task drawn apart from the steps', not disjoint from them), a ``.jsonl`` file or
+    a ``datasets`` folder, read with data's keys (prompt_key, answer_key, labels_key,
+    chat_template, max_prompt_tokens), sampled up to rollout.max_new_tokens and scored with
+    reward.kind; None: no evaluation."""
     split: Optional[str] = None
     """A DatasetDict folder: the split to evaluate on (e.g. "test")."""
     prompts: Optional[int] = None
@@ -630,7 +631,7 @@ def _read_rules(c: TrainConfig):
          "for float32 weights on a GPU (this run: "
          f"{f'model.dtype {m.dtype}' if m.dtype != 'float32' else 'run.device cpu'})"),
         (("data.operands",), "task" in (d.source, c.eval.source),
-         f"by the built-in task, data.source or eval.source task (this run: {d.source})"),
+         f"by the built-in task, data.source or eval.source task (this run: {d.source}, {c.eval.source})"),
         (("data.prompt_key",), d.source != "task" or c.eval.source not in (None, "task"),
          "for a file or datasets folder (this run: data.source task, whose prompts are drawn per step)"),
         (("data.shuffle",), d.source != "task",

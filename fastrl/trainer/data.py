@@ -51,8 +51,8 @@ class Prompts:
         return out
 
     def first(self, count: Optional[int]) -> list[dict]:
-        """The first ``count`` records (None: all); a task's held-out problems, those of step -1
-        (which no training step draws: 64 of them for None)."""
+        """The first ``count`` records (None: all); a task's, the problems of step -1, which
+        no training step draws (though its problems may be among them): 64 for None."""
         if self.rows is None:
             return self.task.problems(self.seed, -1, 64 if count is None else count)
         return self.rows[:count]

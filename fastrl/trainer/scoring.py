@@ -25,28 +25,30 @@ def _labels(config: TrainConfig, row: dict):
     return row[config.data.labels_key]
 
 
-def check_records(config: TrainConfig, prompts) -> None:
+def check_records(config: TrainConfig, prompts, rows=None) -> None:
     """The built-in rewards that read a gold answer find it in every record of ``prompts``
-    (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it)."""
-    if prompts.rows is None or config.reward.kind not in ("math", *CLASSIFICATION_KINDS):
+    (``fastrl.trainer.data.Prompts``; checked at load, not at the step that first draws it);
+    rows: those records alone (a task's problems too: it has no records to check)."""
+    rows = prompts.rows if rows is None else rows
+    if rows is None or config.reward.kind not in ("math", *CLASSIFICATION_KINDS):
         return
     keys = {config.data.answer_key: "data.answer_key"}
     if config.reward.kind in CLASSIFICATION_KINDS:
         keys[config.data.labels_key] = "data.labels_key"
     for key, option in keys.items():
-        missing = next((i for i, row in enumerate(prompts.rows) if key not in row), None)
+        missing = next((i for i, row in enumerate(rows) if key not in row), None)
         if missing is not None:
             raise ConfigError(f"{prompts.where(missing)} has no field {key!r} ({option}), which reward.kind "
                               f"{config.reward.kind!r} reads")
     key = config.data.answer_key
-    bad = next((i for i, row in enumerate(prompts.rows) if not _is_answer(row[key])), None)
+    bad = next((i for i, row in enumerate(rows) if not _is_answer(row[key])), None)
     if bad is not None:  # a list or an object would be compared as its repr, and never match
         raise ConfigError(f"{prompts.where(bad)}: field {key!r} (data.answer_key) must be a string or a finite number, "
-                          f"got {type(prompts.rows[bad][key]).__name__}: {prompts.rows[bad][key]!r:.60}")
+                          f"got {type(rows[bad][key]).__name__}: {rows[bad][key]!r:.60}")
     if config.reward.kind in CLASSIFICATION_KINDS:
         from fastrl.rewards.classification import check_labels
 
-        for i, row in enumerate(prompts.rows):  # a label set that is no list of names, or lacks the gold
+        for i, row in enumerate(rows):  # a label set that is no list of names, or lacks the gold
             try:
                 check_labels(str(row[key]), row[config.data.labels_key])
             except (TypeError, ValueError) as e:

@@ -197,9 +197,10 @@ class Trainer:
         if config.eval.source is not None:
             self.eval_data = dataclasses.replace(config.data, source=config.eval.source, split=config.eval.split)
             held_out = Prompts(self.eval_data, config.run.seed, self.task, "eval")
-            scoring.check_records(config, held_out)
             self.eval_rows = held_out.first(config.eval.prompts)
-            if len(self.eval_rows) < (config.eval.prompts or 0):
+            # the records evaluated, a task's problems too (data.answer_key names their answer)
+            scoring.check_records(config, held_out, self.eval_rows)
+            if len(self.eval_rows) < (config.eval.prompts or 0) and self.proc.main:
                 warnings.warn(f"eval.prompts is {config.eval.prompts}, but eval.source holds {len(self.eval_rows)} "
                               "records: the evaluation reads all of them")
         self.rewards = scoring.outcome_rewards(config, self.task)
@@ -431,11 +432,11 @@ class Trainer:
 
         sharded = [m for m in self.module.modules() if isinstance(m, FSDPModule)]
         blocks = [m for m in sharded if m is not self.module]
-        for m in blocks:
-            m.set_reshard_after_forward(False, recurse=False)
-        for m in sharded:
-            m.unshard()
-        try:
+        try:  # (a failed gather too leaves every group sharded and resharding after its forward)
+            for m in blocks:
+                m.set_reshard_after_forward(False, recurse=False)
+            for m in sharded:
+                m.unshard()
             yield
         finally:
             for m in blocks:
@@ -855,7 +856,8 @@ class Trainer:
 
                 if self.eval_rows is not None and cfg.eval.before_training and self.step == 0:
                     record({"step": 0, **self.evaluate()})
-                while self.step < cfg.run.steps:
+                    interrupted = self.proc.any(self._stop, self.device)  # (nothing to save yet)
+                while not interrupted and self.step < cfg.run.steps:
                     metrics = self.run_step(self.step)
                     self.step += 1
                     if self._evaluates(self.step):
@@ -988,7 +990,7 @@ def plot_metrics(log: Path, png: Path) -> Optional[Path]:
         xs = [r["step"] for r in rows if key in r]
         ys = [r[key] for r in rows if key in r]
         ax.plot(xs, ys, lw=0.8, alpha=0.5)
-        if len(ys) >= 10:  # a running mean over 10 steps on top of the raw curve
+        if len(ys) >= 10 and not key.startswith("eval_"):  # a running mean over 10 steps on the raw curve
             smooth = np.convolve(ys, np.ones(10) / 10, mode="valid")
             ax.plot(xs[9:], smooth, lw=1.5)
         ax.set_title(key, fontsize=9)

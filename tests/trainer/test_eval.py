@@ -247,3 +247,30 @@ def test_a_checkpoint_from_before_the_eval_section_resumes(tmp_path):
     with pytest.raises(ConfigError, match=r"differs from the checkpoint's .* in data.prompts_per_step \(4 -> 8\)"):
         Trainer(config(tmp_path, "run.steps=3", "eval.source=null", "eval.prompts=null", "data.prompts_per_step=8"),
                 resume=True)
+
+
+def test_a_task_eval_source_is_checked_against_data_answer_key(tmp_path):
+    """The task's problems hold their answer in "answer": a reward reading another
+    data.answer_key failed at the first evaluation (a KeyError, maybe hours into the run)."""
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text(json.dumps({"prompt": "5,6=", "solution": "6"}) + "\n")
+    with pytest.raises(ConfigError, match="eval.source task: record 0 has no field 'solution' \\(data.answer_key\\)"):
+        Trainer(config(tmp_path, f"data.source={train_file}", "data.answer_key=solution", "reward.kind=math"))
+
+
+def test_ctrl_c_during_the_evaluation_before_training_stops_before_the_first_step(tmp_path):
+    cfg = config(tmp_path, "run.steps=2")
+    trainer = Trainer(cfg)
+    evaluate = trainer.evaluate
+
+    def interrupted():
+        trainer._stop = True  # what Ctrl-C sets
+        return evaluate()
+    trainer.evaluate = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0]
+    resumed = train(cfg, resume=True)
+    whole = train(config(tmp_path / "w", "run.steps=2"))
+    assert without_timing(resumed.metrics) == without_timing(whole.metrics)
