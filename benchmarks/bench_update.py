@@ -80,7 +80,7 @@ def prepared(B: int, N: int, device: torch.device, provider: str):
     trainer, batch = trainer_and_batch(B, N, device)
     T = trainer.cfg.rollout.temperature
 
-    def contiguous(rows, parts, attention_mask):  # the trainer's micro-batches before: every column
+    def contiguous(rows, attention_mask, parts, *_):  # the trainer's micro-batches before: every column
         return [(part, slice(None)) for part in torch.tensor_split(rows, parts)]
 
     def step():

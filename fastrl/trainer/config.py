@@ -196,6 +196,10 @@ class AlgoConfig:
     grad_accum: int = 1
     """Micro-batches per mini-batch (gradient accumulation); a step's no-grad forwards (old policy,
     reference, PRM) run in mini_batches x grad_accum micro-batches too."""
+    micro_batch_tokens: Optional[int] = None
+    """Instead of algo.grad_accum's count: micro-batches of at most this many tokens, rows x the
+    columns they span (verl's ppo_max_token_len_per_gpu), as few as fit (a longer row goes
+    alone), the same count on every process; the no-grad forwards' too. None: grad_accum."""
     clip_low: float = 0.2
     """Lower PPO clip: the ratio is clipped at 1 - clip_low (in [0, 1))."""
     clip_high: float = 0.2
@@ -533,6 +537,11 @@ class TrainConfig:
                               "a PRM folder, or 'module:function')")
         for key in ("epochs", "mini_batches", "grad_accum"):
             _at_least(f"algo.{key}", getattr(a, key), 1)
+        if a.micro_batch_tokens is not None:
+            _at_least("algo.micro_batch_tokens", a.micro_batch_tokens, 1)
+            if a.grad_accum != 1:
+                raise ConfigError(f"algo.grad_accum ({a.grad_accum}) and algo.micro_batch_tokens "
+                                  f"({a.micro_batch_tokens}) both size the micro-batches: set one")
         _in_unit("algo.clip_low", a.clip_low, closed=False)
         _positive("algo.clip_high", a.clip_high)
         if a.dual_clip is not None and a.dual_clip <= 1:

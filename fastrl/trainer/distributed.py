@@ -73,11 +73,15 @@ class Processes(Reduce):
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether flag is set on any process (every process gets the same answer)."""
+        return bool(self.max(int(flag), device)) if self.world > 1 else flag
+
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of the processes' values (every process gets the same answer)."""
         if self.world == 1:
-            return flag
-        x = torch.tensor(float(flag), device=device)
+            return value
+        x = torch.tensor(value, dtype=torch.int64, device=device)
         dist.all_reduce(x, op=dist.ReduceOp.MAX)
-        return bool(x.item())
+        return int(x.item())
 
     def barrier(self):
         if self.world > 1:

@@ -3,7 +3,7 @@ the verifiers, the built-in task, a process reward model or a user function."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -142,34 +142,63 @@ def load_pretrained(key: str, path: str, load, hint: str = ""):
         raise ConfigError(f"{key}: {path!r} does not load ({first}){hint}") from e
 
 
-def micro_batches(rows: torch.Tensor, parts: int, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, slice]]:
-    """``rows`` (indices into the batch) as ``parts`` micro-batches of as many rows as
-    ``tensor_split`` gives, rows of similar length together (sorted by the columns each
-    uses), each with the columns its rows use: (indices, columns). A micro-batch's forward
-    computes no column that is padding in all its rows (the batch is padded to its longest
-    row: a whole-width forward of short rows did mostly padding)."""
+def micro_batches(rows: torch.Tensor, attention_mask: torch.Tensor, parts: int = 1,
+                  max_tokens: Optional[int] = None, agree: Optional[Callable[[int], int]] = None,
+                  ) -> list[tuple[torch.Tensor, slice]]:
+    """``rows`` (indices into the batch) as micro-batches, rows of similar length together
+    (sorted by the columns each uses), each with the columns its rows use: (indices,
+    columns). A micro-batch's forward computes no column that is padding in all its rows (the
+    batch is padded to its longest row: a whole-width forward of short rows did mostly padding).
+
+    parts: as many micro-batches, of as many rows as ``tensor_split`` gives. max_tokens:
+    instead as few as keep each one's rows x columns within it (a longer row alone), at
+    least ``parts``; agree(count) -> the count every process runs (the largest: under FSDP2
+    each forward gathers weights, a collective), reached by halving the costliest."""
     used = attention_mask[rows] != 0
     first = used.int().argmax(1)
     end = used.shape[1] - used.flip(1).int().argmax(1)  # one past the last used column
     first, end, order = first.tolist(), end.tolist(), rows.tolist()  # (one sync for the lot)
     by_length = sorted(range(len(order)), key=lambda i: end[i] - first[i])  # (stable: ties keep their order)
-    out = []
-    for part in torch.tensor_split(torch.tensor(by_length, dtype=torch.long), parts):
-        part = part.tolist()
-        out.append((torch.tensor([order[i] for i in part], dtype=torch.long, device=attention_mask.device),
-                    slice(min(first[i] for i in part), max(end[i] for i in part))))
-    return out
+
+    def columns(group):
+        return slice(min(first[i] for i in group), max(end[i] for i in group))
+
+    def tokens(group):
+        span = columns(group)
+        return len(group) * (span.stop - span.start)
+
+    if max_tokens is None:
+        groups = [part.tolist() for part in torch.tensor_split(torch.tensor(by_length, dtype=torch.long), parts)]
+    else:
+        groups, low, high = [], 0, 0  # (the last group's columns)
+        for i in by_length:
+            if groups and (len(groups[-1]) + 1) * (max(high, end[i]) - min(low, first[i])) <= max_tokens:
+                groups[-1].append(i)
+                low, high = min(low, first[i]), max(high, end[i])
+            else:
+                groups.append([i])
+                low, high = first[i], end[i]
+        count = max(len(groups), parts)
+        count = agree(count) if agree is not None else count
+        while len(groups) < count:
+            costliest = max((g for g in range(len(groups)) if len(groups[g]) > 1), key=lambda g: tokens(groups[g]))
+            group = groups.pop(costliest)
+            groups[costliest:costliest] = [group[:len(group) // 2], group[len(group) // 2:]]
+    return [(torch.tensor([order[i] for i in group], dtype=torch.long, device=attention_mask.device), columns(group))
+            for group in groups]
 
 
-def in_micro_batches(forward: Callable, attention_mask: torch.Tensor, config: TrainConfig):
+def in_micro_batches(forward: Callable, attention_mask: torch.Tensor, config: TrainConfig,
+                     agree: Optional[Callable[[int], int]] = None):
     """``forward(rows, columns)`` over the batch of ``attention_mask`` [B, L] in the update's
-    micro-batches (``micro_batches``, algo.mini_batches x algo.grad_accum of them: a no-grad
-    forward of a whole step held that many times the activations of one), its outputs
-    (tensors [rows, columns, ...]; None; tuples of them) put back in place, zero in the
-    columns a micro-batch left out."""
-    B = attention_mask.shape[0]
-    count = max(1, min(B, config.algo.mini_batches * config.algo.grad_accum))
-    parts = micro_batches(torch.arange(B, device=attention_mask.device), count, attention_mask)
+    micro-batches (``micro_batches``: algo.mini_batches x algo.grad_accum of them, or of
+    algo.micro_batch_tokens tokens: a no-grad forward of a whole step held that many times the
+    activations of one), its outputs (tensors [rows, columns, ...]; None; tuples of them) put
+    back in place, zero in the columns a micro-batch left out. agree: as micro_batches'."""
+    a, B = config.algo, attention_mask.shape[0]
+    count = max(1, min(B, a.mini_batches * a.grad_accum))
+    parts = micro_batches(torch.arange(B, device=attention_mask.device), attention_mask, count,
+                          a.micro_batch_tokens, agree)
     return _placed([forward(rows, columns) for rows, columns in parts], parts, attention_mask.shape)
 
 

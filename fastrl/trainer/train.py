@@ -444,6 +444,11 @@ class Trainer:
             for m in sharded:
                 m.reshard()
 
+    def _agree(self, count: int) -> int:
+        """The micro-batch count every process runs: the largest (under FSDP2 each forward
+        gathers weights, a collective)."""
+        return self.proc.max(count, self.device)
+
     def _autocast(self):
         m = self.cfg.model
         if self.device.type == "cuda" and m.autocast_bf16 and m.dtype == "float32":
@@ -508,7 +513,7 @@ class Trainer:
             old, old_values = scoring.in_micro_batches(
                 lambda rows, cols: self.module(input_ids[rows, cols], attention_mask[rows, cols],
                                                response_mask[rows, cols], T, entropy=True,
-                                               mean_logp=cfg.algo.name == "rover"), attention_mask, cfg)
+                                               mean_logp=cfg.algo.name == "rover"), attention_mask, cfg, self._agree)
             ref_logp = None
             if self.reference is not None:
                 ref_logp = scoring.in_micro_batches(lambda rows, cols: response_logprobs(
@@ -681,7 +686,7 @@ class Trainer:
                 mini = mini.to(self.device)
                 units = proc.sum(aggregation_units(loss_mask[mini], a.aggregation).double())
                 token_units = proc.sum(valid[mini].sum().double())
-                micros = scoring.micro_batches(mini, a.grad_accum, attention_mask)
+                micros = scoring.micro_batches(mini, attention_mask, a.grad_accum, a.micro_batch_tokens, self._agree)
                 # this update's loss, clipped tokens and tokens: counted where the update is made
                 update = torch.zeros(3, dtype=torch.float64, device=self.device)
                 for i, (rows, cols) in enumerate(micros):

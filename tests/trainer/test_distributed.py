@@ -62,6 +62,9 @@ def run(out, mode, overrides, processes, timeout=600):
     # forwards, and the process that ended first left the other waiting (a gloo error)
     ("fsdp2", ["algo.name=gae", "rollout.group_size=1", "data.prompts_per_step=2", "rollout.max_new_tokens=40",
                "rollout.temperature=3", "run.steps=2"], 1e-9),
+    # micro-batches by a token budget, as many on each process (the largest count): under FSDP2 each forward
+    # gathers weights
+    ("fsdp2", ["algo.micro_batch_tokens=48", "rollout.max_new_tokens=24", "rollout.temperature=3"], 1e-9),
     # the held-out prompts shared out 2 + 1; then 1 + 0 (a process without prompts still gathers the weights)
     ("fsdp2", ["eval.source=task", "eval.prompts=3", "eval.samples=2", "eval.temperature=1", "eval.every=2"], 1e-9),
     ("fsdp2", ["eval.source=task", "eval.prompts=1"], 1e-9),
