@@ -198,8 +198,9 @@ class AlgoConfig:
     reference, PRM) run in mini_batches x grad_accum micro-batches too."""
     micro_batch_tokens: Optional[int] = None
     """Instead of algo.grad_accum's count: micro-batches of at most this many tokens, rows x the
-    columns they span (verl's ppo_max_token_len_per_gpu), as few as fit (a longer row goes
-    alone), the same count on every process; the no-grad forwards' too. None: grad_accum."""
+    columns they span (verl's ppo_max_token_len_per_gpu counts no padding: its values make
+    smaller micro-batches here), as few as fit (a longer row goes alone), the same count on
+    every process; the no-grad forwards' too. None: grad_accum."""
     clip_low: float = 0.2
     """Lower PPO clip: the ratio is clipped at 1 - clip_low (in [0, 1))."""
     clip_high: float = 0.2

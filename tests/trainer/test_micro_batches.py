@@ -146,3 +146,9 @@ def test_a_token_budget_and_a_count_of_micro_batches_are_not_both_set():
         TrainConfig.from_dict({"algo": {"grad_accum": 2, "micro_batch_tokens": 4096}})
     with pytest.raises(ConfigError, match="algo.micro_batch_tokens must be >= 1, got 0"):
         TrainConfig.from_dict({"algo": {"micro_batch_tokens": 0}})
+
+
+def test_a_count_the_rows_cannot_reach_is_named():
+    mask = padded_mask([2, 3, 1], [4, 1, 2])
+    with pytest.raises(ValueError, match="5 micro-batches agreed for 3 rows"):
+        micro_batches(torch.arange(3), mask, max_tokens=1, agree=lambda count: 5)
