@@ -1,4 +1,4 @@
-"""A training step's forwards and update: micro-batches of rows of similar length, each over the columns its rows use, against contiguous micro-batches over the whole batch's width.
+"""A training step's forwards and update: micro-batches of similar-length rows over their columns, against full-width ones.
 
 One step of B responses on the built-in tiny Llama widened to hidden 256, 4 layers (float32,
 vocabulary of the built-in task), GRPO with B / 8 micro-batches of 8 rows (algo.grad_accum):

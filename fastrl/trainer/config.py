@@ -641,7 +641,8 @@ def _read_rules(c: TrainConfig):
          "for float32 weights on a GPU (this run: "
          f"{f'model.dtype {m.dtype}' if m.dtype != 'float32' else 'run.device cpu'})"),
         (("data.operands",), "task" in (d.source, c.eval.source),
-         f"by the built-in task, data.source or eval.source task (this run: {d.source}, {c.eval.source})"),
+         f"by the built-in task, data.source or eval.source task (this run: data.source {d.source}, eval.source "
+         f"{c.eval.source})"),
         (("data.prompt_key",), d.source != "task" or c.eval.source not in (None, "task"),
          "for a file or datasets folder (this run: data.source task, whose prompts are drawn per step)"),
         (("data.shuffle",), d.source != "task",

@@ -128,8 +128,9 @@ def _load(cfg: DataConfig, section: str) -> tuple[list[dict], list[int] | None]:
             raise ConfigError(f"{section}.source {path}: {e}") from None
         if isinstance(data, datasets.DatasetDict):
             if cfg.split not in data:
+                got = f" (got {cfg.split!r})" if cfg.split else ""
                 raise ConfigError(f"{section}.source {path} is a DatasetDict with splits {', '.join(data)}: "
-                                  f"set {section}.split to one of them" + (f" (got {cfg.split!r})" if cfg.split else ""))
+                                  f"set {section}.split to one of them{got}")
             data = data[cfg.split]
         elif cfg.split is not None:
             raise ConfigError(f"{section}.split: {section}.source {path} is a single Dataset, not a DatasetDict")

@@ -180,8 +180,8 @@ def test_held_out_records_are_read_with_datas_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"held_out.jsonl:4 has no field 'answer' \(data.answer_key\)"):
         Trainer(cfg)
     with pytest.warns(UserWarning, match="eval.prompts is 9, but eval.source holds 4 records"):
-        Trainer(config(tmp_path, f"data.source={train_file}", "data.prompt_key=question", "reward.kind=test_eval:parity",
-                       f"eval.source={held_out}", "eval.prompts=9")).proc.close()
+        Trainer(config(tmp_path, f"data.source={train_file}", "data.prompt_key=question",
+                       "reward.kind=test_eval:parity", f"eval.source={held_out}", "eval.prompts=9")).proc.close()
 
 
 def test_the_cli_prints_the_first_and_last_evaluation(tmp_path, capsys):

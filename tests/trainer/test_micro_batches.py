@@ -22,11 +22,17 @@ def padded_mask(prompt_lengths, response_lengths):
     return mask
 
 
+def random_mask(g):
+    """Up to 40 rows of prompts of 1 to 8 tokens and responses of 0 to 29."""
+    B = int(torch.randint(1, 40, (1,), generator=g))
+    return padded_mask(torch.randint(1, 9, (B,), generator=g).tolist(), torch.randint(0, 30, (B,), generator=g).tolist())
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_micro_batches_split_rows_by_length_and_cover_their_columns(seed):
     g = torch.Generator().manual_seed(seed)
-    B = int(torch.randint(1, 40, (1,), generator=g))
-    mask = padded_mask(torch.randint(1, 9, (B,), generator=g).tolist(), torch.randint(0, 30, (B,), generator=g).tolist())
+    mask = random_mask(g)
+    B = len(mask)
     rows = torch.randperm(B, generator=g)[:int(torch.randint(1, B + 1, (1,), generator=g))]
     parts = int(torch.randint(1, len(rows) + 1, (1,), generator=g))
     split = micro_batches(rows, mask, parts)
@@ -116,8 +122,8 @@ def test_narrow_micro_batches_compute_what_whole_width_forwards_do(tmp_path, alg
 @pytest.mark.parametrize("seed", range(20))
 def test_a_token_budget_takes_as_few_micro_batches_as_fit(seed):
     g = torch.Generator().manual_seed(seed)
-    B = int(torch.randint(1, 40, (1,), generator=g))
-    mask = padded_mask(torch.randint(1, 9, (B,), generator=g).tolist(), torch.randint(0, 30, (B,), generator=g).tolist())
+    mask = random_mask(g)
+    B = len(mask)
     rows = torch.randperm(B, generator=g)
     budget = int(torch.randint(8, 400, (1,), generator=g))
 
