@@ -269,9 +269,17 @@ def train(args) -> int:
     if os.environ.get("RANK", "0") == "0":  # (once under torchrun)
         for advisory in advisories:
             print(f"fastrl train: warning: {advisory.message}", file=sys.stderr)
+    if args.eval_only and args.overwrite:
+        print("fastrl train: --eval-only writes nothing: --overwrite does not go with it", file=sys.stderr)
+        return 2
     try:
-        from fastrl.trainer.train import train as run
+        from fastrl.trainer.train import evaluate, train as run
 
+        if args.eval_only:
+            metrics = evaluate(config, resume=args.resume)
+            if os.environ.get("RANK", "0") == "0":
+                print(json.dumps(metrics))
+            return 0
         result = run(config, resume=args.resume, overwrite=args.overwrite)
     except ConfigError as e:
         print(f"fastrl train: {e}", file=sys.stderr)
@@ -467,6 +475,9 @@ def _main(argv=None) -> int:
     t.add_argument("--overwrite", action="store_true",
                    help="start again even if run.output_dir holds a run, removing its checkpoints, final/ and logs")
     t.add_argument("--plot", action="store_true", help="write PNG curves of the metrics at the end")
+    t.add_argument("--eval-only", action="store_true",
+                   help="only evaluate on eval.source (model.path's weights; with --resume, the newest checkpoint's) "
+                        "and print the metrics as a JSON line; nothing is written")
     t.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     x = sub.add_parser("experiment", help="reproduce a paper's headline effect at toy scale on the CPU")
     x.add_argument("name", choices=["pure", "riskpo", "rover"])

@@ -161,10 +161,12 @@ def sample_seed(run_seed: int, step: int, prompt: int, sample: int) -> int:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, task=None,
-                 on_step: Optional[Callable[["Trainer", dict, "Batch"], dict]] = None):
+                 on_step: Optional[Callable[["Trainer", dict, "Batch"], dict]] = None, evaluate_only: bool = False):
         """task: the task serving data.source / reward.kind / reward.process "task" (default:
         the built-in ``MaxTask``); on_step(trainer, metrics, batch) -> more metrics for the
-        log, called after each step on every process (experiments add their own)."""
+        log, called after each step on every process (experiments add their own);
+        evaluate_only: a trainer that will write nothing (``evaluate``): run.output_dir may
+        hold a run."""
         config.validate()  # a config built or edited in Python has not been checked yet
         self.cfg = config
         self.task = task if task is not None else task_lib.MaxTask(config.data.operands)
@@ -181,7 +183,8 @@ class Trainer:
         if resume and overwrite:
             raise ConfigError("--resume continues the run in run.output_dir and --overwrite starts it again: pass one")
         self.resume, self.overwrite = resume, overwrite
-        self._check_free()
+        if not evaluate_only:
+            self._check_free()
         self.config_changes = self._resume_changes() if resume else []
         random.seed(config.run.seed)
         np.random.seed(config.run.seed)
@@ -1006,6 +1009,25 @@ def plot_metrics(log: Path, png: Path) -> Optional[Path]:
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def evaluate(config: TrainConfig, resume: bool = False, task=None) -> dict:
+    """The evaluation alone (``fastrl train --eval-only``): the metrics of ``Trainer.evaluate``
+    for model.path's weights, or with resume the newest checkpoint's in run.output_dir, with
+    "step" (0, or the checkpoint's). Nothing is written."""
+    if config.eval.source is None:
+        raise ConfigError("--eval-only evaluates on eval.source, which is not set")
+    trainer = Trainer(config, resume=resume, task=task, evaluate_only=True)
+    try:
+        if resume:
+            path = checkpoint.latest(trainer.ckpt_dir)
+            if path is None:
+                raise ConfigError(f"--resume --eval-only: no checkpoint under {trainer.ckpt_dir} to evaluate")
+            trainer.step = checkpoint.load(path, trainer.module, trainer.optimizer, trainer.scheduler,
+                                           trainer.proc)["step"]
+        return {"step": trainer.step, **trainer.evaluate()}
+    finally:
+        trainer.proc.close()
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, task=None, on_step=None) -> TrainResult:

@@ -274,3 +274,30 @@ def test_ctrl_c_during_the_evaluation_before_training_stops_before_the_first_ste
     resumed = train(cfg, resume=True)
     whole = train(config(tmp_path / "w", "run.steps=2"))
     assert without_timing(resumed.metrics) == without_timing(whole.metrics)
+
+
+def test_eval_only_evaluates_the_starting_policy_or_a_checkpoint_and_writes_nothing(tmp_path, capsys):
+    args = ["--set", "eval.source=task", "--set", "eval.prompts=6", "--set", "eval.samples=2",
+            "--set", "eval.temperature=1", "--set", "run.progress=false", "--output-dir", str(tmp_path / "run")]
+    assert main(["train", "--eval-only", *args]) == 0
+    before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--set", "run.steps=2", *args]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--set", "run.steps=2", "--eval-only", "--resume", *args]) == 0
+    after = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert without_timing([before, after]) == without_timing([logged[0], {k: v for k, v in logged[-1].items()
+                                                                          if k == "step" or k.startswith("eval_")}])
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # the run's folder as it was
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eval-only"], "--eval-only evaluates on eval.source, which is not set"),
+    (["--eval-only", "--resume", "--set", "eval.source=task"], "--resume --eval-only: no checkpoint under"),
+    (["--eval-only", "--overwrite", "--set", "eval.source=task"], "--overwrite does not go with it"),
+])
+def test_eval_only_errors_are_named(tmp_path, capsys, args, message):
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *args]) == 2
+    assert message in capsys.readouterr().err
