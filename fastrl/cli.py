@@ -106,7 +106,7 @@ def _eval_verifier():
 def eval_samples(args) -> int:
     import json
 
-    from fastrl.metrics import majority, pass_at_k
+    from fastrl.metrics import majority, pass_at_k, reported_ks
     from fastrl.trainer.data import json_lines, json_record
 
     if args.plot:
@@ -193,9 +193,7 @@ def eval_samples(args) -> int:
     n = np.array([len(s) for s in problems.values()])
     c = np.array([sum(a for a, _ in s) for s in problems.values()])
     d = np.array([sum(b for _, b in s) for s in problems.values()])
-    ks = [1 << i for i in range(int(n.min()).bit_length()) if 1 << i <= n.min()]
-    if ks[-1] != n.min():
-        ks.append(int(n.min()))  # the largest k every problem supports
+    ks = reported_ks(int(n.min()))  # (n.min(): the largest k every problem supports)
     passk = [float(pass_at_k(n, c, k).mean()) for k in ks]
     cotk = [float(pass_at_k(n, d, k).mean()) for k in ks] if any_cot else None
     print(description)

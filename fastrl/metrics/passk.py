@@ -33,6 +33,11 @@ def _as_int_array(name: str, x) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def reported_ks(n: int) -> list[int]:
+    """The k pass@k is reported at for n samples a problem: 1, 2, 4, ... up to n, and n."""
+    return sorted({1 << i for i in range(n.bit_length()) if 1 << i <= n} | {n})
+
+
 def pass_at_k(n, c, k):
     """Unbiased pass@k, broadcast over n, c, k (numpy rules); scalars give a float.
 

@@ -48,7 +48,7 @@ from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, v
 from fastrl.algos.pure import step_ends
 from fastrl.algos.rover import rover_targets
 from fastrl.integrations.hf import response_logprobs
-from fastrl.metrics import pass_at_k
+from fastrl.metrics import pass_at_k, reported_ks
 from fastrl.ops.logprobs import TokenStats
 from fastrl.plotting import pyplot
 from fastrl.trainer import checkpoint, distributed, scoring
@@ -581,9 +581,10 @@ class Trainer:
         count, n = len(self.eval_rows), e.samples
         share = -(-count // proc.world)
         mine = range(min(proc.rank * share, count), min((proc.rank + 1) * share, count))
-        prompts = [self.eval_prompts[i] for i in mine for _ in range(n)]
+        records = [i for i in mine for _ in range(n)]  # each prompt's index, once per sample
+        prompts = [self.eval_prompts[i] for i in records]
         seeds = torch.tensor([sample_seed(cfg.run.seed, -1, i, j) for i in mine for j in range(n)], dtype=torch.int64)
-        ks = sorted({2 ** j for j in range(1, n.bit_length())} | ({n} if n > 1 else set()))
+        ks = reported_ks(n)[1:]  # (pass@1 is eval_accuracy)
         # greedy: the most likely token alone (top-k 1), at any temperature
         sampling = (e.temperature, e.top_k, e.top_p) if e.temperature > 0 else (1.0, 1, None)
         # at most a training step's rows at once: the memory a step's rollout is known to fit in
@@ -596,7 +597,7 @@ class Trainer:
         self.module.train()
         totals = [0.0] * (4 + len(ks))
         if prompts:
-            rows = [self.eval_rows[i] for i in mine for _ in range(n)]
+            rows = [self.eval_rows[i] for i in records]
             lengths, _, scores, correct = self._scored(ro, rows)
             solved = correct.view(-1, n).sum(1).round().long().cpu().numpy()
             totals = [len(rows), scores.double().sum().item(), correct.double().sum().item(),
