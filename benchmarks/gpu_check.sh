@@ -8,12 +8,13 @@
 #   benchmarks/gpu_check.sh [all|sampling|rest|sweep]
 #
 # sampling (about 2 minutes on an H200): install without the CUDA extension, the sampler /
-# rollout tests, bench_sampling, and sampling_ablation.py at B=256 (where plain sampling's
-# time goes; SAMPLER_BASELINE: other sources of kernels/sampling.py, comma-separated, e.g.
-# the previous commit's, timed beside it; SAMPLER_VARIANTS: the ablation's --variants);
+# rollout tests, bench_sampling (with SAMPLER_CONFIGS, its --configs: by default the lagged
+# and TMA forms), and sampling_ablation.py at B=256 (where plain sampling's time goes;
+# SAMPLER_BASELINE: other sources of kernels/sampling.py, comma-separated, e.g. the previous
+# commit's, timed beside it; SAMPLER_VARIANTS: the ablation's --variants);
 # rest: build the CUDA extension (498 s on an H200 machine before masks became bytes before
 # the kernels; 64 s on 2 cores here after), every other CUDA test, the other benchmarks
-# (REST_BENCHMARKS=scans: bench_scans only, none: no benchmarks); all: both, in that order
+# (REST_BENCHMARKS: all, none, or some of logprobs,scans,advantages,rollout,update); all: both, in that order
 # (7 minutes); sweep (about 2.5 minutes): bench_sampling over kernel configs, plain sampling
 # and the read-only loop over the EXPLORE grid, to choose the defaults, and plain rows with
 # the L2 flushed by writing (harness.py) and at B up to 2048. The test logs and the
@@ -24,7 +25,15 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 PY=${PYTHON:-python3}
 STAGE=${1:-all}
 case "$STAGE" in all|sampling|rest|sweep) ;; *) echo "gpu_check.sh: no stage '$STAGE' (all, sampling, rest or sweep)"; exit 2;; esac
-case "${REST_BENCHMARKS:-all}" in all|scans|none) ;; *) echo "gpu_check.sh: REST_BENCHMARKS must be all, scans or none, got '$REST_BENCHMARKS'"; exit 2;; esac
+REST_BENCHMARKS=${REST_BENCHMARKS:-all}
+[ "$REST_BENCHMARKS" = all ] && REST_BENCHMARKS=logprobs,scans,advantages,rollout,update
+[ "$REST_BENCHMARKS" = none ] && REST_BENCHMARKS=
+for b in ${REST_BENCHMARKS//,/ }; do
+  case "$b" in logprobs|scans|advantages|rollout|update) ;;
+    *) echo "gpu_check.sh: REST_BENCHMARKS: no benchmark '$b' (all, none, or some of logprobs,scans,advantages,rollout,update)"; exit 2;;
+  esac
+done
+rest_bench() { [[ ",$REST_BENCHMARKS," == *",$1,"* ]]; }
 LOGS=${OUT:-/tmp}  # whole logs, tracebacks included, come back with $OUT
 SAMPLER_TESTS="tests/ops/test_sampling.py tests/trainer/test_rollout.py"
 # 4096x8s4 against 4096x8s4p1: top-p with and without the first pass software-pipelined; c2 at B=256
@@ -71,9 +80,10 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "sampler tests"
   gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
   stamp "bench_sampling"
-  bench 150 benchmarks/bench_sampling.py --device cuda
+  bench 180 benchmarks/bench_sampling.py --device cuda --configs "${SAMPLER_CONFIGS-8192x8l,8192x8t,8192x8lt,8192x8lt@64}"
   stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
-  bench 150 benchmarks/sampling_ablation.py --variants "${SAMPLER_VARIANTS-,lagged,lagged+nocap,resolve,noise+resolve+zsum+max}" \
+  bench 180 benchmarks/sampling_ablation.py \
+    --variants "${SAMPLER_VARIANTS-,lagged,tma,lagged+tma,lagged+tma+stages4,lagged+tma+nocap,resolve,lagged+tma+resolve,lagged+tma+noise+resolve+zsum,noise+resolve+zsum+max}" \
     --kernels "kernels/sampling.py${SAMPLER_BASELINE:+,$SAMPLER_BASELINE}"
 fi
 if [ "$STAGE" = sweep ]; then
@@ -102,19 +112,13 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "other GPU tests"
   ignore=$(for t in $SAMPLER_TESTS; do printf -- "--ignore=%s " "$t"; done)
   gpu_tests gpu_tests.log 200 $ignore tests
-  benchmarks=${REST_BENCHMARKS:-all}
-  if [ "$benchmarks" = all ]; then
-    stamp "benchmarks"
-    # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
-    bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5
-  fi
-  if [ "$benchmarks" = all ] || [ "$benchmarks" = scans ]; then
-    stamp "bench_scans"
-    bench 240 benchmarks/bench_scans.py --device cuda --repeat 5  # its loop baselines: 120 s was cut short
-  fi
-  [ "$benchmarks" = all ] && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
-  [ "$benchmarks" = all ] && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5
-  [ "$benchmarks" = all ] && bench 90 benchmarks/bench_update.py --device cuda --repeat 5
+  # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
+  rest_bench logprobs && stamp bench_logprobs && bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5
+  # its loop baselines: 120 s was cut short
+  rest_bench scans && stamp bench_scans && bench 240 benchmarks/bench_scans.py --device cuda --repeat 5
+  rest_bench advantages && stamp bench_advantages && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
+  rest_bench update && stamp bench_update && bench 90 benchmarks/bench_update.py --device cuda --repeat 5
+  rest_bench rollout && stamp bench_rollout && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5
 fi
 
 results=$(results_dir)

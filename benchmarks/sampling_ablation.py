@@ -14,6 +14,9 @@ Forms tried (--variants), timing only:
   through it (its own max then no longer gates them), a row read again where that
   overflowed or vanished (kernels/sampling.py's _first_pass; the form timed in the ninth
   session, 24.22 us against 25.92 on an H200, was unguarded);
+- tma: sample(tma=True): the full spans loaded by the tensor-memory accelerator (one bulk
+  copy a span into shared memory), not by 16-byte cp.async per thread;
+- stages4: four pipeline stages, not three (three spans in flight while one is reduced);
 - nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two);
 - elements: bf16 read element by element, not as 32-bit pairs;
 - unfused: the row's end reduces its accumulators one by one (six exchanges between warps), not in one.
@@ -54,6 +57,8 @@ PARTS = {
     "zsum": [("    else:\n        zsum += _group_sum(x, odd)", "    else:\n        zsum += 0.0")],  # full spans
     "max": [("    m_span = _group_max(x, odd) * scale", "    m_span = 0.0")],
     "lagged": [("LAGGED=lagged and not filtered", "LAGGED=not filtered")],
+    "tma": [("    tma = tma and not filtered and _by_tma(logits)", "    tma = not filtered and _by_tma(logits)")],
+    "stages4": [("           stages=3, fused=None", "           stages=4, fused=None")],
     "nocap": [("maxnreg=register_cap(num_warps, filtered)", "maxnreg=None")],
     "elements": [("WORDS=_as_words(logits)", "WORDS=False")],
     "unfused": [("FUSED=not interpreted if fused is None else fused", "FUSED=False")],

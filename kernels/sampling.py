@@ -41,6 +41,7 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
 ROWS: tl.constexpr = tl.constexpr(256)  # groups per span
 LAGGED_FLOOR: tl.constexpr = tl.constexpr(100.0)  # terms 2^-126 (flushed) are then under 2^-26 of the span's max term
+TMA_WORDS: tl.constexpr = tl.constexpr(64)  # words per row of the TMA view: a span of bf16 is 64 x 64 words
 INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 NEG_INF_PAIR: tl.constexpr = tl.constexpr(-8323200)  # 0xFF80FF80: two bf16 -inf as one int32
 
@@ -49,6 +50,27 @@ def _as_words(logits):
     """Whether the plain pass reads bf16 logits as 32-bit pairs (_span's WORDS)."""
     return (logits.dtype == torch.bfloat16 and logits.shape[1] % 2 == 0 and logits.stride(0) % 2 == 0
             and logits.data_ptr() % 4 == 0)
+
+
+def _by_tma(logits):
+    """Whether the plain pass can read full spans by TMA (sample(tma=True)): bf16 read as pairs,
+    rows of a multiple of 2 * TMA_WORDS tokens, 16-byte aligned, on a GPU that has it
+    (compute capability 9.0+) or under Triton's interpreter."""
+    words = 2 * TMA_WORDS.value
+    if not (_as_words(logits) and logits.shape[1] % words == 0 and logits.stride(0) % 8 == 0
+            and logits.data_ptr() % 16 == 0):
+        return False
+    return logits.device.type != "cuda" or torch.cuda.get_device_capability(logits.device)[0] >= 9
+
+
+def _tma_descriptor(logits):
+    """logits' rows as words, [B, V / (2 * TMA_WORDS), TMA_WORDS], boxes of a span (_span_by_tma)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    words = logits.view(torch.int32)
+    b, n = words.shape
+    box = [1, span(torch.bfloat16) // 2 // TMA_WORDS.value, TMA_WORDS.value]
+    return TensorDescriptor(words, [b, n // TMA_WORDS.value, TMA_WORDS.value], [words.stride(0), TMA_WORDS.value, 1], box)
 
 
 def run_size(dtype):
@@ -159,6 +181,19 @@ def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr, WORDS
         even, odd = tl.split(tl.reshape(x.to(tl.float32), [4 * ROWS, RUN // 2, 2]))
     ok_even, ok_odd = tl.split(tl.reshape(cols < V, [4 * ROWS, RUN // 2, 2]))
     return _groups(even, RUN), _groups(odd, RUN), _groups(ok_even, RUN), _groups(ok_odd, RUN)
+
+
+@triton.jit
+def _span_by_tma(desc, b, v0, RUN: tl.constexpr):
+    """_span's halves of the full span at v0 of row b, bf16 as 32-bit pairs (its WORDS form),
+    loaded by the tensor-memory accelerator: desc is the row's words viewed as
+    [B, V / (4 * TMA_WORDS), TMA_WORDS] (_tma_descriptor), one box a span. Word k of the
+    span is (k // TMA_WORDS, k % TMA_WORDS) there: run k // (RUN // 2), as _span's."""
+    w = tl.reshape(desc.load([b, v0 // (2 * TMA_WORDS), 0]), [4 * ROWS, RUN // 2])
+    even = (w << 16).to(tl.float32, bitcast=True)
+    odd = (w & -65536).to(tl.float32, bitcast=True)
+    ok = tl.full([4, ROWS, RUN // 2], True, tl.int1)  # (full spans: read by unmasked passes only)
+    return _groups(even, RUN), _groups(odd, RUN), ok, ok
 
 
 @triton.jit
@@ -404,11 +439,11 @@ def _finish(b, m, log_s, log_kept, z_mean, token, z_tok, tokens_ptr, logprob_ptr
 
 
 @triton.jit
-def _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER: tl.constexpr, RUN: tl.constexpr,
+def _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale, FILTER: tl.constexpr, RUN: tl.constexpr,
               FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
-              LAGGED: tl.constexpr):
-    """The first pass over tokens [start, stop) of a row (full: where its ragged span starts),
-    reduced to its scalars (_row_stats; zsum unscaled)."""
+              LAGGED: tl.constexpr, TMA: tl.constexpr):
+    """The first pass over tokens [start, stop) of row b (full: where its ragged span starts),
+    reduced to its scalars (_row_stats; zsum unscaled). TMA: its full spans by _span_by_tma."""
     SPAN: tl.constexpr = 4 * ROWS * RUN
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
@@ -425,7 +460,10 @@ def _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER: tl.cons
                                                      best_group, True, FILTER, RUN, FAST)
     n0, n1, n2, n3 = _group_noise(key, start, RUN)
     for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-        x, odd, ok, ok_odd = _span(logits_ptr, row, v0, V, RUN, False, WORDS)
+        if TMA:
+            x, odd, ok, ok_odd = _span_by_tma(desc, b, v0, RUN)
+        else:
+            x, odd, ok, ok_odd = _span(logits_ptr, row, v0, V, RUN, False, WORDS)
         if not FILTER:  # (the filtered first pass draws nothing)
             if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
                 n0, n1, n2, n3 = _group_noise(key, v0, RUN)
@@ -437,11 +475,12 @@ def _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER: tl.cons
 
 @triton.jit(do_not_specialize=["shift", "spans", "chunks"])
 def _sample_kernel(
-    logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
+    logits_ptr, desc, stride_b, seeds_ptr, shift, scale, top_k, top_p,
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
     FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr, LAGGED: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
     spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
@@ -454,12 +493,12 @@ def _sample_kernel(
     start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
     stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
     full = stop - (stop - start) % SPAN  # only the row's end is ragged
-    m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN, FAST,
-                                             STAGES, WORDS, FUSED, LAGGED)
+    m, s, zsum, zmin, top, group = _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale, FILTER, RUN,
+                                             FAST, STAGES, WORDS, FUSED, LAGGED, TMA)
     if LAGGED:
         if not s < float("inf"):  # a span's exp2s against an earlier max overflowed or vanished: once more, exactly
-            m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN,
-                                                     FAST, STAGES, WORDS, FUSED, False)
+            m, s, zsum, zmin, top, group = _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale,
+                                                     FILTER, RUN, FAST, STAGES, WORDS, FUSED, False, TMA)
     z_mean = zsum / V * scale  # (this chunk's part; over V first: a logit of -3e38 times scale overflows)
     if SPLIT_ROW:
         # this chunk's draw, resolved now, while other programs still read: the last one only combines
@@ -554,7 +593,7 @@ def _multiprocessors(device):
 
 
 def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
-           stages=3, fused=None, lagged=False):
+           stages=3, fused=None, lagged=False, tma=False):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
@@ -565,7 +604,9 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     in one exchange between warps (default where compiled; Triton's interpreter runs that
     element by element, several times slower, so it reduces them one by one); lagged
     (plain sampling): each span's exp2s against the max before it (_first_pass's LAGGED:
-    rows where that is unsafe, e.g. at low temperatures, are read twice)."""
+    rows where that is unsafe, e.g. at low temperatures, are read twice); tma (plain sampling,
+    bf16 rows that _by_tma allows; else ignored): full spans loaded by the tensor-memory
+    accelerator rather than cp.async."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -585,13 +626,14 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     partials = torch.empty(b * chunks * PARTIALS.value if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
     num_warps = num_warps or (1 if interpreted else 8)
+    tma = tma and not filtered and _by_tma(logits)
     _sample_kernel[(b, chunks)](
-        logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
+        logits, _tma_descriptor(logits) if tma else logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
         tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages, WORDS=_as_words(logits), FUSED=not interpreted if fused is None else fused,
-        LAGGED=lagged and not filtered,
+        LAGGED=lagged and not filtered, TMA=tma,
         num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean

@@ -600,6 +600,34 @@ def test_triton_lagged_exp2s_change_no_token(dtype, chunks, device, rng):
     torch.testing.assert_close(lagged[2].cpu().double()[rows], policy[rows, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_triton_tma_loads_change_nothing(chunks, device, rng):
+    """sample(tma=True) loads the plain pass's full spans by the tensor-memory accelerator:
+    the same outputs, bit for bit, with and without the lagged exp2s (to 1e-5 there, as
+    test_triton_lagged_exp2s_change_no_token), rows of whole spans, with a ragged span and
+    of less than a span; rows it cannot take (not 128-token multiples) fall back."""
+    if "triton" not in backends(device):
+        pytest.skip("triton not available")
+    from fastrl.kernels import sampling
+
+    span = sampling.span(torch.bfloat16)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        pytest.skip("no TMA before compute capability 9.0")
+    for v in (2 * span + 128 * 7, 3 * span, 128 * 3):
+        logits = (torch.randn(3, v, generator=rng) * 3).to(torch.bfloat16)
+        logits[1, :min(span, v // 2)] = float("-inf")  # a first span of -inf, then finite ones
+        logits = logits.to(device)
+        seeds = torch.arange(3, device=device) * 11 + 5
+        assert sampling._by_tma(logits)
+        cp_async = sampling.sample(logits, 0.8, 0, 1.0, seeds, 3, chunks=chunks)
+        for lagged in (False, True):
+            tma = sampling.sample(logits, 0.8, 0, 1.0, seeds, 3, chunks=chunks, tma=True, lagged=lagged)
+            assert torch.equal(tma[0], cp_async[0])
+            for got, want in zip(tma[1:], cp_async[1:]):
+                torch.testing.assert_close(got, want, rtol=1e-5 if lagged else 0, atol=1e-5 if lagged else 0)
+    assert not sampling._by_tma(logits[:, :-2])
+
+
 def test_triton_frequencies_across_runs_groups_and_spans(device):
     """The two-level draw over a row of three spans (the last one ragged) whose only finite
     logits sit at the edges of 16-byte runs, of a group's four runs and of spans: most alone

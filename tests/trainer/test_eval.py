@@ -56,19 +56,19 @@ def test_evaluations_are_logged_at_their_steps(tmp_path, overrides, steps):
         assert not any(key.startswith("eval_pass@") for key in m)  # one sample per prompt
 
 
-def test_evaluation_metrics_against_an_independent_computation(tmp_path):
+def test_evaluation_metrics_against_an_independent_computation(tmp_path, device):
     """The held-out problems are the task's step -1; each response's seed is (run.seed, -1,
     prompt, sample); pass@k is the unbiased estimator 1 - C(n - c, k) / C(n, k)."""
     n, P = 5, 7
     cfg = config(tmp_path, "reward.kind=test_eval:parity", f"eval.prompts={P}", f"eval.samples={n}",
-                 "eval.temperature=0.8", "eval.top_p=0.9", "rollout.max_new_tokens=6")
+                 "eval.temperature=0.8", "eval.top_p=0.9", "rollout.max_new_tokens=6", f"run.device={device.type}")
     trainer = Trainer(cfg)
     metrics = trainer.evaluate()
     lm = trainer.policy.causal_lm()
     rows = task.MaxTask(3).problems(0, -1, P)
     ro = rollout(lm, [trainer.tokenizer.encode(r["prompt"]) for r in rows for _ in range(n)], 6, trainer.eos,
                  trainer.pad, temperature=0.8, top_p=0.9, progress=False,
-                 seeds=torch.tensor([sample_seed(0, -1, i, j) for i in range(P) for j in range(n)]))
+                 seeds=torch.tensor([sample_seed(0, -1, i, j) for i in range(P) for j in range(n)], device=device))
     lengths = ro.response_mask.sum(1).tolist()
     texts = trainer.tokenizer.batch_decode([ids[:k] for ids, k in zip(ro.response_ids.tolist(), lengths)],
                                            skip_special_tokens=True)
@@ -83,6 +83,22 @@ def test_evaluation_metrics_against_an_independent_computation(tmp_path):
     assert trainer.evaluate() == {**metrics, "eval_time": pytest.approx(metrics["eval_time"], rel=100)}  # same seeds
     assert trainer.module.training  # (rollouts run in eval mode: no dropout)
     trainer.proc.close()
+
+
+def test_cuda_bf16_training_evaluates_in_token_micro_batches_and_resumes(tmp_path):
+    """On a GPU, at the trainer's defaults there (float32 weights, bf16 autocast): a run with
+    evaluations and micro-batches by tokens, resumed halfway, logs what the uninterrupted run
+    does, with finite losses and an evaluation at steps 0, 2 and 4."""
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    args = ("run.device=cuda", "eval.every=2", "eval.samples=2", "eval.temperature=1", "algo.micro_batch_tokens=48",
+            "rollout.max_new_tokens=12")
+    whole = train(config(tmp_path / "a", "run.steps=4", *args))
+    assert evaluated_steps(whole) == [0, 2, 4]
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in whole.steps)
+    train(config(tmp_path / "b", "run.steps=2", *args))
+    rest = train(config(tmp_path / "b", "run.steps=4", *args), resume=True)
+    assert without_timing(rest.metrics) == without_timing(whole.metrics)
 
 
 def test_greedy_evaluation_takes_the_most_likely_token(tmp_path):

@@ -72,7 +72,8 @@ BUDGET = 60  # tokens: 1 to 6 rows a micro-batch here
 @pytest.mark.parametrize("algo", [["algo.name=grpo", "model.reference=initial", "algo.kl_coef=0.1",
                                    "algo.entropy_coef=0.01"],
                                   ["algo.name=gae"], ["algo.name=rover"]])
-def test_narrow_micro_batches_compute_what_whole_width_forwards_do(tmp_path, algo, split):
+def test_narrow_micro_batches_compute_what_whole_width_forwards_do(tmp_path, algo, split, device):
+    algo = [*algo, f"run.device={device.type}"]
     trainer = Trainer(varied_config(tmp_path, split, "algo.mini_batches=2", *algo))
     widths = []
     trainer.policy.causal_lm().model.register_forward_pre_hook(

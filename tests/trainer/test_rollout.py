@@ -275,13 +275,14 @@ def tiny_sliding_qwen2(rng, dtype):
 
 @pytest.mark.parametrize("make,dtype", [(tiny_llama, torch.float64), (tiny_llama, torch.float32),
                                         (tiny_sliding_qwen2, torch.float64)], ids=["float64", "float32", "sliding"])
-def test_rows_ending_at_scattered_steps_match_the_plain_loop(rng, make, dtype):
+def test_rows_ending_at_scattered_steps_match_the_plain_loop(rng, make, dtype, device):
     """Rows end at step 0, later or never; the model runs them until at most half of its rows
     are going, then only those (again at each halving)."""
-    model, T, narrowest, ended_at_once = make(rng, dtype), 16, 8, False
+    model, T, narrowest, ended_at_once = make(rng, dtype).to(device), 16, 8, False
     widths = widths_seen(model)
     for sampling in SAMPLING:
         prompts, seeds = prompts_and_seeds(rng, B=8)
+        seeds = seeds.to(device)
         free = rollout(model, prompts, T, None, PAD, seeds=seeds, progress=False).response_ids
         ends_at = ((0, 0), (1, 0), (2, 0), (3, 0), (4, 3), (5, T // 2))  # (row, step); row 7 never ends
         eos = {int(free[b, s]) for b, s in ends_at} - set(free[7].tolist())
