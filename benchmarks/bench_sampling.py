@@ -292,15 +292,14 @@ def providers(device, backend):
     ]
 
 
-CONFIG = re.compile(r"^(once)?(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?(l)?(t)?(?:@(\d+))?$")
-CONFIG_FORM = "[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][l][t][@B]"
+CONFIG = re.compile(r"^(once)?(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?(?:p(\d+))?(?:@(\d+))?$")
 
 
 def config_providers(configs):
-    """The Triton kernel at other settings, CONFIG_FORM: tokens per tile of the cutoff search,
-    warps, thresholds per search pass, programs per row and pipeline stages for plain sampling
-    (kernels/sampling.py), l: its lagged exp2s, t: its full spans by TMA, at batch B (default
-    256; one of the shapes run) and V=151936. Plain sampling; top-p too where SPLIT is given. once:
+    """The Triton kernel at other settings, '[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]': tokens
+    per tile of the cutoff search, warps, thresholds per search pass, programs per row and
+    pipeline stages for plain sampling (kernels/sampling.py), at batch B (default 256; one of
+    the shapes run) and V=151936. Plain sampling; top-p too where SPLIT is given. once:
     read_once_triton on that grid (BLOCK: the span). Returns (name, filters, fn, note, (B, V))."""
     from fastrl.kernels import sampling
 
@@ -308,18 +307,16 @@ def config_providers(configs):
     for config in configs.split(","):
         match = CONFIG.match(config)
         if not match:
-            harness.usage_error(f"--configs: {config!r} is not {CONFIG_FORM}")
-        once, block_v, num_warps, split, chunks, stages, lagged, tma, batch = match.groups()
+            harness.usage_error(f"--configs: {config!r} is not [once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B]")
+        once, block_v, num_warps, split, chunks, stages, batch = match.groups()
         shape = (int(batch) if batch else ACCEPTANCE_GPU[0], ACCEPTANCE_GPU[1])
         knobs = dict(num_warps=int(num_warps), chunks=int(chunks) if chunks else None, stages=int(stages or 3))
-        if once and (lagged or tma):
-            harness.usage_error(f"--configs: {config!r}: l and t are the sampler's forms, not the read-only loop's")
         if once:
             table.append((f"read_once_triton[{config}]", ("plain",),
                           lambda x, k, p, seeds, knobs=knobs: read_once_triton(x, **knobs),
                           "read_once_triton, " + ", ".join(f"{k}={v}" for k, v in knobs.items()), shape))
             continue
-        knobs.update(block_v=int(block_v), split=int(split or 4), lagged=bool(lagged), tma=bool(tma))
+        knobs.update(block_v=int(block_v), split=int(split or 4))
         table.append((f"fastrl_triton[{config}]", ("plain", "top_p") if split else ("plain",),
                       lambda x, k, p, seeds, knobs=knobs: sampling.sample(x, 1.0, k or 0, p or 1.0, seeds, 0, **knobs),
                       "kernels.sampling.sample, " + ", ".join(f"{k}={v}" for k, v in knobs.items()), shape))
@@ -452,8 +449,8 @@ def add_options(parser):
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--configs", default=None,
                         help="CUDA: also time the Triton kernel at these "
-                             f"{CONFIG_FORM} configs (e.g. 4096x8s4,8192x4c5p4,8192x8lt,once8192x8c1,8192x8c4@64; "
-                             "l: lagged exp2s, t: TMA loads, once: the read-only loop) at V=151936, B=256 unless @B")
+                             "[once]BLOCKxWARPS[sSPLIT][cCHUNKS][pSTAGES][@B] configs (e.g. 4096x8s4,8192x4c5p4,"
+                             "once8192x8c1,8192x8c4@64; once: the read-only loop) at V=151936, B=256 unless @B")
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds of compiling after which compiled rows are skipped (default 60 CPU, 30 CUDA)")
 

@@ -7,11 +7,11 @@
 #
 #   benchmarks/gpu_check.sh [all|sampling|rest|sweep]
 #
-# sampling (about 2 minutes on an H200): install without the CUDA extension, the sampler /
-# rollout tests, bench_sampling (with SAMPLER_CONFIGS, its --configs: by default the lagged
-# and TMA forms), and sampling_ablation.py at B=256 (where plain sampling's time goes;
-# SAMPLER_BASELINE: other sources of kernels/sampling.py, comma-separated, e.g. the previous
-# commit's, timed beside it; SAMPLER_VARIANTS: the ablation's --variants);
+# sampling (about 3.5 minutes on an H200): install without the CUDA extension, the sampler /
+# rollout tests, bench_sampling (SAMPLER_CONFIGS: its --configs, none by default), and
+# sampling_ablation.py at B=256 (where plain sampling's time goes; SAMPLER_BASELINE: other
+# sources of kernels/sampling.py, comma-separated, e.g. the previous commit's, timed beside
+# it; SAMPLER_VARIANTS: the ablation's --variants);
 # rest: build the CUDA extension (498 s on an H200 machine before masks became bytes before
 # the kernels; 64 s on 2 cores here after), every other CUDA test, the other benchmarks
 # (REST_BENCHMARKS: all, none, or some of logprobs,scans,advantages,rollout,update); all: both, in that order
@@ -70,6 +70,7 @@ bench() {  # $1: timeout, the rest: the benchmark script and its arguments
   timeout "$limit" $PY "$@" 2>&1 | tee -a "$LOGS/benchmarks.log" || status=1
 }
 
+# (--out: with --repeat or --configs a benchmark counts as a partial run and writes bench_<family>.partial.json)
 results_dir() { $PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))"; }
 
 stamp "stage $STAGE"
@@ -80,10 +81,11 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "sampler tests"
   gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
   stamp "bench_sampling"
-  bench 180 benchmarks/bench_sampling.py --device cuda --configs "${SAMPLER_CONFIGS-8192x8l,8192x8t,8192x8lt,8192x8lt@64}"
+  bench 180 benchmarks/bench_sampling.py --device cuda ${SAMPLER_CONFIGS:+--configs "$SAMPLER_CONFIGS"} \
+    --out "$(results_dir)/bench_sampling.json"
   stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
   bench 180 benchmarks/sampling_ablation.py \
-    --variants "${SAMPLER_VARIANTS-,lagged,tma,lagged+tma,lagged+tma+stages4,lagged+tma+nocap,resolve,lagged+tma+resolve,lagged+tma+noise+resolve+zsum,noise+resolve+zsum+max}" \
+    --variants "${SAMPLER_VARIANTS-,resolve,max,noise+resolve+zsum+max}" \
     --kernels "kernels/sampling.py${SAMPLER_BASELINE:+,$SAMPLER_BASELINE}"
 fi
 if [ "$STAGE" = sweep ]; then
@@ -112,13 +114,24 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "other GPU tests"
   ignore=$(for t in $SAMPLER_TESTS; do printf -- "--ignore=%s " "$t"; done)
   gpu_tests gpu_tests.log 200 $ignore tests
+  # a test that killed its worker (a segfault in a kernel launcher): again alone, with the native stack
+  for test in $(grep -oE "crashed while running '[^']+'" "$LOGS/gpu_tests.log" | cut -d"'" -f2 | sort -u); do
+    stamp "native stack of $test"
+    timeout 120 cuda-gdb -batch -ex run -ex bt --args $PY -m pytest -q -p no:cacheprovider -p no:xdist "$test" 2>&1 \
+      | grep -E "^#|signal|Error" | head -40
+  done
   # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
-  rest_bench logprobs && stamp bench_logprobs && bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5
+  rest_bench logprobs && stamp bench_logprobs && bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5 \
+    --out "$(results_dir)/bench_logprobs.json"
   # its loop baselines: 120 s was cut short
-  rest_bench scans && stamp bench_scans && bench 240 benchmarks/bench_scans.py --device cuda --repeat 5
-  rest_bench advantages && stamp bench_advantages && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5
-  rest_bench update && stamp bench_update && bench 90 benchmarks/bench_update.py --device cuda --repeat 5
-  rest_bench rollout && stamp bench_rollout && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5
+  rest_bench scans && stamp bench_scans && bench 240 benchmarks/bench_scans.py --device cuda --repeat 5 \
+    --out "$(results_dir)/bench_scans.json"
+  rest_bench advantages && stamp bench_advantages && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5 \
+    --out "$(results_dir)/bench_advantages.json"
+  rest_bench update && stamp bench_update && bench 90 benchmarks/bench_update.py --device cuda --repeat 5 \
+    --out "$(results_dir)/bench_update.json"
+  rest_bench rollout && stamp bench_rollout && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5 \
+    --out "$(results_dir)/bench_rollout.json"
 fi
 
 results=$(results_dir)

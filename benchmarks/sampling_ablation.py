@@ -10,24 +10,20 @@ wrong or unguarded: timing only), loaded by path. Parts removed:
 - zsum: the sum of the logits (mean_logp);
 - max: the running max per group (exp2 against a fixed reference, 0: safe for these logits).
 Forms tried (--variants), timing only:
-- lagged: sample(lagged=True): a span's exp2s against the max of the spans before it, not
-  through it (its own max then no longer gates them), a row read again where that
-  overflowed or vanished (kernels/sampling.py's _first_pass; the form timed in the ninth
-  session, 24.22 us against 25.92 on an H200, was unguarded);
-- tma: sample(tma=True): the full spans loaded by the tensor-memory accelerator (one bulk
-  copy a span into shared memory), not by 16-byte cp.async per thread;
-- stages4: four pipeline stages, not three (three spans in flight while one is reduced);
 - nocap: no register cap (the cap keeps four programs per SM resident; at B=256 there are two);
 - elements: bf16 read element by element, not as 32-bit pairs;
 - unfused: the row's end reduces its accumulators one by one (six exchanges between warps), not in one.
 (ragged_last, the ragged span's load issued before the loop and reduced after it, was timed
-slower on an H200, sampling_forms_c1.json; gone with the kernel it applied to.)
+slower on an H200, sampling_forms_c1.json; gone with the kernel it applied to. So were
+lagged, each span's exp2s against the max of the spans before it with a second read of the
+rows where that was unsafe, and tma, the full spans loaded by the tensor-memory accelerator:
+sampling_ablation_forms_tma.json, 29.26 and 27.04 us against 26.50.)
 --kernels times the variants of other sources of the kernel too (e.g. an older commit's
 kernels/sampling.py) in the same run. Timing as bench_sampling's (harness.time_ms, L2
 flushed clean), median of --repeat.
 
     python benchmarks/sampling_ablation.py [--shape 256,151936] [--repeat 30] [--out PATH]
-        [--variants noise+resolve,lagged+nocap,...] [--kernels kernels/sampling.py,old.py]
+        [--variants noise+resolve,elements+nocap,...] [--kernels kernels/sampling.py,old.py]
 """
 from __future__ import annotations
 
@@ -47,18 +43,15 @@ import harness  # noqa: E402
 from sampling_sass import KERNEL, load_kernel  # noqa: E402
 
 PARTS = {
-    "noise": [("        best, best_group = _group_pick(log_mass, m_old - m_ref, v0, bits, best, best_group, RUN, FAST)",
+    "noise": [("        best, best_group = _group_pick(_log2(mass, FAST), m_old - m_ref, v0, bits, best, best_group, RUN, FAST)",
                "        best, best_group = best + mass, best_group"),
               ("\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)\n", "\n                pass\n")],
-    "resolve": [("        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST",
-                 "        token, z_tok = group, top  # ("),  # the rest of the call, whatever its arguments
-                ('        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST',
-                 "        token, z_tok = group, top  # (")],
+    "resolve": [("        token, x_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST",
+                 "        token, x_tok = group, top  # ("),  # the rest of the call, whatever its arguments
+                ('        token, x_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST',
+                 "        token, x_tok = group, top  # (")],
     "zsum": [("    else:\n        zsum += _group_sum(x, odd)", "    else:\n        zsum += 0.0")],  # full spans
-    "max": [("    m_span = _group_max(x, odd) * scale", "    m_span = 0.0")],
-    "lagged": [("LAGGED=lagged and not filtered", "LAGGED=not filtered")],
-    "tma": [("    tma = tma and not filtered and _by_tma(logits)", "    tma = not filtered and _by_tma(logits)")],
-    "stages4": [("           stages=3, fused=None", "           stages=4, fused=None")],
+    "max": [("    m_new = tl.maximum(m, _group_max(x, odd) * scale)", "    m_new = tl.maximum(m, 0.0)")],
     "nocap": [("maxnreg=register_cap(num_warps, filtered)", "maxnreg=None")],
     "elements": [("WORDS=_as_words(logits)", "WORDS=False")],
     "unfused": [("FUSED=not interpreted if fused is None else fused", "FUSED=False")],

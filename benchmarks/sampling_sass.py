@@ -51,22 +51,15 @@ ALIGNED = {"logits_ptr", "stride_b", "seeds_ptr", "tokens_ptr", "logprob_ptr", "
            "partial_ptr", "count_ptr", "V"}  # as the launcher specialises them for V=151936
 
 
-def compile_sass(block_v, num_warps, filtered=False, split_row=True, lagged=False, tma=False):
+def compile_sass(block_v, num_warps, filtered=False, split_row=True):
     fn = sampling._sample_kernel
     constants = dict(FILTER=filtered, TOP_K=False, TOP_P=filtered, BLOCK_V=block_v, SPLIT=4,
                      SPLIT_ROW=split_row and not filtered, MAX_CHUNKS=sampling.MAX_CHUNKS,
                      RUN=sampling.run_size(torch.bfloat16), FAST=True, STAGES=3)
     names = fn.arg_names
     constants.update({name: True for name in ("WORDS", "FUSED") if name in names})  # (older kernels lack them)
-    if "LAGGED" in names:
-        constants["LAGGED"] = lagged and not filtered
-    types = dict(TYPES)
-    if "TMA" in names:
-        constants["TMA"] = tma and not filtered
-        box = [1, sampling.span(torch.bfloat16) // 2 // sampling.TMA_WORDS.value, sampling.TMA_WORDS.value]
-        types["desc"] = f"tensordesc<i32{box}>" if constants["TMA"] else "*bf16"
     source = tc.ASTSource(
-        fn=fn, signature={n: "constexpr" if n in constants else types[n] for n in names},
+        fn=fn, signature={n: "constexpr" if n in constants else TYPES[n] for n in names},
         constexprs={(names.index(k),): v for k, v in constants.items()},
         attrs={(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in ALIGNED})
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -78,8 +71,7 @@ def compile_sass(block_v, num_warps, filtered=False, split_row=True, lagged=Fals
                               capture_output=True, text=True, check=True).stderr
         sass = subprocess.run([BIN / "cuobjdump", "-sass", cubin], capture_output=True, text=True, check=True).stdout
     registers = int(re.search(r"Used (\d+) registers", info).group(1))
-    loads = collections.Counter(re.findall(r"ld\.global[.\w]*|cp\.async\.cg\.shared\.global|cp\.async\.bulk\.tensor[.\w]*",
-                                           kernel.asm["ptx"]))
+    loads = collections.Counter(re.findall(r"ld\.global[.\w]*|cp\.async\.cg\.shared\.global", kernel.asm["ptx"]))
     return registers, loads, sass
 
 
@@ -135,21 +127,19 @@ def loops(sass):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", default=None,
-                        help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p, l: lagged, t: TMA (default 8192x8, 8192x4, 8192x8f)")
+                        help="BLOCKxWARPS (BLOCK: the search passes' tile), f: top-p (default 8192x8, 8192x4, 8192x8f)")
     args = parser.parse_args()
     span = sampling.span(torch.bfloat16)
     for config in args.config or ["8192x8", "8192x4", "8192x8f"]:
-        match = re.fullmatch(r"(\d+)x(\d+)[flt]*", config)
+        match = re.fullmatch(r"(\d+)x(\d+)f?", config)
         if not match:
-            parser.error(f"--config {config!r}: expected BLOCKxWARPS with f (top-p), l (lagged) or t (TMA) after, "
-                         "e.g. 8192x8f")
+            parser.error(f"--config {config!r}: expected BLOCKxWARPS, with f (top-p) after, e.g. 8192x8f")
         block_v, num_warps = (int(v) for v in match.groups())
         if num_warps not in (1, 2, 4, 8, 16, 32):  # (Triton's own error is a traceback from its compiler)
             parser.error(f"--config {config}: WARPS must be a power of two from 1 to 32, got {num_warps}")
         if block_v != span:
             parser.error(f"--config {config}: per-token figures need BLOCK = the span, {span}")
-        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config, lagged="l" in config,
-                                                 tma="t" in config)
+        registers, loads, sass = compile_sass(block_v, num_warps, filtered="f" in config)
         per_thread = block_v // (32 * num_warps)
         print(f"{config}: {registers} registers, {sass.count('STL')} spill stores; loads {dict(loads)}; "
               f"{per_thread} tokens per thread per tile")

@@ -40,8 +40,6 @@ GROUP_STREAM: tl.constexpr = tl.constexpr(0x5DEECE66D)  # the groups' Philox key
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 LOG2E = 1.4426950408889634
 ROWS: tl.constexpr = tl.constexpr(256)  # groups per span
-LAGGED_FLOOR: tl.constexpr = tl.constexpr(100.0)  # terms 2^-126 (flushed) are then under 2^-26 of the span's max term
-TMA_WORDS: tl.constexpr = tl.constexpr(64)  # words per row of the TMA view: a span of bf16 is 64 x 64 words
 INT_MAX: tl.constexpr = tl.constexpr(2147483647)
 NEG_INF_PAIR: tl.constexpr = tl.constexpr(-8323200)  # 0xFF80FF80: two bf16 -inf as one int32
 
@@ -50,27 +48,6 @@ def _as_words(logits):
     """Whether the plain pass reads bf16 logits as 32-bit pairs (_span's WORDS)."""
     return (logits.dtype == torch.bfloat16 and logits.shape[1] % 2 == 0 and logits.stride(0) % 2 == 0
             and logits.data_ptr() % 4 == 0)
-
-
-def _by_tma(logits):
-    """Whether the plain pass can read full spans by TMA (sample(tma=True)): bf16 read as pairs,
-    rows of a multiple of 2 * TMA_WORDS tokens, 16-byte aligned, on a GPU that has it
-    (compute capability 9.0+) or under Triton's interpreter."""
-    words = 2 * TMA_WORDS.value
-    if not (_as_words(logits) and logits.shape[1] % words == 0 and logits.stride(0) % 8 == 0
-            and logits.data_ptr() % 16 == 0):
-        return False
-    return logits.device.type != "cuda" or torch.cuda.get_device_capability(logits.device)[0] >= 9
-
-
-def _tma_descriptor(logits):
-    """logits' rows as words, [B, V / (2 * TMA_WORDS), TMA_WORDS], boxes of a span (_span_by_tma)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    words = logits.view(torch.int32)
-    b, n = words.shape
-    box = [1, span(torch.bfloat16) // 2 // TMA_WORDS.value, TMA_WORDS.value]
-    return TensorDescriptor(words, [b, n // TMA_WORDS.value, TMA_WORDS.value], [words.stride(0), TMA_WORDS.value, 1], box)
 
 
 def run_size(dtype):
@@ -184,23 +161,21 @@ def _span(logits_ptr, row, v0, V, RUN: tl.constexpr, MASKED: tl.constexpr, WORDS
 
 
 @triton.jit
-def _span_by_tma(desc, b, v0, RUN: tl.constexpr):
-    """_span's halves of the full span at v0 of row b, bf16 as 32-bit pairs (its WORDS form),
-    loaded by the tensor-memory accelerator: desc is the row's words viewed as
-    [B, V / (4 * TMA_WORDS), TMA_WORDS] (_tma_descriptor), one box a span. Word k of the
-    span is (k // TMA_WORDS, k % TMA_WORDS) there: run k // (RUN // 2), as _span's."""
-    w = tl.reshape(desc.load([b, v0 // (2 * TMA_WORDS), 0]), [4 * ROWS, RUN // 2])
-    even = (w << 16).to(tl.float32, bitcast=True)
-    odd = (w & -65536).to(tl.float32, bitcast=True)
-    ok = tl.full([4, ROWS, RUN // 2], True, tl.int1)  # (full spans: read by unmasked passes only)
-    return _groups(even, RUN), _groups(odd, RUN), ok, ok
+def _flat_tile(logits_ptr, row, v0, V, BLOCK_V: tl.constexpr):
+    """The logits of tokens v0 .. v0 + BLOCK_V - 1 in float32 as [1, BLOCK_V] (to broadcast over
+    thresholds in place)."""
+    cols = v0 + tl.arange(0, BLOCK_V)[None, :]
+    return tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
 
 
 @triton.jit
-def _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V: tl.constexpr):
-    """Tokens v0 .. v0 + BLOCK_V - 1 as [1, BLOCK_V] (to broadcast over thresholds in place), z = logit * scale."""
-    cols = v0 + tl.arange(0, BLOCK_V)[None, :]
-    return tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+def _over(x, scale, reference):
+    """x * scale - reference rounded once (an FMA): the GPU's compiler contracts that
+    expression into one wherever it is written, so it is written so everywhere, and the
+    interpreter computes what the GPU does. Every exp2 argument and log-probability is taken
+    this way: at a low temperature x * scale alone rounds by more than 1 (spacing 4 at
+    3.6e7), which the contracted sums keep and a separately rounded z - m would not."""
+    return tl.fma(x, scale, -reference)
 
 
 @triton.jit
@@ -279,31 +254,17 @@ def _group_pick(log_mass, shift, v0, bits, best, best_group, RUN: tl.constexpr, 
 
 @triton.jit
 def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, best_group, MASKED: tl.constexpr,
-                FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr, LAGGED: tl.constexpr = False):
+                FILTER: tl.constexpr, RUN: tl.constexpr, FAST: tl.constexpr):
     """Per group (no exchange between threads until the end): max, sum of exp2, sum of the
     logits (scaled at the end) and (FILTER) min of z; without a filter, the groups'
     Gumbel-max too. Maxima and minima are taken before scaling (scale > 0: the same
     floats), so each token costs one FFMA, not a multiply and an add. x, odd: the span at v0
-    in float32 (_span's halves); ok, ok_odd: where their tokens are < V (MASKED).
-    LAGGED: the exp2s against the max of the group's earlier spans, not through this one, so
-    they need not wait for this span's max; exact unless a sum overflows (a token over 2^128
-    above that max: s is then inf or NaN for good) or, where the group had no finite logit
-    before (reference 0), the span's max is under 2^-LAGGED_FLOOR (made NaN); the kernel then
-    reads the row again without."""
-    m_span = _group_max(x, odd) * scale
-    m_new = tl.maximum(m, m_span)
+    in float32 (_span's halves); ok, ok_odd: where their tokens are < V (MASKED)."""
+    m_new = tl.maximum(m, _group_max(x, odd) * scale)
     m_old, m_ref = _reference(m), _reference(m_new)
-    if LAGGED:
-        r = m_old[None, :, None]
-        mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_old
-        # against 2^0 (no earlier finite logit) a span whose max is under 2^-LAGGED_FLOOR loses terms to float32's
-        # floor (2^-126 where subnormals flush): unsafe, and so made NaN
-        unsafe = (m == float("-inf")) & (m_span < -LAGGED_FLOOR) & (m_span > float("-inf"))
-        s = tl.where(unsafe, float("nan"), (s + mass) * tl.exp2(m_old - m_ref))
-    else:
-        r = m_ref[None, :, None]
-        mass = _group_sum(tl.exp2(x * scale - r), tl.exp2(odd * scale - r))  # each group's, over 2^m_ref
-        s = s * tl.exp2(m - m_ref) + mass
+    r = m_ref[None, :, None]
+    mass = _group_sum(tl.exp2(_over(x, scale, r)), tl.exp2(_over(odd, scale, r)))  # each group's, over 2^m_ref
+    s = s * tl.exp2(m - m_ref) + mass
     if MASKED:
         zsum += _group_sum(tl.where(ok, x, 0.0), tl.where(ok_odd, odd, 0.0))
     else:
@@ -313,10 +274,7 @@ def _first_pass(x, odd, ok, ok_odd, v0, scale, bits, m, s, zsum, zmin, best, bes
             x, odd = tl.where(ok, x, float("inf")), tl.where(ok_odd, odd, float("inf"))
         zmin = tl.minimum(zmin, _group_min(x, odd) * scale)
     else:
-        log_mass = _log2(mass, FAST)
-        if LAGGED:  # (mass is over 2^m_old)
-            log_mass += m_old - m_ref
-        best, best_group = _group_pick(log_mass, m_old - m_ref, v0, bits, best, best_group, RUN, FAST)
+        best, best_group = _group_pick(_log2(mass, FAST), m_old - m_ref, v0, bits, best, best_group, RUN, FAST)
     return m_new, s, zsum, zmin, best, best_group
 
 
@@ -358,7 +316,8 @@ def _draw_pass(logits_ptr, row, v0, V, scale, bits, m, cutoff, s_kept, best, bes
     that mass (per group)."""
     x, odd, _, _ = _span(logits_ptr, row, v0, V, RUN, True)
     z, z_odd = x * scale, odd * scale  # as the search passes compute it: the cutoff compares the same floats
-    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(z - m), 0.0), tl.where(z_odd >= cutoff, tl.exp2(z_odd - m), 0.0))
+    mass = _group_sum(tl.where(z >= cutoff, tl.exp2(_over(x, scale, m)), 0.0),
+                      tl.where(z_odd >= cutoff, tl.exp2(_over(odd, scale, m)), 0.0))
     best, best_group = _group_pick(_log2(mass, FAST), 0.0, v0, bits, best, best_group, RUN, FAST)
     return s_kept + mass, best, best_group
 
@@ -368,15 +327,16 @@ def _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN: tl.constexpr, F
              FUSED: tl.constexpr):
     """The token of the drawn group (Gumbel-max over its kept tokens, with the tokens' noise:
     token t takes output t % 4 of counter t // 4, added to z less the group's max, as in
-    _group_pick) and its z."""
+    _group_pick) and its logit (float32)."""
     cols = _runs((group // ROWS) * (4 * ROWS * RUN), tl.arange(0, 4) * ROWS + group % ROWS, RUN)
-    z = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * scale
+    x = tl.load(logits_ptr + row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+    z = x * scale
     r0, r1, r2, r3 = tl.randint4x(key, cols // 4)
     lane = cols % 4
     bits = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
-    g = tl.where(z >= cutoff, (z - _reference(tl.max(z, None))) + _gumbel(bits, FAST), float("-inf"))
-    _, token, z_token = _best_token(g, cols, z, FUSED)
-    return token, z_token
+    g = tl.where(z >= cutoff, _over(x, scale, _reference(tl.max(z, None))) + _gumbel(bits, FAST), float("-inf"))
+    _, token, x_token = _best_token(g, cols, x, FUSED)
+    return token, x_token
 
 
 @triton.jit
@@ -391,25 +351,25 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
         t = _to_float(keys)
         totals = tl.zeros([SPLIT, BLOCK_V], tl.float32)  # per thread: summed across threads once a pass
         for v0 in range(0, V, BLOCK_V):
-            z = _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V)
-            z = tl.where(z >= floor, z, float("-inf"))
-            inside = z >= t[:, None]
+            x = _flat_tile(logits_ptr, row, v0, V, BLOCK_V)
+            z = x * scale
+            inside = (z >= floor) & (z >= t[:, None])
             if COUNT:
                 totals += inside.to(tl.float32)
             else:
-                totals += tl.where(inside, tl.exp2(z - m), 0.0)
+                totals += tl.where(inside, tl.exp2(_over(x, scale, m)), 0.0)
         qualifying = tl.sum((tl.sum(totals, 1) >= target).to(tl.int32), 0)  # a prefix of the thresholds
         lo = tl.where(qualifying > 0, tl.sum(tl.where(j == qualifying - 1, keys, 0), 0), lo)
         hi = tl.where(qualifying < SPLIT, tl.sum(tl.where(j == qualifying, keys, 0), 0), hi)
     return _to_float(lo)
 
 
-PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, its z's sum / V, its draw's Gumbel value, token, z
+PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, its logits' sum / V, its draw's Gumbel value, token, logit
 
 
 @triton.jit
 def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED: tl.constexpr):
-    """The row's max, sum of exp2 and mean z, and the token drawn (the draw of the chunk whose
+    """The row's max, sum of exp2 and mean logit, and the token drawn with its logit (the draw of the chunk whose
     group won, each chunk's resolved before it counted itself done, so none of it waits
     on a load here), from its chunks' partials; the row's counter goes back to 0 for the next call."""
     index = tl.arange(0, MAX_CHUNKS)
@@ -420,30 +380,29 @@ def _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS: tl.constexpr, FUSED:
     zsums = tl.load(slots + 2, mask=valid, other=0.0, cache_modifier=".cg")
     bests = tl.load(slots + 3, mask=valid, other=float("-inf"), cache_modifier=".cg")
     tokens = tl.load(slots + 4, mask=valid, other=0.0, cache_modifier=".cg").to(tl.int32, bitcast=True)
-    z_toks = tl.load(slots + 5, mask=valid, other=0.0, cache_modifier=".cg")
+    x_toks = tl.load(slots + 5, mask=valid, other=0.0, cache_modifier=".cg")
     tl.store(count_ptr + b, 0)
     m, s, zsum, _, _, winner = _row_stats(ms, ss, zsums, ms, bests, index, False, FUSED)
     won = index == winner  # chunks hold increasing groups: ties go to the lowest group, as within a chunk
-    return m, s, zsum, tl.sum(tl.where(won, tokens, 0), 0), tl.sum(tl.where(won, z_toks, 0.0), 0)
+    return m, s, zsum, tl.sum(tl.where(won, tokens, 0), 0), tl.sum(tl.where(won, x_toks, 0.0), 0)
 
 
 @triton.jit
-def _finish(b, m, log_s, log_kept, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
-    """The outputs from the row's max, the log2 of its sum of exp2 (over 2^m) and of the kept
-    tokens' sum, taken as (z - m) - log_s: the log-sum-exp m + log_s would round log_s away
-    where |m| is large (a low temperature); z_mean, the row's mean z."""
+def _finish(b, m, log_s, log_kept, x_mean, token, x_tok, scale, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr):
+    """The outputs from the row's max z, the log2 of its sum of exp2 (over 2^m) and of the kept
+    tokens' sum, taken as (z - m) - log_s (_over): the log-sum-exp m + log_s would round log_s
+    away where |m| is large (a low temperature); x_mean, the row's mean logit, x_tok the token's."""
     tl.store(tokens_ptr + b, token.to(tl.int64))
-    tl.store(logprob_ptr + b, ((z_tok - m) - log_kept) * LN2)
-    tl.store(policy_ptr + b, ((z_tok - m) - log_s) * LN2)
-    tl.store(mean_ptr + b, ((z_mean - m) - log_s) * LN2)
+    tl.store(logprob_ptr + b, (_over(x_tok, scale, m) - log_kept) * LN2)
+    tl.store(policy_ptr + b, (_over(x_tok, scale, m) - log_s) * LN2)
+    tl.store(mean_ptr + b, (_over(x_mean, scale, m) - log_s) * LN2)
 
 
 @triton.jit
-def _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale, FILTER: tl.constexpr, RUN: tl.constexpr,
-              FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
-              LAGGED: tl.constexpr, TMA: tl.constexpr):
-    """The first pass over tokens [start, stop) of row b (full: where its ragged span starts),
-    reduced to its scalars (_row_stats; zsum unscaled). TMA: its full spans by _span_by_tma."""
+def _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER: tl.constexpr, RUN: tl.constexpr,
+              FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr):
+    """The first pass over tokens [start, stop) of a row (full: where its ragged span starts),
+    reduced to its scalars (_row_stats; zsum unscaled)."""
     SPAN: tl.constexpr = 4 * ROWS * RUN
     m = tl.full([ROWS], float("-inf"), tl.float32)
     s = tl.zeros([ROWS], tl.float32)
@@ -460,27 +419,23 @@ def _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale, FILTER
                                                      best_group, True, FILTER, RUN, FAST)
     n0, n1, n2, n3 = _group_noise(key, start, RUN)
     for v0 in tl.range(start, full, SPAN, num_stages=STAGES):  # STAGES - 1 spans in flight while one is reduced
-        if TMA:
-            x, odd, ok, ok_odd = _span_by_tma(desc, b, v0, RUN)
-        else:
-            x, odd, ok, ok_odd = _span(logits_ptr, row, v0, V, RUN, False, WORDS)
+        x, odd, ok, ok_odd = _span(logits_ptr, row, v0, V, RUN, False, WORDS)
         if not FILTER:  # (the filtered first pass draws nothing)
             if (v0 // SPAN) % 4 == 0:  # the next four spans' noise (the chunk's first span's is drawn above)
                 n0, n1, n2, n3 = _group_noise(key, v0, RUN)
         m, s, zsum, zmin, best, best_group = _first_pass(x, odd, ok, ok_odd, v0, scale,
                                                          _span_bits(v0, n0, n1, n2, n3, RUN), m, s, zsum, zmin, best,
-                                                         best_group, False, FILTER, RUN, FAST, LAGGED)
+                                                         best_group, False, FILTER, RUN, FAST)
     return _row_stats(m, s, zsum, zmin, best, best_group, FILTER, FUSED)
 
 
 @triton.jit(do_not_specialize=["shift", "spans", "chunks"])
 def _sample_kernel(
-    logits_ptr, desc, stride_b, seeds_ptr, shift, scale, top_k, top_p,
+    logits_ptr, stride_b, seeds_ptr, shift, scale, top_k, top_p,
     tokens_ptr, logprob_ptr, policy_ptr, mean_ptr, partial_ptr, count_ptr, V, spans, chunks,
     FILTER: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, BLOCK_V: tl.constexpr,
     SPLIT: tl.constexpr, SPLIT_ROW: tl.constexpr, MAX_CHUNKS: tl.constexpr, RUN: tl.constexpr,
-    FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr, LAGGED: tl.constexpr,
-    TMA: tl.constexpr,
+    FAST: tl.constexpr, STAGES: tl.constexpr, WORDS: tl.constexpr, FUSED: tl.constexpr,
 ):
     """Program (b, c) reads spans [c * spans // chunks, (c + 1) * spans // chunks) of row b's
     spans (SPLIT_ROW: plain sampling only; the last of a row's programs to finish combines
@@ -493,29 +448,25 @@ def _sample_kernel(
     start = (c * spans // chunks) * SPAN  # a multiple of the span, as the compiler sees
     stop = tl.minimum(((c + 1) * spans // chunks) * SPAN, V)
     full = stop - (stop - start) % SPAN  # only the row's end is ragged
-    m, s, zsum, zmin, top, group = _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale, FILTER, RUN,
-                                             FAST, STAGES, WORDS, FUSED, LAGGED, TMA)
-    if LAGGED:
-        if not s < float("inf"):  # a span's exp2s against an earlier max overflowed or vanished: once more, exactly
-            m, s, zsum, zmin, top, group = _read_row(logits_ptr, desc, b, row, key, start, full, stop, V, scale,
-                                                     FILTER, RUN, FAST, STAGES, WORDS, FUSED, False, TMA)
-    z_mean = zsum / V * scale  # (this chunk's part; over V first: a logit of -3e38 times scale overflows)
+    m, s, zsum, zmin, top, group = _read_row(logits_ptr, row, key, start, full, stop, V, scale, FILTER, RUN, FAST,
+                                             STAGES, WORDS, FUSED)
+    x_mean = zsum / V  # (this chunk's part)
     if SPLIT_ROW:
         # this chunk's draw, resolved now, while other programs still read: the last one only combines
-        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST, FUSED)
+        token, x_tok = _resolve(logits_ptr, row, group, V, scale, key, float("-inf"), RUN, FAST, FUSED)
         slot = partial_ptr + (b * chunks + c) * PARTIALS
         tl.store(slot, m)
         tl.store(slot + 1, s)
-        tl.store(slot + 2, z_mean)
+        tl.store(slot + 2, x_mean)
         tl.store(slot + 3, top)
         tl.store(slot + 4, token.to(tl.float32, bitcast=True))
-        tl.store(slot + 5, z_tok)
+        tl.store(slot + 5, x_tok)
         tl.debug_barrier()  # the partials are written before the count (a release, at GPU scope)
         if tl.atomic_add(count_ptr + b, 1) == chunks - 1:  # acq_rel: every partial of the row is visible
             tl.debug_barrier()
-            m, s, z_mean, token, z_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
+            m, s, x_mean, token, x_tok = _combine(partial_ptr, count_ptr, b, chunks, MAX_CHUNKS, FUSED)
             log_s = tl.log2(s)
-            _finish(b, m, log_s, log_s, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+            _finish(b, m, log_s, log_s, x_mean, token, x_tok, scale, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
     else:
         log_s = tl.log2(s)
         log_kept = log_s
@@ -531,8 +482,8 @@ def _sample_kernel(
                 if TOP_K:
                     kept_per_thread = tl.zeros([1, BLOCK_V], tl.float32)
                     for v0 in range(0, V, BLOCK_V):
-                        z = _flat_tile(logits_ptr, row, v0, V, scale, BLOCK_V)
-                        kept_per_thread += tl.where(z >= cutoff, tl.exp2(z - m), 0.0)
+                        x = _flat_tile(logits_ptr, row, v0, V, BLOCK_V)
+                        kept_per_thread += tl.where(x * scale >= cutoff, tl.exp2(_over(x, scale, m)), 0.0)
                     kept = tl.sum(tl.sum(kept_per_thread, 1), 0)
                 lo = _to_key(cutoff)
                 cutoff = _search(logits_ptr, row, V, scale, lo, hi, cutoff, top_p * kept, m, False, BLOCK_V, SPLIT)
@@ -548,8 +499,8 @@ def _sample_kernel(
                                                       best_group, RUN, FAST)
             _, group, _ = _best_token(best, best_group, best, FUSED)
             log_kept = tl.log2(tl.sum(s_kept, None))
-        token, z_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST, FUSED)
-        _finish(b, m, log_s, log_kept, z_mean, token, z_tok, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
+        token, x_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST, FUSED)
+        _finish(b, m, log_s, log_kept, x_mean, token, x_tok, scale, tokens_ptr, logprob_ptr, policy_ptr, mean_ptr)
 
 
 MAX_CHUNKS = 64
@@ -593,7 +544,7 @@ def _multiprocessors(device):
 
 
 def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_warps=None, split=4, chunks=None,
-           stages=3, fused=None, lagged=False, tma=False):
+           stages=3, fused=None):
     """(tokens, logprob, policy_logprob, mean_logp) for logits[B, V] (bf16/fp16/fp32).
 
     Tuning knobs (the tokens drawn do not depend on them): num_warps, chunks (programs
@@ -602,11 +553,7 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     for the cutoff search block_v (tokens per tile, a power of 2 >= 4) and split
     (thresholds per pass, a power of 2); fused: the row's end reduces its accumulators
     in one exchange between warps (default where compiled; Triton's interpreter runs that
-    element by element, several times slower, so it reduces them one by one); lagged
-    (plain sampling): each span's exp2s against the max before it (_first_pass's LAGGED:
-    rows where that is unsafe, e.g. at low temperatures, are read twice); tma (plain sampling,
-    bf16 rows that _by_tma allows; else ignored): full spans loaded by the tensor-memory
-    accelerator rather than cp.async."""
+    element by element, several times slower, so it reduces them one by one)."""
     b, v = logits.shape
     device = logits.device
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -626,14 +573,12 @@ def sample(logits, temperature, top_k, top_p, seeds, offset, block_v=None, num_w
     partials = torch.empty(b * chunks * PARTIALS.value if chunks > 1 else 1, dtype=torch.float32, device=device)
     shift = (offset * GOLDEN + 2**63) % 2**64 - 2**63  # wrapped to int64, as the kernel's addition wraps
     num_warps = num_warps or (1 if interpreted else 8)
-    tma = tma and not filtered and _by_tma(logits)
     _sample_kernel[(b, chunks)](
-        logits, _tma_descriptor(logits) if tma else logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
+        logits, logits.stride(0), seeds, shift, LOG2E / temperature, top_k, top_p,
         tokens, logprob, policy, mean, partials, _counters(device, b), v, spans, chunks,
         FILTER=filtered, TOP_K=top_k > 0, TOP_P=top_p < 1.0, BLOCK_V=block_v, SPLIT=split,
         SPLIT_ROW=chunks > 1, MAX_CHUNKS=MAX_CHUNKS, RUN=run_size(logits.dtype), FAST=not interpreted,
         STAGES=stages, WORDS=_as_words(logits), FUSED=not interpreted if fused is None else fused,
-        LAGGED=lagged and not filtered, TMA=tma,
         num_warps=num_warps, maxnreg=register_cap(num_warps, filtered),
     )
     return tokens, logprob, policy, mean

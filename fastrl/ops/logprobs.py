@@ -447,7 +447,8 @@ def _check_options(temperature, ignore_index, entropy, mean_logp, like: torch.Te
 
 
 def _autocasting(device: torch.device) -> bool:
-    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+    # (not torch.amp.is_autocast_available: torch.compile(fullgraph=True) of torch 2.11 cannot trace it)
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
 
 
 def _autocast(*tensors):

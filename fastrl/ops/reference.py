@@ -68,7 +68,8 @@ def min_form_returns(scores, step_mask, mask, temperature, mode):
     if mode == "soft":
         # the lowest score subtracted before dividing: -s / T itself may overflow (0.5 at T = 1e-39 in float32)
         lowest = torch.where(step, s, float("inf")).amin(-1, keepdim=True) if s.shape[-1] else 0.0
-        weights = torch.softmax(torch.where(step, -(s - lowest) / temperature, float("-inf")), dim=-1)
+        # over a tensor: a CUDA tensor over a Python float is a product with its reciprocal, inf at T = 1e-39
+        weights = torch.softmax(torch.where(step, -(s - lowest) / s.new_tensor(temperature), float("-inf")), dim=-1)
         token_rewards = torch.where(step, weights * s, 0.0)  # rows without a step: NaN -> 0
     elif mode in ("strict", "sum"):
         token_rewards = s

@@ -113,7 +113,9 @@ def min_form_returns(
     temperature = _checks.positive("temperature", temperature)
     _checks.choice("mode", mode, MIN_FORM_MODES)
     dtype = reference.output_dtype(scores)
-    if mode == "soft" and torch.tensor(temperature, dtype=dtype).item() == 0:
+    # temperatures up to half the smallest subnormal round to 0 (a Python comparison, not a tensor's .item(): that
+    # is data-dependent to torch.compile once the temperature is dynamic)
+    if mode == "soft" and temperature <= torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps / 2:
         raise ValueError(f"temperature {temperature} is 0 in {str(dtype).removeprefix('torch.')}, the dtype the "
                          "soft weights are computed in")
     if _checks.values_checked(scores):  # (not building the step mask where values go unchecked, as on a GPU)

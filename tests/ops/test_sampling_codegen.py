@@ -57,7 +57,7 @@ def test_ablation_variants_apply_to_the_kernel(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     forms = [(part,) for part in sampling_ablation.PARTS if part not in sampling_ablation.REMOVALS]
-    for removed in sampling_ablation.VARIANTS + forms + [("lagged", "nocap")]:
+    for removed in sampling_ablation.VARIANTS + forms + [("elements", "nocap")]:
         variant = sampling_ablation.load_variant(removed, tmp_path)
         assert callable(variant.sample)
         assert ("= _resolve(" in Path(variant.__file__).read_text()) == ("resolve" not in removed)

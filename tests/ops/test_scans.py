@@ -424,6 +424,18 @@ def test_compile_fullgraph_equals_eager(op, mode, device, rng):
         torch.testing.assert_close(g, e)
 
 
+def test_compile_with_a_temperature_made_dynamic(device, rng):
+    """A second temperature makes torch.compile trace it as a symbolic float: the check that
+    it is not 0 in float32 was a tensor's .item(), data-dependent there (torch 2.11 refused
+    to compile it)."""
+    args = to(inputs("min_form_returns", (3, 70), torch.float32, rng), device)[:3]
+    compiled = torch.compile(lambda *a: ops.min_form_returns(*a), fullgraph=True)
+    for temperature in (0.5, 0.3, 0.2):
+        got = compiled(*args, temperature, "soft")
+        for g, e in zip(got, ops.min_form_returns(*args, temperature, "soft")):
+            torch.testing.assert_close(g, e)
+
+
 def test_fake_kernels_give_output_dtypes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
