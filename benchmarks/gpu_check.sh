@@ -7,7 +7,7 @@
 #
 #   benchmarks/gpu_check.sh [all|sampling|rest|sweep]
 #
-# sampling (about 3.5 minutes on an H200): install without the CUDA extension, the sampler /
+# sampling (about 3 minutes on an H200): install without the CUDA extension, the sampler /
 # rollout tests, bench_sampling (SAMPLER_CONFIGS: its --configs, none by default), and
 # sampling_ablation.py at B=256 (where plain sampling's time goes; SAMPLER_BASELINE: other
 # sources of kernels/sampling.py, comma-separated, e.g. the previous commit's, timed beside
@@ -30,7 +30,8 @@ REST_BENCHMARKS=${REST_BENCHMARKS:-all}
 [ "$REST_BENCHMARKS" = none ] && REST_BENCHMARKS=
 for b in ${REST_BENCHMARKS//,/ }; do
   case "$b" in logprobs|scans|advantages|rollout|update) ;;
-    *) echo "gpu_check.sh: REST_BENCHMARKS: no benchmark '$b' (all, none, or some of logprobs,scans,advantages,rollout,update)"; exit 2;;
+    *) echo "gpu_check.sh: REST_BENCHMARKS: no benchmark '$b' (all, none, or some of" \
+         "logprobs,scans,advantages,rollout,update)"; exit 2;;
   esac
 done
 rest_bench() { [[ ",$REST_BENCHMARKS," == *",$1,"* ]]; }
@@ -117,6 +118,8 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   # a test that killed its worker (a segfault in a kernel launcher): again alone, with the native stack
   for test in $(grep -oE "crashed while running '[^']+'" "$LOGS/gpu_tests.log" | cut -d"'" -f2 | sort -u); do
     stamp "native stack of $test"
+    { c++ --version | head -1; nvcc --version | tail -1
+      $PY -c "import torch; print('torch', torch.__version__, 'cxx11 abi', torch._C._GLIBCXX_USE_CXX11_ABI)"; } 2>&1
     timeout 120 cuda-gdb -batch -ex run -ex bt --args $PY -m pytest -q -p no:cacheprovider -p no:xdist "$test" 2>&1 \
       | grep -E "^#|signal|Error" | head -40
   done

@@ -43,7 +43,8 @@ import harness  # noqa: E402
 from sampling_sass import KERNEL, load_kernel  # noqa: E402
 
 PARTS = {
-    "noise": [("        best, best_group = _group_pick(_log2(mass, FAST), m_old - m_ref, v0, bits, best, best_group, RUN, FAST)",
+    "noise": [("        best, best_group = _group_pick(_log2(mass, FAST), m_old - m_ref, v0, bits, best, best_group, RUN, "
+               "FAST)",
                "        best, best_group = best + mass, best_group"),
               ("\n                n0, n1, n2, n3 = _group_noise(key, v0, RUN)\n", "\n                pass\n")],
     "resolve": [("        token, x_tok = _resolve(logits_ptr, row, group, V, scale, key, cutoff, RUN, FAST",

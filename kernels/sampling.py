@@ -364,7 +364,8 @@ def _search(logits_ptr, row, V, scale, lo, hi, floor, target, m, COUNT: tl.const
     return _to_float(lo)
 
 
-PARTIALS: tl.constexpr = tl.constexpr(6)  # per chunk: max, sum of exp2, its logits' sum / V, its draw's Gumbel value, token, logit
+# per chunk: max, sum of exp2, its logits' sum / V, its draw's Gumbel value, token, logit
+PARTIALS: tl.constexpr = tl.constexpr(6)
 
 
 @triton.jit
