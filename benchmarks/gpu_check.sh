@@ -71,11 +71,12 @@ bench() {  # $1: timeout, the rest: the benchmark script and its arguments
   timeout "$limit" $PY "$@" 2>&1 | tee -a "$LOGS/benchmarks.log" || status=1
 }
 
-# (--out: with --repeat or --configs a benchmark counts as a partial run and writes bench_<family>.partial.json)
-results_dir() { $PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch; print(harness.RESULTS / harness.device_slug(torch.device('cuda')))"; }
-
 stamp "stage $STAGE"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+# where the results go, each named with --out: with --repeat or --configs a benchmark counts as a partial
+# run and writes bench_<family>.partial.json
+RESULTS=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, torch
+print(harness.RESULTS / harness.device_slug(torch.device('cuda')))")
 if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   stamp "install (no CUDA extension)"
   install 1
@@ -83,7 +84,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = sampling ]; then
   gpu_tests gpu_tests_sampling.log 150 $SAMPLER_TESTS
   stamp "bench_sampling"
   bench 180 benchmarks/bench_sampling.py --device cuda ${SAMPLER_CONFIGS:+--configs "$SAMPLER_CONFIGS"} \
-    --out "$(results_dir)/bench_sampling.json"
+    --out "$RESULTS/bench_sampling.json"
   stamp "sampling_ablation: plain sampling at B=256, parts removed, against the read-only loop"
   bench 180 benchmarks/sampling_ablation.py \
     --variants "${SAMPLER_VARIANTS-,resolve,max,noise+resolve+zsum+max}" \
@@ -93,20 +94,20 @@ if [ "$STAGE" = sweep ]; then
   stamp "install (no CUDA extension)"
   install 1
   stamp "bench_sampling over kernel configs"
-  bench 240 benchmarks/bench_sampling.py --device cuda --configs "$SWEEP" --out "$(results_dir)/bench_sampling_configs.json"
+  bench 240 benchmarks/bench_sampling.py --device cuda --configs "$SWEEP" --out "$RESULTS/bench_sampling_configs.json"
   stamp "bench_sampling, plain, L2 flushed by writing (as before 2026-11-27)"
   bench 90 benchmarks/bench_sampling.py --device cuda --filters plain --providers fastrl,read_once_amax \
-    --l2-flush dirty --out "$(results_dir)/bench_sampling_l2_dirty.json"
+    --l2-flush dirty --out "$RESULTS/bench_sampling_l2_dirty.json"
   stamp "bench_sampling, plain, larger batches (the time per MB once a call's fixed cost is spread)"
   bench 60 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile \
     --providers fastrl,read_once_amax,read_once_triton --shape 512,151936 --shape 1024,151936 --shape 2048,151936 \
-    --out "$(results_dir)/bench_sampling_large_batch.json"
+    --out "$RESULTS/bench_sampling_large_batch.json"
   stamp "sampler tiling tests (programs per row, warps)"
   gpu_tests gpu_tests_tiling.log 120 tests/ops/test_sampling.py::test_triton_tokens_do_not_depend_on_the_tiling
   stamp "bench_sampling, plain: the EXPLORE grid"
   bench 300 benchmarks/bench_sampling.py --device cuda --filters plain --no-compile --repeat 30 \
     --providers fastrl,read_once_triton --shape 64,151936 --shape 256,151936 --configs "$EXPLORE" \
-    --out "$(results_dir)/bench_sampling_sweep.json"
+    --out "$RESULTS/bench_sampling_sweep.json"
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   stamp "build with the CUDA extension"
@@ -125,20 +126,19 @@ if [ "$STAGE" = all ] || [ "$STAGE" = rest ]; then
   done
   # fused lm_head + log-softmax: prints fastrl/cublas_lm_head and the memory beyond the gradients (issue 4)
   rest_bench logprobs && stamp bench_logprobs && bench 150 benchmarks/bench_logprobs.py --device cuda --repeat 5 \
-    --out "$(results_dir)/bench_logprobs.json"
+    --out "$RESULTS/bench_logprobs.json"
   # its loop baselines: 120 s was cut short
   rest_bench scans && stamp bench_scans && bench 240 benchmarks/bench_scans.py --device cuda --repeat 5 \
-    --out "$(results_dir)/bench_scans.json"
+    --out "$RESULTS/bench_scans.json"
   rest_bench advantages && stamp bench_advantages && bench 60 benchmarks/bench_advantages.py --device cuda --repeat 5 \
-    --out "$(results_dir)/bench_advantages.json"
+    --out "$RESULTS/bench_advantages.json"
   rest_bench update && stamp bench_update && bench 90 benchmarks/bench_update.py --device cuda --repeat 5 \
-    --out "$(results_dir)/bench_update.json"
+    --out "$RESULTS/bench_update.json"
   rest_bench rollout && stamp bench_rollout && bench 180 benchmarks/bench_rollout.py --device cuda --repeat 5 \
-    --out "$(results_dir)/bench_rollout.json"
+    --out "$RESULTS/bench_rollout.json"
 fi
 
-results=$(results_dir)
 # only this run's results: the device tool brings back a limited number of files, logs first
-if [ -n "${OUT:-}" ] && [ -d "$results" ]; then find "$results" -name '*.json' -newer "$started" -exec cp {} "$OUT"/ \; ; fi
-stamp "done (status $status); results in $results"
+if [ -n "${OUT:-}" ] && [ -d "$RESULTS" ]; then find "$RESULTS" -name '*.json' -newer "$started" -exec cp {} "$OUT"/ \; ; fi
+stamp "done (status $status); results in $RESULTS"
 exit $status
