@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import tempfile
 import subprocess
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from fastrl import memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -133,11 +134,11 @@ def time_ms(call: Callable, device: torch.device, warmup: int, repeat: int, l2_f
 
 def gpu_peak_bytes(call: Callable, device: torch.device) -> int:
     _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    memory.reset_peak(device)
     before = torch.cuda.memory_allocated(device)
     call()
     _sync(device)
-    return torch.cuda.max_memory_allocated(device) - before
+    return memory.peak_bytes(device) - before
 
 
 def copy_rate_bytes_per_ms(device: torch.device, l2_flush: str = "clean") -> float:
@@ -156,33 +157,6 @@ def kernels_per_call(call: Callable) -> int:
         torch.cuda.synchronize()
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
                and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
-
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak resident set. VmHWM where /proc has it: Linux carries the
-    parent's peak over into a child's ru_maxrss across fork/exec, VmHWM starts afresh."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return _maxrss_bytes()
-
-
-def _reset_peak_rss():
-    """Lower the peak (VmHWM) to the current resident set (Linux >= 4.0), so what setup
-    touched and freed does not hide the call's growth; a no-op where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def cpu_peak_bytes_in_subprocess(script: str, case_index: int, argv: list[str]) -> Optional[int]:
@@ -205,10 +179,11 @@ def probe(case: Case):
     trim = libc and getattr(ctypes.CDLL(libc), "malloc_trim", None)  # (glibc's; musl and macOS lack it)
     if trim:
         trim(0)
-    _reset_peak_rss()
-    before = _peak_rss_bytes()
+    cpu = torch.device("cpu")
+    memory.reset_peak(cpu)
+    before = memory.peak_bytes(cpu)
     call()
-    print(f"PEAK_BYTES {_peak_rss_bytes() - before}")
+    print(f"PEAK_BYTES {memory.peak_bytes(cpu) - before}")
 
 
 def versions() -> dict:

@@ -75,13 +75,13 @@ class Processes(Reduce):
         """Whether flag is set on any process (every process gets the same answer)."""
         return bool(self.max(int(flag), device)) if self.world > 1 else flag
 
-    def max(self, value: int, device: torch.device) -> int:
-        """The largest of the processes' values (every process gets the same answer)."""
+    def max(self, value: int | float, device: torch.device) -> int | float:
+        """The largest of the processes' values, of value's type (every process gets the same answer)."""
         if self.world == 1:
             return value
-        x = torch.tensor(value, dtype=torch.int64, device=device)
+        x = torch.tensor(value, dtype=torch.float64 if isinstance(value, float) else torch.int64, device=device)
         dist.all_reduce(x, op=dist.ReduceOp.MAX)
-        return int(x.item())
+        return type(value)(x.item())
 
     def barrier(self):
         if self.world > 1:

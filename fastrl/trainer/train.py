@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import signal
 import threading
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastrl import stopping
+from fastrl import memory, stopping
 from fastrl.algos import credit as credit_lib
 from fastrl.algos.ppo import aggregate, aggregation_units, kl_k3, policy_loss, value_loss
 from fastrl.algos.pure import step_ends
@@ -573,11 +572,13 @@ class Trainer:
     def evaluate(self) -> dict:
         """The policy on the held-out prompts of eval.source: eval_reward_mean, eval_accuracy
         (the mean correctness of eval.samples responses per prompt), eval_pass@k,
-        eval_response_length and eval_time, over every process's share of the prompts. Each
+        eval_response_length, eval_time and eval_peak_memory_mb, over every process's share of
+        the prompts. Each
         response's seed is a function of (run.seed, prompt, sample), the same at every
         evaluation, so two evaluations differ by the policy alone."""
         cfg, e, proc = self.cfg, self.cfg.eval, self.proc
         start = time.perf_counter()
+        memory.reset_peak(self.device)
         count, n = len(self.eval_rows), e.samples
         share = -(-count // proc.world)
         mine = range(min(proc.rank * share, count), min((proc.rank + 1) * share, count))
@@ -606,7 +607,8 @@ class Trainer:
                                                                       device=self.device)).tolist()
         return {"eval_reward_mean": reward / rows, "eval_accuracy": solved / rows,
                 **{f"eval_pass@{k}": p / count for k, p in zip(ks, passed)},
-                "eval_response_length": length / rows, "eval_time": time.perf_counter() - start}
+                "eval_response_length": length / rows, "eval_time": time.perf_counter() - start,
+                "eval_peak_memory_mb": proc.max(memory.peak_bytes(self.device) / 2**20, self.device)}
 
     def _evaluates(self, step: int) -> bool:
         """Whether the policy after ``step`` steps is evaluated: every eval.every steps and
@@ -618,6 +620,7 @@ class Trainer:
         """One training step; returns its metrics (means over all processes)."""
         proc = self.proc
         start = time.perf_counter()
+        memory.reset_peak(self.device)
         batch = self.collect(step)
         sums = self.update(batch)
         elapsed = time.perf_counter() - start
@@ -651,7 +654,7 @@ class Trainer:
             "step_time": elapsed,
             "rollout_time": batch.collect_time,
             "tokens_per_s": all_tokens / elapsed,
-            "peak_memory_mb": _peak_memory_mb(self.device),
+            "peak_memory_mb": proc.max(memory.peak_bytes(self.device) / 2**20, self.device),
         }
         if batch.kl_old is not None:
             metrics["kl"] = kl / max(tok, 1)
@@ -926,12 +929,6 @@ def _lr_factor(i: int, total: int, o) -> float:
         return 1.0
     progress = min(1.0, (i - o.warmup_steps) / max(1, total - 1 - o.warmup_steps))  # update total - 1 is the last
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _config_changes(saved: dict, now: dict, prefix="") -> list[str]:

@@ -18,7 +18,7 @@ if not torch.distributed.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
-TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb", "eval_time"}
+TIMING = {"step_time", "rollout_time", "tokens_per_s", "peak_memory_mb", "eval_time", "eval_peak_memory_mb"}
 
 
 def run(out, mode, overrides, processes, timeout=600):

@@ -233,6 +233,27 @@ def test_metrics_log_plot_and_final_model(tmp_path):
         torch.testing.assert_close(p, state["model"]["model." + name])
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU's peak is reset through Linux's clear_refs")
+def test_peak_memory_is_each_steps_own(tmp_path, monkeypatch):
+    """peak_memory_mb is the step's peak, not the process's: 512 MiB held during step 2's
+    update shows in step 2 alone. (On the CPU: the resident set's high-water mark.)"""
+    trainer = Trainer(config(tmp_path))
+    update = trainer.update
+
+    def update_holding_512_mib(batch):
+        held = torch.ones(2**27)  # 512 MiB, every page touched
+        metrics = update(batch)
+        del held
+        return metrics
+
+    peaks = []
+    for step in range(3):
+        monkeypatch.setattr(trainer, "update", update_holding_512_mib if step == 1 else update)
+        peaks.append(trainer.run_step(step)["peak_memory_mb"])
+    assert peaks[1] > max(peaks[0], peaks[2]) + 400, peaks
+    trainer.proc.close()
+
+
 def test_loss_and_metrics_against_an_independent_forward(tmp_path):
     """After one update the policy has left the reference: the next step's loss is
     -mean(A) + kl_coef mean(k3) - entropy_coef mean(H) at ratio 1, and its kl and entropy
