@@ -6,11 +6,35 @@ on a GPU its Triton one where it has one, else its torch one, else its reference
 """
 import glob
 import os
+import re
+import subprocess
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def nvcc_version(cuda_home):
+    """The CUDA release of CUDA_HOME's nvcc ("13.0"), or None where it cannot be run."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release (\d+\.\d+)", out)
+    return found and found.group(1)
+
+
+def check_cuda_major(torch_cuda, cuda_home):
+    """torch's build refuses an nvcc of another CUDA major version, without naming the way
+    out; say both."""
+    nvcc = nvcc_version(cuda_home)
+    if nvcc is not None and nvcc.split(".")[0] != torch_cuda.split(".")[0]:
+        sys.exit(f"fastrl: torch is built with CUDA {torch_cuda} but the nvcc in CUDA_HOME ({cuda_home}) is "
+                 f"CUDA {nvcc}, which cannot build kernels for it. Point CUDA_HOME at a CUDA "
+                 f"{torch_cuda.split('.')[0]}.x toolkit, or set FASTRL_NO_CUDA=1 to build the CPU kernels "
+                 f"only (on a GPU the ops then run their Triton or PyTorch backends).")
 
 
 def extensions():
@@ -36,6 +60,7 @@ def extensions():
     extra = {"cxx": cxx}
     kind = CppExtension
     if with_cuda:
+        check_cuda_major(torch.version.cuda, CUDA_HOME)
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros += [("FASTRL_WITH_CUDA", None), ("FASTRL_CUDA_VERSION", f'"{torch.version.cuda}"')]
         extra["nvcc"] = ["-O3", "-lineinfo"]

@@ -123,6 +123,29 @@ def test_the_sdist_holds_every_source_the_extension_builds_from(tmp_path):
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
 
+@pytest.mark.parametrize("nvcc, refused", [("13.0", True), ("12.8", False)])
+def test_an_nvcc_of_another_cuda_major_than_torchs_is_refused_with_the_way_out(tmp_path, nvcc, refused):
+    """torch 2.6 (CUDA 12.4) beside CUDA 13's nvcc: torch's build failed on a mismatch without
+    naming FASTRL_NO_CUDA; setup.py now names both ways out before compiling anything. (torch
+    reports CUDA 12.4 here through a stand-in; CUDA_HOME's nvcc is a script.)"""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "nvcc"
+    fake.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {nvcc}, V{nvcc}.1'\n")
+    fake.chmod(0o755)
+    as_cuda_124 = ("import runpy, sys, torch; torch.version.cuda = '12.4'; torch.cuda._is_compiled = lambda: True; "
+                   "torch.cuda.is_available = lambda: False; sys.argv = ['setup.py', '--name']; "
+                   "runpy.run_path('setup.py', run_name='__main__')")
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTRL_SKIP_EXT", "FASTRL_NO_CUDA")}
+    done = run([sys.executable, "-c", as_cuda_124], cwd=ROOT, env={**env, "CUDA_HOME": str(tmp_path)})
+    if refused:
+        assert done.returncode == 1
+        assert (f"fastrl: torch is built with CUDA 12.4 but the nvcc in CUDA_HOME ({tmp_path}) is CUDA 13.0"
+                in done.stderr), done.stderr
+        assert "CUDA 12.x toolkit, or set FASTRL_NO_CUDA=1" in done.stderr
+    else:
+        assert done.returncode == 0 and done.stdout.split() == ["fastrl"], (done.stdout, done.stderr)
+
+
 def test_a_reader_that_leaves_early_is_no_traceback():
     """`fastrl info | head -1` ended in a BrokenPipeError traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "fastrl.cli", "info"], stdout=subprocess.PIPE,
