@@ -573,9 +573,8 @@ class Trainer:
         """The policy on the held-out prompts of eval.source: eval_reward_mean, eval_accuracy
         (the mean correctness of eval.samples responses per prompt), eval_pass@k,
         eval_response_length, eval_time and eval_peak_memory_mb, over every process's share of
-        the prompts. Each
-        response's seed is a function of (run.seed, prompt, sample), the same at every
-        evaluation, so two evaluations differ by the policy alone."""
+        the prompts. Each response's seed is a function of (run.seed, prompt, sample), the same
+        at every evaluation, so two evaluations differ by the policy alone."""
         cfg, e, proc = self.cfg, self.cfg.eval, self.proc
         start = time.perf_counter()
         memory.reset_peak(self.device)
