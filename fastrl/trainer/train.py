@@ -607,7 +607,11 @@ class Trainer:
         return {"eval_reward_mean": reward / rows, "eval_accuracy": solved / rows,
                 **{f"eval_pass@{k}": p / count for k, p in zip(ks, passed)},
                 "eval_response_length": length / rows, "eval_time": time.perf_counter() - start,
-                "eval_peak_memory_mb": proc.max(memory.peak_bytes(self.device) / 2**20, self.device)}
+                "eval_peak_memory_mb": self._peak_memory_mb()}
+
+    def _peak_memory_mb(self) -> float:
+        """The most MiB any process held since memory.reset_peak (at the start of a step or an evaluation)."""
+        return self.proc.max(memory.peak_bytes(self.device) / 2**20, self.device)
 
     def _evaluates(self, step: int) -> bool:
         """Whether the policy after ``step`` steps is evaluated: every eval.every steps and
@@ -653,7 +657,7 @@ class Trainer:
             "step_time": elapsed,
             "rollout_time": batch.collect_time,
             "tokens_per_s": all_tokens / elapsed,
-            "peak_memory_mb": proc.max(memory.peak_bytes(self.device) / 2**20, self.device),
+            "peak_memory_mb": self._peak_memory_mb(),
         }
         if batch.kl_old is not None:
             metrics["kl"] = kl / max(tok, 1)
